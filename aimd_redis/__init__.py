@@ -1,0 +1,35 @@
+"""One adaptive concurrency limit per upstream API, shared by a fleet through Redis."""
+
+from aimd_redis._async.throttle import AsyncLease, AsyncSlot, AsyncThrottle
+from aimd_redis._sync.throttle import Lease, Slot, Throttle
+from aimd_redis.config import MAX_RETRY_AFTER_SECONDS, ThrottleConfig
+from aimd_redis.errors import (
+    AcquireTimeout,
+    AimdRedisError,
+    CorruptStateError,
+    NotRegisteredError,
+    RedisCommandError,
+    RedisUnavailableError,
+)
+from aimd_redis.structs import Denied, DomainState, LimitEvent, ReleaseResult
+
+__all__ = [
+    "MAX_RETRY_AFTER_SECONDS",
+    "AcquireTimeout",
+    "AimdRedisError",
+    "AsyncLease",
+    "AsyncSlot",
+    "AsyncThrottle",
+    "CorruptStateError",
+    "Denied",
+    "DomainState",
+    "Lease",
+    "LimitEvent",
+    "NotRegisteredError",
+    "RedisCommandError",
+    "RedisUnavailableError",
+    "ReleaseResult",
+    "Slot",
+    "Throttle",
+    "ThrottleConfig",
+]

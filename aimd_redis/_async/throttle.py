@@ -1,0 +1,315 @@
+"""The asyncio client: a thin shell that runs the core's script calls.
+
+aimd_redis/_sync/throttle.py is generated from this file by tools/unasync.py;
+edit this one and run ``python tools/unasync.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from types import TracebackType
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+
+from aimd_redis.config import ThrottleConfig
+from aimd_redis.core import REGISTER_ATTEMPTS, Call, Core, Outcome, check_timeout, parse_state
+from aimd_redis.errors import (
+    AcquireTimeout,
+    AimdRedisError,
+    CorruptStateError,
+    NotRegisteredError,
+    RedisCommandError,
+    redis_boundary,
+)
+from aimd_redis.keys import check_domain
+from aimd_redis.scripts import sources
+from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, ReleaseResult
+
+logger = logging.getLogger("aimd_redis")
+
+#: Socket timeouts of a client built from a URL: an outage surfaces as
+#: RedisUnavailableError within seconds instead of a hang.
+URL_SOCKET_TIMEOUT_SECONDS = 5.0
+
+
+class AsyncThrottle:
+    """A fleet-wide adaptive concurrency limit per (provider, model, domain).
+
+    ``redis`` is a URL, or a client the caller keeps ownership of (a plain,
+    Sentinel-backed or cluster client). Every process of a fleet should use
+    the same ``namespace`` and ``config``.
+    """
+
+    def __init__(
+        self,
+        redis: str | Redis | RedisCluster,
+        *,
+        config: ThrottleConfig | None = None,
+        namespace: str = "aimd",
+    ) -> None:
+        if config is not None and not isinstance(config, ThrottleConfig):
+            raise TypeError(f"config must be a ThrottleConfig, not {type(config).__name__}")
+        self.config = config if config is not None else ThrottleConfig()
+        self._core = Core(self.config, namespace)
+        self._owns_redis = isinstance(redis, str)
+        if isinstance(redis, str):
+            redis = Redis.from_url(
+                redis,
+                socket_timeout=URL_SOCKET_TIMEOUT_SECONDS,
+                socket_connect_timeout=URL_SOCKET_TIMEOUT_SECONDS,
+            )
+        # Any: redis-py annotates its sync and asyncio clients with one shared
+        # "Awaitable or value" return type that fits neither.
+        self._redis: Any = cast(Any, redis)
+        self._scripts: dict[str, AsyncScript] = {
+            name: self._redis.register_script(text) for name, text in sources().items()
+        }
+        # What this process registered, to register again when Redis forgot
+        # the model (idle expiry, or a restart that lost the data).
+        self._registrations: dict[tuple[str, str], dict[str, int]] = {}
+
+    @property
+    def namespace(self) -> str:
+        return self._core.namespace
+
+    async def _run(self, call: Call) -> Any:
+        with redis_boundary():
+            return await self._scripts[call.script](keys=call.keys, args=call.args)
+
+    async def register(
+        self,
+        *,
+        provider_name: str,
+        model_id: str,
+        alias: str,
+        max_parallel_requests: int,
+        now: float | None = None,
+    ) -> int:
+        """Record ``alias``'s max for the model; return the model's effective max.
+
+        The effective max is the minimum over the model's aliases; a lower
+        value clamps the model's existing domains down at once.
+        """
+        emax = await self._register(provider_name, model_id, alias, max_parallel_requests, now)
+        self._registrations.setdefault((provider_name, model_id), {})[alias] = max_parallel_requests
+        return emax
+
+    async def _register(
+        self, provider_name: str, model_id: str, alias: str, max_parallel: int, now: float | None
+    ) -> int:
+        domains: list[str] = []
+        for _ in range(REGISTER_ATTEMPTS):
+            call = self._core.register_call(provider_name, model_id, alias, max_parallel, now, domains)
+            result = self._core.parse_register(provider_name, model_id, await self._run(call))
+            if isinstance(result, int):
+                return result
+            domains = result
+        raise RedisCommandError(f"register of {provider_name}/{model_id} kept racing domain creation")
+
+    async def _restore_registration(self, provider_name: str, model_id: str, now: float | None) -> bool:
+        aliases = self._registrations.get((provider_name, model_id))
+        if not aliases:
+            return False
+        logger.info("%s/%s: Redis has no registration (expired or lost); registering again", provider_name, model_id)
+        for alias, max_parallel in aliases.items():
+            await self._register(provider_name, model_id, alias, max_parallel, now)
+        return True
+
+    async def effective_max(self, provider_name: str, model_id: str) -> int:
+        """The model's effective max, read without changing anything."""
+        key = self._core.keys(provider_name, model_id).cap
+        with redis_boundary():
+            raw = await self._redis.hget(key, "effective_max")
+        if raw is None:
+            raise NotRegisteredError(f"{provider_name}/{model_id} is not registered: call register(...) first")
+        return int(raw)
+
+    async def domain_state(self, provider_name: str, model_id: str, domain: str) -> DomainState | None:
+        """A snapshot of the domain, or None if it was never touched (a plain read)."""
+        key = self._core.keys(provider_name, model_id).domain(check_domain(domain))
+        with redis_boundary():
+            fields = await self._redis.hgetall(key)
+        return parse_state(key, fields)
+
+    async def try_acquire(
+        self, *, provider_name: str, model_id: str, domain: str, now: float | None = None
+    ) -> AsyncLease | Denied:
+        """Take a slot if one is free now, else say why not and how long to wait."""
+        call, ref = self._core.acquire_call(provider_name, model_id, domain, now)
+        try:
+            try:
+                reply = await self._run(call)
+            except NotRegisteredError:
+                if not await self._restore_registration(provider_name, model_id, now):
+                    raise
+                reply = await self._run(call)
+        except (NotRegisteredError, CorruptStateError):
+            raise  # the script refused before granting anything
+        except BaseException:
+            # Cancelled, interrupted or cut off: the script may have granted
+            # the slot without our seeing the reply. Give it back by its id.
+            await self._run_quietly(self._core.release_call(ref, "abandon", None, now), ref)
+            raise
+        result = self._core.parse_acquire(ref, reply)
+        return result if isinstance(result, Denied) else AsyncLease(self, result)
+
+    async def _run_quietly(self, call: Call, ref: LeaseRef) -> None:
+        """Best effort for a call that gives a slot back, after the first try was cut off."""
+        try:
+            await self._run(call)
+        except BaseException:
+            logger.warning(
+                "could not give back a slot of %s/%s %s (lease %s); Redis reclaims it after lease_ttl_seconds",
+                ref.provider_name,
+                ref.model_id,
+                ref.domain,
+                ref.lease_id,
+                exc_info=True,
+            )
+
+    async def acquire(
+        self, *, provider_name: str, model_id: str, domain: str, timeout: float | None = None
+    ) -> AsyncLease:
+        """Wait for a slot; ``timeout=None`` waits for ever, ``0`` fails at once.
+
+        Raises AcquireTimeout when no slot came free in time; never sleeps
+        past the deadline.
+        """
+        limit = check_timeout(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        while True:
+            result = await self.try_acquire(provider_name=provider_name, model_id=model_id, domain=domain)
+            if not isinstance(result, Denied):
+                return result
+            wait = result.retry_in
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AcquireTimeout(
+                        f"timed out after {timeout}s waiting for a slot on "
+                        f"{provider_name}/{model_id} {domain} ({result.reason}, "
+                        f"limit {result.state.current_limit}, in flight {result.state.in_flight})"
+                    )
+                wait = min(wait, left)
+            await asyncio.sleep(wait)
+
+    def slot(self, *, provider_name: str, model_id: str, domain: str, timeout: float | None = None) -> AsyncSlot:
+        """Context manager around acquire: leaving the block reports success,
+        unless an outcome was already reported; an exception reports failure."""
+        return AsyncSlot(self, provider_name, model_id, domain, timeout)
+
+    async def _release(
+        self, lease: AsyncLease, outcome: Outcome, retry_after: float | None, now: float | None
+    ) -> ReleaseResult:
+        call = self._core.release_call(lease.ref, outcome, retry_after, now)
+        try:
+            reply = await self._run(call)
+        except CorruptStateError:
+            raise
+        except BaseException:
+            # Cut off mid-call: the release may or may not have run. Running it
+            # again is safe (a lease is released at most once) and keeps a
+            # cancelled task from holding its slot until the lease expires.
+            await self._run_quietly(call, lease.ref)
+            raise
+        lease.reported = True
+        return self._core.parse_release(lease.ref, reply)
+
+    async def _renew(self, lease: AsyncLease, now: float | None) -> bool:
+        (expiry,) = self._core.parse_renew(await self._run(self._core.renew_call([lease.ref], now)))
+        if expiry is None:
+            return False
+        lease.expires_at = expiry
+        return True
+
+    async def aclose(self) -> None:
+        """Close the Redis client if this throttle created it from a URL."""
+        if self._owns_redis:
+            await self._redis.aclose()
+
+    async def __aenter__(self) -> AsyncThrottle:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class AsyncLease:
+    """A granted slot. Report one outcome: success, rate_limited or failure.
+
+    A lease nobody reports or renews is reclaimed after ``lease_ttl_seconds``.
+    """
+
+    def __init__(self, throttle: AsyncThrottle, grant: Grant) -> None:
+        self._throttle = throttle
+        self.ref = grant.ref
+        self.expires_at = grant.expires_at
+        """When Redis reclaims the lease unless it is renewed (Redis clock)."""
+        self.reported = False
+        """Whether an outcome call has completed (released or not)."""
+        self.state = grant.state
+        """The domain as it was when the slot was granted."""
+
+    @property
+    def id(self) -> str:
+        return self.ref.lease_id
+
+    async def success(self, now: float | None = None) -> ReleaseResult:
+        return await self._throttle._release(self, "success", None, now)
+
+    async def rate_limited(self, retry_after: float | None = None, now: float | None = None) -> ReleaseResult:
+        """Report a 429. ``retry_after`` in seconds sets the cooldown; a
+        missing, non-positive or non-finite value means ``cooldown_seconds``."""
+        return await self._throttle._release(self, "rate_limited", retry_after, now)
+
+    async def failure(self, now: float | None = None) -> ReleaseResult:
+        return await self._throttle._release(self, "failure", None, now)
+
+    async def renew(self, now: float | None = None) -> bool:
+        """Push the expiry back by ``lease_ttl_seconds``; False if the lease is gone."""
+        return await self._throttle._renew(self, now)
+
+    def __repr__(self) -> str:
+        r = self.ref
+        return f"<{type(self).__name__} {r.provider_name}/{r.model_id} {r.domain} id={r.lease_id}>"
+
+
+class AsyncSlot:
+    """What ``AsyncThrottle.slot`` returns."""
+
+    def __init__(
+        self, throttle: AsyncThrottle, provider_name: str, model_id: str, domain: str, timeout: float | None
+    ) -> None:
+        self._throttle = throttle
+        self._target = (provider_name, model_id, domain)
+        self._timeout = timeout
+        self._lease: AsyncLease | None = None
+
+    async def __aenter__(self) -> AsyncLease:
+        provider_name, model_id, domain = self._target
+        self._lease = await self._throttle.acquire(
+            provider_name=provider_name, model_id=model_id, domain=domain, timeout=self._timeout
+        )
+        return self._lease
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        lease = self._lease
+        if lease is None or lease.reported:
+            return
+        if exc_type is None:
+            await lease.success()
+            return
+        try:
+            await lease.failure()
+        except AimdRedisError:
+            # Do not mask the caller's exception; the lease expires on its own.
+            logger.warning("could not report failure of %r; Redis reclaims it when it expires", lease, exc_info=True)

@@ -1,0 +1,314 @@
+"""The sync client: a thin shell that runs the core's script calls.
+
+Generated from aimd_redis/_async/throttle.py by tools/unasync.py:
+do not edit; edit that file and run ``python tools/unasync.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from types import TracebackType
+from typing import Any, cast
+
+from redis import Redis
+from redis.cluster import RedisCluster
+from redis.commands.core import Script
+
+from aimd_redis.config import ThrottleConfig
+from aimd_redis.core import REGISTER_ATTEMPTS, Call, Core, Outcome, check_timeout, parse_state
+from aimd_redis.errors import (
+    AcquireTimeout,
+    AimdRedisError,
+    CorruptStateError,
+    NotRegisteredError,
+    RedisCommandError,
+    redis_boundary,
+)
+from aimd_redis.keys import check_domain
+from aimd_redis.scripts import sources
+from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, ReleaseResult
+
+logger = logging.getLogger("aimd_redis")
+
+#: Socket timeouts of a client built from a URL: an outage surfaces as
+#: RedisUnavailableError within seconds instead of a hang.
+URL_SOCKET_TIMEOUT_SECONDS = 5.0
+
+
+class Throttle:
+    """A fleet-wide adaptive concurrency limit per (provider, model, domain).
+
+    ``redis`` is a URL, or a client the caller keeps ownership of (a plain,
+    Sentinel-backed or cluster client). Every process of a fleet should use
+    the same ``namespace`` and ``config``.
+    """
+
+    def __init__(
+        self,
+        redis: str | Redis | RedisCluster,
+        *,
+        config: ThrottleConfig | None = None,
+        namespace: str = "aimd",
+    ) -> None:
+        if config is not None and not isinstance(config, ThrottleConfig):
+            raise TypeError(f"config must be a ThrottleConfig, not {type(config).__name__}")
+        self.config = config if config is not None else ThrottleConfig()
+        self._core = Core(self.config, namespace)
+        self._owns_redis = isinstance(redis, str)
+        if isinstance(redis, str):
+            redis = Redis.from_url(
+                redis,
+                socket_timeout=URL_SOCKET_TIMEOUT_SECONDS,
+                socket_connect_timeout=URL_SOCKET_TIMEOUT_SECONDS,
+            )
+        # Any: redis-py annotates its sync and asyncio clients with one shared
+        # "Awaitable or value" return type that fits neither.
+        self._redis: Any = cast(Any, redis)
+        self._scripts: dict[str, Script] = {
+            name: self._redis.register_script(text) for name, text in sources().items()
+        }
+        # What this process registered, to register again when Redis forgot
+        # the model (idle expiry, or a restart that lost the data).
+        self._registrations: dict[tuple[str, str], dict[str, int]] = {}
+
+    @property
+    def namespace(self) -> str:
+        return self._core.namespace
+
+    def _run(self, call: Call) -> Any:
+        with redis_boundary():
+            return self._scripts[call.script](keys=call.keys, args=call.args)
+
+    def register(
+        self,
+        *,
+        provider_name: str,
+        model_id: str,
+        alias: str,
+        max_parallel_requests: int,
+        now: float | None = None,
+    ) -> int:
+        """Record ``alias``'s max for the model; return the model's effective max.
+
+        The effective max is the minimum over the model's aliases; a lower
+        value clamps the model's existing domains down at once.
+        """
+        emax = self._register(provider_name, model_id, alias, max_parallel_requests, now)
+        self._registrations.setdefault((provider_name, model_id), {})[alias] = max_parallel_requests
+        return emax
+
+    def _register(
+        self, provider_name: str, model_id: str, alias: str, max_parallel: int, now: float | None
+    ) -> int:
+        domains: list[str] = []
+        for _ in range(REGISTER_ATTEMPTS):
+            call = self._core.register_call(provider_name, model_id, alias, max_parallel, now, domains)
+            result = self._core.parse_register(provider_name, model_id, self._run(call))
+            if isinstance(result, int):
+                return result
+            domains = result
+        raise RedisCommandError(f"register of {provider_name}/{model_id} kept racing domain creation")
+
+    def _restore_registration(self, provider_name: str, model_id: str, now: float | None) -> bool:
+        aliases = self._registrations.get((provider_name, model_id))
+        if not aliases:
+            return False
+        logger.info("%s/%s: Redis has no registration (expired or lost); registering again", provider_name, model_id)
+        for alias, max_parallel in aliases.items():
+            self._register(provider_name, model_id, alias, max_parallel, now)
+        return True
+
+    def effective_max(self, provider_name: str, model_id: str) -> int:
+        """The model's effective max, read without changing anything."""
+        key = self._core.keys(provider_name, model_id).cap
+        with redis_boundary():
+            raw = self._redis.hget(key, "effective_max")
+        if raw is None:
+            raise NotRegisteredError(f"{provider_name}/{model_id} is not registered: call register(...) first")
+        return int(raw)
+
+    def domain_state(self, provider_name: str, model_id: str, domain: str) -> DomainState | None:
+        """A snapshot of the domain, or None if it was never touched (a plain read)."""
+        key = self._core.keys(provider_name, model_id).domain(check_domain(domain))
+        with redis_boundary():
+            fields = self._redis.hgetall(key)
+        return parse_state(key, fields)
+
+    def try_acquire(
+        self, *, provider_name: str, model_id: str, domain: str, now: float | None = None
+    ) -> Lease | Denied:
+        """Take a slot if one is free now, else say why not and how long to wait."""
+        call, ref = self._core.acquire_call(provider_name, model_id, domain, now)
+        try:
+            try:
+                reply = self._run(call)
+            except NotRegisteredError:
+                if not self._restore_registration(provider_name, model_id, now):
+                    raise
+                reply = self._run(call)
+        except (NotRegisteredError, CorruptStateError):
+            raise  # the script refused before granting anything
+        except BaseException:
+            # Cancelled, interrupted or cut off: the script may have granted
+            # the slot without our seeing the reply. Give it back by its id.
+            self._run_quietly(self._core.release_call(ref, "abandon", None, now), ref)
+            raise
+        result = self._core.parse_acquire(ref, reply)
+        return result if isinstance(result, Denied) else Lease(self, result)
+
+    def _run_quietly(self, call: Call, ref: LeaseRef) -> None:
+        """Best effort for a call that gives a slot back, after the first try was cut off."""
+        try:
+            self._run(call)
+        except BaseException:
+            logger.warning(
+                "could not give back a slot of %s/%s %s (lease %s); Redis reclaims it after lease_ttl_seconds",
+                ref.provider_name,
+                ref.model_id,
+                ref.domain,
+                ref.lease_id,
+                exc_info=True,
+            )
+
+    def acquire(
+        self, *, provider_name: str, model_id: str, domain: str, timeout: float | None = None
+    ) -> Lease:
+        """Wait for a slot; ``timeout=None`` waits for ever, ``0`` fails at once.
+
+        Raises AcquireTimeout when no slot came free in time; never sleeps
+        past the deadline.
+        """
+        limit = check_timeout(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        while True:
+            result = self.try_acquire(provider_name=provider_name, model_id=model_id, domain=domain)
+            if not isinstance(result, Denied):
+                return result
+            wait = result.retry_in
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AcquireTimeout(
+                        f"timed out after {timeout}s waiting for a slot on "
+                        f"{provider_name}/{model_id} {domain} ({result.reason}, "
+                        f"limit {result.state.current_limit}, in flight {result.state.in_flight})"
+                    )
+                wait = min(wait, left)
+            time.sleep(wait)
+
+    def slot(self, *, provider_name: str, model_id: str, domain: str, timeout: float | None = None) -> Slot:
+        """Context manager around acquire: leaving the block reports success,
+        unless an outcome was already reported; an exception reports failure."""
+        return Slot(self, provider_name, model_id, domain, timeout)
+
+    def _release(
+        self, lease: Lease, outcome: Outcome, retry_after: float | None, now: float | None
+    ) -> ReleaseResult:
+        call = self._core.release_call(lease.ref, outcome, retry_after, now)
+        try:
+            reply = self._run(call)
+        except CorruptStateError:
+            raise
+        except BaseException:
+            # Cut off mid-call: the release may or may not have run. Running it
+            # again is safe (a lease is released at most once) and keeps a
+            # cancelled task from holding its slot until the lease expires.
+            self._run_quietly(call, lease.ref)
+            raise
+        lease.reported = True
+        return self._core.parse_release(lease.ref, reply)
+
+    def _renew(self, lease: Lease, now: float | None) -> bool:
+        (expiry,) = self._core.parse_renew(self._run(self._core.renew_call([lease.ref], now)))
+        if expiry is None:
+            return False
+        lease.expires_at = expiry
+        return True
+
+    def close(self) -> None:
+        """Close the Redis client if this throttle created it from a URL."""
+        if self._owns_redis:
+            self._redis.close()
+
+    def __enter__(self) -> Throttle:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Lease:
+    """A granted slot. Report one outcome: success, rate_limited or failure.
+
+    A lease nobody reports or renews is reclaimed after ``lease_ttl_seconds``.
+    """
+
+    def __init__(self, throttle: Throttle, grant: Grant) -> None:
+        self._throttle = throttle
+        self.ref = grant.ref
+        self.expires_at = grant.expires_at
+        """When Redis reclaims the lease unless it is renewed (Redis clock)."""
+        self.reported = False
+        """Whether an outcome call has completed (released or not)."""
+        self.state = grant.state
+        """The domain as it was when the slot was granted."""
+
+    @property
+    def id(self) -> str:
+        return self.ref.lease_id
+
+    def success(self, now: float | None = None) -> ReleaseResult:
+        return self._throttle._release(self, "success", None, now)
+
+    def rate_limited(self, retry_after: float | None = None, now: float | None = None) -> ReleaseResult:
+        """Report a 429. ``retry_after`` in seconds sets the cooldown; a
+        missing, non-positive or non-finite value means ``cooldown_seconds``."""
+        return self._throttle._release(self, "rate_limited", retry_after, now)
+
+    def failure(self, now: float | None = None) -> ReleaseResult:
+        return self._throttle._release(self, "failure", None, now)
+
+    def renew(self, now: float | None = None) -> bool:
+        """Push the expiry back by ``lease_ttl_seconds``; False if the lease is gone."""
+        return self._throttle._renew(self, now)
+
+    def __repr__(self) -> str:
+        r = self.ref
+        return f"<{type(self).__name__} {r.provider_name}/{r.model_id} {r.domain} id={r.lease_id}>"
+
+
+class Slot:
+    """What ``Throttle.slot`` returns."""
+
+    def __init__(
+        self, throttle: Throttle, provider_name: str, model_id: str, domain: str, timeout: float | None
+    ) -> None:
+        self._throttle = throttle
+        self._target = (provider_name, model_id, domain)
+        self._timeout = timeout
+        self._lease: Lease | None = None
+
+    def __enter__(self) -> Lease:
+        provider_name, model_id, domain = self._target
+        self._lease = self._throttle.acquire(
+            provider_name=provider_name, model_id=model_id, domain=domain, timeout=self._timeout
+        )
+        return self._lease
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        lease = self._lease
+        if lease is None or lease.reported:
+            return
+        if exc_type is None:
+            lease.success()
+            return
+        try:
+            lease.failure()
+        except AimdRedisError:
+            # Do not mask the caller's exception; the lease expires on its own.
+            logger.warning("could not report failure of %r; Redis reclaims it when it expires", lease, exc_info=True)

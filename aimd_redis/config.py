@@ -1,0 +1,61 @@
+"""Configuration of the shared AIMD loop."""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: The longest cooldown a single 429 can impose. A Retry-After of a day is
+#: almost always a misparsed header; an hour still honours real quota resets
+#: while bounding how long a bad value can stall a fleet.
+MAX_RETRY_AFTER_SECONDS = 3600.0
+
+
+class ThrottleConfig(BaseModel):
+    """Tuning of the AIMD loop, the startup ramp and the state kept in Redis.
+
+    Every process of a fleet should use the same configuration: the scripts
+    apply whatever the calling process passes.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    reduce_factor: float = Field(0.75, gt=0, lt=1)
+    """The limit is multiplied by this on the first 429 of a cascade."""
+    additive_increase: int = Field(1, ge=1)
+    """Added to the limit after every ``success_window`` successes."""
+    success_window: int = Field(25, ge=1)
+    """Consecutive successes needed for one additive increase."""
+    cooldown_seconds: float = Field(2.0, gt=0, allow_inf_nan=False)
+    """How long a 429 without a usable Retry-After blocks the domain."""
+    ceiling_overshoot: float = Field(0.10, ge=0, allow_inf_nan=False)
+    """How far above a learned ceiling the limit may probe (fraction, at least 1)."""
+    rampup_seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
+    """Length of the linear startup ramp from 1 to the effective max; 0 is off."""
+    lease_ttl_seconds: float = Field(300.0, gt=0, allow_inf_nan=False)
+    """A lease not released or renewed for this long is reclaimed. Must outlast
+    the slowest request unless leases are renewed while it runs."""
+    ceiling_ttl_seconds: float = Field(300.0, ge=0, allow_inf_nan=False)
+    """A ceiling no 429 has confirmed for this long is forgotten; 0 keeps it."""
+    idle_ttl_seconds: float = Field(600.0, ge=0, allow_inf_nan=False)
+    """A model untouched for this long expires from Redis; 0 keeps it."""
+
+    @model_validator(mode="after")
+    def _idle_outlasts_leases(self) -> ThrottleConfig:
+        if 0 < self.idle_ttl_seconds < self.lease_ttl_seconds:
+            raise ValueError(
+                "idle_ttl_seconds must be 0 or at least lease_ttl_seconds, or a held "
+                "lease's domain could expire under it"
+            )
+        return self
+
+    def cooldown_for(self, retry_after: float | None) -> float:
+        """The cooldown a 429 imposes, from the server's Retry-After if usable."""
+        if retry_after is None:
+            return self.cooldown_seconds
+        if isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)):
+            raise TypeError(f"retry_after must be a number of seconds or None, not {retry_after!r}")
+        if math.isnan(retry_after) or math.isinf(retry_after) or retry_after <= 0:
+            return self.cooldown_seconds
+        return min(float(retry_after), MAX_RETRY_AFTER_SECONDS)

@@ -1,0 +1,263 @@
+"""The I/O-free core both clients share: script arguments in, typed values out.
+
+The clients only move a :class:`Call` to Redis and hand the reply back here,
+so the sync and asyncio shells cannot drift apart in what they compute.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import secrets
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
+
+import msgspec
+
+from aimd_redis.config import ThrottleConfig
+from aimd_redis.errors import CorruptStateError
+from aimd_redis.keys import ModelKeys, check_alias, check_domain, model_keys
+from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, LimitEvent, ReleaseResult
+
+logger = logging.getLogger("aimd_redis")
+
+Outcome = Literal["success", "rate_limited", "failure", "abandon"]
+
+#: Approximate length the event stream of a model is trimmed to.
+EVENTS_MAXLEN = 10_000
+#: Mean wait suggested to a caller denied at capacity; jittered so pollers
+#: of many processes spread out.
+CAPACITY_POLL_SECONDS = 0.05
+#: Upper bound on max_parallel_requests: far above any real endpoint, low
+#: enough that a typo (an extra zero or six) is caught.
+MAX_PARALLEL_LIMIT = 1_000_000
+#: A register retries while domains are being created under it; each try
+#: passes every domain the previous one saw, so this is never reached in practice.
+REGISTER_ATTEMPTS = 16
+# Changes that happen often in a healthy run; logged at DEBUG, the rest at INFO.
+_QUIET_EVENTS = frozenset({"cooldown", "created", "ramp"})
+
+
+class Call(NamedTuple):
+    """One script invocation."""
+
+    script: str
+    keys: list[str]
+    args: list[str]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _seconds(value: float) -> str:
+    return repr(float(value))
+
+
+def check_now(now: float | None) -> str:
+    """The ``now`` argument of a script: '' lets the script read Redis TIME."""
+    if now is None:
+        return ""
+    if isinstance(now, bool) or not isinstance(now, (int, float)):
+        raise TypeError(f"now must be seconds as a number, not {now!r}")
+    if not math.isfinite(now) or now < 0:
+        raise ValueError(f"now must be a finite number of seconds >= 0, not {now!r}")
+    return _seconds(now)
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be seconds as a number or None, not {timeout!r}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
+    return None if math.isinf(timeout) else float(timeout)
+
+
+def check_max_parallel(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"max_parallel_requests must be an int, not {value!r}")
+    if not 1 <= value <= MAX_PARALLEL_LIMIT:
+        raise ValueError(f"max_parallel_requests must be between 1 and {MAX_PARALLEL_LIMIT}, not {value}")
+    return value
+
+
+def parse_state(key: str, fields: dict[Any, Any]) -> DomainState | None:
+    """A DomainState from a domain hash's fields (None when it has none)."""
+    if not fields:
+        return None
+    try:
+        return msgspec.convert({_text(k): _text(v) for k, v in fields.items()}, DomainState, strict=False)
+    except msgspec.ValidationError as exc:
+        raise CorruptStateError(f"{key}: {exc}") from exc
+
+
+def _state_from_values(values: Sequence[Any]) -> DomainState:
+    """A DomainState from a script's reply: values in DomainState field order.
+
+    The scripts validated these; building the struct directly skips a second
+    validation on the hot path."""
+    (limit, in_flight, blocked, streak, waiters, ceiling, cascade, started, ramp) = values
+    return DomainState(
+        current_limit=int(limit),
+        in_flight=int(in_flight),
+        blocked_until=float(blocked),
+        success_streak=int(streak),
+        waiters=int(waiters),
+        rate_limit_ceiling=int(ceiling),
+        consecutive_429s=int(cascade),
+        rampup_started_at=float(started),
+        rampup_active=ramp in (b"1", "1"),
+    )
+
+
+class Core:
+    """Builds script calls for one namespace and configuration, parses replies."""
+
+    def __init__(self, config: ThrottleConfig, namespace: str) -> None:
+        self.config = config
+        self.namespace = namespace
+        model_keys(namespace, "probe", "probe")  # validates the namespace now
+        idle_ms = 0 if config.idle_ttl_seconds == 0 else max(1, round(config.idle_ttl_seconds * 1000))
+        self._idle_ms = str(idle_ms)
+        self._lease_ttl = _seconds(config.lease_ttl_seconds)
+        self._acquire_tail = [
+            self._lease_ttl,
+            _seconds(config.rampup_seconds),
+            _seconds(config.ceiling_ttl_seconds),
+            self._idle_ms,
+            str(EVENTS_MAXLEN),
+        ]
+        self._release_tail = [
+            _seconds(config.reduce_factor),
+            str(config.additive_increase),
+            str(config.success_window),
+            _seconds(config.ceiling_overshoot),
+            _seconds(config.rampup_seconds),
+            _seconds(config.ceiling_ttl_seconds),
+            self._idle_ms,
+            str(EVENTS_MAXLEN),
+            self._lease_ttl,
+        ]
+
+    def keys(self, provider_name: str, model_id: str) -> ModelKeys:
+        return model_keys(self.namespace, provider_name, model_id)
+
+    def _domain_keys(self, provider_name: str, model_id: str, domain: str) -> list[str]:
+        mk = self.keys(provider_name, model_id)
+        check_domain(domain)
+        return [mk.cap, mk.domain(domain), mk.leases(domain), mk.index, mk.events]
+
+    # -- register -----------------------------------------------------------
+
+    def register_call(
+        self,
+        provider_name: str,
+        model_id: str,
+        alias: str,
+        max_parallel_requests: int,
+        now: float | None,
+        domains: Sequence[str] = (),
+    ) -> Call:
+        mk = self.keys(provider_name, model_id)
+        check_alias(alias)
+        check_max_parallel(max_parallel_requests)
+        return Call(
+            "register",
+            [mk.cap, mk.index, mk.events, *(mk.domain(d) for d in domains)],
+            [check_now(now), alias, str(max_parallel_requests), self._idle_ms, str(EVENTS_MAXLEN), *domains],
+        )
+
+    def parse_register(self, provider_name: str, model_id: str, reply: Sequence[Any]) -> int | list[str]:
+        """The effective max, or the domain names to call again with."""
+        if _text(reply[0]) == "stale":
+            return [_text(name) for name in reply[1:]]
+        self._log(provider_name, model_id, reply[2])
+        return int(reply[1])
+
+    # -- acquire ------------------------------------------------------------
+
+    def acquire_call(self, provider_name: str, model_id: str, domain: str, now: float | None) -> tuple[Call, LeaseRef]:
+        """The call, and the lease it grants if it does (chosen before the call,
+        so a caller that never sees the reply can still give the slot back)."""
+        ref = LeaseRef(provider_name=provider_name, model_id=model_id, domain=domain, lease_id=secrets.token_hex(10))
+        keys = self._domain_keys(provider_name, model_id, domain)
+        return Call("acquire", keys, [check_now(now), domain, ref.lease_id, *self._acquire_tail]), ref
+
+    def parse_acquire(self, ref: LeaseRef, reply: Sequence[Any]) -> Grant | Denied:
+        status, value, flat_state, events = reply
+        status = _text(status)
+        if status == "abandoned":
+            raise RuntimeError(f"lease {ref.lease_id} was abandoned before its acquire ran")
+        self._log(ref.provider_name, ref.model_id, events)
+        state = _state_from_values(flat_state)
+        if status == "granted":
+            return Grant(ref=ref, expires_at=float(_text(value)), state=state)
+        if status == "cooldown":
+            return Denied(reason="cooldown", retry_in=float(_text(value)), state=state)
+        return Denied(reason="at_capacity", retry_in=CAPACITY_POLL_SECONDS * (0.5 + random.random()), state=state)
+
+    # -- release and renew --------------------------------------------------
+
+    def release_call(self, ref: LeaseRef, outcome: Outcome, retry_after: float | None, now: float | None) -> Call:
+        cooldown = self.config.cooldown_for(retry_after)
+        keys = self._domain_keys(ref.provider_name, ref.model_id, ref.domain)
+        return Call(
+            "release",
+            keys,
+            [check_now(now), ref.domain, ref.lease_id, outcome, _seconds(cooldown), *self._release_tail],
+        )
+
+    def parse_release(self, ref: LeaseRef, reply: Sequence[Any]) -> ReleaseResult:
+        released, flat_state, events = reply
+        self._log(ref.provider_name, ref.model_id, events)
+        return ReleaseResult(released=released == 1, state=_state_from_values(flat_state) if flat_state else None)
+
+    def renew_call(self, refs: Sequence[LeaseRef], now: float | None) -> Call:
+        """Renew leases of one model (any of its domains) in one call."""
+        first = refs[0]
+        mk = self.keys(first.provider_name, first.model_id)
+        keys = [mk.cap, mk.index, mk.events]
+        for ref in refs:
+            if (ref.provider_name, ref.model_id) != (first.provider_name, first.model_id):
+                raise ValueError("renew_call takes leases of one model")
+            keys += [mk.domain(ref.domain), mk.leases(ref.domain)]
+        return Call("renew", keys, [check_now(now), self._lease_ttl, self._idle_ms, *(r.lease_id for r in refs)])
+
+    @staticmethod
+    def parse_renew(reply: Sequence[Any]) -> list[float | None]:
+        """New expiry per lease; None where the lease is gone."""
+        return [float(t) if (t := _text(raw)) else None for raw in reply]
+
+    # -- logging ------------------------------------------------------------
+
+    def _log(self, provider_name: str, model_id: str, flat: Sequence[Any]) -> None:
+        for event in self.events(provider_name, model_id, flat):
+            level = logging.DEBUG if event.event in _QUIET_EVENTS else logging.INFO
+            if logger.isEnabledFor(level):
+                logger.log(
+                    level,
+                    "%s/%s %s: %s %s -> %s",
+                    provider_name,
+                    model_id,
+                    event.domain,
+                    event.event,
+                    f"{event.old:g}",
+                    f"{event.new:g}",
+                )
+
+    @staticmethod
+    def events(provider_name: str, model_id: str, flat: Sequence[Any]) -> list[LimitEvent]:
+        return [
+            LimitEvent(
+                provider_name=provider_name,
+                model_id=model_id,
+                domain=_text(flat[i]),
+                event=_text(flat[i + 1]),
+                old=float(_text(flat[i + 2])),
+                new=float(_text(flat[i + 3])),
+            )
+            for i in range(0, len(flat), 4)
+        ]

@@ -1,0 +1,65 @@
+"""The library's exceptions, and the one place redis-py's are translated."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis.exceptions
+
+
+class AimdRedisError(Exception):
+    """Base class of every error this library raises."""
+
+
+class NotRegisteredError(AimdRedisError, RuntimeError):
+    """Acquire on a model no alias has registered."""
+
+
+class AcquireTimeout(AimdRedisError, TimeoutError):
+    """No slot became free before the acquire's timeout."""
+
+
+class CorruptStateError(AimdRedisError, ValueError):
+    """A hash field in Redis holds a value the scripts cannot use."""
+
+
+class RedisUnavailableError(AimdRedisError, ConnectionError):
+    """Redis could not be reached, or did not answer in time."""
+
+
+class RedisCommandError(AimdRedisError):
+    """Redis refused a command (permissions, wrong type, scripting errors)."""
+
+
+def _from_script(message: str) -> AimdRedisError | None:
+    code, _, rest = message.partition(" ")
+    if code == "AIMD_NOT_REGISTERED":
+        return NotRegisteredError(
+            f"no alias has registered this model ({rest} has no effective_max): call "
+            "register(provider_name=..., model_id=..., alias=..., max_parallel_requests=...) "
+            "before acquiring"
+        )
+    if code == "AIMD_CORRUPT":
+        return CorruptStateError(f"{rest}; fix or delete it with redis-cli (HSET/HDEL), the scripts will not guess")
+    return None
+
+
+def translate(exc: redis.exceptions.RedisError) -> AimdRedisError:
+    """The library's exception for a redis-py one."""
+    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        return RedisUnavailableError(f"Redis is unreachable: {exc}")
+    if isinstance(exc, redis.exceptions.ResponseError):
+        ours = _from_script(str(exc))
+        if ours is not None:
+            return ours
+    return RedisCommandError(f"Redis refused the command: {exc}")
+
+
+@contextmanager
+def redis_boundary() -> Iterator[None]:
+    """Re-raise redis-py errors as the library's own (works around awaits too)."""
+    try:
+        yield
+    except redis.exceptions.RedisError as exc:
+        raise translate(exc) from exc

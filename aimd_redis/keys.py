@@ -1,0 +1,71 @@
+"""Validated names and the Redis key layout.
+
+All keys of one model share the hash tag ``{<provider>/<model>}``, so they
+live in one Cluster slot and a script may touch any of them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+_NAME_MAX = 200
+# Printable, no whitespace: keys stay readable and unambiguous in redis-cli.
+_BAD_CHARS = re.compile(r"[{}\s\x00-\x1f\x7f]")
+_DOMAIN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: Names under the model's tag that are not domains.
+RESERVED_DOMAINS = frozenset({"cap", "events", "domains"})
+
+
+def _check_name(what: str, value: object, extra: str = "") -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    if len(value) > _NAME_MAX:
+        raise ValueError(f"{what} is longer than {_NAME_MAX} characters")
+    bad = _BAD_CHARS.search(value) or (re.search(f"[{re.escape(extra)}]", value) if extra else None)
+    if bad:
+        raise ValueError(f"{what} {value!r} contains {bad.group()!r}, which names may not hold")
+    return value
+
+
+def check_alias(alias: object) -> str:
+    return _check_name("alias", alias)
+
+
+def check_domain(domain: object) -> str:
+    if not isinstance(domain, str):
+        raise TypeError(f"domain must be a str, not {type(domain).__name__}")
+    if not _DOMAIN.fullmatch(domain):
+        raise ValueError(f"domain {domain!r} must be 1 to 64 characters from A-Z a-z 0-9 _ -")
+    if domain in RESERVED_DOMAINS:
+        raise ValueError(f"domain {domain!r} is reserved by the key layout")
+    return domain
+
+
+@dataclass(frozen=True, slots=True)
+class ModelKeys:
+    """The keys of one model."""
+
+    tag: str
+    cap: str
+    index: str
+    events: str
+
+    def domain(self, domain: str) -> str:
+        return f"{self.tag}:{domain}"
+
+    def leases(self, domain: str) -> str:
+        return f"{self.tag}:{domain}:leases"
+
+
+@lru_cache(maxsize=4096)
+def model_keys(namespace: str, provider_name: str, model_id: str) -> ModelKeys:
+    """Validate the names and build the model's keys (cached: on the hot path)."""
+    _check_name("namespace", namespace)
+    _check_name("provider_name", provider_name, extra="/")
+    _check_name("model_id", model_id)
+    tag = f"{namespace}:{{{provider_name}/{model_id}}}"
+    return ModelKeys(tag=tag, cap=f"{tag}:cap", index=f"{tag}:domains", events=f"{tag}:events")

@@ -1,0 +1,79 @@
+"""Typed values the clients return."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+import msgspec
+
+_Count = Annotated[int, msgspec.Meta(ge=0)]
+_Time = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class DomainState(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of one domain's hash in Redis (times in seconds)."""
+
+    current_limit: Annotated[int, msgspec.Meta(ge=1)]
+    in_flight: _Count
+    blocked_until: _Time
+    success_streak: _Count
+    waiters: _Count
+    rate_limit_ceiling: _Count
+    consecutive_429s: _Count
+    rampup_started_at: _Time
+    rampup_active: bool
+
+    def __post_init__(self) -> None:
+        # The same rules the scripts apply to a hand-edited hash.
+        for name in ("blocked_until", "rampup_started_at"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number of seconds")
+
+
+class Denied(msgspec.Struct, frozen=True, kw_only=True):
+    """A try_acquire that got no slot."""
+
+    reason: Literal["cooldown", "at_capacity"]
+    retry_in: float
+    """Seconds to wait: the cooldown left, or a short poll interval at capacity."""
+    state: DomainState
+
+
+class ReleaseResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What reporting a lease's outcome did."""
+
+    released: bool
+    """True only for the call that gave the slot back; an outcome reported on
+    a lease already released or expired changes nothing."""
+    state: DomainState | None
+    """The domain after the call (None if it no longer exists)."""
+
+
+class LimitEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One change the scripts made and appended to the model's event stream."""
+
+    provider_name: str
+    model_id: str
+    domain: str
+    """The domain, or ``*`` for a change of the model's effective max."""
+    event: str
+    old: float
+    new: float
+
+
+class LeaseRef(msgspec.Struct, frozen=True, kw_only=True):
+    """Which lease of which domain."""
+
+    provider_name: str
+    model_id: str
+    domain: str
+    lease_id: str
+
+
+class Grant(msgspec.Struct, frozen=True, kw_only=True):
+    """A granted slot, before a client wraps it in its Lease."""
+
+    ref: LeaseRef
+    expires_at: float
+    state: DomainState

@@ -1,0 +1,200 @@
+-- Shared helpers, prepended to every operation script when it is loaded.
+-- Defines locals only: reads no KEYS or ARGV and writes nothing.
+--
+-- Every script validates everything it reads before its first write, because
+-- Redis does not roll a script back when it errors half way.
+
+-- The domain hash's fields, in the order of the state reply, with their kinds
+-- (for validating what a person may have HSET by hand):
+--   pos: whole number >= 1, count: whole number >= 0, time: number >= 0, flag: 0 or 1
+-- The first nine are the public state; ceiling_confirmed_at is the last time
+-- a 429 confirmed the ceiling.
+local FIELDS = {
+  {'current_limit', 'pos'}, {'in_flight', 'count'}, {'blocked_until', 'time'},
+  {'success_streak', 'count'}, {'waiters', 'count'}, {'rate_limit_ceiling', 'count'},
+  {'consecutive_429s', 'count'}, {'rampup_started_at', 'time'}, {'rampup_active', 'flag'},
+  {'ceiling_confirmed_at', 'time'},
+}
+local FIELD_NAMES = {}
+for i, f in ipairs(FIELDS) do FIELD_NAMES[i] = f[1] end
+
+-- Plain decimal text: whole numbers exactly, others to 14 significant digits
+-- (0.1 ms for times since the epoch), never in exponent form.
+local function fmt(x)
+  if x == math.floor(x) and math.abs(x) < 1e15 then
+    return string.format('%d', x)
+  end
+  local s = tostring(x)
+  if not string.find(s, 'e', 1, true) then return s end
+  s = string.gsub(string.format('%.6f', x), '0+$', '')
+  return (string.gsub(s, '%.$', ''))
+end
+
+-- Idle expiry: a model nobody touches for idle_ms disappears from Redis.
+local function expire_new(idle_ms, key)
+  if idle_ms > 0 then redis.call('PEXPIRE', key, idle_ms) end
+end
+
+-- Seconds: the caller's injected value, else the server's clock (one clock
+-- for the whole fleet, whatever the pods' own clocks say).
+local function clock(arg)
+  if arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function check(key, name, raw, kind)
+  local v = tonumber(raw)
+  local ok = v ~= nil and v == v and v ~= math.huge and v ~= -math.huge
+  if ok then
+    if kind == 'time' then
+      ok = v >= 0
+    else
+      ok = v == math.floor(v) and v >= (kind == 'pos' and 1 or 0)
+      if kind == 'flag' then ok = ok and v <= 1 end
+    end
+  end
+  if ok then return v end
+  return nil, 'AIMD_CORRUPT ' .. key .. ' field ' .. name .. ' holds ' ..
+    (raw == nil and '(nothing)' or ('"' .. raw .. '"'))
+end
+
+-- The model's effective max; nil when nobody registered the model.
+local function read_max(cap_key)
+  local raw = redis.call('HGET', cap_key, 'effective_max')
+  if not raw then return nil end
+  return check(cap_key, 'effective_max', raw, 'pos')
+end
+
+-- The domain as a table of numbers, or nil if it does not exist. d.raw keeps
+-- the strings as read, so that saving and replying touch only what changed.
+local function load_domain(key)
+  local raw = redis.call('HMGET', key, unpack(FIELD_NAMES))
+  local d = {raw = raw, read = {}}
+  local present = false
+  for i, f in ipairs(FIELDS) do
+    local text = raw[i]
+    if text then
+      present = true
+      local v, err = check(key, f[1], text, f[2])
+      if err then return nil, err end
+      d[f[1]] = v
+      d.read[i] = v
+      -- Accepted but not plain ('64.0', ' 5', '1e3'): rewritten plain on save.
+      if not (string.find(text, '^%d+$') or (f[2] == 'time' and string.find(text, '^%d+%.%d+$'))) then
+        raw[i] = false
+      end
+    end
+  end
+  if not present then return nil end
+  for i, f in ipairs(FIELDS) do
+    if d[f[1]] == nil then return nil, (select(2, check(key, f[1], nil, f[2]))) end
+  end
+  return d
+end
+
+local function new_domain(now, emax, rampup_seconds)
+  local ramp = rampup_seconds > 0 and emax > 1
+  return {
+    current_limit = ramp and 1 or emax, in_flight = 0, blocked_until = 0,
+    success_streak = 0, waiters = 0, rate_limit_ceiling = 0, consecutive_429s = 0,
+    rampup_started_at = now, rampup_active = ramp and 1 or 0, ceiling_confirmed_at = 0,
+    raw = {}, read = {},
+  }
+end
+
+-- The text of field i as read, or nil if the value has changed since.
+local function text_of(d, i)
+  local raw = d.raw[i]
+  if raw and d.read[i] == d[FIELD_NAMES[i]] then return raw end
+  return nil
+end
+
+local function save_domain(key, d)
+  local flat = {}
+  for i, name in ipairs(FIELD_NAMES) do
+    if not text_of(d, i) then
+      local text = fmt(d[name])
+      d.raw[i] = text
+      flat[#flat + 1] = name
+      flat[#flat + 1] = text
+    end
+  end
+  if #flat > 0 then redis.call('HSET', key, unpack(flat)) end
+end
+
+-- The public state as a list of values, in FIELDS order (call after saving).
+local function state_reply(d)
+  local values = {}
+  for i = 1, 9 do values[i] = d.raw[i] end
+  return values
+end
+
+-- Events are collected while a script runs and written at its end, so that
+-- nothing is written before validation has passed.
+local events = {}
+local function emit(domain, event, from, to)
+  events[#events + 1] = {domain, event, fmt(from), fmt(to)}
+end
+
+local function flush_events(stream_key, now, maxlen, idle_ms)
+  local flat = {}
+  for _, e in ipairs(events) do
+    redis.call('XADD', stream_key, 'MAXLEN', '~', maxlen, '*',
+      'domain', e[1], 'event', e[2], 'from', e[3], 'to', e[4], 'at', fmt(now))
+    flat[#flat + 1] = e[1]
+    flat[#flat + 1] = e[2]
+    flat[#flat + 1] = e[3]
+    flat[#flat + 1] = e[4]
+  end
+  if #events > 0 then expire_new(idle_ms, stream_key) end
+  return flat
+end
+
+-- Drops leases whose holders stopped renewing them; their slots come back.
+local function reap(domain, leases_key, now)
+  local n = redis.call('ZREMRANGEBYSCORE', leases_key, 0, fmt(now))
+  if n > 0 then emit(domain, 'reclaimed', n, 0) end
+end
+
+-- Rules applied on every touch: the registered max is a hard cap (also over a
+-- hand-set current_limit), and a ceiling no 429 has confirmed for
+-- ceiling_ttl seconds is forgotten.
+local function refresh(domain, d, now, emax, ceiling_ttl)
+  if d.current_limit > emax then
+    emit(domain, 'clamp', d.current_limit, emax)
+    d.current_limit = emax
+  end
+  if d.rate_limit_ceiling > 0 and ceiling_ttl > 0
+      and now - d.ceiling_confirmed_at >= ceiling_ttl then
+    emit(domain, 'ceiling_forgotten', d.rate_limit_ceiling, 0)
+    d.rate_limit_ceiling = 0
+  end
+end
+
+-- The startup ramp: a linear climb from 1 to the effective max.
+local function ramp(domain, d, now, emax, rampup_seconds)
+  if d.rampup_active ~= 1 then return end
+  local before = d.current_limit
+  local elapsed = math.max(0, now - d.rampup_started_at)
+  if rampup_seconds <= 0 or elapsed >= rampup_seconds then
+    d.current_limit = emax
+    d.rampup_active = 0
+    emit(domain, 'ramp_end', before, emax)
+  else
+    d.current_limit = math.min(emax, 1 + math.floor((emax - 1) * elapsed / rampup_seconds))
+    if d.current_limit ~= before then emit(domain, 'ramp', before, d.current_limit) end
+  end
+end
+
+-- Idle expiry: every key gets its expiry when a script creates it (see
+-- expire_new); all of them are pushed back together once the probe key (the
+-- domain hash) has aged by a tenth of idle_ms, so a steady stream of calls
+-- costs one PTTL, not a PEXPIRE per key.
+local function touch(idle_ms, probe, ...)
+  if idle_ms <= 0 then return end
+  local left = redis.call('PTTL', probe)
+  if left >= 0 and left > idle_ms - idle_ms / 10 then return end
+  redis.call('PEXPIRE', probe, idle_ms)
+  for _, key in ipairs({...}) do redis.call('PEXPIRE', key, idle_ms) end
+end

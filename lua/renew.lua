@@ -1,0 +1,32 @@
+-- renew: push back the expiry of live leases (any domains of one model).
+--
+-- KEYS[1]     cap hash       <ns>:{<provider>/<model>}:cap
+-- KEYS[2]     domain index   <ns>:{<provider>/<model>}:domains
+-- KEYS[3]     event stream   <ns>:{<provider>/<model>}:events
+-- KEYS[2i+2]  domain hash of lease i   <ns>:{<provider>/<model>}:<domain>
+-- KEYS[2i+3]  leases zset of lease i   <ns>:{<provider>/<model>}:<domain>:leases
+--
+-- ARGV[1]     now in seconds, or '' for the server's TIME
+-- ARGV[2]     lease_ttl_seconds
+-- ARGV[3]     idle ttl in milliseconds (0: never expire)
+-- ARGV[3+i]   id of lease i
+--
+-- Reply: one entry per lease: its new expiry, or '' when the lease was
+-- already released or expired (an expired lease is never brought back).
+
+local now = clock(ARGV[1])
+local expiry = fmt(now + tonumber(ARGV[2]))
+local idle_ms = tonumber(ARGV[3])
+local reply = {}
+for i = 1, #ARGV - 3 do
+  local domain_key, leases_key = KEYS[2 * i + 2], KEYS[2 * i + 3]
+  local score = redis.call('ZSCORE', leases_key, ARGV[3 + i])
+  if score and tonumber(score) > now then
+    redis.call('ZADD', leases_key, 'XX', expiry, ARGV[3 + i])
+    touch(idle_ms, domain_key, leases_key, KEYS[1], KEYS[2], KEYS[3])
+    reply[i] = expiry
+  else
+    reply[i] = ''
+  end
+end
+return reply

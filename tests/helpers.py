@@ -1,0 +1,46 @@
+"""Short forms of the client calls the tests make over and over."""
+
+from __future__ import annotations
+
+from aimd_redis import Denied, DomainState, Lease, Throttle
+
+P, M = "openai", "gpt-4o"
+
+
+def reg(t: Throttle, max_parallel: int, alias: str = "gen", now: float = 0.0, model: str = M) -> int:
+    return t.register(provider_name=P, model_id=model, alias=alias, max_parallel_requests=max_parallel, now=now)
+
+
+def take(t: Throttle, now: float, domain: str = "chat", model: str = M) -> Lease | Denied:
+    return t.try_acquire(provider_name=P, model_id=model, domain=domain, now=now)
+
+
+def grant(t: Throttle, now: float, domain: str = "chat", model: str = M) -> Lease:
+    got = take(t, now, domain, model)
+    assert isinstance(got, Lease), got
+    return got
+
+
+def fill(t: Throttle, n: int, now: float, domain: str = "chat") -> list[Lease]:
+    return [grant(t, now, domain) for _ in range(n)]
+
+
+def state(t: Throttle, domain: str = "chat", model: str = M) -> DomainState:
+    s = t.domain_state(P, model, domain)
+    assert s is not None
+    return s
+
+
+def limit(t: Throttle, domain: str = "chat") -> int:
+    return state(t, domain).current_limit
+
+
+def succeed(t: Throttle, n: int, now: float, domain: str = "chat") -> None:
+    """n acquire+success round trips."""
+    for _ in range(n):
+        assert grant(t, now, domain).success(now=now).released
+
+
+def rate_limit_at(t: Throttle, now: float, retry_after: float | None = None, domain: str = "chat") -> None:
+    """One acquire answered by a 429."""
+    assert grant(t, now, domain).rate_limited(retry_after=retry_after, now=now).released

@@ -1,0 +1,77 @@
+"""Leases: reclaimed on expiry, released once, renewed while held."""
+
+from __future__ import annotations
+
+import pytest
+
+from aimd_redis import Denied, Lease
+
+from .conftest import MakeThrottle
+from .helpers import fill, grant, reg, state, take
+
+
+def test_releasing_twice_changes_nothing_and_says_so(make_throttle: MakeThrottle) -> None:
+    t = make_throttle(success_window=1)
+    reg(t, 4)
+    lease = grant(t, 0)
+    first = lease.rate_limited(now=0)
+    second = lease.success(now=10)
+    assert (first.released, second.released) == (True, False)
+    after = state(t)
+    assert (after.consecutive_429s, after.current_limit, after.success_streak) == (1, 3, 0)
+
+
+def test_an_expired_lease_is_reclaimed_and_its_late_outcome_ignored(make_throttle: MakeThrottle) -> None:
+    t = make_throttle(lease_ttl_seconds=30, reduce_factor=0.5)
+    reg(t, 2)
+    stale, _ = fill(t, 2, 0)
+    assert isinstance(take(t, 29.0), Denied)
+    fresh = take(t, 30.0)  # the first two expired at exactly 30
+    assert isinstance(fresh, Lease)
+    assert state(t).in_flight == 1
+    late = stale.rate_limited(now=31.0)
+    assert not late.released
+    assert late.state is not None
+    assert (late.state.current_limit, late.state.consecutive_429s, late.state.in_flight) == (2, 0, 1)
+
+
+def test_renewal_keeps_a_lease_alive_and_cannot_revive_an_expired_one(make_throttle: MakeThrottle) -> None:
+    t = make_throttle(lease_ttl_seconds=30)
+    reg(t, 1)
+    lease = grant(t, 0)
+    assert lease.renew(now=20)
+    assert lease.expires_at == 50
+    assert isinstance(take(t, 45), Denied)  # still held thanks to the renewal
+    assert lease.success(now=49).released
+    other = grant(t, 50)
+    assert not other.renew(now=80)  # expired at 80
+    assert state(t).in_flight == 1  # not reaped until the next acquire or release
+    assert isinstance(take(t, 80), Lease)
+    assert not other.success(now=80).released
+
+
+def test_slot_reports_success_on_normal_exit(make_throttle: MakeThrottle) -> None:
+    t = make_throttle(success_window=5)
+    reg(t, 4)
+    with t.slot(provider_name="openai", model_id="gpt-4o", domain="chat") as lease:
+        assert state(t).in_flight == 1
+    assert lease.reported
+    assert (state(t).in_flight, state(t).success_streak) == (0, 1)
+
+
+def test_slot_reports_failure_on_an_exception(make_throttle: MakeThrottle) -> None:
+    t = make_throttle(success_window=2)
+    reg(t, 4)
+    with pytest.raises(KeyError), t.slot(provider_name="openai", model_id="gpt-4o", domain="chat"):
+        raise KeyError("boom")
+    s = state(t)
+    assert (s.in_flight, s.success_streak, s.current_limit) == (0, 0, 4)
+
+
+def test_slot_does_not_report_twice_after_a_429(make_throttle: MakeThrottle) -> None:
+    t = make_throttle(success_window=1)
+    reg(t, 8)
+    with t.slot(provider_name="openai", model_id="gpt-4o", domain="chat") as lease:
+        lease.rate_limited(retry_after=0.001)
+    s = state(t)
+    assert (s.in_flight, s.current_limit, s.consecutive_429s, s.success_streak) == (0, 6, 1, 0)
