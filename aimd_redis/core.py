@@ -17,7 +17,7 @@ import msgspec
 
 from aimd_redis.config import ThrottleConfig
 from aimd_redis.errors import CorruptStateError
-from aimd_redis.keys import ModelKeys, check_alias, check_domain, model_keys
+from aimd_redis.keys import ModelKeys, check_alias, check_domain, check_namespace, model_keys
 from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, LimitEvent, ReleaseResult
 
 logger = logging.getLogger("aimd_redis")
@@ -94,6 +94,13 @@ def parse_state(key: str, fields: dict[Any, Any]) -> DomainState | None:
         raise CorruptStateError(f"{key}: {exc}") from exc
 
 
+def parse_effective_max(key: str, raw: Any) -> int:
+    text = _text(raw)
+    if not text.isdigit() or int(text) < 1:
+        raise CorruptStateError(f"{key} field effective_max holds {text!r}")
+    return int(text)
+
+
 def _state_from_values(values: Sequence[Any]) -> DomainState:
     """A DomainState from a script's reply: values in DomainState field order.
 
@@ -118,8 +125,7 @@ class Core:
 
     def __init__(self, config: ThrottleConfig, namespace: str) -> None:
         self.config = config
-        self.namespace = namespace
-        model_keys(namespace, "probe", "probe")  # validates the namespace now
+        self.namespace = check_namespace(namespace)
         idle_ms = 0 if config.idle_ttl_seconds == 0 else max(1, round(config.idle_ttl_seconds * 1000))
         self._idle_ms = str(idle_ms)
         self._lease_ttl = _seconds(config.lease_ttl_seconds)

@@ -31,6 +31,10 @@ def _check_name(what: str, value: object, extra: str = "") -> str:
     return value
 
 
+def check_namespace(namespace: object) -> str:
+    return _check_name("namespace", namespace)
+
+
 def check_alias(alias: object) -> str:
     return _check_name("alias", alias)
 

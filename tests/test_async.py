@@ -52,11 +52,13 @@ async def test_async_acquire_times_out_without_sleeping_past_the_deadline(make_a
     started = time.monotonic()
     with pytest.raises(AcquireTimeout, match="timed out"):
         await t.acquire(**TARGET, timeout=0)
+    assert time.monotonic() - started < 1
+    await held.rate_limited(retry_after=30)  # the domain now says: retry in 30 s
+    started = time.monotonic()
     with pytest.raises(TimeoutError, match="timed out"):
-        await t.acquire(**TARGET, timeout=0.25)
+        await t.acquire(**TARGET, timeout=0.3)
     waited = time.monotonic() - started
-    assert 0.25 <= waited < 0.25 + 0.2
-    await held.success()
+    assert 0.3 <= waited < 3  # woke at the deadline, not after the 30 s cooldown
 
 
 async def test_async_acquire_waits_for_a_release(make_async_throttle: MakeAsync) -> None:

@@ -75,3 +75,19 @@ def test_slot_does_not_report_twice_after_a_429(make_throttle: MakeThrottle) -> 
         lease.rate_limited(retry_after=0.001)
     s = state(t)
     assert (s.in_flight, s.current_limit, s.consecutive_429s, s.success_streak) == (0, 6, 1, 0)
+
+
+def test_sync_acquire_waits_and_times_out(make_throttle: MakeThrottle) -> None:
+    import time
+
+    from aimd_redis import AcquireTimeout
+
+    t = make_throttle()
+    reg(t, 1)
+    target = {"provider_name": "openai", "model_id": "gpt-4o", "domain": "chat"}
+    held = t.acquire(**target, timeout=0)
+    held.rate_limited(retry_after=30)
+    started = time.monotonic()
+    with pytest.raises(AcquireTimeout, match="timed out"):
+        t.acquire(**target, timeout=0.2)
+    assert 0.2 <= time.monotonic() - started < 3

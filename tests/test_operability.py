@@ -143,6 +143,8 @@ def test_a_garbage_effective_max_is_a_clear_error(make_throttle: MakeThrottle, c
     client.hset("aimd:{openai/gpt-4o}:cap", "effective_max", "lots")
     with pytest.raises(CorruptStateError, match="effective_max"):
         take(t, 0)
+    with pytest.raises(CorruptStateError, match="effective_max"):
+        t.effective_max(P, M)
 
 
 def test_plain_reads_create_and_advance_nothing(make_throttle: MakeThrottle, client) -> None:

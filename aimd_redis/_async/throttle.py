@@ -17,7 +17,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from aimd_redis.config import ThrottleConfig
-from aimd_redis.core import REGISTER_ATTEMPTS, Call, Core, Outcome, check_timeout, parse_state
+from aimd_redis.core import REGISTER_ATTEMPTS, Call, Core, Outcome, check_timeout, parse_effective_max, parse_state
 from aimd_redis.errors import (
     AcquireTimeout,
     AimdRedisError,
@@ -127,7 +127,7 @@ class AsyncThrottle:
             raw = await self._redis.hget(key, "effective_max")
         if raw is None:
             raise NotRegisteredError(f"{provider_name}/{model_id} is not registered: call register(...) first")
-        return int(raw)
+        return parse_effective_max(key, raw)
 
     async def domain_state(self, provider_name: str, model_id: str, domain: str) -> DomainState | None:
         """A snapshot of the domain, or None if it was never touched (a plain read)."""

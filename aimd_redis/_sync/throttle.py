@@ -16,7 +16,7 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from aimd_redis.config import ThrottleConfig
-from aimd_redis.core import REGISTER_ATTEMPTS, Call, Core, Outcome, check_timeout, parse_state
+from aimd_redis.core import REGISTER_ATTEMPTS, Call, Core, Outcome, check_timeout, parse_effective_max, parse_state
 from aimd_redis.errors import (
     AcquireTimeout,
     AimdRedisError,
@@ -126,7 +126,7 @@ class Throttle:
             raw = self._redis.hget(key, "effective_max")
         if raw is None:
             raise NotRegisteredError(f"{provider_name}/{model_id} is not registered: call register(...) first")
-        return int(raw)
+        return parse_effective_max(key, raw)
 
     def domain_state(self, provider_name: str, model_id: str, domain: str) -> DomainState | None:
         """A snapshot of the domain, or None if it was never touched (a plain read)."""
