@@ -1,30 +1,172 @@
-"""The ``aimd-redis`` command."""
+"""The ``aimd-redis`` command: the demo, and the operator's tools."""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
+
+import msgspec
+import redis
 
 from aimd_redis.demo import DemoSettings, run
+from aimd_redis.errors import AimdRedisError, translate
+from aimd_redis.inspect import DomainReport, SyncClient, problems, report
+
+DEFAULT_URL = "redis://localhost:6379/0"
+EXIT_PROBLEM, EXIT_UNREACHABLE = 1, 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="aimd-redis", description="A fleet-wide AIMD concurrency limit in Redis.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run a small fleet against a simulated rate-limited upstream")
-    demo.add_argument("--url", default=os.environ.get("REDIS_URL"), help="Redis URL (default: a private server)")
-    d = DemoSettings()
-    demo.add_argument("--processes", type=int, default=d.processes)
-    demo.add_argument("--threads", type=int, default=d.threads, help="threads per process")
-    demo.add_argument("--seconds", type=float, default=d.seconds)
-    demo.add_argument("--capacity", type=int, default=d.capacity, help="what the upstream can serve at once")
-    demo.add_argument("--peak", type=int, default=d.peak, help="max_parallel_requests registered")
-    demo.add_argument("--rampup", type=float, default=d.rampup_seconds, help="startup ramp in seconds")
-    demo.add_argument("-v", "--verbose", action="store_true", help="log every limit change")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+def _client(args: argparse.Namespace) -> SyncClient:
+    return redis.Redis.from_url(args.url, socket_timeout=5, socket_connect_timeout=5)
+
+
+def _model(text: str) -> tuple[str, str]:
+    provider, sep, model = text.partition("/")
+    if not sep or not provider or not model:
+        raise argparse.ArgumentTypeError(f"MODEL is provider/model, e.g. openai/gpt-4o, not {text!r}")
+    return provider, model
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def status_table(reports: list[DomainReport]) -> str:
+    header = ["MODEL", "DOMAIN", "MAX", "LIMIT", "IN FLIGHT", "WAITERS", "COOLDOWN", "CEILING", "RAMP", "LAST CHANGE"]
+    rows = [header]
+    for r in reports:
+        aliases = ",".join(f"{a}={v}" for a, v in sorted(r.aliases.items()))
+        ramp = "-" if r.ramp_percent is None else f"{r.ramp_percent:.0f}% ({_age(r.ramp_left)} left)"
+        ceiling = "-" if not r.rate_limit_ceiling else f"{r.rate_limit_ceiling} ({_age(r.ceiling_age)} ago)"
+        last = "-" if r.last_change is None else f"{r.last_change} ({_age(r.last_change_age)} ago)"
+        rows.append(
+            [
+                f"{r.provider_name}/{r.model_id}",
+                r.domain,
+                f"{r.effective_max if r.effective_max is not None else '?'} [{aliases}]",
+                str(r.current_limit),
+                str(r.in_flight),
+                str(r.waiters),
+                "-" if r.cooldown_left <= 0 else f"{r.cooldown_left:.1f}s",
+                ceiling,
+                ramp,
+                last,
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = _client(args)
+    while True:
+        reports = report(client, args.namespace, args.provider, args.model, args.domain)
+        if args.json:
+            print(msgspec.json.encode(reports).decode())
+        else:
+            if args.watch:
+                print("\x1b[H\x1b[2J", end="")
+            print(status_table(reports) if reports else f"no domains in namespace {args.namespace!r}")
+        if not args.watch:
+            return 0
+        sys.stdout.flush()
+        time.sleep(args.watch)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    reports = report(_client(args), args.namespace)
+    found = problems(reports, max_cooldown=args.max_cooldown, max_pinned=args.max_pinned)
+    for p in found:
+        print(f"PROBLEM {p.report.provider_name}/{p.report.model_id} {p.report.domain}: {p.why}")
+    if found:
+        return EXIT_PROBLEM
+    print(f"ok: {len(reports)} domain(s) in namespace {args.namespace!r}")
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    from aimd_redis import Throttle
+
+    provider, model = args.model
+    what = f"{provider}/{model} {args.domain}" if args.domain else f"every domain of {provider}/{model}"
+    if not args.yes:
+        try:
+            answer = input(f"Reset {what}? Its learned limit and leases are deleted. [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in {"y", "yes"}:
+            print("not reset")
+            return EXIT_PROBLEM
+    count = Throttle(_client(args), namespace=args.namespace).reset(provider, model, args.domain)
+    print(f"reset {count} domain(s) of {provider}/{model}")
+    return 0
+
+
+def cmd_set_limit(args: argparse.Namespace) -> int:
+    from aimd_redis import Throttle
+
+    provider, model = args.model
+    limit = Throttle(_client(args), namespace=args.namespace).set_limit(provider, model, args.domain, args.limit)
+    print(f"{provider}/{model} {args.domain}: limit {limit}")
+    return 0
+
+
+def _event_line(entry_id: bytes, raw: dict[bytes, bytes]) -> str:
+    f = {k.decode(): v.decode() for k, v in raw.items()}
+    millis = int(entry_id.decode().split("-")[0])
+    stamp = datetime.datetime.fromtimestamp(millis / 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"{stamp[:-4]}Z  {f.get('domain', '?'):<12} {f.get('event', '?'):<18} {f.get('from')} -> {f.get('to')}"
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from aimd_redis.keys import model_keys
+
+    provider, model = args.model
+    key = model_keys(args.namespace, provider, model).events
+    client = _client(args)
+    entries = list(reversed(client.xrevrange(key, count=max(1, args.count))))
+    for entry_id, raw in entries[len(entries) - args.count :] if args.count else []:
+        print(_event_line(entry_id, raw))
+    if not args.follow:
+        return 0
+    # Follow from the last entry that exists, not "$": nothing written between
+    # this read and the first XREAD can be missed.
+    last = entries[-1][0] if entries else b"0-0"
+    print(f"following {key} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    while True:
+        sys.stdout.flush()
+        for _stream, new in client.xread({key: last}, block=1000) or []:
+            for entry_id, raw in new:
+                print(_event_line(entry_id, raw))
+                last = entry_id
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    try:
+        from prometheus_client import start_http_server
+    except ImportError:
+        print("the exporter needs the metrics extra: pip install 'aimd-redis[metrics]'", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    from aimd_redis.exporter import registry_for
+
+    start_http_server(args.port, addr=args.host, registry=registry_for(_client(args), args.namespace))
+    print(f"serving metrics of namespace {args.namespace!r} on http://{args.host}:{args.port}/metrics", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
     settings = DemoSettings(
         processes=args.processes,
         threads=args.threads,
@@ -33,7 +175,79 @@ def main(argv: list[str] | None = None) -> int:
         peak=args.peak,
         rampup_seconds=args.rampup,
     )
-    return run(args.url, settings)
+    return run(args.demo_url, settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aimd-redis", description="A fleet-wide AIMD concurrency limit in Redis.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every limit change this process makes")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_redis(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--url", default=os.environ.get("REDIS_URL", DEFAULT_URL), help="Redis URL ($REDIS_URL)")
+        p.add_argument("--namespace", default="aimd")
+        return p
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = commands.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    demo = add("demo", cmd_demo, "run a small fleet against a simulated rate-limited upstream")
+    demo.add_argument("--url", dest="demo_url", default=os.environ.get("REDIS_URL"), help="default: a private Redis")
+    d = DemoSettings()
+    demo.add_argument("--processes", type=int, default=d.processes)
+    demo.add_argument("--threads", type=int, default=d.threads, help="threads per process")
+    demo.add_argument("--seconds", type=float, default=d.seconds)
+    demo.add_argument("--capacity", type=int, default=d.capacity, help="what the upstream can serve at once")
+    demo.add_argument("--peak", type=int, default=d.peak, help="max_parallel_requests registered")
+    demo.add_argument("--rampup", type=float, default=d.rampup_seconds, help="startup ramp in seconds")
+
+    status = with_redis(add("status", cmd_status, "show every model and domain (read-only)"))
+    status.add_argument("provider", nargs="?")
+    status.add_argument("model", nargs="?")
+    status.add_argument("domain", nargs="?")
+    status.add_argument("--json", action="store_true", help="print the same as JSON")
+    status.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS")
+
+    check = with_redis(add("check", cmd_check, "exit 1 on a long cooldown or a limit stuck at 1, 2 if unreachable"))
+    check.add_argument("--max-cooldown", type=float, default=60.0, metavar="SECONDS")
+    check.add_argument("--max-pinned", type=float, default=300.0, metavar="SECONDS")
+
+    reset = with_redis(add("reset", cmd_reset, "forget a model's (or one domain's) learned state"))
+    reset.add_argument("model", type=_model, metavar="MODEL", help="provider/model")
+    reset.add_argument("domain", nargs="?")
+    reset.add_argument("--yes", action="store_true", help="do not ask")
+
+    set_limit = with_redis(add("set-limit", cmd_set_limit, "set a domain's current limit"))
+    set_limit.add_argument("model", type=_model, metavar="MODEL", help="provider/model")
+    set_limit.add_argument("domain")
+    set_limit.add_argument("limit", type=int)
+
+    events = with_redis(add("events", cmd_events, "print a model's event log"))
+    events.add_argument("model", type=_model, metavar="MODEL", help="provider/model")
+    events.add_argument("--count", type=int, default=50, help="how many of the latest to print first")
+    events.add_argument("--follow", action="store_true", help="keep printing new events")
+
+    exporter = with_redis(add("exporter", cmd_exporter, "serve Prometheus metrics of every domain"))
+    exporter.add_argument("--port", type=int, default=9464)
+    exporter.add_argument("--host", default="0.0.0.0")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except redis.RedisError as exc:
+        print(f"aimd-redis: {translate(exc)}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (AimdRedisError, ValueError) as exc:
+        print(f"aimd-redis: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE if "unreachable" in str(exc) else EXIT_PROBLEM
 
 
 if __name__ == "__main__":

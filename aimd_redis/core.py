@@ -47,7 +47,7 @@ class Call(NamedTuple):
     args: list[str]
 
 
-def _text(value: Any) -> str:
+def as_str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -89,13 +89,13 @@ def parse_state(key: str, fields: dict[Any, Any]) -> DomainState | None:
     if not fields:
         return None
     try:
-        return msgspec.convert({_text(k): _text(v) for k, v in fields.items()}, DomainState, strict=False)
+        return msgspec.convert({as_str(k): as_str(v) for k, v in fields.items()}, DomainState, strict=False)
     except msgspec.ValidationError as exc:
         raise CorruptStateError(f"{key}: {exc}") from exc
 
 
 def parse_effective_max(key: str, raw: Any) -> int:
-    text = _text(raw)
+    text = as_str(raw)
     if not text.isdigit() or int(text) < 1:
         raise CorruptStateError(f"{key} field effective_max holds {text!r}")
     return int(text)
@@ -178,8 +178,8 @@ class Core:
 
     def parse_register(self, provider_name: str, model_id: str, reply: Sequence[Any]) -> int | list[str]:
         """The effective max, or the domain names to call again with."""
-        if _text(reply[0]) == "stale":
-            return [_text(name) for name in reply[1:]]
+        if as_str(reply[0]) == "stale":
+            return [as_str(name) for name in reply[1:]]
         self._log(provider_name, model_id, reply[2])
         return int(reply[1])
 
@@ -194,15 +194,15 @@ class Core:
 
     def parse_acquire(self, ref: LeaseRef, reply: Sequence[Any]) -> Grant | Denied:
         status, value, flat_state, events = reply
-        status = _text(status)
+        status = as_str(status)
         if status == "abandoned":
             raise RuntimeError(f"lease {ref.lease_id} was abandoned before its acquire ran")
         self._log(ref.provider_name, ref.model_id, events)
         state = _state_from_values(flat_state)
         if status == "granted":
-            return Grant(ref=ref, expires_at=float(_text(value)), state=state)
+            return Grant(ref=ref, expires_at=float(as_str(value)), state=state)
         if status == "cooldown":
-            return Denied(reason="cooldown", retry_in=float(_text(value)), state=state)
+            return Denied(reason="cooldown", retry_in=float(as_str(value)), state=state)
         return Denied(reason="at_capacity", retry_in=CAPACITY_POLL_SECONDS * (0.5 + random.random()), state=state)
 
     # -- release and renew --------------------------------------------------
@@ -235,7 +235,28 @@ class Core:
     @staticmethod
     def parse_renew(reply: Sequence[Any]) -> list[float | None]:
         """New expiry per lease; None where the lease is gone."""
-        return [float(t) if (t := _text(raw)) else None for raw in reply]
+        return [float(t) if (t := as_str(raw)) else None for raw in reply]
+
+    # -- operator commands ----------------------------------------------------
+
+    def set_limit_call(self, provider_name: str, model_id: str, domain: str, limit: int, now: float | None) -> Call:
+        mk = self.keys(provider_name, model_id)
+        check_domain(domain)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a whole number >= 1, not {limit!r}")
+        return Call(
+            "set_limit",
+            [mk.cap, mk.domain(domain), mk.events],
+            [check_now(now), domain, str(limit), str(EVENTS_MAXLEN), self._idle_ms],
+        )
+
+    def reset_call(self, provider_name: str, model_id: str, domains: Sequence[str], now: float | None) -> Call:
+        mk = self.keys(provider_name, model_id)
+        keys = [mk.index, mk.events]
+        for domain in domains:
+            check_domain(domain)
+            keys += [mk.domain(domain), mk.leases(domain)]
+        return Call("reset", keys, [check_now(now), str(EVENTS_MAXLEN), self._idle_ms, *domains])
 
     # -- logging ------------------------------------------------------------
 
@@ -260,10 +281,10 @@ class Core:
             LimitEvent(
                 provider_name=provider_name,
                 model_id=model_id,
-                domain=_text(flat[i]),
-                event=_text(flat[i + 1]),
-                old=float(_text(flat[i + 2])),
-                new=float(_text(flat[i + 3])),
+                domain=as_str(flat[i]),
+                event=as_str(flat[i + 1]),
+                old=float(as_str(flat[i + 2])),
+                new=float(as_str(flat[i + 3])),
             )
             for i in range(0, len(flat), 4)
         ]

@@ -75,6 +75,9 @@ class EmbeddedRedis:
                     self._dir.name,
                     "--loglevel",
                     "warning",
+                    # Loopback only, and tests compare DEBUG DIGEST to prove reads change nothing.
+                    "--enable-debug-command",
+                    "yes",
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

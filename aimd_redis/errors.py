@@ -20,6 +20,10 @@ class AcquireTimeout(AimdRedisError, TimeoutError):
     """No slot became free before the acquire's timeout."""
 
 
+class NoSuchDomainError(AimdRedisError, LookupError):
+    """An operator command named a domain that does not exist in Redis."""
+
+
 class CorruptStateError(AimdRedisError, ValueError):
     """A hash field in Redis holds a value the scripts cannot use."""
 
@@ -40,6 +44,8 @@ def _from_script(message: str) -> AimdRedisError | None:
             "register(provider_name=..., model_id=..., alias=..., max_parallel_requests=...) "
             "before acquiring"
         )
+    if code == "AIMD_NO_DOMAIN":
+        return NoSuchDomainError(f"{rest} does not exist: nothing has acquired on this domain yet")
     if code == "AIMD_CORRUPT":
         return CorruptStateError(f"{rest}; fix or delete it with redis-cli (HSET/HDEL), the scripts will not guess")
     return None

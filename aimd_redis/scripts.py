@@ -6,7 +6,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-NAMES = ("register", "acquire", "release", "renew")
+NAMES = ("register", "acquire", "release", "renew", "set_limit", "reset")
 
 
 def _lua_dir() -> Path:

@@ -7,13 +7,14 @@
 -- The domain hash's fields, in the order of the state reply, with their kinds
 -- (for validating what a person may have HSET by hand):
 --   pos: whole number >= 1, count: whole number >= 0, time: number >= 0, flag: 0 or 1
--- The first nine are the public state; ceiling_confirmed_at is the last time
--- a 429 confirmed the ceiling.
+-- The first nine are the public state. Then: the last time a 429 confirmed
+-- the ceiling, the ramp length in force, and two counters for monitoring.
 local FIELDS = {
   {'current_limit', 'pos'}, {'in_flight', 'count'}, {'blocked_until', 'time'},
   {'success_streak', 'count'}, {'waiters', 'count'}, {'rate_limit_ceiling', 'count'},
   {'consecutive_429s', 'count'}, {'rampup_started_at', 'time'}, {'rampup_active', 'flag'},
-  {'ceiling_confirmed_at', 'time'},
+  {'ceiling_confirmed_at', 'time'}, {'rampup_seconds', 'time'}, {'total_429s', 'count'},
+  {'total_reclaimed', 'count'},
 }
 local FIELD_NAMES = {}
 for i, f in ipairs(FIELDS) do FIELD_NAMES[i] = f[1] end
@@ -99,6 +100,7 @@ local function new_domain(now, emax, rampup_seconds)
     current_limit = ramp and 1 or emax, in_flight = 0, blocked_until = 0,
     success_streak = 0, waiters = 0, rate_limit_ceiling = 0, consecutive_429s = 0,
     rampup_started_at = now, rampup_active = ramp and 1 or 0, ceiling_confirmed_at = 0,
+    rampup_seconds = rampup_seconds, total_429s = 0, total_reclaimed = 0,
     raw = {}, read = {},
   }
 end
@@ -152,9 +154,12 @@ local function flush_events(stream_key, now, maxlen, idle_ms)
 end
 
 -- Drops leases whose holders stopped renewing them; their slots come back.
-local function reap(domain, leases_key, now)
+local function reap(domain, d, leases_key, now)
   local n = redis.call('ZREMRANGEBYSCORE', leases_key, 0, fmt(now))
-  if n > 0 then emit(domain, 'reclaimed', n, 0) end
+  if n > 0 then
+    emit(domain, 'reclaimed', n, 0)
+    d.total_reclaimed = d.total_reclaimed + n
+  end
 end
 
 -- Rules applied on every touch: the registered max is a hard cap (also over a

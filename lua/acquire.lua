@@ -47,7 +47,8 @@ if not d then
   emit(domain, d.rampup_active == 1 and 'ramp_start' or 'created', 0, d.current_limit)
 end
 
-reap(domain, KEYS[3], now)
+reap(domain, d, KEYS[3], now)
+d.rampup_seconds = rampup_seconds
 d.in_flight = redis.call('ZCOUNT', KEYS[3], 0, '+inf')
 refresh(domain, d, now, emax, tonumber(ARGV[6]))
 ramp(domain, d, now, emax, rampup_seconds)

@@ -49,7 +49,7 @@ d, err = load_domain(KEYS[2])
 if err then return redis.error_reply(err) end
 
 local released = 0
-if d then reap(domain, KEYS[3], now) end
+if d then reap(domain, d, KEYS[3], now) end
 if outcome == 'abandon' then
   local score = redis.call('ZSCORE', KEYS[3], ARGV[3])
   if score and tonumber(score) > 0 then
@@ -113,6 +113,7 @@ if released == 1 then
     -- Any 429 confirms a known ceiling, which keeps it from being forgotten.
     if d.rate_limit_ceiling > 0 then d.ceiling_confirmed_at = now end
     d.consecutive_429s = d.consecutive_429s + 1
+    d.total_429s = d.total_429s + 1
   elseif outcome == 'failure' then
     -- A failure ends a 429 cascade only once the burst has drained.
     if d.in_flight == 0 then d.consecutive_429s = 0 end

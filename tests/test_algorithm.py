@@ -65,6 +65,9 @@ def test_a_new_domain_holds_every_state_field(make_throttle: MakeThrottle, clien
         "rampup_started_at": "100",
         "rampup_active": "1",
         "ceiling_confirmed_at": "0",
+        "rampup_seconds": "10",
+        "total_429s": "0",
+        "total_reclaimed": "0",
     }
 
 

@@ -16,7 +16,16 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from aimd_redis.config import ThrottleConfig
-from aimd_redis.core import REGISTER_ATTEMPTS, Call, Core, Outcome, check_timeout, parse_effective_max, parse_state
+from aimd_redis.core import (
+    REGISTER_ATTEMPTS,
+    Call,
+    Core,
+    Outcome,
+    as_str,
+    check_timeout,
+    parse_effective_max,
+    parse_state,
+)
 from aimd_redis.errors import (
     AcquireTimeout,
     AimdRedisError,
@@ -225,6 +234,29 @@ class Throttle:
             return False
         lease.expires_at = expiry
         return True
+
+    def set_limit(
+        self, provider_name: str, model_id: str, domain: str, limit: int, *, now: float | None = None
+    ) -> int:
+        """Set a domain's current limit by hand (clamped to 1..effective max; a
+        running ramp stops). Returns the limit in force. Logged as an event."""
+        reply = self._run(self._core.set_limit_call(provider_name, model_id, domain, limit, now))
+        return int(reply)
+
+    def reset(
+        self, provider_name: str, model_id: str, domain: str | None = None, *, now: float | None = None
+    ) -> int:
+        """Delete the state and leases of one domain, or of every domain of the
+        model; the next acquire starts afresh. Returns how many existed."""
+        if domain is None:
+            index = self._core.keys(provider_name, model_id).index
+            with redis_boundary():
+                names = sorted(as_str(n) for n in self._redis.smembers(index))
+        else:
+            names = [domain]
+        if not names:
+            return 0
+        return int(self._run(self._core.reset_call(provider_name, model_id, names, now)))
 
     def close(self) -> None:
         """Close the Redis client if this throttle created it from a URL."""

@@ -1,0 +1,55 @@
+"""Prometheus metrics for every domain of a namespace (the ``metrics`` extra).
+
+Each scrape reads Redis afresh through :func:`aimd_redis.inspect.report`, so
+the exporter holds no state and any number of them can run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from aimd_redis.inspect import SyncClient, report
+
+LABELS = ["provider", "model", "domain"]
+
+
+class ThrottleCollector(Collector):
+    def __init__(self, client: SyncClient, namespace: str) -> None:
+        self.client = client
+        self.namespace = namespace
+
+    def collect(self) -> Iterator[Any]:
+        gauges = {
+            "limit": GaugeMetricFamily("aimd_current_limit", "Shared concurrency limit", labels=LABELS),
+            "max": GaugeMetricFamily("aimd_effective_max", "Registered effective max", labels=LABELS),
+            "in_flight": GaugeMetricFamily("aimd_in_flight", "Live leases", labels=LABELS),
+            "waiters": GaugeMetricFamily("aimd_waiters", "Queued waiters", labels=LABELS),
+            "cooldown": GaugeMetricFamily("aimd_cooldown_seconds", "Cooldown left after a 429", labels=LABELS),
+            "ceiling": GaugeMetricFamily("aimd_rate_limit_ceiling", "Learned ceiling (0: none)", labels=LABELS),
+        }
+        counters = {
+            "429s": CounterMetricFamily("aimd_rate_limited", "429s reported", labels=LABELS),
+            "reclaimed": CounterMetricFamily("aimd_reclaimed_leases", "Leases reclaimed on expiry", labels=LABELS),
+        }
+        for r in report(self.client, self.namespace):
+            labels = [r.provider_name, r.model_id, r.domain]
+            gauges["limit"].add_metric(labels, r.current_limit)
+            gauges["max"].add_metric(labels, r.effective_max or 0)
+            gauges["in_flight"].add_metric(labels, r.in_flight)
+            gauges["waiters"].add_metric(labels, r.waiters)
+            gauges["cooldown"].add_metric(labels, r.cooldown_left)
+            gauges["ceiling"].add_metric(labels, r.rate_limit_ceiling)
+            counters["429s"].add_metric(labels, r.total_429s)
+            counters["reclaimed"].add_metric(labels, r.total_reclaimed)
+        yield from gauges.values()
+        yield from counters.values()
+
+
+def registry_for(client: SyncClient, namespace: str) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ThrottleCollector(client, namespace))
+    return registry

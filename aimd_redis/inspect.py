@@ -1,0 +1,166 @@
+"""Read-only views of what the fleet is doing, for the CLI and the exporter.
+
+Nothing here writes to Redis: models are found with SCAN (never KEYS), their
+domains through each model's index set, and time comes from Redis TIME.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from aimd_redis.core import as_str, parse_state
+from aimd_redis.keys import check_namespace, model_keys
+
+#: Events that change a domain's limit, for "last change".
+LIMIT_EVENTS = frozenset(
+    {"ramp_start", "ramp", "ramp_end", "increase", "decrease", "clamp", "set_limit", "created", "reset"}
+)
+_LAST_CHANGE_SCAN = 500
+#: A sync redis-py client (plain or cluster). Any: redis-py annotates its sync
+#: and asyncio clients with one shared "Awaitable or value" type.
+SyncClient = Any
+
+
+class DomainReport(msgspec.Struct, kw_only=True):
+    """One domain as an operator wants to see it; times in seconds."""
+
+    provider_name: str
+    model_id: str
+    domain: str
+    effective_max: int | None
+    aliases: dict[str, int]
+    current_limit: int
+    in_flight: int
+    waiters: int
+    cooldown_left: float
+    rate_limit_ceiling: int
+    ceiling_age: float | None
+    rampup_active: bool
+    ramp_percent: float | None
+    ramp_left: float | None
+    last_change: str | None
+    last_change_age: float | None
+    total_429s: int
+    total_reclaimed: int
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def server_time(client: SyncClient) -> float:
+    seconds, micros = client.time()
+    return float(seconds) + float(micros) / 1_000_000
+
+
+def find_models(client: SyncClient, namespace: str) -> list[tuple[str, str]]:
+    """Every (provider, model) with a registration in the namespace, sorted."""
+    check_namespace(namespace)
+    prefix = f"{namespace}:{{"
+    found = set()
+    for key in client.scan_iter(match=f"{_glob_escape(prefix)}*}}:cap", count=1000):
+        tag = as_str(key)[len(prefix) : -len("}:cap")]
+        provider, _, model = tag.partition("/")
+        found.add((provider, model))
+    return sorted(found)
+
+
+def _num(fields: dict[str, str], name: str) -> float:
+    try:
+        return float(fields.get(name, 0))
+    except ValueError:
+        return 0.0
+
+
+def _last_changes(client: SyncClient, events_key: str, now: float) -> dict[str, tuple[str, float]]:
+    """Domain -> (latest limit-changing event, its age), from the stream's tail."""
+    latest: dict[str, tuple[str, float]] = {}
+    for _id, raw in client.xrevrange(events_key, count=_LAST_CHANGE_SCAN):
+        f = {as_str(k): as_str(v) for k, v in raw.items()}
+        domain, event = f.get("domain", ""), f.get("event", "")
+        if event in LIMIT_EVENTS and domain not in latest:
+            latest[domain] = (f"{event} {f.get('from')} -> {f.get('to')}", max(0.0, now - _num(f, "at")))
+    return latest
+
+
+def report(
+    client: SyncClient,
+    namespace: str = "aimd",
+    provider_name: str | None = None,
+    model_id: str | None = None,
+    domain: str | None = None,
+) -> list[DomainReport]:
+    """Reports for every domain matching the filters (None matches all)."""
+    now = server_time(client)
+    out = []
+    for provider, model in find_models(client, namespace):
+        if provider_name not in (None, provider) or model_id not in (None, model):
+            continue
+        mk = model_keys(namespace, provider, model)
+        cap = {as_str(k): as_str(v) for k, v in client.hgetall(mk.cap).items()}
+        emax = int(cap["effective_max"]) if cap.get("effective_max", "").isdigit() else None
+        aliases = {k[len("alias:") :]: int(v) for k, v in cap.items() if k.startswith("alias:") and v.isdigit()}
+        names = sorted(as_str(n) for n in client.smembers(mk.index))
+        changes = _last_changes(client, mk.events, now)
+        for name in names:
+            if domain not in (None, name):
+                continue
+            key = mk.domain(name)
+            raw: dict[Any, Any] = client.hgetall(key)
+            state = parse_state(key, raw)
+            if state is None:
+                continue
+            fields = {as_str(k): as_str(v) for k, v in raw.items()}
+            ramp_seconds = _num(fields, "rampup_seconds")
+            ramp_elapsed = now - state.rampup_started_at
+            ramp_on = state.rampup_active and ramp_seconds > 0
+            last = changes.get(name)
+            out.append(
+                DomainReport(
+                    provider_name=provider,
+                    model_id=model,
+                    domain=name,
+                    effective_max=emax,
+                    aliases=aliases,
+                    current_limit=state.current_limit,
+                    in_flight=state.in_flight,
+                    waiters=state.waiters,
+                    cooldown_left=max(0.0, state.blocked_until - now),
+                    rate_limit_ceiling=state.rate_limit_ceiling,
+                    ceiling_age=now - _num(fields, "ceiling_confirmed_at") if state.rate_limit_ceiling else None,
+                    rampup_active=state.rampup_active,
+                    ramp_percent=min(100.0, 100 * ramp_elapsed / ramp_seconds) if ramp_on else None,
+                    ramp_left=max(0.0, ramp_seconds - ramp_elapsed) if ramp_on else None,
+                    last_change=last[0] if last else None,
+                    last_change_age=last[1] if last else None,
+                    total_429s=int(_num(fields, "total_429s")),
+                    total_reclaimed=int(_num(fields, "total_reclaimed")),
+                )
+            )
+    return out
+
+
+class Problem(msgspec.Struct):
+    report: DomainReport
+    why: str
+
+
+def problems(reports: list[DomainReport], *, max_cooldown: float, max_pinned: float) -> list[Problem]:
+    """Domains a probe should fail on: a long cooldown, or stuck at limit 1."""
+    found = []
+    for r in reports:
+        if r.cooldown_left > max_cooldown:
+            found.append(Problem(r, f"in cooldown for another {r.cooldown_left:.0f}s (threshold {max_cooldown:g}s)"))
+        pinned_for = r.last_change_age
+        if (
+            r.current_limit == 1
+            and (r.effective_max or 1) > 1
+            and not r.rampup_active
+            and (pinned_for is None or pinned_for > max_pinned)
+        ):
+            since = "as long as the event log goes back" if pinned_for is None else f"{pinned_for:.0f}s"
+            found.append(Problem(r, f"pinned at limit 1 for {since} (threshold {max_pinned:g}s)"))
+    return found

@@ -1,0 +1,32 @@
+-- reset: forget what the fleet learned about some domains of a model. Their
+-- state and leases are deleted; the next acquire creates them afresh (ramp
+-- included). Outcomes reported on the deleted leases change nothing.
+--
+-- KEYS[1]     domain index   <ns>:{<provider>/<model>}:domains
+-- KEYS[2]     event stream   <ns>:{<provider>/<model>}:events
+-- KEYS[2i+1]  domain hash of domain i   <ns>:{<provider>/<model>}:<domain>
+-- KEYS[2i+2]  leases zset of domain i   <ns>:{<provider>/<model>}:<domain>:leases
+--
+-- ARGV[1]     now in seconds, or '' for the server's TIME
+-- ARGV[2]     event stream MAXLEN (approximate)
+-- ARGV[3]     idle ttl in milliseconds (0: never expire)
+-- ARGV[3+i]   name of domain i
+--
+-- Reply: how many of the domains existed.
+
+local now = clock(ARGV[1])
+local existed = 0
+for i = 1, #ARGV - 3 do
+  local name = ARGV[3 + i]
+  local domain_key, leases_key = KEYS[2 * i + 1], KEYS[2 * i + 2]
+  local limit = redis.call('HGET', domain_key, 'current_limit')
+  local held = redis.call('ZCOUNT', leases_key, 0, '+inf')
+  if redis.call('DEL', domain_key, leases_key) > 0 then
+    existed = existed + 1
+    -- from: the limit it had (as text, possibly hand-edited), to: leases dropped
+    emit(name, 'reset', tonumber(limit) or 0, held)
+  end
+  redis.call('SREM', KEYS[1], name)
+end
+flush_events(KEYS[2], now, ARGV[2], tonumber(ARGV[3]))
+return existed

@@ -1,0 +1,187 @@
+"""The operator's commands, against a real redis-server."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import threading
+import urllib.request
+
+import pytest
+import redis
+from prometheus_client import start_http_server
+from prometheus_client.parser import text_string_to_metric_families
+
+from aimd_redis import Lease, Throttle, ThrottleConfig
+from aimd_redis.cli import main
+from aimd_redis.embedded import _free_port
+from aimd_redis.exporter import registry_for
+
+LLAMA = "meta-llama/Llama-3.1-8B"
+
+
+@pytest.fixture
+def fleet(real_redis: redis.Redis, real_redis_url: str) -> str:
+    """Two models in known states, made with the server's own clock."""
+    ramping = Throttle(real_redis, config=ThrottleConfig(rampup_seconds=600))
+    ramping.register(provider_name="openai", model_id="gpt-4o", alias="gen", max_parallel_requests=64)
+    ramping.register(provider_name="openai", model_id="gpt-4o", alias="judge", max_parallel_requests=48)
+    lease = ramping.try_acquire(provider_name="openai", model_id="gpt-4o", domain="chat")
+    assert isinstance(lease, Lease)
+    lease.success()
+    plain = Throttle(real_redis)
+    plain.register(provider_name="vllm", model_id=LLAMA, alias="gen", max_parallel_requests=16)
+    first, second = (plain.try_acquire(provider_name="vllm", model_id=LLAMA, domain="embedding") for _ in range(2))
+    assert isinstance(first, Lease)
+    assert isinstance(second, Lease)
+    first.rate_limited(retry_after=90)
+    return real_redis_url
+
+
+def _digest(client: redis.Redis) -> object:
+    try:
+        return client.execute_command("DEBUG", "DIGEST")
+    except redis.ResponseError:  # DEBUG disabled on this server: compare dumps instead
+        return {k: client.dump(k) for k in sorted(client.keys("*"))}
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().out
+
+
+def test_status_json_field_by_field(fleet: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run_cli(capsys, "status", "--url", fleet, "--json")
+    assert code == 0
+    by_domain = {r["domain"]: r for r in json.loads(out)}
+    chat, emb = by_domain["chat"], by_domain["embedding"]
+    assert (chat["provider_name"], chat["model_id"], chat["effective_max"]) == ("openai", "gpt-4o", 48)
+    assert chat["aliases"] == {"gen": 64, "judge": 48}
+    assert (chat["current_limit"], chat["in_flight"], chat["waiters"]) == (1, 0, 0)
+    assert chat["rampup_active"] is True
+    assert 0 <= chat["ramp_percent"] < 5
+    assert 590 < chat["ramp_left"] <= 600
+    assert chat["last_change"] == "ramp_start 0 -> 1"
+    assert chat["rate_limit_ceiling"] == 0
+    assert chat["ceiling_age"] is None
+    assert (emb["provider_name"], emb["model_id"], emb["effective_max"]) == ("vllm", LLAMA, 16)
+    assert (emb["current_limit"], emb["in_flight"], emb["rate_limit_ceiling"]) == (12, 1, 16)
+    assert 80 < emb["cooldown_left"] <= 90
+    assert 0 <= emb["ceiling_age"] < 10
+    assert emb["last_change"] == "decrease 16 -> 12"
+    assert (emb["total_429s"], emb["total_reclaimed"]) == (1, 0)
+    assert emb["ramp_percent"] is None
+
+
+def test_status_filters_and_table(fleet: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run_cli(capsys, "status", "--url", fleet, "vllm")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:4] == ["MODEL", "DOMAIN", "MAX", "LIMIT"]
+    assert len(lines) == 2
+    assert lines[1].startswith(f"vllm/{LLAMA}  embedding  16 [gen=16]")
+
+
+def test_reading_commands_change_nothing(
+    fleet: str, real_redis: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _digest(real_redis)
+    for argv in (
+        ["status", "--url", fleet],
+        ["status", "--url", fleet, "--json"],
+        ["check", "--url", fleet],
+        ["events", "--url", fleet, "openai/gpt-4o"],
+    ):
+        main(argv)
+    assert _digest(real_redis) == before
+
+
+def test_check_exit_codes(fleet: str, real_redis: redis.Redis, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run_cli(capsys, "check", "--url", fleet)  # 90 s cooldown > 60 s threshold
+    assert code == 1
+    assert "embedding: in cooldown" in out
+    code, out = run_cli(capsys, "check", "--url", fleet, "--max-cooldown", "120")
+    assert code == 0
+    assert out.startswith("ok: 2 domain(s)")
+    assert main(["set-limit", "--url", fleet, "openai/gpt-4o", "chat", "1"]) == 0
+    code, out = run_cli(capsys, "check", "--url", fleet, "--max-cooldown", "120", "--max-pinned", "0")
+    assert code == 1
+    assert "chat: pinned at limit 1" in out
+    code = main(["check", "--url", f"redis://127.0.0.1:{_free_port()}/0"])
+    assert code == 2
+
+
+def test_set_limit_and_reset_take_effect_and_are_logged(
+    fleet: str, real_redis: redis.Redis, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out = run_cli(capsys, "set-limit", "--url", fleet, "openai/gpt-4o", "chat", "1000")
+    assert (code, out.strip()) == (0, "openai/gpt-4o chat: limit 48")  # clamped to the effective max
+    state = Throttle(real_redis).domain_state("openai", "gpt-4o", "chat")
+    assert state is not None
+    assert (state.current_limit, state.rampup_active) == (48, False)
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))
+    code, out = run_cli(capsys, "reset", "--url", fleet, f"vllm/{LLAMA}")
+    assert code == 1
+    assert out.startswith("Reset every domain of vllm/")
+    assert out.strip().endswith("not reset")
+    assert real_redis.exists(f"aimd:{{vllm/{LLAMA}}}:embedding")
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
+    code, out = run_cli(capsys, "reset", "--url", fleet, f"vllm/{LLAMA}")
+    assert code == 0
+    assert out.strip().endswith(f"reset 1 domain(s) of vllm/{LLAMA}")
+    assert not real_redis.exists(f"aimd:{{vllm/{LLAMA}}}:embedding", f"aimd:{{vllm/{LLAMA}}}:embedding:leases")
+
+    code, out = run_cli(capsys, "events", "--url", fleet, "openai/gpt-4o")
+    assert [line.split()[1:] for line in out.strip().splitlines()][-2:] == [
+        ["chat", "ramp_stopped", "1", "->", "1"],
+        ["chat", "set_limit", "1", "->", "48"],
+    ]
+    code, out = run_cli(capsys, "events", "--url", fleet, f"vllm/{LLAMA}")
+    assert out.strip().splitlines()[-1].split()[1:] == ["embedding", "reset", "12", "->", "1"]
+
+
+def test_events_follow_prints_new_events(fleet: str, real_redis: redis.Redis) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aimd_redis.cli", "events", "--url", fleet, "--count", "0", "--follow", "openai/gpt-4o"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        assert proc.stderr.readline().startswith("following")
+        Throttle(real_redis).set_limit("openai", "gpt-4o", "chat", 7)
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend([proc.stdout.readline(), proc.stdout.readline()]))  # type: ignore[union-attr]
+        reader.start()
+        reader.join(timeout=10)
+        assert [line.split()[1:3] for line in lines] == [["chat", "ramp_stopped"], ["chat", "set_limit"]]
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def test_exporter_serves_every_domain(fleet: str, real_redis: redis.Redis) -> None:
+    port = _free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry_for(real_redis, "aimd"))
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        server.shutdown()
+        thread.join()
+    samples = {
+        (s.name, s.labels["provider"], s.labels["domain"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("aimd_current_limit", "openai", "chat")] == 1
+    assert samples[("aimd_effective_max", "openai", "chat")] == 48
+    assert samples[("aimd_current_limit", "vllm", "embedding")] == 12
+    assert samples[("aimd_in_flight", "vllm", "embedding")] == 1
+    assert samples[("aimd_rate_limit_ceiling", "vllm", "embedding")] == 16
+    assert 80 < samples[("aimd_cooldown_seconds", "vllm", "embedding")] <= 90
+    assert samples[("aimd_rate_limited_total", "vllm", "embedding")] == 1
+    assert samples[("aimd_reclaimed_leases_total", "openai", "chat")] == 0
