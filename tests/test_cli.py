@@ -185,3 +185,23 @@ def test_exporter_serves_every_domain(fleet: str, real_redis: redis.Redis) -> No
     assert 80 < samples[("aimd_cooldown_seconds", "vllm", "embedding")] <= 90
     assert samples[("aimd_rate_limited_total", "vllm", "embedding")] == 1
     assert samples[("aimd_reclaimed_leases_total", "openai", "chat")] == 0
+
+
+def test_status_watch_redraws_in_place(fleet: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aimd_redis.cli", "status", "--url", fleet, "--watch", "0.2"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        frames, seen = 0, ""
+        while frames < 3:
+            line = proc.stdout.readline()
+            assert line, "status --watch stopped"
+            frames += line.count("\x1b[H\x1b[2J")
+            seen += line
+        assert seen.count("openai/gpt-4o") >= 2  # the table again in each frame
+    finally:
+        proc.terminate()
+        proc.wait()
