@@ -33,9 +33,10 @@ class ThrottleConfig(BaseModel):
     """How far above a learned ceiling the limit may probe (fraction, at least 1)."""
     rampup_seconds: float = Field(0.0, ge=0, allow_inf_nan=False)
     """Length of the linear startup ramp from 1 to the effective max; 0 is off."""
-    lease_ttl_seconds: float = Field(300.0, gt=0, allow_inf_nan=False)
-    """A lease not released or renewed for this long is reclaimed. Must outlast
-    the slowest request unless leases are renewed while it runs."""
+    lease_ttl_seconds: float = Field(60.0, gt=0, allow_inf_nan=False)
+    """A lease not released or renewed for this long is reclaimed. The client
+    renews held leases every third of this, so only a dead (or frozen)
+    process's slots expire."""
     ceiling_ttl_seconds: float = Field(300.0, ge=0, allow_inf_nan=False)
     """A ceiling no 429 has confirmed for this long is forgotten; 0 keeps it."""
     idle_ttl_seconds: float = Field(600.0, ge=0, allow_inf_nan=False)

@@ -23,6 +23,7 @@ SUBS = [
         "do not edit; edit that file and run ``python tools/unasync.py``.\n",
     ),
     (r"^import asyncio\n", ""),
+    (r"\baimd_redis\._async\b", "aimd_redis._sync"),
     (r"\bAsync(Throttle|Lease|Slot|Script)\b", r"\1"),
     (r"\bredis\.asyncio\.cluster\b", "redis.cluster"),
     (r"\bredis\.asyncio\b", "redis"),

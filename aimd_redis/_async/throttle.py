@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
+from aimd_redis._async.background import Periodic
 from aimd_redis.config import ThrottleConfig
 from aimd_redis.core import (
     REGISTER_ATTEMPTS,
@@ -81,6 +82,10 @@ class AsyncThrottle:
         # What this process registered, to register again when Redis forgot
         # the model (idle expiry, or a restart that lost the data).
         self._registrations: dict[tuple[str, str], dict[str, int]] = {}
+        # Leases this process holds, renewed in the background every third of
+        # their ttl, so only a dead process's slots ever expire.
+        self._held: dict[str, AsyncLease] = {}
+        self._renewer = Periodic(self.config.lease_ttl_seconds / 3, self._renew_held, "aimd-redis lease renewer")
 
     @property
     def namespace(self) -> str:
@@ -165,7 +170,13 @@ class AsyncThrottle:
             await self._run_quietly(self._core.release_call(ref, "abandon", None, now), ref)
             raise
         result = self._core.parse_acquire(ref, reply)
-        return result if isinstance(result, Denied) else AsyncLease(self, result)
+        if isinstance(result, Denied):
+            return result
+        lease = AsyncLease(self, result)
+        if now is None:  # a caller injecting time renews for itself
+            self._held[lease.id] = lease
+            self._renewer.start()
+        return lease
 
     async def _run_quietly(self, call: Call, ref: LeaseRef) -> None:
         """Best effort for a call that gives a slot back, after the first try was cut off."""
@@ -227,7 +238,23 @@ class AsyncThrottle:
             await self._run_quietly(call, lease.ref)
             raise
         lease.reported = True
+        self._held.pop(lease.id, None)
         return self._core.parse_release(lease.ref, reply)
+
+    async def _renew_held(self) -> None:
+        """Renew every held lease, one script call per model."""
+        by_model: dict[tuple[str, str], list[AsyncLease]] = {}
+        for lease in list(self._held.values()):
+            by_model.setdefault((lease.ref.provider_name, lease.ref.model_id), []).append(lease)
+        for leases in by_model.values():
+            call = self._core.renew_call([lease.ref for lease in leases], None)
+            for lease, expiry in zip(leases, self._core.parse_renew(await self._run(call)), strict=True):
+                if expiry is None:
+                    # Gone: released meanwhile (fine), or expired unrenewed (say so).
+                    if self._held.pop(lease.id, None) is not None and not lease.reported:
+                        logger.warning("%r expired before it could be renewed; its slot was reclaimed", lease)
+                else:
+                    lease.expires_at = expiry
 
     async def _renew(self, lease: AsyncLease, now: float | None) -> bool:
         (expiry,) = self._core.parse_renew(await self._run(self._core.renew_call([lease.ref], now)))
@@ -260,7 +287,9 @@ class AsyncThrottle:
         return int(await self._run(self._core.reset_call(provider_name, model_id, names, now)))
 
     async def aclose(self) -> None:
-        """Close the Redis client if this throttle created it from a URL."""
+        """Stop renewing leases, and close the Redis client if this throttle
+        created it from a URL. Leases still held expire after their ttl."""
+        await self._renewer.stop()
         if self._owns_redis:
             await self._redis.aclose()
 

@@ -15,6 +15,7 @@ from redis import Redis
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
+from aimd_redis._sync.background import Periodic
 from aimd_redis.config import ThrottleConfig
 from aimd_redis.core import (
     REGISTER_ATTEMPTS,
@@ -80,6 +81,10 @@ class Throttle:
         # What this process registered, to register again when Redis forgot
         # the model (idle expiry, or a restart that lost the data).
         self._registrations: dict[tuple[str, str], dict[str, int]] = {}
+        # Leases this process holds, renewed in the background every third of
+        # their ttl, so only a dead process's slots ever expire.
+        self._held: dict[str, Lease] = {}
+        self._renewer = Periodic(self.config.lease_ttl_seconds / 3, self._renew_held, "aimd-redis lease renewer")
 
     @property
     def namespace(self) -> str:
@@ -164,7 +169,13 @@ class Throttle:
             self._run_quietly(self._core.release_call(ref, "abandon", None, now), ref)
             raise
         result = self._core.parse_acquire(ref, reply)
-        return result if isinstance(result, Denied) else Lease(self, result)
+        if isinstance(result, Denied):
+            return result
+        lease = Lease(self, result)
+        if now is None:  # a caller injecting time renews for itself
+            self._held[lease.id] = lease
+            self._renewer.start()
+        return lease
 
     def _run_quietly(self, call: Call, ref: LeaseRef) -> None:
         """Best effort for a call that gives a slot back, after the first try was cut off."""
@@ -226,7 +237,23 @@ class Throttle:
             self._run_quietly(call, lease.ref)
             raise
         lease.reported = True
+        self._held.pop(lease.id, None)
         return self._core.parse_release(lease.ref, reply)
+
+    def _renew_held(self) -> None:
+        """Renew every held lease, one script call per model."""
+        by_model: dict[tuple[str, str], list[Lease]] = {}
+        for lease in list(self._held.values()):
+            by_model.setdefault((lease.ref.provider_name, lease.ref.model_id), []).append(lease)
+        for leases in by_model.values():
+            call = self._core.renew_call([lease.ref for lease in leases], None)
+            for lease, expiry in zip(leases, self._core.parse_renew(self._run(call)), strict=True):
+                if expiry is None:
+                    # Gone: released meanwhile (fine), or expired unrenewed (say so).
+                    if self._held.pop(lease.id, None) is not None and not lease.reported:
+                        logger.warning("%r expired before it could be renewed; its slot was reclaimed", lease)
+                else:
+                    lease.expires_at = expiry
 
     def _renew(self, lease: Lease, now: float | None) -> bool:
         (expiry,) = self._core.parse_renew(self._run(self._core.renew_call([lease.ref], now)))
@@ -259,7 +286,9 @@ class Throttle:
         return int(self._run(self._core.reset_call(provider_name, model_id, names, now)))
 
     def close(self) -> None:
-        """Close the Redis client if this throttle created it from a URL."""
+        """Stop renewing leases, and close the Redis client if this throttle
+        created it from a URL. Leases still held expire after their ttl."""
+        self._renewer.stop()
         if self._owns_redis:
             self._redis.close()
 
