@@ -39,6 +39,9 @@ class ThrottleConfig(BaseModel):
     process's slots expire."""
     ceiling_ttl_seconds: float = Field(300.0, ge=0, allow_inf_nan=False)
     """A ceiling no 429 has confirmed for this long is forgotten; 0 keeps it."""
+    wait_poll_seconds: float = Field(2.0, gt=0, allow_inf_nan=False)
+    """How often a queued acquire re-checks (its heartbeat, and its fallback
+    should a wake-up be lost); a waiter silent for three of these is dropped."""
     idle_ttl_seconds: float = Field(600.0, ge=0, allow_inf_nan=False)
     """A model untouched for this long expires from Redis; 0 keeps it."""
 

@@ -18,7 +18,7 @@ import msgspec
 from aimd_redis.config import ThrottleConfig
 from aimd_redis.errors import CorruptStateError
 from aimd_redis.keys import ModelKeys, check_alias, check_domain, check_namespace, model_keys
-from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, LimitEvent, ReleaseResult
+from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, LimitEvent, Queued, ReleaseResult
 
 logger = logging.getLogger("aimd_redis")
 
@@ -123,8 +123,10 @@ def _state_from_values(values: Sequence[Any]) -> DomainState:
 class Core:
     """Builds script calls for one namespace and configuration, parses replies."""
 
-    def __init__(self, config: ThrottleConfig, namespace: str) -> None:
+    def __init__(self, config: ThrottleConfig, namespace: str, *, sharded_pubsub: bool = False) -> None:
         self.config = config
+        self._publish = "SPUBLISH" if sharded_pubsub else "PUBLISH"
+        self._beat = _seconds(3 * config.wait_poll_seconds)
         self.namespace = check_namespace(namespace)
         idle_ms = 0 if config.idle_ttl_seconds == 0 else max(1, round(config.idle_ttl_seconds * 1000))
         self._idle_ms = str(idle_ms)
@@ -154,7 +156,7 @@ class Core:
     def _domain_keys(self, provider_name: str, model_id: str, domain: str) -> list[str]:
         mk = self.keys(provider_name, model_id)
         check_domain(domain)
-        return [mk.cap, mk.domain(domain), mk.leases(domain), mk.index, mk.events]
+        return [mk.cap, mk.domain(domain), mk.leases(domain), mk.index, mk.events, *mk.queue(domain)]
 
     # -- register -----------------------------------------------------------
 
@@ -185,14 +187,32 @@ class Core:
 
     # -- acquire ------------------------------------------------------------
 
-    def acquire_call(self, provider_name: str, model_id: str, domain: str, now: float | None) -> tuple[Call, LeaseRef]:
-        """The call, and the lease it grants if it does (chosen before the call,
-        so a caller that never sees the reply can still give the slot back)."""
-        ref = LeaseRef(provider_name=provider_name, model_id=model_id, domain=domain, lease_id=secrets.token_hex(10))
-        keys = self._domain_keys(provider_name, model_id, domain)
-        return Call("acquire", keys, [check_now(now), domain, ref.lease_id, *self._acquire_tail]), ref
+    @staticmethod
+    def new_lease_id(client_id: str) -> str:
+        """'<client>.<token>': the client part names the process's wake channel."""
+        return f"{client_id}.{secrets.token_hex(8)}"
 
-    def parse_acquire(self, ref: LeaseRef, reply: Sequence[Any]) -> Grant | Denied:
+    def acquire_call(
+        self,
+        provider_name: str,
+        model_id: str,
+        domain: str,
+        now: float | None,
+        lease_id: str,
+        *,
+        wait: bool = False,
+        recheck: bool = False,
+    ) -> tuple[Call, LeaseRef]:
+        """The call, and the lease it grants if it does (chosen before the call,
+        so a caller that never sees the reply can still give the slot back).
+        With ``wait`` a caller that gets no slot joins the queue."""
+        ref = LeaseRef(provider_name=provider_name, model_id=model_id, domain=domain, lease_id=lease_id)
+        keys = self._domain_keys(provider_name, model_id, domain)
+        args = [check_now(now), domain, lease_id, *self._acquire_tail, "wait" if wait else "try", self._beat]
+        args += [self.keys(provider_name, model_id).wake_prefix, self._publish, "1" if recheck else ""]
+        return Call("acquire", keys, args), ref
+
+    def parse_acquire(self, ref: LeaseRef, reply: Sequence[Any]) -> Grant | Denied | Queued:
         status, value, flat_state, events = reply
         status = as_str(status)
         if status == "abandoned":
@@ -203,6 +223,8 @@ class Core:
             return Grant(ref=ref, expires_at=float(as_str(value)), state=state)
         if status == "cooldown":
             return Denied(reason="cooldown", retry_in=float(as_str(value)), state=state)
+        if status == "queued":
+            return Queued(retry_in=float(as_str(value)), state=state)
         return Denied(reason="at_capacity", retry_in=CAPACITY_POLL_SECONDS * (0.5 + random.random()), state=state)
 
     # -- release and renew --------------------------------------------------
@@ -210,11 +232,18 @@ class Core:
     def release_call(self, ref: LeaseRef, outcome: Outcome, retry_after: float | None, now: float | None) -> Call:
         cooldown = self.config.cooldown_for(retry_after)
         keys = self._domain_keys(ref.provider_name, ref.model_id, ref.domain)
-        return Call(
-            "release",
-            keys,
-            [check_now(now), ref.domain, ref.lease_id, outcome, _seconds(cooldown), *self._release_tail],
-        )
+        wake = self.keys(ref.provider_name, ref.model_id).wake_prefix
+        args = [check_now(now), ref.domain, ref.lease_id, outcome, _seconds(cooldown), *self._release_tail]
+        return Call("release", keys, [*args, wake, self._publish])
+
+    @staticmethod
+    def parse_wake(ref: LeaseRef, message: str) -> Grant | float:
+        """A wake-up: a slot handed over ('<id> <expiry> <state values>'), or
+        the seconds until a cooldown ends ('<id> wait <seconds>')."""
+        _id, first, second = message.split(" ")
+        if first == "wait":
+            return float(second)
+        return Grant(ref=ref, expires_at=float(first), state=_state_from_values(second.split(",")))
 
     def parse_release(self, ref: LeaseRef, reply: Sequence[Any]) -> ReleaseResult:
         released, flat_state, events = reply
@@ -255,7 +284,7 @@ class Core:
         keys = [mk.index, mk.events]
         for domain in domains:
             check_domain(domain)
-            keys += [mk.domain(domain), mk.leases(domain)]
+            keys += [mk.domain(domain), mk.leases(domain), *mk.queue(domain)]
         return Call("reset", keys, [check_now(now), str(EVENTS_MAXLEN), self._idle_ms, *domains])
 
     # -- logging ------------------------------------------------------------

@@ -64,6 +64,15 @@ class ModelKeys:
     def leases(self, domain: str) -> str:
         return f"{self.tag}:{domain}:leases"
 
+    def queue(self, domain: str) -> list[str]:
+        """The wait queue's keys: waiters by ticket, their heartbeats, the ticket counter."""
+        return [f"{self.tag}:{domain}:queue", f"{self.tag}:{domain}:beats", f"{self.tag}:{domain}:tickets"]
+
+    @property
+    def wake_prefix(self) -> str:
+        """Prefix of the processes' wake channels (with the model's hash tag)."""
+        return f"{self.tag}:wake:"
+
 
 @lru_cache(maxsize=4096)
 def model_keys(namespace: str, provider_name: str, model_id: str) -> ModelKeys:

@@ -62,6 +62,15 @@ class LimitEvent(msgspec.Struct, frozen=True, kw_only=True):
     new: float
 
 
+class Queued(msgspec.Struct, frozen=True, kw_only=True):
+    """An acquire that joined the domain's queue."""
+
+    retry_in: float
+    """Seconds until it should ask again (the cooldown left when it is first
+    in line), or 0: wait for a hand-over."""
+    state: DomainState
+
+
 class LeaseRef(msgspec.Struct, frozen=True, kw_only=True):
     """Which lease of which domain."""
 

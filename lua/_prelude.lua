@@ -203,3 +203,89 @@ local function touch(idle_ms, probe, ...)
   redis.call('PEXPIRE', probe, idle_ms)
   for _, key in ipairs({...}) do redis.call('PEXPIRE', key, idle_ms) end
 end
+
+-- The wait queue of a domain: waiters in arrival order across every process.
+-- A waiter id is '<client>.<token>': <client> names the process's wake channel
+-- (channel prefix .. <client>), and the id doubles as the lease id the waiter
+-- gets when a slot is handed to it.
+local function queue_of(queue_key, beats_key, tickets_key, leases_key, channel_prefix, publish, idle_ms)
+  return {queue = queue_key, beats = beats_key, tickets = tickets_key, leases = leases_key,
+          prefix = channel_prefix, publish = publish, idle_ms = idle_ms, handed = {}}
+end
+
+local function enqueue(q, id, beat_deadline)
+  local ticket = redis.call('INCR', q.tickets)
+  if ticket == 1 then expire_new(q.idle_ms, q.tickets) end
+  redis.call('ZADD', q.queue, 'NX', ticket, id)
+  redis.call('ZADD', q.beats, beat_deadline, id)
+  expire_new(q.idle_ms, q.queue)
+  expire_new(q.idle_ms, q.beats)
+end
+
+local function leave(q, id)
+  redis.call('ZREM', q.queue, id)
+  redis.call('ZREM', q.beats, id)
+end
+
+-- Drops waiters whose process stopped beating (at most 100 a call).
+local function reap_waiters(q, now)
+  local dead = redis.call('ZRANGEBYSCORE', q.beats, '-inf', fmt(now), 'LIMIT', 0, 100)
+  if #dead > 0 then
+    redis.call('ZREM', q.queue, unpack(dead))
+    redis.call('ZREM', q.beats, unpack(dead))
+  end
+end
+
+-- Hands free slots to the longest waiting live waiters, in order. Returns
+-- whether self_id was among them; the others are told by publish_handoffs.
+local function promote(q, d, now, lease_ttl, self_id)
+  local got_self = false
+  local expiry = fmt(now + lease_ttl)
+  for _ = 1, 1000 do
+    if d.in_flight >= d.current_limit or now < d.blocked_until then break end
+    local head = redis.call('ZRANGE', q.queue, 0, 0)[1]
+    if not head then break end
+    local beat = redis.call('ZSCORE', q.beats, head)
+    leave(q, head)
+    if beat and tonumber(beat) > now and redis.call('ZADD', q.leases, 'NX', expiry, head) == 1 then
+      if d.in_flight == 0 then expire_new(q.idle_ms, q.leases) end
+      d.in_flight = d.in_flight + 1
+      if head == self_id then got_self = true else q.handed[#q.handed + 1] = head end
+    elseif beat then
+      redis.call('ZREM', q.leases, head)  -- a tombstone: that waiter gave up already
+    end
+  end
+  return got_self, expiry
+end
+
+-- How long the first waiter in line should sleep before asking again: until
+-- the cooldown ends, or until the earliest lease expires (a dead holder's slot
+-- comes back then, and no release will announce it). 0 for everyone else.
+local function first_in_line_wait(q, d, id, now)
+  if redis.call('ZRANK', q.queue, id) ~= 0 then return 0 end
+  if now < d.blocked_until then return d.blocked_until - now end
+  local first = redis.call('ZRANGEBYSCORE', q.leases, '(0', '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if first[2] then return math.max(0.001, tonumber(first[2]) - now) end
+  return 0
+end
+
+-- While a cooldown blocks the queue, tells the first waiter when it ends
+-- ('<id> wait <seconds>'): its next request then hands out the free slots.
+local function notify_head_of_cooldown(q, d, now)
+  if now >= d.blocked_until then return end
+  local head = redis.call('ZRANGE', q.queue, 0, 0)[1]
+  if head then
+    local client = string.match(head, '^(.-)%.') or head
+    redis.call(q.publish, q.prefix .. client, head .. ' wait ' .. fmt(d.blocked_until - now))
+  end
+end
+
+-- Wakes the waiters promote handed a slot to: '<id> <expiry> <state values>'.
+local function publish_handoffs(q, d, expiry)
+  if #q.handed == 0 then return end
+  local state = table.concat(state_reply(d), ',')
+  for _, id in ipairs(q.handed) do
+    local client = string.match(id, '^(.-)%.') or id
+    redis.call(q.publish, q.prefix .. client, id .. ' ' .. expiry .. ' ' .. state)
+  end
+end

@@ -1,4 +1,4 @@
--- acquire: try to take one slot of a domain as a lease.
+-- acquire: take one slot of a domain as a lease, or join the domain's queue.
 --
 -- KEYS[1] cap hash       <ns>:{<provider>/<model>}:cap
 -- KEYS[2] domain hash    <ns>:{<provider>/<model>}:<domain>
@@ -7,31 +7,48 @@
 --                        of an acquire given up before it ran (forgotten at t)
 -- KEYS[4] domain index   <ns>:{<provider>/<model>}:domains (set of domain names)
 -- KEYS[5] event stream   <ns>:{<provider>/<model>}:events
+-- KEYS[6] queue zset     <ns>:{<provider>/<model>}:<domain>:queue (waiter id -> ticket)
+-- KEYS[7] beats zset     <ns>:{<provider>/<model>}:<domain>:beats (waiter id -> heartbeat deadline)
+-- KEYS[8] ticket counter <ns>:{<provider>/<model>}:<domain>:tickets
 --
--- ARGV[1] now in seconds, or '' for the server's TIME
--- ARGV[2] domain name (for the index and the events)
--- ARGV[3] lease id to grant
--- ARGV[4] lease_ttl_seconds
--- ARGV[5] rampup_seconds
--- ARGV[6] ceiling_ttl_seconds (0: never forget)
--- ARGV[7] idle ttl in milliseconds (0: never expire)
--- ARGV[8] event stream MAXLEN (approximate)
+-- ARGV[1]  now in seconds, or '' for the server's TIME
+-- ARGV[2]  domain name (for the index and the events)
+-- ARGV[3]  lease id to grant (for a waiter: its waiter id)
+-- ARGV[4]  lease_ttl_seconds
+-- ARGV[5]  rampup_seconds
+-- ARGV[6]  ceiling_ttl_seconds (0: never forget)
+-- ARGV[7]  idle ttl in milliseconds (0: never expire)
+-- ARGV[8]  event stream MAXLEN (approximate)
+-- ARGV[9]  mode: 'try' (never queue) or 'wait' (queue when no slot is free)
+-- ARGV[10] heartbeat deadline for a waiter, in seconds from now
+-- ARGV[11] wake channel prefix (<ns>:{<provider>/<model>}:wake:)
+-- ARGV[12] publish command: 'PUBLISH', or 'SPUBLISH' on a cluster
+-- ARGV[13] '1' when this waiter asked before (it may hold a handed-over slot)
+--
+-- A newcomer never passes a queued waiter: while the queue is not empty, free
+-- slots go to it in order (and its waiters are woken on their channels).
 --
 -- Reply: {status, value, state, events}
 --   status 'granted'     value = the lease's expiry time
 --          'cooldown'    value = seconds until the cooldown ends
 --          'at_capacity' value = 0
+--          'queued'      value = for the first in line, seconds until the cooldown
+--                        ends or the next lease expires (it should ask again
+--                        then: nothing else would wake it); else 0 (it will be
+--                        woken when a slot is handed to it)
 --          'abandoned'   value = 0: the caller gave up on this acquire before it
 --                        ran (its give-back reached Redis first); nothing granted
---   state  the domain's fields as a flat name/value list
+--   state  the domain's public fields, in order
 --   events flat list of (domain, event, from, to) quadruples
 -- Errors: 'AIMD_NOT_REGISTERED <cap key>', 'AIMD_CORRUPT <key> field <name> holds <value>'
 
 local now = clock(ARGV[1])
 local domain = ARGV[2]
+local id = ARGV[3]
 local lease_ttl = tonumber(ARGV[4])
 local rampup_seconds = tonumber(ARGV[5])
 local idle_ms = tonumber(ARGV[7])
+local waiting = ARGV[9] == 'wait'
 
 local emax, err = read_max(KEYS[1])
 if err then return redis.error_reply(err) end
@@ -47,29 +64,66 @@ if not d then
   emit(domain, d.rampup_active == 1 and 'ramp_start' or 'created', 0, d.current_limit)
 end
 
+local q = queue_of(KEYS[6], KEYS[7], KEYS[8], KEYS[3], ARGV[11], ARGV[12], idle_ms)
 reap(domain, d, KEYS[3], now)
-d.rampup_seconds = rampup_seconds
 d.in_flight = redis.call('ZCOUNT', KEYS[3], 0, '+inf')
+d.rampup_seconds = rampup_seconds
 refresh(domain, d, now, emax, tonumber(ARGV[6]))
 ramp(domain, d, now, emax, rampup_seconds)
 
-local status, value
-if now < d.blocked_until then
-  status, value = 'cooldown', d.blocked_until - now
-elseif d.in_flight >= d.current_limit then
-  status, value = 'at_capacity', 0
-else
-  status, value = 'granted', now + lease_ttl
-  if redis.call('ZADD', KEYS[3], 'NX', fmt(value), ARGV[3]) == 1 then
-    if d.in_flight == 0 then expire_new(idle_ms, KEYS[3]) end
-    d.in_flight = d.in_flight + 1
-  else
-    redis.call('ZREM', KEYS[3], ARGV[3])  -- the tombstone has done its job
-    status, value = 'abandoned', 0
+local status, value = nil, 0
+if ARGV[13] == '1' then
+  local held = redis.call('ZSCORE', KEYS[3], id)
+  if held and tonumber(held) > 0 then  -- handed over; the wake-up was lost or is on its way
+    status, value = 'granted', tonumber(held)
+    leave(q, id)
   end
 end
 
+if not status then
+  reap_waiters(q, now)
+  if redis.call('ZCARD', q.queue) == 0 then
+    if now < d.blocked_until then
+      status, value = 'cooldown', d.blocked_until - now
+    elseif d.in_flight >= d.current_limit then
+      status = 'at_capacity'
+    else
+      value = now + lease_ttl
+      if redis.call('ZADD', KEYS[3], 'NX', fmt(value), id) == 1 then
+        if d.in_flight == 0 then expire_new(idle_ms, KEYS[3]) end
+        d.in_flight = d.in_flight + 1
+        status = 'granted'
+      else
+        redis.call('ZREM', KEYS[3], id)  -- the tombstone has done its job
+        status, value = 'abandoned', 0
+      end
+    end
+    if waiting and (status == 'cooldown' or status == 'at_capacity') then
+      enqueue(q, id, now + tonumber(ARGV[10]))
+      status, value = 'queued', first_in_line_wait(q, d, id, now)
+    end
+  else
+    local mine = redis.call('ZSCORE', q.queue, id)
+    if waiting then
+      if mine then redis.call('ZADD', q.beats, now + tonumber(ARGV[10]), id) else enqueue(q, id, now + tonumber(ARGV[10])) end
+    end
+    local got_self, expiry = promote(q, d, now, lease_ttl, id)
+    if got_self then
+      status, value = 'granted', tonumber(expiry)
+    elseif waiting then
+      status, value = 'queued', first_in_line_wait(q, d, id, now)
+    elseif now < d.blocked_until then
+      status, value = 'cooldown', d.blocked_until - now
+    else
+      status = 'at_capacity'
+    end
+  end
+end
+
+d.waiters = redis.call('ZCARD', q.queue)
 save_domain(KEYS[2], d)
+local expiry_text = fmt(now + lease_ttl)
+publish_handoffs(q, d, expiry_text)
 local flat_events = flush_events(KEYS[5], now, ARGV[8], idle_ms)
-touch(idle_ms, KEYS[2], KEYS[1], KEYS[3], KEYS[4], KEYS[5])
+touch(idle_ms, KEYS[2], KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
 return {status, fmt(value), state_reply(d), flat_events}

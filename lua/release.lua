@@ -5,6 +5,9 @@
 -- KEYS[3] leases zset    <ns>:{<provider>/<model>}:<domain>:leases
 -- KEYS[4] domain index   <ns>:{<provider>/<model>}:domains
 -- KEYS[5] event stream   <ns>:{<provider>/<model>}:events
+-- KEYS[6] queue zset     <ns>:{<provider>/<model>}:<domain>:queue
+-- KEYS[7] beats zset     <ns>:{<provider>/<model>}:<domain>:beats
+-- KEYS[8] ticket counter <ns>:{<provider>/<model>}:<domain>:tickets
 --
 -- ARGV[1]  now in seconds, or '' for the server's TIME
 -- ARGV[2]  domain name
@@ -24,7 +27,13 @@
 -- ARGV[11] ceiling_ttl_seconds (0: never forget)
 -- ARGV[12] idle ttl in milliseconds (0: never expire)
 -- ARGV[13] event stream MAXLEN (approximate)
--- ARGV[14] lease_ttl_seconds (how long a tombstone is kept)
+-- ARGV[14] lease_ttl_seconds (how long a tombstone is kept, and new leases last)
+-- ARGV[15] wake channel prefix (<ns>:{<provider>/<model>}:wake:)
+-- ARGV[16] publish command: 'PUBLISH', or 'SPUBLISH' on a cluster
+--
+-- A slot given back goes to the longest waiting live waiter, who is woken on
+-- its process's channel; during a cooldown the first waiter is told when it
+-- ends instead.
 --
 -- Reply: {released, state, events}
 --   released 1 when this call gave the slot back; 0 when the lease was already
@@ -48,9 +57,11 @@ local d
 d, err = load_domain(KEYS[2])
 if err then return redis.error_reply(err) end
 
+local q = queue_of(KEYS[6], KEYS[7], KEYS[8], KEYS[3], ARGV[15], ARGV[16], idle_ms)
 local released = 0
 if d then reap(domain, d, KEYS[3], now) end
 if outcome == 'abandon' then
+  leave(q, ARGV[3])
   local score = redis.call('ZSCORE', KEYS[3], ARGV[3])
   if score and tonumber(score) > 0 then
     released = redis.call('ZREM', KEYS[3], ARGV[3])
@@ -120,7 +131,20 @@ if released == 1 then
   end
 end
 
+local handoff_expiry
+local queued = redis.call('ZCARD', q.queue)
+if queued > 0 then
+  reap_waiters(q, now)
+  local _, expiry = promote(q, d, now, tonumber(ARGV[14]), nil)
+  handoff_expiry = expiry
+  queued = redis.call('ZCARD', q.queue)
+end
+d.waiters = queued
 save_domain(KEYS[2], d)
+if handoff_expiry then
+  publish_handoffs(q, d, handoff_expiry)
+  notify_head_of_cooldown(q, d, now)
+end
 local flat_events = flush_events(KEYS[5], now, ARGV[13], idle_ms)
-touch(idle_ms, KEYS[2], KEYS[1], KEYS[3], KEYS[4], KEYS[5])
+touch(idle_ms, KEYS[2], KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
 return {released, state_reply(d), flat_events}

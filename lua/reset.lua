@@ -4,8 +4,8 @@
 --
 -- KEYS[1]     domain index   <ns>:{<provider>/<model>}:domains
 -- KEYS[2]     event stream   <ns>:{<provider>/<model>}:events
--- KEYS[2i+1]  domain hash of domain i   <ns>:{<provider>/<model>}:<domain>
--- KEYS[2i+2]  leases zset of domain i   <ns>:{<provider>/<model>}:<domain>:leases
+-- KEYS[5i-2..5i+2] for domain i: its hash <ns>:{<provider>/<model>}:<domain>, and
+--             its :leases, :queue, :beats and :tickets keys
 --
 -- ARGV[1]     now in seconds, or '' for the server's TIME
 -- ARGV[2]     event stream MAXLEN (approximate)
@@ -18,9 +18,12 @@ local now = clock(ARGV[1])
 local existed = 0
 for i = 1, #ARGV - 3 do
   local name = ARGV[3 + i]
-  local domain_key, leases_key = KEYS[2 * i + 1], KEYS[2 * i + 2]
+  local base = 5 * i - 2
+  local domain_key, leases_key = KEYS[base], KEYS[base + 1]
   local limit = redis.call('HGET', domain_key, 'current_limit')
   local held = redis.call('ZCOUNT', leases_key, 0, '+inf')
+  -- Waiters still queued notice on their next re-check and queue again.
+  redis.call('DEL', KEYS[base + 2], KEYS[base + 3], KEYS[base + 4])
   if redis.call('DEL', domain_key, leases_key) > 0 then
     existed = existed + 1
     -- from: the limit it had (as text, possibly hand-edited), to: leases dropped

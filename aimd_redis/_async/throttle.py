@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from types import TracebackType
 from typing import Any, cast
@@ -17,6 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from aimd_redis._async.background import Periodic
+from aimd_redis._async.waker import Waker
 from aimd_redis.config import ThrottleConfig
 from aimd_redis.core import (
     REGISTER_ATTEMPTS,
@@ -38,7 +40,7 @@ from aimd_redis.errors import (
 )
 from aimd_redis.keys import check_domain
 from aimd_redis.scripts import sources
-from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, ReleaseResult
+from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, Queued, ReleaseResult
 
 logger = logging.getLogger("aimd_redis")
 
@@ -66,6 +68,8 @@ class AsyncThrottle:
             raise TypeError(f"config must be a ThrottleConfig, not {type(config).__name__}")
         self.config = config if config is not None else ThrottleConfig()
         self._core = Core(self.config, namespace)
+        # Names this process's wake channel; every lease id starts with it.
+        self._client_id = secrets.token_hex(6)
         self._owns_redis = isinstance(redis, str)
         if isinstance(redis, str):
             redis = Redis.from_url(
@@ -86,6 +90,8 @@ class AsyncThrottle:
         # their ttl, so only a dead process's slots ever expire.
         self._held: dict[str, AsyncLease] = {}
         self._renewer = Periodic(self.config.lease_ttl_seconds / 3, self._renew_held, "aimd-redis lease renewer")
+        # Cluster clients wait by re-checking only, for now.
+        self._waker = None if isinstance(redis, RedisCluster) else Waker(redis)
 
     @property
     def namespace(self) -> str:
@@ -153,13 +159,22 @@ class AsyncThrottle:
     async def try_acquire(
         self, *, provider_name: str, model_id: str, domain: str, now: float | None = None
     ) -> AsyncLease | Denied:
-        """Take a slot if one is free now, else say why not and how long to wait."""
-        call, ref = self._core.acquire_call(provider_name, model_id, domain, now)
+        """Take a slot if one is free now, else say why not and how long to wait.
+
+        Never queues, and never takes a slot a queued waiter is owed."""
+        call, ref = self._core.acquire_call(
+            provider_name, model_id, domain, now, self._core.new_lease_id(self._client_id)
+        )
+        result = await self._acquire_once(call, ref, now)
+        assert not isinstance(result, Queued)
+        return result if isinstance(result, Denied) else self._hold(AsyncLease(self, result), now)
+
+    async def _acquire_once(self, call: Call, ref: LeaseRef, now: float | None) -> Grant | Denied | Queued:
         try:
             try:
                 reply = await self._run(call)
             except NotRegisteredError:
-                if not await self._restore_registration(provider_name, model_id, now):
+                if not await self._restore_registration(ref.provider_name, ref.model_id, now):
                     raise
                 reply = await self._run(call)
         except (NotRegisteredError, CorruptStateError):
@@ -169,10 +184,9 @@ class AsyncThrottle:
             # the slot without our seeing the reply. Give it back by its id.
             await self._run_quietly(self._core.release_call(ref, "abandon", None, now), ref)
             raise
-        result = self._core.parse_acquire(ref, reply)
-        if isinstance(result, Denied):
-            return result
-        lease = AsyncLease(self, result)
+        return self._core.parse_acquire(ref, reply)
+
+    def _hold(self, lease: AsyncLease, now: float | None) -> AsyncLease:
         if now is None:  # a caller injecting time renews for itself
             self._held[lease.id] = lease
             self._renewer.start()
@@ -197,26 +211,69 @@ class AsyncThrottle:
     ) -> AsyncLease:
         """Wait for a slot; ``timeout=None`` waits for ever, ``0`` fails at once.
 
-        Raises AcquireTimeout when no slot came free in time; never sleeps
-        past the deadline.
+        Waiters of every process are served in arrival order: a released slot
+        is handed to the longest waiting one, which is woken on its process's
+        channel. Raises AcquireTimeout when no slot came in time; never sleeps
+        past the deadline, and leaves the queue on timeout or cancellation.
         """
         limit = check_timeout(timeout)
-        deadline = None if limit is None else time.monotonic() + limit
-        while True:
+        if limit == 0:
             result = await self.try_acquire(provider_name=provider_name, model_id=model_id, domain=domain)
-            if not isinstance(result, Denied):
-                return result
-            wait = result.retry_in
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AcquireTimeout(
-                        f"timed out after {timeout}s waiting for a slot on "
-                        f"{provider_name}/{model_id} {domain} ({result.reason}, "
-                        f"limit {result.state.current_limit}, in flight {result.state.in_flight})"
-                    )
-                wait = min(wait, left)
-            await asyncio.sleep(wait)
+            if isinstance(result, Denied):
+                raise self._timed_out(timeout, provider_name, model_id, domain, result.reason, result.state)
+            return result
+        deadline = None if limit is None else time.monotonic() + limit
+        lease_id = self._core.new_lease_id(self._client_id)
+        if self._waker is not None:
+            with redis_boundary():
+                await self._waker.watch(self._core.keys(provider_name, model_id).wake_prefix + self._client_id)
+            self._waker.expect(lease_id)
+        ref = LeaseRef(provider_name=provider_name, model_id=model_id, domain=domain, lease_id=lease_id)
+        recheck = False
+        try:
+            while True:
+                call, ref = self._core.acquire_call(
+                    provider_name, model_id, domain, None, lease_id, wait=True, recheck=recheck
+                )
+                got = await self._acquire_once(call, ref, None)
+                if isinstance(got, Grant):
+                    return self._hold(AsyncLease(self, got), None)
+                assert isinstance(got, Queued)
+                recheck = True
+                wait = got.retry_in if got.retry_in > 0 else self.config.wait_poll_seconds
+                while True:  # until a slot is handed over, or it is time to ask again
+                    if deadline is not None:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            raise self._timed_out(timeout, provider_name, model_id, domain, "queued", got.state)
+                        wait = min(wait, left)
+                    if self._waker is None:
+                        await asyncio.sleep(wait)
+                        break
+                    message = await self._waker.wait(lease_id, wait)
+                    if message is None:
+                        break
+                    woke = self._core.parse_wake(ref, message)
+                    if isinstance(woke, Grant):
+                        return self._hold(AsyncLease(self, woke), None)
+                    wait = woke  # a cooldown blocks the queue: ask again when it ends
+                    self._waker.expect(lease_id)
+        except BaseException:
+            # Leave the queue; a slot handed over meanwhile goes to the next waiter.
+            await self._run_quietly(self._core.release_call(ref, "abandon", None, None), ref)
+            raise
+        finally:
+            if self._waker is not None:
+                self._waker.forget(lease_id)
+
+    @staticmethod
+    def _timed_out(
+        timeout: float | None, provider_name: str, model_id: str, domain: str, why: str, state: DomainState
+    ) -> AcquireTimeout:
+        return AcquireTimeout(
+            f"timed out after {timeout}s waiting for a slot on {provider_name}/{model_id} {domain} "
+            f"({why}, limit {state.current_limit}, in flight {state.in_flight}, waiters {state.waiters})"
+        )
 
     def slot(self, *, provider_name: str, model_id: str, domain: str, timeout: float | None = None) -> AsyncSlot:
         """Context manager around acquire: leaving the block reports success,
@@ -290,6 +347,8 @@ class AsyncThrottle:
         """Stop renewing leases, and close the Redis client if this throttle
         created it from a URL. Leases still held expire after their ttl."""
         await self._renewer.stop()
+        if self._waker is not None:
+            await self._waker.close()
         if self._owns_redis:
             await self._redis.aclose()
 

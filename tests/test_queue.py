@@ -1,0 +1,134 @@
+"""Fleet-wide FIFO waiting: hand-over on release, wake-ups, no herd, no leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from aimd_redis import AcquireTimeout, AsyncThrottle, Throttle, ThrottleConfig
+
+from .helpers import M, P
+
+TARGET = {"provider_name": P, "model_id": M, "domain": "chat"}
+DOMAIN_KEY = "aimd:{openai/gpt-4o}:chat"
+# Re-checks so rare that anything happening within a test came from a wake-up.
+QUIET = ThrottleConfig(wait_poll_seconds=30)
+
+
+def _waiters(client: redis.Redis) -> int:
+    return int(client.hget(DOMAIN_KEY, "waiters") or 0)
+
+
+def _until(condition: Any, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+async def _eventually(condition: Any, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+def _queue_and_record(url: str, name: str) -> None:
+    t = Throttle(url, config=QUIET)
+    with t.slot(**TARGET, timeout=60):
+        redis.Redis.from_url(url).rpush("granted", name)
+    t.close()
+
+
+def test_processes_are_served_in_arrival_order(real_redis: redis.Redis, real_redis_url: str) -> None:
+    t = Throttle(real_redis, config=QUIET)
+    t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
+    held = t.acquire(**TARGET, timeout=0)
+    ctx = multiprocessing.get_context("spawn")
+    children = []
+    for i in range(4):
+        child = ctx.Process(target=_queue_and_record, args=(real_redis_url, f"p{i}"))
+        child.start()
+        children.append(child)
+        _until(lambda n=i + 1: _waiters(real_redis) == n, 30)
+    held.success()
+    for child in children:
+        child.join(60)
+    assert [c.exitcode for c in children] == [0, 0, 0, 0]
+    assert real_redis.lrange("granted", 0, -1) == [b"p0", b"p1", b"p2", b"p3"]
+    assert (_waiters(real_redis), real_redis.hget(DOMAIN_KEY, "in_flight")) == (0, b"0")
+
+
+async def test_one_release_wakes_one_waiter_with_one_script_call(real_redis: redis.Redis, real_redis_url: str) -> None:
+    async with AsyncThrottle(real_redis_url, config=QUIET) as t:
+        await t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
+        held = await t.acquire(**TARGET, timeout=0)
+        waiters = [asyncio.create_task(t.acquire(**TARGET)) for _ in range(50)]
+        await _eventually(lambda: _waiters(real_redis) == 50)
+        real_redis.config_resetstat()
+        await held.success()
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED, timeout=5)
+        assert len(done) == 1
+        calls = real_redis.info("commandstats")["cmdstat_evalsha"]["calls"]
+        assert calls == 1  # the release; the woken waiter needed no call of its own
+        first = done.pop().result()
+        for task in waiters:
+            task.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        await first.success()
+    assert real_redis.zcard(f"{DOMAIN_KEY}:queue") == 0
+    assert (_waiters(real_redis), real_redis.hget(DOMAIN_KEY, "in_flight")) == (0, b"0")
+
+
+def test_a_timed_out_waiter_leaves_no_trace(client: redis.Redis) -> None:
+    t = Throttle(client, config=QUIET)
+    t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
+    held = t.acquire(**TARGET, timeout=0)
+    with pytest.raises(AcquireTimeout, match="timed out"):
+        t.acquire(**TARGET, timeout=0.2)
+    assert client.zcard(f"{DOMAIN_KEY}:queue") == 0
+    assert _waiters(client) == 0
+    assert held.success().released
+    assert client.hget(DOMAIN_KEY, "in_flight") == b"0"
+
+
+async def test_a_slot_handed_over_as_its_waiter_gives_up_goes_to_the_next(
+    real_redis: redis.Redis, real_redis_url: str
+) -> None:
+    async with AsyncThrottle(real_redis_url, config=QUIET) as t, AsyncThrottle(real_redis_url, config=QUIET) as deaf:
+        deaf._waker = None  # never hears its hand-over: the race, made certain
+        await t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
+        held = await t.acquire(**TARGET, timeout=0)
+        giving_up = asyncio.create_task(deaf.acquire(**TARGET))
+        await _eventually(lambda: _waiters(real_redis) == 1)
+        patient = asyncio.create_task(t.acquire(**TARGET, timeout=10))
+        await _eventually(lambda: _waiters(real_redis) == 2)
+        await held.success()  # handed to the deaf waiter...
+        await _eventually(lambda: _waiters(real_redis) == 1)
+        giving_up.cancel()  # ...who gives up without having seen it
+        with pytest.raises(asyncio.CancelledError):
+            await giving_up
+        lease = await patient  # the slot went on to the next waiter
+        assert real_redis.hget(DOMAIN_KEY, "in_flight") == b"1"
+        assert (await lease.success()).released
+    assert (_waiters(real_redis), real_redis.hget(DOMAIN_KEY, "in_flight")) == (0, b"0")
+
+
+async def test_the_end_of_a_cooldown_wakes_the_queue(make_async_throttle: Any) -> None:
+    t = make_async_throttle(wait_poll_seconds=30)
+    await t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=4)
+    a, b = await t.acquire(**TARGET, timeout=0), await t.acquire(**TARGET, timeout=0)
+    await a.rate_limited(retry_after=0.3)  # limit 4 -> 3, blocked for 0.3 s
+    started = time.monotonic()
+    waiter = asyncio.create_task(t.acquire(**TARGET, timeout=10))
+    await asyncio.sleep(0.05)
+    await b.success()  # during the cooldown: tells the first waiter when it ends
+    lease = await waiter
+    waited = time.monotonic() - started
+    assert 0.25 <= waited < 2  # woken at the cooldown's end, not by a 30 s re-check
+    await lease.success()
