@@ -1,0 +1,128 @@
+"""Hand-over latency across processes at capacity 1, next to a raw
+BLPOP/LPUSH hand-over measured in the same run against the same server.
+
+    python benchmarks/bench_handoff.py [--url redis://...] [--rounds 500]
+
+Two processes pass one slot back and forth: one releases, the other's
+blocked acquire returns. Latency is the time from the release call to the
+acquire returning (CLOCK_MONOTONIC, shared by the processes). The baseline
+passes a token the same way with LPUSH and BLPOP. Script calls per hand-over
+come from INFO commandstats: a waiter that polled would show more than the
+release and the next wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import sys
+import time
+from typing import Any
+
+import redis
+
+from aimd_redis import Throttle, ThrottleConfig
+from aimd_redis.embedded import EmbeddedRedis
+
+TARGET = {"provider_name": "bench", "model_id": "handoff", "domain": "chat"}
+DOMAIN_KEY = "aimd:{bench/handoff}:chat"
+
+
+def _wait_for_waiter(client: redis.Redis) -> None:
+    while client.hget(DOMAIN_KEY, "waiters") != b"1":
+        time.sleep(0.0002)
+
+
+def _throttle_side(url: str, rounds: int, first: bool, out: Any) -> None:
+    """Alternately hold and wait; return (release times, acquire-return times)."""
+    client = redis.Redis.from_url(url)
+    t = Throttle(client, config=ThrottleConfig(wait_poll_seconds=30))
+    released, acquired = [], []
+    lease = t.acquire(**TARGET, timeout=0) if first else None
+    if lease is None:
+        lease = t.acquire(**TARGET)
+        acquired.append(time.perf_counter())
+    for _ in range(rounds):
+        _wait_for_waiter(client)
+        released.append(time.perf_counter())
+        lease.success()
+        lease = t.acquire(**TARGET)
+        acquired.append(time.perf_counter())
+    lease.success()
+    t.close()
+    out.send((released, acquired))
+
+
+def _blpop_side(url: str, rounds: int, first: bool, out: Any) -> None:
+    client = redis.Redis.from_url(url)
+    mine, theirs = ("a", "b") if first else ("b", "a")
+    released, acquired = [], []
+    if not first:
+        client.blpop([mine])
+        acquired.append(time.perf_counter())
+    for _ in range(rounds):
+        released.append(time.perf_counter())
+        client.lpush(theirs, 1)
+        client.blpop([mine])
+        acquired.append(time.perf_counter())
+    client.lpush(theirs, 1)
+    out.send((released, acquired))
+
+
+def _measure(side: Any, url: str, rounds: int, holder_first: bool) -> list[float]:
+    ctx = multiprocessing.get_context("spawn")
+    pipes = [ctx.Pipe() for _ in range(2)]
+    procs = [ctx.Process(target=side, args=(url, rounds, i == 0, pipes[i][1])) for i in range(2)]
+    # The side that starts with the slot (or the token's receiver) goes first.
+    order = procs if holder_first else procs[::-1]
+    order[0].start()
+    time.sleep(1.0)
+    order[1].start()
+    (rel_a, acq_a), (rel_b, acq_b) = (pipes[i][0].recv() for i in range(2))
+    for p in procs:
+        p.join()
+    # A's i-th release is taken by B's i-th acquire; B's i-th release by A's (i+1)-th... aligned by order.
+    to_b = [acq - rel for rel, acq in zip(rel_a, acq_b, strict=False)]
+    to_a = [acq - rel for rel, acq in zip(rel_b, acq_a, strict=False)]
+    return [x * 1000 for x in to_b + to_a]
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url")
+    parser.add_argument("--rounds", type=int, default=500, help="hand-overs each way")
+    args = parser.parse_args()
+    server = None if args.url else EmbeddedRedis()
+    url = args.url or server.url  # type: ignore[union-attr]
+    try:
+        client = redis.Redis.from_url(url)
+        client.delete("a", "b")
+        Throttle(client).register(provider_name="bench", model_id="handoff", alias="bench", max_parallel_requests=1)
+        print("measuring BLPOP/LPUSH hand-over...", file=sys.stderr, flush=True)
+        raw = _measure(_blpop_side, url, args.rounds, holder_first=False)
+        client.config_resetstat()
+        print("measuring aimd-redis hand-over...", file=sys.stderr, flush=True)
+        ours = _measure(_throttle_side, url, args.rounds, holder_first=True)
+        calls = client.info("commandstats")["cmdstat_evalsha"]["calls"]
+    finally:
+        if server:
+            server.close()
+    n = len(ours)
+    print(f"\nHand-over latency across two processes, capacity 1, {n} hand-overs each (ms)")
+    print(f"  {'':<28} {'p50':>7} {'p99':>7} {'mean':>7}")
+    for name, values in (("BLPOP/LPUSH (baseline)", raw), ("aimd-redis release->acquire", ours)):
+        print(f"  {name:<28} {_pct(values, 0.5):7.3f} {_pct(values, 0.99):7.3f} {statistics.mean(values):7.3f}")
+    ratio = _pct(ours, 0.5) / _pct(raw, 0.5)
+    print(f"  p50 ratio {ratio:.2f} (goal <= 1.5); p99 {_pct(ours, 0.99):.3f} ms (goal < 3)")
+    print(f"  script calls per hand-over: {calls / n:.2f} (a release, and the next acquire that queues)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
