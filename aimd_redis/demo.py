@@ -111,13 +111,13 @@ def _run(url: str, s: DemoSettings) -> int:
     for p in procs:
         p.start()
     started = time.monotonic()
-    print(f"{'t':>5} {'limit':>5} {'in flight':>9} {'ceiling':>7} {'ok':>6} {'429s':>5}")
+    print(f"{'t':>5} {'limit':>5} {'in flight':>9} {'waiters':>7} {'ceiling':>7} {'ok':>6} {'429s':>5}")
     while any(p.is_alive() for p in procs):
         time.sleep(1.0)
         st = observer.domain_state(PROVIDER, MODEL, DOMAIN)
         if st is not None:
             print(
-                f"{time.monotonic() - started:5.1f} {st.current_limit:>5} {st.in_flight:>9} "
+                f"{time.monotonic() - started:5.1f} {st.current_limit:>5} {st.in_flight:>9} {st.waiters:>7} "
                 f"{st.rate_limit_ceiling or '-':>7} {upstream.ok.value:>6} {upstream.rejected.value:>5}",
                 flush=True,
             )
