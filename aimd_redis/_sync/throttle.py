@@ -221,7 +221,8 @@ class Throttle:
             if isinstance(result, Denied):
                 raise self._timed_out(timeout, provider_name, model_id, domain, result.reason, result.state)
             return result
-        deadline = None if limit is None else time.monotonic() + limit
+        started = time.monotonic()
+        deadline = None if limit is None else started + limit
         lease_id = self._core.new_lease_id(self._client_id)
         if self._waker is not None:
             with redis_boundary():
@@ -236,8 +237,12 @@ class Throttle:
                 )
                 got = self._acquire_once(call, ref, None)
                 if isinstance(got, Grant):
+                    if recheck:
+                        self._log_queue("got a slot on re-check", ref, started)
                     return self._hold(Lease(self, got), None)
                 assert isinstance(got, Queued)
+                if not recheck:
+                    self._log_queue(f"no free slot, queued ({got.state.waiters} waiting)", ref, started)
                 recheck = True
                 wait = got.retry_in if got.retry_in > 0 else self.config.wait_poll_seconds
                 while True:  # until a slot is handed over, or it is time to ask again
@@ -254,6 +259,7 @@ class Throttle:
                         break
                     woke = self._core.parse_wake(ref, message)
                     if isinstance(woke, Grant):
+                        self._log_queue(f"slot handed over ({woke.state.waiters} still waiting)", ref, started)
                         return self._hold(Lease(self, woke), None)
                     wait = woke  # a cooldown blocks the queue: ask again when it ends
                     self._waker.expect(lease_id)
@@ -264,6 +270,12 @@ class Throttle:
         finally:
             if self._waker is not None:
                 self._waker.forget(lease_id)
+
+    @staticmethod
+    def _log_queue(what: str, ref: LeaseRef, started: float) -> None:
+        if logger.isEnabledFor(logging.DEBUG):
+            waited = time.monotonic() - started
+            logger.debug("%s/%s %s: %s after %.3fs", ref.provider_name, ref.model_id, ref.domain, what, waited)
 
     @staticmethod
     def _timed_out(
