@@ -55,6 +55,12 @@ def _seconds(value: float) -> str:
     return repr(float(value))
 
 
+def read_pubsub(message: dict[str, Any]) -> tuple[str, str, str]:
+    """(kind, channel, text) of a redis-py pub/sub message: for a wake-up,
+    kind 'message' and text '<waiter id> ...'; 'subscribe' confirms a channel."""
+    return as_str(message["type"]), as_str(message["channel"]), as_str(message["data"])
+
+
 def check_now(now: float | None) -> str:
     """The ``now`` argument of a script: '' lets the script read Redis TIME."""
     if now is None:

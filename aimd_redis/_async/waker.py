@@ -13,6 +13,8 @@ import contextlib
 import logging
 from typing import Any
 
+from aimd_redis.core import read_pubsub
+
 logger = logging.getLogger("aimd_redis")
 
 
@@ -61,14 +63,10 @@ class Waker:
                 continue
             if message is None:
                 continue
-            channel = message["channel"]
-            channel = channel.decode() if isinstance(channel, bytes) else channel
-            if message["type"] == "subscribe":
-                if channel in self._confirmed:
-                    self._confirmed[channel].set()
-            elif message["type"] == "message":
-                data = message["data"]
-                text = data.decode() if isinstance(data, bytes) else str(data)
+            kind, channel, text = read_pubsub(message)
+            if kind == "subscribe" and channel in self._confirmed:
+                self._confirmed[channel].set()
+            elif kind == "message":
                 future = self._waiting.get(text.split(" ", 1)[0])
                 if future is not None and not future.done():
                     future.set_result(text)

@@ -8,6 +8,8 @@ import logging
 import threading
 from typing import Any
 
+from aimd_redis.core import read_pubsub
+
 logger = logging.getLogger("aimd_redis")
 
 
@@ -68,14 +70,10 @@ class Waker:
                 continue
             if message is None:
                 continue
-            channel = message["channel"]
-            channel = channel.decode() if isinstance(channel, bytes) else channel
-            if message["type"] == "subscribe":
-                if channel in self._confirmed:
-                    self._confirmed[channel].set()
-            elif message["type"] == "message":
-                data = message["data"]
-                text = data.decode() if isinstance(data, bytes) else str(data)
+            kind, channel, text = read_pubsub(message)
+            if kind == "subscribe" and channel in self._confirmed:
+                self._confirmed[channel].set()
+            elif kind == "message":
                 slot = self._waiting.get(text.split(" ", 1)[0])
                 if slot is not None:
                     slot.message = text
