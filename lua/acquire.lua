@@ -72,6 +72,7 @@ refresh(domain, d, now, emax, tonumber(ARGV[6]))
 ramp(domain, d, now, emax, rampup_seconds)
 
 local status, value = nil, 0
+local queued = redis.call('ZCARD', q.queue)
 if ARGV[13] == '1' then
   local held = redis.call('ZSCORE', KEYS[3], id)
   if held and tonumber(held) > 0 then  -- handed over; the wake-up was lost or is on its way
@@ -81,8 +82,11 @@ if ARGV[13] == '1' then
 end
 
 if not status then
-  reap_waiters(q, now)
-  if redis.call('ZCARD', q.queue) == 0 then
+  if queued > 0 then  -- an empty queue (the common case) costs one ZCARD, no more
+    reap_waiters(q, now)
+    queued = redis.call('ZCARD', q.queue)
+  end
+  if queued == 0 then
     if now < d.blocked_until then
       status, value = 'cooldown', d.blocked_until - now
     elseif d.in_flight >= d.current_limit then
@@ -120,7 +124,7 @@ if not status then
   end
 end
 
-d.waiters = redis.call('ZCARD', q.queue)
+if queued > 0 or status == 'queued' then d.waiters = redis.call('ZCARD', q.queue) else d.waiters = 0 end
 save_domain(KEYS[2], d)
 local expiry_text = fmt(now + lease_ttl)
 publish_handoffs(q, d, expiry_text)

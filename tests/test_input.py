@@ -134,3 +134,8 @@ def test_defaults() -> None:
     assert (c.reduce_factor, c.additive_increase, c.success_window, c.cooldown_seconds) == (0.75, 1, 25, 2.0)
     assert (c.ceiling_overshoot, c.rampup_seconds) == (0.10, 0.0)
     assert c.idle_ttl_seconds >= c.lease_ttl_seconds > 0
+
+
+def test_bad_names_in_a_waiting_acquire_are_value_errors(unreachable: Throttle) -> None:
+    with pytest.raises(ValueError, match="domain"):
+        unreachable.acquire(**{**GOOD, "domain": "cap"}, timeout=5)

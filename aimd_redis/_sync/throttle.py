@@ -224,17 +224,15 @@ class Throttle:
         started = time.monotonic()
         deadline = None if limit is None else started + limit
         lease_id = self._core.new_lease_id(self._client_id)
+        # Built (and the names checked) first: a bad name has nothing to give back.
+        call, ref = self._core.acquire_call(provider_name, model_id, domain, None, lease_id, wait=True)
         if self._waker is not None:
             with redis_boundary():
                 self._waker.watch(self._core.keys(provider_name, model_id).wake_prefix + self._client_id)
             self._waker.expect(lease_id)
-        ref = LeaseRef(provider_name=provider_name, model_id=model_id, domain=domain, lease_id=lease_id)
         recheck = False
         try:
             while True:
-                call, ref = self._core.acquire_call(
-                    provider_name, model_id, domain, None, lease_id, wait=True, recheck=recheck
-                )
                 got = self._acquire_once(call, ref, None)
                 if isinstance(got, Grant):
                     if recheck:
@@ -243,7 +241,10 @@ class Throttle:
                 assert isinstance(got, Queued)
                 if not recheck:
                     self._log_queue(f"no free slot, queued ({got.state.waiters} waiting)", ref, started)
-                recheck = True
+                    recheck = True  # from now on the script also looks for a slot handed over
+                    call, ref = self._core.acquire_call(
+                        provider_name, model_id, domain, None, lease_id, wait=True, recheck=True
+                    )
                 wait = got.retry_in if got.retry_in > 0 else self.config.wait_poll_seconds
                 while True:  # until a slot is handed over, or it is time to ask again
                     if deadline is not None:
