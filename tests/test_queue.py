@@ -132,3 +132,22 @@ async def test_the_end_of_a_cooldown_wakes_the_queue(make_async_throttle: Any) -
     waited = time.monotonic() - started
     assert 0.25 <= waited < 2  # woken at the cooldown's end, not by a 30 s re-check
     await lease.success()
+
+
+async def test_waiters_that_start_together_on_a_new_client_are_woken(
+    real_redis: redis.Redis, real_redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with AsyncThrottle(real_redis_url, config=QUIET) as holder, AsyncThrottle(real_redis_url, config=QUIET) as t:
+        await holder.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
+        held = await holder.acquire(**TARGET, timeout=0)
+        # All ten subscribe to the same new channel at once.
+        waiters = [asyncio.create_task(t.acquire(**TARGET, timeout=10)) for _ in range(10)]
+        await _eventually(lambda: _waiters(real_redis) == 10)
+        await held.success()
+        for _ in range(10):
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED, timeout=0.5)
+            assert len(done) == 1, "a hand-over was not heard"
+            (task,) = done
+            waiters.remove(task)
+            await task.result().success()
+    assert not [r for r in caplog.records if r.name == "aimd_redis" and r.levelname == "WARNING"]

@@ -17,26 +17,37 @@ from aimd_redis.core import read_pubsub
 
 logger = logging.getLogger("aimd_redis")
 
+#: How long a waiter waits for Redis to confirm a subscription before it
+#: goes on without (it re-checks anyway, every ``wait_poll_seconds``).
+CONFIRM_SECONDS = 10.0
+
 
 class Waker:
     def __init__(self, redis: Any) -> None:
         self._redis = redis
         self._pubsub: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
         self._confirmed: dict[str, asyncio.Event] = {}
         self._waiting: dict[str, asyncio.Future[str]] = {}
 
     async def watch(self, channel: str) -> None:
         """Subscribe to ``channel`` (once) and return when Redis confirmed it."""
-        if self._pubsub is None:
-            self._pubsub = self._redis.pubsub()
-        confirmed = self._confirmed.get(channel)
-        if confirmed is None:
-            confirmed = self._confirmed[channel] = asyncio.Event()
-            await self._pubsub.subscribe(channel)
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._listen(), name="aimd-redis waker")
-        await confirmed.wait()
+        async with self._lock:  # the listener may only read once the connection exists
+            if self._pubsub is None:
+                self._pubsub = self._redis.pubsub()
+            confirmed = self._confirmed.get(channel)
+            if confirmed is None:
+                confirmed = self._confirmed[channel] = asyncio.Event()
+                try:
+                    await self._pubsub.subscribe(channel)
+                except BaseException:
+                    del self._confirmed[channel]
+                    raise
+            if self._task is None or self._task.done():
+                self._task = asyncio.get_running_loop().create_task(self._listen(), name="aimd-redis waker")
+        with contextlib.suppress(asyncio.TimeoutError):  # unconfirmed: the waiter still re-checks
+            await asyncio.wait_for(confirmed.wait(), CONFIRM_SECONDS)
 
     def expect(self, waiter_id: str) -> None:
         """Start catching wake-ups for ``waiter_id`` (before it can be queued)."""

@@ -12,6 +12,10 @@ from aimd_redis.core import read_pubsub
 
 logger = logging.getLogger("aimd_redis")
 
+#: How long a waiter waits for Redis to confirm a subscription before it
+#: goes on without (it re-checks anyway, every ``wait_poll_seconds``).
+CONFIRM_SECONDS = 10.0
+
 
 class _Slot:
     """Where the listener leaves a wake-up for one waiting thread."""
@@ -39,12 +43,16 @@ class Waker:
             confirmed = self._confirmed.get(channel)
             if confirmed is None:
                 confirmed = self._confirmed[channel] = threading.Event()
-                self._pubsub.subscribe(channel)
+                try:
+                    self._pubsub.subscribe(channel)
+                except BaseException:
+                    del self._confirmed[channel]
+                    raise
             if self._thread is None or not self._thread.is_alive():
                 self._stopping.clear()
                 self._thread = threading.Thread(target=self._listen, name="aimd-redis waker", daemon=True)
                 self._thread.start()
-        confirmed.wait(10)
+        confirmed.wait(CONFIRM_SECONDS)  # unconfirmed: the waiter still re-checks
 
     def expect(self, waiter_id: str) -> None:
         """Start catching wake-ups for ``waiter_id`` (before it can be queued)."""
