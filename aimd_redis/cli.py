@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 import redis
@@ -169,13 +170,42 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     settings = DemoSettings(
         processes=args.processes,
-        threads=args.threads,
-        seconds=args.seconds,
-        capacity=args.capacity,
+        tasks=args.tasks,
         peak=args.peak,
+        server_peak=args.server_peak,
+        scaled_peak=args.scaled_peak,
+        warmup_seconds=args.warmup,
         rampup_seconds=args.rampup,
+        time_scale=args.time_scale,
+        plot=None if args.plot == "" else Path(args.plot),
     )
     return run(args.demo_url, settings)
+
+
+def cmd_cold_server(args: argparse.Namespace) -> int:
+    try:
+        from aimd_redis.coldserver import ColdServer, ServerSettings
+    except ImportError as exc:
+        print(f"the cold server needs the demo extra ({exc.name} is missing)", file=sys.stderr)
+        return EXIT_PROBLEM
+    settings = ServerSettings(
+        peak=args.peak,
+        warmup_seconds=args.warmup,
+        service_seconds=args.service,
+        retry_after_seconds=args.retry_after,
+        cold_after_seconds=args.cold_after,
+        error_rate=args.error_rate,
+    )
+    with ColdServer(settings, host=args.host, port=args.port) as server:
+        print(f"cold server on {server.url}/v1 (Ctrl-C to stop); GET /admin/stats, POST /admin/peak", flush=True)
+        while True:
+            time.sleep(args.report)
+            st = server.stats()
+            print(
+                f"{st.elapsed:7.0f}s  capacity {st.capacity}/{st.peak}  in service {st.in_service}  "
+                f"served {st.served}  429s {st.rejected}  errors {st.errors}",
+                flush=True,
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,15 +223,29 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    demo = add("demo", cmd_demo, "run a small fleet against a simulated rate-limited upstream")
+    demo = add("demo", cmd_demo, "run a fleet against a cold, rate-limited local inference server")
     demo.add_argument("--url", dest="demo_url", default=os.environ.get("REDIS_URL"), help="default: a private Redis")
     d = DemoSettings()
     demo.add_argument("--processes", type=int, default=d.processes)
-    demo.add_argument("--threads", type=int, default=d.threads, help="threads per process")
-    demo.add_argument("--seconds", type=float, default=d.seconds)
-    demo.add_argument("--capacity", type=int, default=d.capacity, help="what the upstream can serve at once")
-    demo.add_argument("--peak", type=int, default=d.peak, help="max_parallel_requests registered")
-    demo.add_argument("--rampup", type=float, default=d.rampup_seconds, help="startup ramp in seconds")
+    demo.add_argument("--tasks", type=int, default=d.tasks, help="asyncio tasks per process")
+    demo.add_argument("--peak", type=int, default=d.peak, help="max_parallel_requests the fleet registers")
+    demo.add_argument("--server-peak", type=int, default=d.server_peak, help="what the warm server serves at once")
+    demo.add_argument("--scaled-peak", type=int, default=d.scaled_peak, help="the server's peak after it scales out")
+    demo.add_argument("--warmup", type=float, default=d.warmup_seconds, help="server warm-up in seconds")
+    demo.add_argument("--rampup", type=float, default=d.rampup_seconds, help="the fleet's startup ramp in seconds")
+    demo.add_argument("--time-scale", type=float, default=d.time_scale, help="multiply every duration by this")
+    demo.add_argument("--plot", default=str(d.plot), help="where to write the PNG ('' for none)")
+
+    cold = add("cold-server", cmd_cold_server, "run the demo's cold, rate-limited inference server alone")
+    cold.add_argument("--host", default="127.0.0.1")
+    cold.add_argument("--port", type=int, default=8000)
+    cold.add_argument("--peak", type=int, default=16, help="requests served at once when warm")
+    cold.add_argument("--warmup", type=float, default=10.0, help="seconds from capacity 1 to the peak")
+    cold.add_argument("--service", type=float, default=0.25, help="seconds per chat completion")
+    cold.add_argument("--retry-after", type=float, default=0.5, help="seconds a 429 asks to wait")
+    cold.add_argument("--cold-after", type=float, help="scale to zero after this many idle seconds")
+    cold.add_argument("--error-rate", type=float, default=0.0, help="fraction of requests that fail")
+    cold.add_argument("--report", type=float, default=5.0, help="print counts every this many seconds")
 
     status = with_redis(add("status", cmd_status, "show every model and domain (read-only)"))
     status.add_argument("provider", nargs="?")

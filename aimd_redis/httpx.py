@@ -114,7 +114,7 @@ class _ReportingStream(httpx.SyncByteStream):
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield from self._inner
-        except BaseException:
+        except Exception:  # the body broke off; a caller who stops reading early is no failure
             self._broken = True
             raise
 
@@ -135,7 +135,7 @@ class _AsyncReportingStream(httpx.AsyncByteStream):
         try:
             async for chunk in self._inner:
                 yield chunk
-        except BaseException:
+        except Exception:  # the body broke off; a caller who stops reading early is no failure
             self._broken = True
             raise
 

@@ -1,77 +1,42 @@
-"""The httpx transports against a real HTTP server on loopback."""
+"""The httpx transports against the cold inference server on loopback."""
 
 from __future__ import annotations
 
 import email.utils
-import json
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
+from contextlib import contextmanager
 
 import httpx
 import pytest
 import redis
 
 from aimd_redis import AsyncThrottle, DomainState, Throttle, ThrottleConfig
+from aimd_redis.coldserver import ColdServer, RetryAfterForm, ServerSettings
 from aimd_redis.embedded import _free_port
 from aimd_redis.httpx import AimdTransport, AsyncAimdTransport, openai_router, retry_after_seconds
 
 MODEL = "gpt-test"
 CONFIG = ThrottleConfig(success_window=10, reduce_factor=0.5)
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
 
-class Upstream(BaseHTTPRequestHandler):
-    """Answers as the query string says: ?status=429&retry_after=7&retry_after_ms=1500&chunks=3"""
-
-    requests = 0
-
-    def do_POST(self) -> None:
-        type(self).requests += 1
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        query = {k: v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
-        status = int(query.get("status", 200))
-        self.send_response(status)
-        if "retry_after" in query:
-            self.send_header("Retry-After", query["retry_after"])
-        if "retry_after_ms" in query:
-            self.send_header("retry-after-ms", query["retry_after_ms"])
-        chunks = int(query.get("chunks", 0))
-        if chunks:
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            for i in range(chunks):
-                data = f"data: {i}\n\n".encode()
-                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-                self.wfile.flush()
-                time.sleep(0.05)
-            self.wfile.write(b"0\r\n\r\n")
-            return
-        body = json.dumps({"ok": status < 400}).encode()
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST
-
-    def log_message(self, *args: object) -> None:
-        pass
+@contextmanager
+def cold_server(**settings: object) -> Iterator[ColdServer]:
+    """A warm server (no warm-up) unless told otherwise; 100 ms a request."""
+    defaults: dict[str, object] = {"peak": 4, "warmup_seconds": 0.0, "service_seconds": 0.1}
+    with ColdServer(ServerSettings(**{**defaults, **settings})) as server:  # type: ignore[arg-type]
+        yield server
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+@pytest.fixture
+def server() -> Iterator[ColdServer]:
+    with cold_server() as s:
+        yield s
 
 
 @pytest.fixture
 def throttle(real_redis: redis.Redis) -> Iterator[Throttle]:
+    # Registered at 8 while the server takes 1 at a time: the server's 429s are the test.
     t = Throttle(real_redis, config=CONFIG)
     t.register(provider_name="local", model_id=MODEL, alias="test", max_parallel_requests=8)
     yield t
@@ -94,83 +59,127 @@ def _now(r: redis.Redis) -> float:
     return seconds + micros / 1e6
 
 
-def _post(client: httpx.Client, query: str = "") -> httpx.Response:
-    return client.post(f"/v1/chat/completions{query}", json={"model": MODEL, "messages": []})
-
-
-def test_success_is_reported_when_the_response_is_read(throttle: Throttle, upstream: str) -> None:
-    with _client(throttle, upstream) as client:
-        assert _post(client).status_code == 200
+def test_success_is_reported_when_the_response_is_read(throttle: Throttle, server: ColdServer) -> None:
+    with _client(throttle, server.url) as client:
+        response = client.post("/v1/chat/completions", json=BODY)
+        assert response.status_code == 200
+        assert response.json()["choices"][0]["message"]["role"] == "assistant"
     s = _state(throttle)
     assert (s.in_flight, s.success_streak, s.current_limit) == (0, 1, 8)
 
 
 @pytest.mark.parametrize(
-    ("query", "expected_wait"),
-    [("?status=429&retry_after=7", 7.0), ("?status=429&retry_after_ms=1500&retry_after=9", 1.5), ("?status=429", 2.0)],
+    ("form", "server_wait", "expected_wait"),
+    [
+        ("openai", 1.5, 1.5),  # retry-after-ms wins over the rounded Retry-After: 2
+        ("seconds", 7.0, 7.0),
+        ("date", 20.0, 20.0),
+        ("none", 1.0, 2.0),  # no header: the configured cooldown
+    ],
 )
 def test_a_429_reports_rate_limited_with_the_servers_wait(
-    throttle: Throttle, upstream: str, real_redis: redis.Redis, query: str, expected_wait: float
+    throttle: Throttle, real_redis: redis.Redis, form: RetryAfterForm, server_wait: float, expected_wait: float
 ) -> None:
-    Upstream.requests = 0
-    with _client(throttle, upstream) as client:
+    with (
+        cold_server(peak=1, service_seconds=2.0, retry_after_form=form, retry_after_seconds=server_wait) as server,
+        _client(throttle, server.url) as client,
+        client.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True}) as first,
+    ):
+        next(first.iter_lines())  # the server is busy with this one: capacity 1
         before = _now(real_redis)
-        assert _post(client, query).status_code == 429
-    s = _state(throttle)
-    assert (s.in_flight, s.consecutive_429s, s.current_limit, s.rate_limit_ceiling) == (0, 1, 4, 8)
-    assert s.blocked_until - before == pytest.approx(expected_wait, abs=0.5)
-    assert Upstream.requests == 1  # never retried by the transport
+        response = client.post("/v1/chat/completions", json=BODY)
+        assert response.status_code == 429
+        assert response.json()["error"]["type"] == "rate_limit_error"
+        s = _state(throttle)
+        assert (s.in_flight, s.consecutive_429s, s.current_limit, s.rate_limit_ceiling) == (1, 1, 4, 8)
+        # An HTTP date has whole seconds only.
+        assert s.blocked_until - before == pytest.approx(expected_wait, abs=1.1 if form == "date" else 0.3)
+        assert server.stats().rejected == 1  # never retried by the transport
 
 
-def test_a_429_with_an_http_date(throttle: Throttle, upstream: str, real_redis: redis.Redis) -> None:
-    when = email.utils.formatdate(time.time() + 20, usegmt=True)
-    with _client(throttle, upstream) as client:
-        before = _now(real_redis)
-        assert _post(client, f"?status=429&retry_after={when.replace(' ', '%20')}").status_code == 429
-    assert _state(throttle).blocked_until - before == pytest.approx(20, abs=2)
-
-
-def test_5xx_and_connection_errors_report_failure(throttle: Throttle, upstream: str) -> None:
-    with _client(throttle, upstream) as client:
-        _post(client)  # one success, so the streak shows that failures neither add nor reset
-        assert _post(client, "?status=503").status_code == 503
+def test_5xx_and_connection_errors_report_failure(throttle: Throttle, server: ColdServer) -> None:
+    with _client(throttle, server.url) as client:
+        client.post("/v1/chat/completions", json=BODY)  # a success: failures neither add to nor reset the streak
+    with cold_server(error_rate=1.0) as failing, _client(throttle, failing.url) as client:
+        assert client.post("/v1/chat/completions", json=BODY).status_code == 500
     with _client(throttle, f"http://127.0.0.1:{_free_port()}") as client, pytest.raises(httpx.ConnectError):
-        _post(client)
+        client.post("/v1/chat/completions", json=BODY)
     s = _state(throttle)
     assert (s.in_flight, s.success_streak, s.current_limit, s.consecutive_429s) == (0, 1, 8, 0)
 
 
-def test_a_streamed_response_holds_its_slot_until_closed(throttle: Throttle, upstream: str) -> None:
-    with _client(throttle, upstream) as client:
-        with client.stream("POST", "/v1/chat/completions?chunks=3", json={"model": MODEL}) as response:
-            lines = response.iter_lines()
-            assert next(lines) == "data: 0"
-            assert _state(throttle).in_flight == 1  # half read: still held
-            assert [line for line in lines if line] == ["data: 1", "data: 2"]
-        assert _state(throttle).in_flight == 0
+def test_a_streamed_response_holds_its_slot_until_closed(throttle: Throttle, server: ColdServer) -> None:
+    with (
+        _client(throttle, server.url) as client,
+        client.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True}) as response,
+    ):
+        lines = (line for line in response.iter_lines() if line)
+        assert next(lines).startswith("data: {")
+        assert _state(throttle).in_flight == 1  # half read: still held
+        assert list(lines)[-1] == "data: [DONE]"
+    assert _state(throttle).in_flight == 0
     assert _state(throttle).success_streak == 1
 
 
-def test_requests_without_a_model_pass_unthrottled(throttle: Throttle, upstream: str, real_redis: redis.Redis) -> None:
-    with _client(throttle, upstream) as client:
+def test_a_stream_closed_half_read_still_gives_its_slot_back(throttle: Throttle, server: ColdServer) -> None:
+    with _client(throttle, server.url) as client:
+        with client.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True}) as response:
+            next(response.iter_lines())
+        s = _state(throttle)
+        assert (s.in_flight, s.success_streak) == (0, 1)  # the caller chose to stop reading: not a failure
+
+
+def test_a_stream_that_breaks_off_reports_failure(throttle: Throttle, server: ColdServer) -> None:
+    with _client(throttle, server.url) as client:
+        client.post("/v1/chat/completions", json=BODY)
+    with (
+        cold_server(error_rate=1.0) as failing,
+        _client(throttle, failing.url) as client,
+        client.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True}) as response,
+    ):
+        assert response.status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            list(response.iter_lines())  # the body breaks off after two chunks
+    s = _state(throttle)
+    # A failure: the streak neither grew nor reset.
+    assert (s.in_flight, s.success_streak, s.consecutive_429s) == (0, 1, 0)
+
+
+def test_embeddings_take_a_slot_of_their_own_domain(throttle: Throttle, server: ColdServer) -> None:
+    with _client(throttle, server.url) as client:
+        response = client.post("/v1/embeddings", json={"model": MODEL, "input": ["a", "b"]})
+        assert len(response.json()["data"]) == 2
+    s = throttle.domain_state("local", MODEL, "embedding")
+    assert s is not None
+    assert (s.in_flight, s.success_streak) == (0, 1)
+    assert throttle.domain_state("local", MODEL, "chat") is None
+
+
+def test_requests_without_a_model_pass_unthrottled(throttle: Throttle, server: ColdServer) -> None:
+    with _client(throttle, server.url) as client:
         assert client.get("/v1/models").status_code == 200
         assert client.post("/v1/chat/completions", json={"messages": []}).status_code == 200
     assert throttle.domain_state("local", MODEL, "chat") is None
 
 
-async def test_async_transport(real_redis: redis.Redis, real_redis_url: str, upstream: str) -> None:
+async def test_async_transport(real_redis: redis.Redis, real_redis_url: str) -> None:
     async with AsyncThrottle(real_redis_url, config=CONFIG) as t:
         await t.register(provider_name="local", model_id=MODEL, alias="test", max_parallel_requests=8)
         transport = AsyncAimdTransport(t, router=openai_router("local"))
-        async with httpx.AsyncClient(transport=transport, base_url=upstream) as client:
-            async with client.stream("POST", "/v1/chat/completions?chunks=2", json={"model": MODEL}) as response:
+        with cold_server(peak=1, service_seconds=1.0, retry_after_seconds=3.0) as server:
+            async with (
+                httpx.AsyncClient(transport=transport, base_url=server.url) as client,
+                client.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True}) as response,
+            ):
+                lines = response.aiter_lines()
+                await anext(lines)
                 assert (await t.domain_state("local", MODEL, "chat")).in_flight == 1  # type: ignore[union-attr]
-                assert [line async for line in response.aiter_lines() if line] == ["data: 0", "data: 1"]
-            response = await client.post("/v1/chat/completions?status=429&retry_after=3", json={"model": MODEL})
-            assert response.status_code == 429
+                assert (await client.post("/v1/chat/completions", json=BODY)).status_code == 429
+                assert [line async for line in lines if line][-1] == "data: [DONE]"
         s = await t.domain_state("local", MODEL, "chat")
         assert s is not None
-        assert (s.in_flight, s.success_streak, s.consecutive_429s, s.current_limit) == (0, 0, 1, 4)
+        # The stream's success came after the 429: it ends the cascade and starts a streak.
+        assert (s.in_flight, s.success_streak, s.consecutive_429s, s.current_limit) == (0, 1, 0, 4)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,132 @@
+"""Concurrency-over-time pictures of fleet runs (matplotlib, extra ``demo``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aimd_redis.fleet import FleetRun
+
+COLORS = {"capacity": "#c8c8c8", "limit": "#1f5fbf", "in_flight": "#e07b00", "ceiling": "#1f5fbf", "429": "#c0392b"}
+
+
+def in_flight_curve(run: FleetRun) -> tuple[list[float], list[int]]:
+    """Requests in service at the server over time (a step curve), from its records."""
+    steps = sorted(
+        [(r.arrived - run.started, 1) for r in run.records if r.status != 429]
+        + [(r.finished - run.started, -1) for r in run.records if r.status != 429]
+    )
+    times, values, level = [0.0], [0], 0
+    for t, change in steps:
+        level += change
+        times.append(t)
+        values.append(level)
+    return times, values
+
+
+def _rejections_per_second(run: FleetRun, end: float) -> tuple[list[float], list[int]]:
+    buckets = [0] * (int(end) + 1)
+    for r in run.records:
+        if r.status == 429:
+            buckets[min(len(buckets) - 1, max(0, int(r.arrived - run.started)))] += 1
+    return [i + 0.5 for i in range(len(buckets))], buckets
+
+
+def _draw(top: Any, bottom: Any, run: FleetRun, *, limit_label: str, peak: int | None, ymax: float) -> None:
+    t = [s.t for s in run.samples]
+    end = max(t[-1] if t else 0.0, max((r.finished - run.started for r in run.records), default=0.0))
+    top.fill_between(
+        t, [s.capacity for s in run.samples], step="post", color=COLORS["capacity"], label="server capacity"
+    )
+    if any(s.limit is not None for s in run.samples):
+        top.step(
+            t,
+            [s.limit if s.limit is not None else float("nan") for s in run.samples],
+            where="post",
+            color=COLORS["limit"],
+            lw=1.8,
+            label=limit_label,
+        )
+    if any(s.ceiling for s in run.samples):
+        top.step(
+            t,
+            [s.ceiling if s.ceiling else float("nan") for s in run.samples],
+            where="post",
+            color=COLORS["ceiling"],
+            lw=1,
+            ls=":",
+            label="learned ceiling",
+        )
+    times, values = in_flight_curve(run)
+    top.step(times, values, where="post", color=COLORS["in_flight"], lw=0.9, label="in flight at the server")
+    if peak is not None:
+        top.axhline(peak, color="black", lw=0.8, ls="--", label=f"registered peak ({peak})")
+    for at, label in run.marks:
+        for ax in (top, bottom):
+            ax.axvline(at, color="#555555", lw=0.8, ls="-.")
+        top.annotate(label, (at, ymax * 0.97), fontsize=8, rotation=90, va="top", ha="right", color="#333333")
+    centers, counts = _rejections_per_second(run, end)
+    bottom.bar(centers, counts, width=0.9, color=COLORS["429"])
+    top.set_ylim(0, ymax)
+    top.set_xlim(0, end)
+    bottom.set_xlim(0, end)
+    top.set_ylabel("requests at once")
+    bottom.set_ylabel("429s / s")
+    top.grid(alpha=0.3)
+    bottom.grid(alpha=0.3)
+
+
+def plot_run(run: FleetRun, path: Path, *, title: str, peak: int | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(11, 6), sharex=True, gridspec_kw={"height_ratios": [4, 1]}, constrained_layout=True
+    )
+    ymax = 1.15 * max([peak or 0, *(s.capacity for s in run.samples), *(s.limit or 0 for s in run.samples)], default=1)
+    _draw(top, bottom, run, limit_label="shared limit (Redis)", peak=peak, ymax=ymax)
+    top.set_title(title)
+    top.legend(loc="lower right", fontsize=8)
+    bottom.set_xlabel("seconds")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_comparison(runs: Sequence[tuple[str, FleetRun]], path: Path, *, title: str, peak: int) -> Path:
+    """One panel per run, on the same axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        2,
+        len(runs),
+        figsize=(4.2 * len(runs), 5.5),
+        sharex=True,
+        sharey="row",
+        gridspec_kw={"height_ratios": [4, 1]},
+        constrained_layout=True,
+    )
+    highest = max(max((r.concurrency for r in run.records), default=0) for _, run in runs)
+    ymax = 1.1 * max(peak, highest)
+    for i, (name, run) in enumerate(runs):
+        top, bottom = axes[0][i], axes[1][i]
+        label = "sum of per-process limits" if run.settings["strategy"] == "per-process" else "shared limit (Redis)"
+        _draw(top, bottom, run, limit_label=label, peak=peak, ymax=ymax)
+        top.set_title(name, fontsize=10)
+        bottom.set_xlabel("seconds")
+        if i:
+            top.set_ylabel("")
+            bottom.set_ylabel("")
+        top.legend(loc="upper right", fontsize=7)
+    fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

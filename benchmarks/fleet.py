@@ -1,0 +1,116 @@
+"""Three ways for a fleet to call one cold, rate-limited server, in one run.
+
+    pip install -e '.[demo]'
+    python benchmarks/fleet.py [--url redis://...] [--requests 2000] [--plot docs/fleet-comparison.png]
+
+Each strategy gets a fresh cold server (capacity 1 -> 16 over 10 s, 250 ms a
+request, 429 with Retry-After above capacity) and must get ``--requests``
+chat completions served, retrying every 429:
+
+- fixed:        8 processes x 8 tasks, no adaptive limit, each process capped
+                at the peak (32), sleeping out Retry-After after a 429;
+- per-process:  8 x 8, AIMD with the ramp, but each process in its own
+                namespace: the in-process design, eight loops;
+- shared:       8 x 8, one AIMD loop in Redis for the fleet;
+- one process:  1 x 64, the same shared loop, as the reference for the shared
+                loop's 429 rate.
+
+The throttled strategies register a peak of 32 with a 25 s ramp, slower than
+the server's warm-up. The summary prints 429s (all, and in the warm-up),
+goodput against what the server could serve, makespan, the highest
+concurrency the server saw and when the fleet first used the server's full
+peak, then checks the shared loop against its targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from aimd_redis import ThrottleConfig
+from aimd_redis.coldserver import ColdServer, ServerSettings
+from aimd_redis.embedded import EmbeddedRedis
+from aimd_redis.fleet import FleetRun, FleetSettings, Sample, Summary, run_fleet, summarize, summary_table
+
+SERVER = ServerSettings(peak=16, warmup_seconds=10.0, service_seconds=0.25, retry_after_seconds=0.5)
+PEAK, RAMP = 32, 25.0
+RUNS = [
+    ("fixed", "fixed", 8, 8),
+    ("per-process", "per-process", 8, 8),
+    ("shared", "shared", 8, 8),
+    ("one process", "shared", 1, 64),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", help="Redis URL (default: a private redis-server)")
+    parser.add_argument("--requests", type=int, default=2000, help="requests each strategy must get served")
+    parser.add_argument("--plot", type=Path, default=Path("fleet-comparison.png"))
+    args = parser.parse_args()
+
+    embedded = None if args.url else EmbeddedRedis()
+    url = args.url or embedded.url  # type: ignore[union-attr]
+    print(f"Redis: {url} ({embedded.kind if embedded else 'given'})")
+    print(
+        f"Server: capacity 1 -> {SERVER.peak} over {SERVER.warmup_seconds:g}s, "
+        f"{SERVER.service_seconds * 1000:.0f} ms a request; fleet peak {PEAK}, ramp {RAMP:g}s; "
+        f"{args.requests} requests per strategy\n"
+    )
+    results: list[tuple[str, FleetRun, Summary]] = []
+    try:
+        for name, strategy, processes, tasks in RUNS:
+            settings = FleetSettings(
+                processes=processes,
+                tasks=tasks,
+                strategy=strategy,  # type: ignore[arg-type]
+                peak=PEAK,
+                requests=args.requests,
+                config=ThrottleConfig(rampup_seconds=RAMP),
+                namespace=f"fleet-bench-{strategy}-{processes}-{int(time.time())}",
+            )
+            print(f"{name} ({processes}x{tasks}): ", end="", flush=True)
+            with ColdServer(SERVER) as server:
+
+                def progress(x: Sample, goal: int = args.requests) -> None:
+                    if round(x.t) % 5 == 0:
+                        print(f"[{x.t:.0f}s {x.served}/{goal} 429s {x.rejected}] ", end="", flush=True)
+
+                run = run_fleet(url, server, settings, progress=progress)
+            summary = summarize(
+                run, warmup_seconds=SERVER.warmup_seconds, service_seconds=SERVER.service_seconds, peak=SERVER.peak
+            )
+            print(f"done in {summary.seconds:.1f}s")
+            results.append((name, run, summary))
+    finally:
+        if embedded is not None:
+            embedded.close()
+
+    print()
+    print(summary_table([(name, m) for name, _, m in results]))
+    by_name = {name: m for name, _, m in results}
+    shared, single, per = by_name["shared"], by_name["one process"], by_name["per-process"]
+    ratio = shared.rejected_rate / single.rejected_rate if single.rejected_rate else float("inf")
+    checks = [
+        (f"shared 429 rate {shared.rejected_rate:.2%}, 1x64 {single.rejected_rate:.2%}: x{ratio:.2f}", ratio <= 1.5),
+        (f"shared 429s in warm-up {shared.warmup_rate:.2%} (under 1%)", shared.warmup_rate < 0.01),
+        (f"shared max concurrency {shared.max_concurrency} (at most the peak {PEAK})", shared.max_concurrency <= PEAK),
+        (f"per-process AIMD: {per.rejected:,} 429s, x{per.rejected / max(1, shared.rejected):.1f} the shared", True),
+    ]
+    print()
+    for text, ok in checks:
+        print(f"  {'ok  ' if ok else 'MISS'} {text}")
+
+    from aimd_redis.plot import plot_comparison
+
+    title = f"{args.requests} requests each, cold server: capacity 1 -> {SERVER.peak} over {SERVER.warmup_seconds:g}s"
+    panels = [(f"{n} ({m.shape}): {m.rejected:,} 429s, {m.seconds:.0f}s", run) for n, run, m in results]
+    path = plot_comparison(panels, args.plot, title=title, peak=PEAK)
+    print(f"\nPlot: {path}")
+    return 0 if all(ok for _, ok in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
