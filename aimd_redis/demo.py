@@ -54,7 +54,7 @@ class DemoSettings:
         return at * self.time_scale
 
 
-WIDTHS = (6, 8, 5, 7, 9, 7, 7, 5)
+WIDTHS = (6, 8, 5, 7, 9, 7, 7, 5, 9)
 # When each act begins, at time scale 1.
 SCALE_OUT_AT, IDLE_AT, BACK_AT, END_AT = 20.0, 34.0, 44.0, 62.0
 
@@ -130,13 +130,17 @@ def _run(url: str, server: ColdServer, d: DemoSettings) -> int:
         (d.seconds(IDLE_AT), "fleet idle", pause),
         (d.seconds(BACK_AT), "fleet back", resume),
     ]
-    columns = ("t", "capacity", "limit", "ceiling", "in flight", "waiters", "served", "429s")
+    columns = ("t", "capacity", "limit", "ceiling", "in flight", "waiters", "served", "429s", "goodput/s")
     print(" ".join(f"{c:>{w}}" for c, w in zip(columns, WIDTHS, strict=True)))
+
+    last: list[Sample] = []
 
     def progress(x: Sample) -> None:
         limit = "-" if x.limit is None else str(x.limit)
+        rate = (x.served - last[0].served) / (x.t - last[0].t) if last else x.served / max(x.t, 1e-9)
+        last[:] = [x]
         cells = (f"{x.t:.1f}", x.capacity, limit, x.ceiling or "-", x.in_service, x.waiters, x.served, x.rejected)
-        print(" ".join(f"{c:>{w}}" for c, w in zip(cells, WIDTHS, strict=True)), flush=True)
+        print(" ".join(f"{c:>{w}}" for c, w in zip((*cells, f"{rate:.0f}"), WIDTHS, strict=True)), flush=True)
 
     def mark(t: float, label: str) -> None:
         print(f"{t:6.1f} -- {label}", flush=True)
