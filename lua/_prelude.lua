@@ -269,6 +269,13 @@ local function first_in_line_wait(q, d, id, now)
   return 0
 end
 
+-- A wake-up is a courtesy: a waiter that misses one finds its slot when it
+-- re-checks. pcall, so that a refused publish (no SPUBLISH before Redis 7,
+-- an ACL without the channel) never fails a script whose writes are done.
+local function wake(q, client, message)
+  redis.pcall(q.publish, q.prefix .. client, message)
+end
+
 -- While a cooldown blocks the queue, tells the first waiter when it ends
 -- ('<id> wait <seconds>'): its next request then hands out the free slots.
 local function notify_head_of_cooldown(q, d, now)
@@ -276,7 +283,7 @@ local function notify_head_of_cooldown(q, d, now)
   local head = redis.call('ZRANGE', q.queue, 0, 0)[1]
   if head then
     local client = string.match(head, '^(.-)%.') or head
-    redis.call(q.publish, q.prefix .. client, head .. ' wait ' .. fmt(d.blocked_until - now))
+    wake(q, client, head .. ' wait ' .. fmt(d.blocked_until - now))
   end
 end
 
@@ -286,6 +293,6 @@ local function publish_handoffs(q, d, expiry)
   local state = table.concat(state_reply(d), ',')
   for _, id in ipairs(q.handed) do
     local client = string.match(id, '^(.-)%.') or id
-    redis.call(q.publish, q.prefix .. client, id .. ' ' .. expiry .. ' ' .. state)
+    wake(q, client, id .. ' ' .. expiry .. ' ' .. state)
   end
 end

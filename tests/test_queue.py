@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import threading
 import time
 from typing import Any
 
@@ -151,3 +152,37 @@ async def test_waiters_that_start_together_on_a_new_client_are_woken(
             waiters.remove(task)
             await task.result().success()
     assert not [r for r in caplog.records if r.name == "aimd_redis" and r.levelname == "WARNING"]
+
+
+def test_a_refused_wake_up_fails_nothing(client: redis.Redis) -> None:
+    # As on a cluster older than Redis 7 (no SPUBLISH), or with an ACL without the channel.
+    t = Throttle(client, config=ThrottleConfig(wait_poll_seconds=0.2))
+    t._core._publish = "NO-SUCH-COMMAND"
+    t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
+    held = t.acquire(**TARGET, timeout=0)
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(t.acquire(**TARGET, timeout=10)))
+    waiter.start()
+    _until(lambda: _waiters(client) == 1)
+    assert held.success().released  # the hand-over's publish was refused; the release stands
+    waiter.join(10)
+    assert got, "the waiter did not find its slot by re-checking"
+    assert got[0].success().released
+    assert (_waiters(client), client.hget(DOMAIN_KEY, "in_flight")) == (0, b"0")
+    t.close()
+
+
+async def test_the_first_waiter_keeps_its_place_through_a_long_cooldown(make_async_throttle: Any) -> None:
+    t = make_async_throttle(wait_poll_seconds=0.1)  # a waiter silent for 0.3 s is dropped
+    await t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=2)
+    a, b = await t.acquire(**TARGET, timeout=0), await t.acquire(**TARGET, timeout=0)
+    await a.rate_limited(retry_after=1.0)  # limit 2 -> 1, the queue blocked for 1 s
+    first = asyncio.create_task(t.acquire(**TARGET, timeout=10))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(t.acquire(**TARGET, timeout=10))
+    await asyncio.sleep(0.05)
+    await b.success()
+    done, _ = await asyncio.wait({first, second}, return_when=asyncio.FIRST_COMPLETED)
+    assert done == {first}  # still first once the cooldown is over, not dropped as dead
+    await (await first).success()
+    await (await second).success()

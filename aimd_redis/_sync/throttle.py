@@ -66,7 +66,9 @@ class Throttle:
         if config is not None and not isinstance(config, ThrottleConfig):
             raise TypeError(f"config must be a ThrottleConfig, not {type(config).__name__}")
         self.config = config if config is not None else ThrottleConfig()
-        self._core = Core(self.config, namespace)
+        cluster = isinstance(redis, RedisCluster)
+        # Cluster: sharded pub/sub, so a wake-up stays on the node that owns the model.
+        self._core = Core(self.config, namespace, sharded_pubsub=cluster)
         # Names this process's wake channel; every lease id starts with it.
         self._client_id = secrets.token_hex(6)
         self._owns_redis = isinstance(redis, str)
@@ -89,8 +91,7 @@ class Throttle:
         # their ttl, so only a dead process's slots ever expire.
         self._held: dict[str, Lease] = {}
         self._renewer = Periodic(self.config.lease_ttl_seconds / 3, self._renew_held, "aimd-redis lease renewer")
-        # Cluster clients wait by re-checking only, for now.
-        self._waker = None if isinstance(redis, RedisCluster) else Waker(redis)
+        self._waker: Waker | None = Waker(redis, sharded=cluster)
 
     @property
     def namespace(self) -> str:
@@ -245,7 +246,10 @@ class Throttle:
                     call, ref = self._core.acquire_call(
                         provider_name, model_id, domain, None, lease_id, wait=True, recheck=True
                     )
-                wait = got.retry_in if got.retry_in > 0 else self.config.wait_poll_seconds
+                # The re-check is also the heartbeat: never later than the poll
+                # interval, sooner when the cooldown ends or a lease expires first.
+                poll = self.config.wait_poll_seconds
+                wait = min(got.retry_in, poll) if got.retry_in > 0 else poll
                 while True:  # until a slot is handed over, or it is time to ask again
                     if deadline is not None:
                         left = deadline - time.monotonic()
@@ -262,7 +266,7 @@ class Throttle:
                     if isinstance(woke, Grant):
                         self._log_queue(f"slot handed over ({woke.state.waiters} still waiting)", ref, started)
                         return self._hold(Lease(self, woke), None)
-                    wait = woke  # a cooldown blocks the queue: ask again when it ends
+                    wait = min(woke, poll)  # a cooldown blocks the queue: ask again when it ends
                     self._waker.expect(lease_id)
         except BaseException:
             # Leave the queue; a slot handed over meanwhile goes to the next waiter.

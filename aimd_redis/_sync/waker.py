@@ -1,5 +1,5 @@
-"""Wake-ups for waiting acquires: one pub/sub connection per client, read by
-one thread. The asyncio twin is aimd_redis/_async/waker.py."""
+"""Wake-ups for waiting acquires, read by one thread per pub/sub connection.
+The asyncio twin, aimd_redis/_async/waker.py, says how they work."""
 
 from __future__ import annotations
 
@@ -25,34 +25,64 @@ class _Slot:
         self.message = ""
 
 
+class _Link:
+    """One pub/sub connection and the thread that reads it."""
+
+    def __init__(self, pubsub: Any) -> None:
+        self.pubsub = pubsub
+        self.channels: set[str] = set()
+        self.thread: threading.Thread | None = None
+        self.stopping = threading.Event()
+
+    def close(self) -> None:
+        self.stopping.set()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join()
+        with contextlib.suppress(Exception):
+            self.pubsub.close()
+
+
 class Waker:
-    def __init__(self, redis: Any) -> None:
+    def __init__(self, redis: Any, *, sharded: bool = False) -> None:
         self._redis = redis
+        self._sharded = sharded
         self._lock = threading.Lock()
-        self._pubsub: Any = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
+        self._links: dict[str, _Link] = {}  # by node name; one entry "" unless sharded
         self._confirmed: dict[str, threading.Event] = {}
         self._waiting: dict[str, _Slot] = {}
 
     def watch(self, channel: str) -> None:
         """Subscribe to ``channel`` (once) and return when Redis confirmed it."""
-        with self._lock:
-            if self._pubsub is None:
-                self._pubsub = self._redis.pubsub()
+        with self._lock:  # a listener may only read once its connection exists
             confirmed = self._confirmed.get(channel)
             if confirmed is None:
+                link = self._link_for(channel)
                 confirmed = self._confirmed[channel] = threading.Event()
                 try:
-                    self._pubsub.subscribe(channel)
+                    if self._sharded:
+                        link.pubsub.ssubscribe(channel)
+                    else:
+                        link.pubsub.subscribe(channel)
                 except BaseException:
                     del self._confirmed[channel]
                     raise
-            if self._thread is None or not self._thread.is_alive():
-                self._stopping.clear()
-                self._thread = threading.Thread(target=self._listen, name="aimd-redis waker", daemon=True)
-                self._thread.start()
+                link.channels.add(channel)
+                if link.thread is None:
+                    link.thread = threading.Thread(target=self._listen, args=(link,), daemon=True)
+                    link.thread.name = "aimd-redis waker"
+                    link.thread.start()
         confirmed.wait(CONFIRM_SECONDS)  # unconfirmed: the waiter still re-checks
+
+    def _link_for(self, channel: str) -> _Link:
+        if not self._sharded:
+            if "" not in self._links:
+                self._links[""] = _Link(self._redis.pubsub())
+            return self._links[""]
+        node = self._redis.get_node_from_key(channel)
+        if node.name not in self._links:
+            # The node's own client: its pub/sub re-subscribes after a reconnect.
+            self._links[node.name] = _Link(self._redis.get_redis_connection(node).pubsub())
+        return self._links[node.name]
 
     def expect(self, waiter_id: str) -> None:
         """Start catching wake-ups for ``waiter_id`` (before it can be queued)."""
@@ -66,34 +96,40 @@ class Waker:
     def forget(self, waiter_id: str) -> None:
         self._waiting.pop(waiter_id, None)
 
-    def _listen(self) -> None:
-        while not self._stopping.is_set():
+    def _listen(self, link: _Link) -> None:
+        while not link.stopping.is_set():
             try:
-                message = self._pubsub.get_message(ignore_subscribe_messages=False, timeout=0.2)
+                message = link.pubsub.get_message(ignore_subscribe_messages=False, timeout=0.2)
             except Exception:
-                if self._stopping.is_set():
-                    return
-                logger.warning("wake-up channel failed; waiters fall back to re-checking", exc_info=True)
-                self._stopping.wait(1.0)
-                continue
+                if not link.stopping.is_set():
+                    logger.warning("wake-up channel failed; waiters fall back to re-checking", exc_info=True)
+                    self._drop(link)
+                return
             if message is None:
                 continue
             kind, channel, text = read_pubsub(message)
-            if kind == "subscribe" and channel in self._confirmed:
+            if kind in ("subscribe", "ssubscribe") and channel in self._confirmed:
                 self._confirmed[channel].set()
-            elif kind == "message":
+            elif kind in ("message", "smessage"):
                 slot = self._waiting.get(text.split(" ", 1)[0])
                 if slot is not None:
                     slot.message = text
                     slot.event.set()
 
+    def _drop(self, link: _Link) -> None:
+        with self._lock:
+            for name, known in list(self._links.items()):
+                if known is link:
+                    del self._links[name]
+            for channel in link.channels:
+                event = self._confirmed.pop(channel, None)
+                if event is not None:
+                    event.set()  # nobody waits for a confirmation that cannot come
+        link.close()
+
     def close(self) -> None:
-        self._stopping.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join()
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                self._pubsub.close()
-            self._pubsub = None
-        self._confirmed.clear()
+        with self._lock:
+            links, self._links = list(self._links.values()), {}
+            self._confirmed.clear()
+        for link in links:
+            link.close()
