@@ -35,10 +35,10 @@ def _wait_for_waiter(client: redis.Redis) -> None:
 
 
 def _throttle_side(url: str, rounds: int, first: bool, out: Any) -> None:
-    """Alternately hold and wait; return (release times, acquire-return times)."""
+    """Alternately hold and wait; send (release times, acquire-return times, release call durations)."""
     client = redis.Redis.from_url(url)
     t = Throttle(client, config=ThrottleConfig(wait_poll_seconds=30))
-    released, acquired = [], []
+    released, acquired, calls = [], [], []
     lease = t.acquire(**TARGET, timeout=0) if first else None
     if lease is None:
         lease = t.acquire(**TARGET)
@@ -47,11 +47,12 @@ def _throttle_side(url: str, rounds: int, first: bool, out: Any) -> None:
         _wait_for_waiter(client)
         released.append(time.perf_counter())
         lease.success()
+        calls.append((time.perf_counter() - released[-1]) * 1000)
         lease = t.acquire(**TARGET)
         acquired.append(time.perf_counter())
     lease.success()
     t.close()
-    out.send((released, acquired))
+    out.send((released, acquired, calls))
 
 
 def _blpop_side(url: str, rounds: int, first: bool, out: Any) -> None:
@@ -67,10 +68,11 @@ def _blpop_side(url: str, rounds: int, first: bool, out: Any) -> None:
         client.blpop([mine])
         acquired.append(time.perf_counter())
     client.lpush(theirs, 1)
-    out.send((released, acquired))
+    out.send((released, acquired, []))
 
 
-def _measure(side: Any, url: str, rounds: int, holder_first: bool) -> list[float]:
+def _measure(side: Any, url: str, rounds: int, holder_first: bool) -> tuple[list[float], list[float]]:
+    """(hand-over latencies, durations of the release calls), in ms."""
     ctx = multiprocessing.get_context("spawn")
     pipes = [ctx.Pipe() for _ in range(2)]
     procs = [ctx.Process(target=side, args=(url, rounds, i == 0, pipes[i][1])) for i in range(2)]
@@ -79,13 +81,13 @@ def _measure(side: Any, url: str, rounds: int, holder_first: bool) -> list[float
     order[0].start()
     time.sleep(1.0)
     order[1].start()
-    (rel_a, acq_a), (rel_b, acq_b) = (pipes[i][0].recv() for i in range(2))
+    (rel_a, acq_a, calls_a), (rel_b, acq_b, calls_b) = (pipes[i][0].recv() for i in range(2))
     for p in procs:
         p.join()
     # A's i-th release is taken by B's i-th acquire; B's i-th release by A's (i+1)-th... aligned by order.
     to_b = [acq - rel for rel, acq in zip(rel_a, acq_b, strict=False)]
     to_a = [acq - rel for rel, acq in zip(rel_b, acq_a, strict=False)]
-    return [x * 1000 for x in to_b + to_a]
+    return [x * 1000 for x in to_b + to_a], calls_a + calls_b
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -105,11 +107,12 @@ def main() -> int:
         client.delete("a", "b")
         Throttle(client).register(provider_name="bench", model_id="handoff", alias="bench", max_parallel_requests=1)
         print("measuring BLPOP/LPUSH hand-over...", file=sys.stderr, flush=True)
-        raw = _measure(_blpop_side, url, args.rounds, holder_first=False)
+        raw, _ = _measure(_blpop_side, url, args.rounds, holder_first=False)
         client.config_resetstat()
         print("measuring aimd-redis hand-over...", file=sys.stderr, flush=True)
-        ours = _measure(_throttle_side, url, args.rounds, holder_first=True)
-        calls = client.info("commandstats")["cmdstat_evalsha"]["calls"]
+        ours, release_calls = _measure(_throttle_side, url, args.rounds, holder_first=True)
+        stats = client.info("commandstats")["cmdstat_evalsha"]
+        calls, usec_per_call = stats["calls"], stats["usec_per_call"]
     finally:
         if server:
             server.close()
@@ -121,6 +124,11 @@ def main() -> int:
     ratio = _pct(ours, 0.5) / _pct(raw, 0.5)
     print(f"  p50 ratio {ratio:.2f} (goal <= 1.5); p99 {_pct(ours, 0.99):.3f} ms (goal < 3)")
     print(f"  script calls per hand-over: {calls / n:.2f} (a release, and the next acquire that queues)")
+    print(
+        f"  where it goes: the holder's release call takes {_pct(release_calls, 0.5):.3f} ms (p50), "
+        f"{usec_per_call / 1000:.3f} ms of it inside Redis per script call; the waiter's wake-up is sent "
+        "before that call's reply"
+    )
     return 0
 
 
