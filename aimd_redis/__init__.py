@@ -9,6 +9,7 @@ from aimd_redis.errors import (
     CorruptStateError,
     NotRegisteredError,
     RedisCommandError,
+    RedisPermissionError,
     RedisUnavailableError,
 )
 from aimd_redis.structs import Denied, DomainState, LimitEvent, ReleaseResult
@@ -27,6 +28,7 @@ __all__ = [
     "LimitEvent",
     "NotRegisteredError",
     "RedisCommandError",
+    "RedisPermissionError",
     "RedisUnavailableError",
     "ReleaseResult",
     "Slot",

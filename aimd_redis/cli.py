@@ -208,6 +208,13 @@ def cmd_cold_server(args: argparse.Namespace) -> int:
             )
 
 
+def cmd_acl(args: argparse.Namespace) -> int:
+    from aimd_redis.acl import acl_rule
+
+    print("ACL SETUSER " + " ".join(acl_rule(args.user, args.namespace or ["aimd"], args.password)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aimd-redis", description="A fleet-wide AIMD concurrency limit in Redis.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every limit change this process makes")
@@ -272,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("model", type=_model, metavar="MODEL", help="provider/model")
     events.add_argument("--count", type=int, default=50, help="how many of the latest to print first")
     events.add_argument("--follow", action="store_true", help="keep printing new events")
+
+    acl = add("acl", cmd_acl, "print the ACL rule for a Redis user that may run the library and nothing else")
+    acl.add_argument("--user", default="aimd")
+    acl.add_argument("--password", default="PASSWORD", help="written into the rule as >PASSWORD")
+    acl.add_argument("--namespace", action="append", help="a namespace the user may use (repeat; default aimd)")
 
     exporter = with_redis(add("exporter", cmd_exporter, "serve Prometheus metrics of every domain"))
     exporter.add_argument("--port", type=int, default=9464)

@@ -36,6 +36,11 @@ class RedisCommandError(AimdRedisError):
     """Redis refused a command (permissions, wrong type, scripting errors)."""
 
 
+class RedisPermissionError(RedisCommandError, PermissionError):
+    """The Redis user may not run a command, or touch a key or channel, that
+    the library needs (``aimd-redis acl`` prints a rule that allows them)."""
+
+
 def _from_script(message: str) -> AimdRedisError | None:
     code, _, rest = message.partition(" ")
     if code == "AIMD_NOT_REGISTERED":
@@ -59,6 +64,13 @@ def translate(exc: redis.exceptions.RedisError) -> AimdRedisError:
         ours = _from_script(str(exc))
         if ours is not None:
             return ours
+    # Inside a script, a refused command is a plain script error.
+    refused = ("NOPERM", "can't run this command", "no permissions")
+    if isinstance(exc, redis.exceptions.NoPermissionError) or any(r in str(exc) for r in refused):
+        return RedisPermissionError(
+            f"the Redis user lacks a permission the library needs ({exc}); "
+            "`aimd-redis acl --namespace NAMESPACE` prints an ACL rule that grants exactly what it uses"
+        )
     return RedisCommandError(f"Redis refused the command: {exc}")
 
 

@@ -19,12 +19,22 @@ import fakeredis
 import pytest
 import redis
 import redis.asyncio
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
 
 from aimd_redis import AsyncThrottle, Throttle, ThrottleConfig
+from aimd_redis.acl import acl_rule
 from aimd_redis.embedded import EmbeddedRedis
 
+from .cluster import LocalCluster
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-BACKENDS = ["fakeredis", "redis-server"]
+#: Where the behaviour tests run: fakeredis in-process, one real redis-server,
+#: a real three-master Redis Cluster through redis-py's cluster clients, and
+#: the real redis-server again with the throttles logged in as a user that
+#: has nothing but the rule `aimd-redis acl` prints.
+BACKENDS = ["fakeredis", "redis-server", "cluster", "acl"]
+ACL_NAMESPACES = ("aimd", "other")
 
 
 def _docker_available() -> bool:
@@ -63,25 +73,65 @@ def real_redis(real_redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+@pytest.fixture(scope="session")
+def local_cluster() -> Iterator[LocalCluster]:
+    """Three masters on loopback, started once for the session."""
+    if not shutil.which("redis-server"):
+        reason = "no redis-server on PATH for the Redis Cluster tests"
+        if IN_CI:
+            pytest.fail(reason)
+        warnings.warn(reason, stacklevel=1)
+        pytest.skip(reason)
+    with LocalCluster(masters=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_client(local_cluster: LocalCluster) -> Iterator[RedisCluster]:
+    client = RedisCluster(host="127.0.0.1", port=local_cluster.ports[0])
+    client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    client.config_resetstat(target_nodes=RedisCluster.PRIMARIES)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def acl_url(real_redis_url: str) -> str:
+    """The real server's URL, logged in as a user restricted by the ACL rule."""
+    admin = redis.Redis.from_url(real_redis_url)
+    admin.execute_command("ACL", "SETUSER", *acl_rule("aimd-test", ACL_NAMESPACES, password="aimd-test"))
+    admin.close()
+    scheme, rest = real_redis_url.split("://", 1)
+    return f"{scheme}://aimd-test:aimd-test@{rest.split('@')[-1]}"
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
-def client(backend: str, request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
+def client(backend: str, request: pytest.FixtureRequest) -> Iterator[Any]:
     """A sync client of an empty database on the parametrised backend."""
     if backend == "fakeredis":
         yield fakeredis.FakeRedis(server=fakeredis.FakeServer())
-        return
-    yield request.getfixturevalue("real_redis")
+    elif backend == "cluster":
+        yield request.getfixturevalue("cluster_client")
+    else:  # "acl" too: the tests' own reads need no restriction
+        yield request.getfixturevalue("real_redis")
 
 
 @pytest.fixture
-async def aclient(backend: str, request: pytest.FixtureRequest) -> AsyncIterator[redis.asyncio.Redis]:
+async def aclient(backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     """An asyncio client of an empty database on the parametrised backend."""
     if backend == "fakeredis":
         yield fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+        return
+    if backend == "cluster":
+        request.getfixturevalue("cluster_client")  # empties the cluster
+        cluster = AsyncRedisCluster(host="127.0.0.1", port=request.getfixturevalue("local_cluster").ports[0])
+        yield cluster
+        await cluster.aclose()
         return
     url = request.getfixturevalue("real_redis_url")
     client = redis.asyncio.Redis.from_url(url)
@@ -94,18 +144,28 @@ MakeThrottle = Callable[..., Throttle]
 
 
 @pytest.fixture
-def make_throttle(client: redis.Redis) -> MakeThrottle:
-    """Throttle factory on ``client``; keyword arguments go to ThrottleConfig."""
+def make_throttle(client: Any, backend: str, request: pytest.FixtureRequest) -> Iterator[MakeThrottle]:
+    """Throttle factory on ``client`` (on the "acl" backend, on a client logged
+    in as the restricted user); keyword arguments go to ThrottleConfig."""
+    own = redis.Redis.from_url(request.getfixturevalue("acl_url")) if backend == "acl" else None
 
     def make(namespace: str = "aimd", **config: Any) -> Throttle:
-        return Throttle(client, config=ThrottleConfig(**config), namespace=namespace)
+        return Throttle(own or client, config=ThrottleConfig(**config), namespace=namespace)
 
-    return make
+    yield make
+    if own is not None:
+        own.close()
 
 
 @pytest.fixture
-def make_async_throttle(aclient: redis.asyncio.Redis) -> Callable[..., AsyncThrottle]:
-    def make(namespace: str = "aimd", **config: Any) -> AsyncThrottle:
-        return AsyncThrottle(aclient, config=ThrottleConfig(**config), namespace=namespace)
+async def make_async_throttle(
+    aclient: Any, backend: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Callable[..., AsyncThrottle]]:
+    own = redis.asyncio.Redis.from_url(request.getfixturevalue("acl_url")) if backend == "acl" else None
 
-    return make
+    def make(namespace: str = "aimd", **config: Any) -> AsyncThrottle:
+        return AsyncThrottle(own or aclient, config=ThrottleConfig(**config), namespace=namespace)
+
+    yield make
+    if own is not None:
+        await own.aclose()

@@ -1,27 +1,21 @@
-"""The scripts and the wake-ups through redis-py's cluster clients, on a real
-three-master Redis Cluster the tests start on loopback."""
+"""What is particular to Redis Cluster, on a real three-master cluster the
+tests start on loopback (the behaviour suites also run there, as the
+"cluster" backend): models spread over the nodes, wake-ups on each."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
-import redis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from aimd_redis import AsyncLease, AsyncThrottle, Lease, Throttle, ThrottleConfig
-from aimd_redis.embedded import _free_port
 from aimd_redis.keys import model_keys
 
-from .conftest import IN_CI
+from .cluster import LocalCluster, wait_until
 from .helpers import M, P
 
 TARGET = {"provider_name": P, "model_id": M, "domain": "chat"}
@@ -30,82 +24,14 @@ NODES = 3
 QUIET = ThrottleConfig(wait_poll_seconds=30)
 
 
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is valid and free too."""
-    while True:
-        port = _free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as bus:
-            try:
-                bus.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-
-
-def _wait_until(condition: object, what: str, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if condition():  # type: ignore[operator]
-                return
-        except redis.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"cluster: {what}")
-        time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def cluster_ports() -> Iterator[list[int]]:
-    """Three masters, the slots split evenly, joined with CLUSTER MEET."""
-    binary = shutil.which("redis-server")
-    if not binary:
-        if IN_CI:
-            pytest.fail("redis-server is needed for the cluster tests")
-        pytest.skip("no redis-server on PATH for the cluster tests")
-    ports: list[int] = []
-    procs: list[subprocess.Popen[bytes]] = []
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            for i in range(NODES):
-                port = _cluster_port()
-                ports.append(port)
-                procs.append(
-                    subprocess.Popen(
-                        [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                         "--cluster-announce-ip", "127.0.0.1", "--cluster-config-file", f"{folder}/nodes-{i}.conf",
-                         "--save", "", "--appendonly", "no", "--dir", folder],
-                        stdout=subprocess.DEVNULL,
-                    )
-                )  # fmt: skip
-            nodes = [redis.Redis(port=port) for port in ports]
-            for node in nodes:
-                _wait_until(node.ping, "a node did not start")
-            step = 16384 // NODES
-            for i, node in enumerate(nodes):
-                last = 16383 if i == NODES - 1 else (i + 1) * step - 1
-                node.execute_command("CLUSTER", "ADDSLOTSRANGE", i * step, last)
-            for port in ports[1:]:
-                nodes[0].execute_command("CLUSTER", "MEET", "127.0.0.1", port)
-            for node in nodes:
-                _wait_until(lambda n=node: n.cluster("info")["cluster_state"] == "ok", "not ok")
-                _wait_until(lambda n=node: len(n.cluster("nodes")) == NODES, "nodes do not know each other")
-            yield ports
-        finally:
-            for proc in procs:
-                proc.terminate()
-                proc.wait()
+@pytest.fixture
+def cluster_ports(local_cluster: LocalCluster) -> list[int]:
+    return local_cluster.ports
 
 
 @pytest.fixture
-def cluster(cluster_ports: list[int]) -> Iterator[RedisCluster]:
-    client = RedisCluster(host="127.0.0.1", port=cluster_ports[0])
-    client.flushall()
-    client.config_resetstat(target_nodes=RedisCluster.ALL_NODES)
-    yield client
-    client.close()
+def cluster(cluster_client: RedisCluster) -> RedisCluster:
+    return cluster_client
 
 
 def _models_on_every_node(client: RedisCluster) -> list[str]:
@@ -166,7 +92,7 @@ def test_sync_waiters_are_woken_on_every_node(cluster: RedisCluster) -> None:
     for thread in threads:
         thread.start()
     for model in models:
-        _wait_until(lambda m=model: holder.domain_state(P, m, "chat").waiters == 1, "waiter not queued")  # type: ignore[union-attr]
+        wait_until(lambda m=model: holder.domain_state(P, m, "chat").waiters == 1, "waiter not queued")  # type: ignore[union-attr]
     released = time.monotonic()
     for model in models:
         held[model].success()

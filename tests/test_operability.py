@@ -39,7 +39,7 @@ def test_keys_follow_the_documented_layout_in_one_cluster_slot(make_throttle: Ma
     reg(t, 4)
     rate_limit_at(t, 0)
     grant(t, 10)
-    keys = sorted(k.decode() for k in client.keys("*"))
+    keys = sorted(k.decode() for k in client.scan_iter("*"))
     assert keys == [
         "aimd:{openai/gpt-4o}:cap",
         "aimd:{openai/gpt-4o}:chat",

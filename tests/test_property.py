@@ -11,9 +11,11 @@ import redis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from redis.cluster import RedisCluster
 
 from aimd_redis import Denied, Lease, NotRegisteredError, Throttle, ThrottleConfig
 
+from .cluster import LocalCluster
 from .reference import NotRegistered, RefModel
 
 P, M = "prov", "model"
@@ -161,5 +163,23 @@ def test_on_a_real_redis(real_machine: type[ThrottleMachine]) -> None:
         real_machine,
         settings=settings(
             max_examples=60, stateful_step_count=40, deadline=None, suppress_health_check=list(HealthCheck)
+        ),
+    )
+
+
+def test_on_a_redis_cluster(local_cluster: LocalCluster) -> None:
+    from hypothesis.stateful import run_state_machine_as_test
+
+    class ClusterMachine(ThrottleMachine):
+        @staticmethod
+        def make_client() -> RedisCluster:
+            client = RedisCluster(host="127.0.0.1", port=local_cluster.ports[0])
+            client.flushall(target_nodes=RedisCluster.PRIMARIES)
+            return client
+
+    run_state_machine_as_test(
+        ClusterMachine,
+        settings=settings(
+            max_examples=30, stateful_step_count=40, deadline=None, suppress_health_check=list(HealthCheck)
         ),
     )
