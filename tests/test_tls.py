@@ -1,0 +1,114 @@
+"""TLS: a redis-server with only a tls-port, certificates made at test time
+with openssl, reached through a rediss:// URL."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from aimd_redis import AsyncThrottle, RedisUnavailableError, Throttle, ThrottleConfig
+from aimd_redis.embedded import _free_port
+
+from .conftest import IN_CI
+from .helpers import M, P
+
+TARGET = {"provider_name": P, "model_id": M, "domain": "chat"}
+QUIET = ThrottleConfig(wait_poll_seconds=30)  # a waiter served within the test was woken
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """(port, CA certificate) of a TLS-only redis-server."""
+    missing = [tool for tool in ("openssl", "redis-server") if not shutil.which(tool)]
+    if missing:
+        if IN_CI:
+            pytest.fail(f"the TLS tests need {' and '.join(missing)}")
+        pytest.skip(f"no {' or '.join(missing)} for the TLS tests")
+    folder = tmp_path_factory.mktemp("tls")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+             "-days", "1", "-subj", "/CN=aimd-redis test CA", cwd=folder)  # fmt: skip
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+             "-subj", "/CN=127.0.0.1", cwd=folder)  # fmt: skip
+    (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.crt", "-days", "1", "-extfile", "san.cnf", cwd=folder)  # fmt: skip
+    port = _free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", "server.crt", "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.crt",
+         "--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        cwd=folder, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        probe = redis.Redis(port=port, ssl=True, ssl_ca_certs=str(folder / "ca.crt"))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                probe.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "the TLS redis-server did not start"
+                time.sleep(0.05)
+        probe.close()
+        yield port, folder / "ca.crt"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def _url(server: tuple[int, Path]) -> str:
+    port, ca = server
+    return f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}"
+
+
+def test_the_sync_client_over_tls_with_wake_ups(tls_server: tuple[int, Path]) -> None:
+    t = Throttle(_url(tls_server), config=QUIET)
+    t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
+    held = t.acquire(**TARGET, timeout=0)
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(t.acquire(**TARGET, timeout=10)))
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while t.domain_state(P, M, "chat").waiters != 1:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    started = time.monotonic()
+    held.success()
+    waiter.join(10)
+    assert time.monotonic() - started < 2  # handed over and woken over the TLS pub/sub connection
+    got[0].rate_limited(retry_after=1)  # type: ignore[attr-defined]
+    state = t.domain_state(P, M, "chat")
+    assert state is not None
+    assert (state.in_flight, state.consecutive_429s) == (0, 1)
+    t.close()
+
+
+async def test_the_async_client_over_tls(tls_server: tuple[int, Path]) -> None:
+    async with AsyncThrottle(_url(tls_server), config=QUIET, namespace="tls-async") as t:
+        await t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
+        held = await t.acquire(**TARGET, timeout=0)
+        waiter = asyncio.create_task(t.acquire(**TARGET, timeout=10))
+        await asyncio.sleep(0.2)
+        await held.success()
+        lease = await asyncio.wait_for(waiter, 2)
+        assert (await lease.success()).released
+
+
+def test_a_server_certificate_nobody_vouches_for_is_refused(tls_server: tuple[int, Path]) -> None:
+    port, _ca = tls_server
+    t = Throttle(f"rediss://127.0.0.1:{port}/0")  # the system's CAs do not know the test CA
+    with pytest.raises(RedisUnavailableError, match="certificate verify failed"):
+        t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
+    t.close()
