@@ -47,6 +47,7 @@ class EmbeddedRedis:
         self.kind: str
         self.url: str
         self._proc: subprocess.Popen[bytes] | None = None
+        self._command: list[str] = []
         self._fake: Any = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         binary = shutil.which("redis-server")
@@ -60,37 +61,53 @@ class EmbeddedRedis:
         for _ in range(5):  # the free port may be taken between probe and bind
             port = _free_port()
             self.url = f"redis://127.0.0.1:{port}/0"
-            self._proc = subprocess.Popen(
-                [
-                    binary,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    self._dir.name,
-                    "--loglevel",
-                    "warning",
-                    # Loopback only, and tests compare DEBUG DIGEST to prove reads change nothing.
-                    "--enable-debug-command",
-                    "yes",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            self._command = [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir.name,
+                "--loglevel",
+                "warning",
+                # Loopback only, and tests compare DEBUG DIGEST to prove reads change nothing.
+                "--enable-debug-command",
+                "yes",
+            ]
             try:
-                _wait_ready(self.url, self._proc)
+                self._spawn()
             except (RuntimeError, redis.ConnectionError):
-                self._proc.kill()
-                self._proc.wait()
                 continue
             self.kind = "redis-server"
             return
         raise RuntimeError("could not start redis-server on a free loopback port")
+
+    def _spawn(self) -> None:
+        self._proc = subprocess.Popen(self._command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_ready(self.url, self._proc)
+        except BaseException:
+            self._proc.kill()
+            self._proc.wait()
+            raise
+
+    def crash(self) -> None:
+        """Kill the server (SIGKILL): clients see connections refused. It keeps no data."""
+        if self._proc is None:
+            raise RuntimeError("only a redis-server process can crash")
+        self._proc.kill()
+        self._proc.wait()
+
+    def restart(self) -> None:
+        """Start the server again on the same port, empty, after :meth:`crash`."""
+        if self._proc is None or self._proc.poll() is None:
+            raise RuntimeError("restart follows crash()")
+        self._spawn()
 
     def _start_fake(self) -> None:
         try:
