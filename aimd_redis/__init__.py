@@ -2,7 +2,7 @@
 
 from aimd_redis._async.throttle import AsyncLease, AsyncSlot, AsyncThrottle
 from aimd_redis._sync.throttle import Lease, Slot, Throttle
-from aimd_redis.config import MAX_RETRY_AFTER_SECONDS, ThrottleConfig
+from aimd_redis.config import MAX_RETRY_AFTER_SECONDS, FailOpen, ThrottleConfig
 from aimd_redis.errors import (
     AcquireTimeout,
     AimdRedisError,
@@ -24,6 +24,7 @@ __all__ = [
     "CorruptStateError",
     "Denied",
     "DomainState",
+    "FailOpen",
     "Lease",
     "LimitEvent",
     "NotRegisteredError",

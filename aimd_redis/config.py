@@ -63,3 +63,18 @@ class ThrottleConfig(BaseModel):
         if math.isnan(retry_after) or math.isinf(retry_after) or retry_after <= 0:
             return self.cooldown_seconds
         return min(float(retry_after), MAX_RETRY_AFTER_SECONDS)
+
+
+class FailOpen(BaseModel):
+    """Let callers proceed while Redis is unreachable, each process allowing
+    at most ``concurrency`` requests at once per domain on its own.
+
+    There is no default: with R processes the fleet may send R x
+    ``concurrency`` while Redis is down, and that number should be chosen,
+    not stumbled into.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    concurrency: int = Field(ge=1)
+    """Requests this process may have open at once per domain without Redis."""

@@ -11,7 +11,7 @@ import math
 import random
 import secrets
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
 import msgspec
 
@@ -59,6 +59,41 @@ def read_pubsub(message: dict[str, Any]) -> tuple[str, str, str]:
     """(kind, channel, text) of a redis-py pub/sub message: for a wake-up,
     kind 'message' and text '<waiter id> ...'; 'subscribe' confirms a channel."""
     return as_str(message["type"]), as_str(message["channel"]), as_str(message["data"])
+
+
+def socket_timeout_of(client: Any) -> float | None:
+    """The socket timeout a redis-py client (plain, cluster, sync or asyncio) was given, if any."""
+    for holder in (
+        getattr(client, "connection_pool", None),  # plain clients
+        getattr(client, "nodes_manager", None),  # sync cluster
+        client,  # asyncio cluster
+    ):
+        kwargs = getattr(holder, "connection_kwargs", None)
+        if isinstance(kwargs, dict) and isinstance(kwargs.get("socket_timeout"), (int, float)):
+            return float(kwargs["socket_timeout"])
+    return None
+
+
+class LocalCounts(Protocol):
+    """A fail-open client's per-process limit (``LocalLimit``)."""
+
+    concurrency: int
+    held: int
+
+
+def local_state(local: LocalCounts) -> DomainState:
+    """How a per-process limit looks as a domain."""
+    return DomainState(
+        current_limit=local.concurrency,
+        in_flight=local.held,
+        blocked_until=0.0,
+        success_streak=0,
+        waiters=0,
+        rate_limit_ceiling=0,
+        consecutive_429s=0,
+        rampup_started_at=0.0,
+        rampup_active=False,
+    )
 
 
 def check_now(now: float | None) -> str:

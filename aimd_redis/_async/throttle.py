@@ -13,13 +13,15 @@ import time
 from types import TracebackType
 from typing import Any, cast
 
+import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from aimd_redis._async.background import Periodic
-from aimd_redis._async.waker import Waker
-from aimd_redis.config import ThrottleConfig
+from aimd_redis._async.fallback import LocalLimit
+from aimd_redis._async.waker import CONFIRM_SECONDS, Waker
+from aimd_redis.config import FailOpen, ThrottleConfig
 from aimd_redis.core import (
     REGISTER_ATTEMPTS,
     Call,
@@ -27,8 +29,10 @@ from aimd_redis.core import (
     Outcome,
     as_str,
     check_timeout,
+    local_state,
     parse_effective_max,
     parse_state,
+    socket_timeout_of,
 )
 from aimd_redis.errors import (
     AcquireTimeout,
@@ -36,6 +40,7 @@ from aimd_redis.errors import (
     CorruptStateError,
     NotRegisteredError,
     RedisCommandError,
+    RedisUnavailableError,
     redis_boundary,
 )
 from aimd_redis.keys import check_domain
@@ -55,6 +60,11 @@ class AsyncThrottle:
     ``redis`` is a URL, or a client the caller keeps ownership of (a plain,
     Sentinel-backed or cluster client). Every process of a fleet should use
     the same ``namespace`` and ``config``.
+
+    ``socket_timeout`` bounds each Redis call of a client made from a URL
+    (a client passed in keeps its own). With ``fail_open``, an acquire that
+    finds Redis unreachable takes a slot of a per-process limit instead of
+    raising ``RedisUnavailableError``.
     """
 
     def __init__(
@@ -63,9 +73,15 @@ class AsyncThrottle:
         *,
         config: ThrottleConfig | None = None,
         namespace: str = "aimd",
+        socket_timeout: float = URL_SOCKET_TIMEOUT_SECONDS,
+        fail_open: FailOpen | None = None,
     ) -> None:
         if config is not None and not isinstance(config, ThrottleConfig):
             raise TypeError(f"config must be a ThrottleConfig, not {type(config).__name__}")
+        if fail_open is not None and not isinstance(fail_open, FailOpen):
+            raise TypeError(f"fail_open must be a FailOpen, not {type(fail_open).__name__}")
+        if not (isinstance(socket_timeout, (int, float)) and 0 < socket_timeout < float("inf")):
+            raise ValueError(f"socket_timeout must be a number of seconds above 0, not {socket_timeout!r}")
         self.config = config if config is not None else ThrottleConfig()
         cluster = isinstance(redis, RedisCluster)
         # Cluster: sharded pub/sub, so a wake-up stays on the node that owns the model.
@@ -74,11 +90,7 @@ class AsyncThrottle:
         self._client_id = secrets.token_hex(6)
         self._owns_redis = isinstance(redis, str)
         if isinstance(redis, str):
-            redis = Redis.from_url(
-                redis,
-                socket_timeout=URL_SOCKET_TIMEOUT_SECONDS,
-                socket_connect_timeout=URL_SOCKET_TIMEOUT_SECONDS,
-            )
+            redis = Redis.from_url(redis, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
         # Any: redis-py annotates its sync and asyncio clients with one shared
         # "Awaitable or value" return type that fits neither.
         self._redis: Any = cast(Any, redis)
@@ -92,7 +104,12 @@ class AsyncThrottle:
         # their ttl, so only a dead process's slots ever expire.
         self._held: dict[str, AsyncLease] = {}
         self._renewer = Periodic(self.config.lease_ttl_seconds / 3, self._renew_held, "aimd-redis lease renewer")
-        self._waker: Waker | None = Waker(redis, sharded=cluster)
+        # A subscription Redis never confirms is an outage, given the same bound as any call.
+        confirm = socket_timeout_of(redis) or CONFIRM_SECONDS
+        self._waker: Waker | None = Waker(redis, sharded=cluster, confirm_seconds=confirm)
+        self._fail_open = fail_open
+        self._local: dict[tuple[str, str, str], LocalLimit] = {}
+        self._failing_open = False  # warned, and not yet seen Redis answer again
 
     @property
     def namespace(self) -> str:
@@ -166,7 +183,11 @@ class AsyncThrottle:
         call, ref = self._core.acquire_call(
             provider_name, model_id, domain, now, self._core.new_lease_id(self._client_id)
         )
-        result = await self._acquire_once(call, ref, now)
+        try:
+            result = await self._acquire_once(call, ref, now)
+        except RedisUnavailableError as exc:
+            return await self._open_fallback(ref, 0, exc)
+        self._redis_answers()
         assert not isinstance(result, Queued)
         return result if isinstance(result, Denied) else self._hold(AsyncLease(self, result), now)
 
@@ -186,6 +207,34 @@ class AsyncThrottle:
             await self._run_quietly(self._core.release_call(ref, "abandon", None, now), ref)
             raise
         return self._core.parse_acquire(ref, reply)
+
+    async def _open_fallback(
+        self, ref: LeaseRef, timeout: float | None, exc: RedisUnavailableError
+    ) -> AsyncLease | Denied:
+        """With fail_open, a slot of this process's own limit for the domain;
+        without, the outage as it came."""
+        if self._fail_open is None:
+            raise exc
+        concurrency = self._fail_open.concurrency
+        if not self._failing_open:
+            self._failing_open = True
+            logger.warning(
+                "Redis is unreachable (%s); failing open with at most %d request(s) at once per domain "
+                "in this process until it answers again",
+                exc,
+                concurrency,
+            )
+        target = (ref.provider_name, ref.model_id, ref.domain)
+        local = self._local.setdefault(target, LocalLimit(concurrency))
+        if not await local.take(timeout):
+            return Denied(reason="at_capacity", retry_in=self.config.wait_poll_seconds, state=local_state(local))
+        ref = LeaseRef(**{**msgspec.structs.asdict(ref), "lease_id": self._core.new_lease_id("local")})
+        return AsyncLease(self, Grant(ref=ref, expires_at=0.0, state=local_state(local)), local=local)
+
+    def _redis_answers(self) -> None:
+        if self._failing_open:
+            self._failing_open = False
+            logger.warning("Redis answers again: slots come from the fleet's limit again")
 
     def _hold(self, lease: AsyncLease, now: float | None) -> AsyncLease:
         if now is None:  # a caller injecting time renews for itself
@@ -224,6 +273,22 @@ class AsyncThrottle:
                 raise self._timed_out(timeout, provider_name, model_id, domain, result.reason, result.state)
             return result
         started = time.monotonic()
+        try:
+            lease = await self._wait_in_queue(provider_name, model_id, domain, timeout, limit, started)
+        except RedisUnavailableError as exc:
+            ref = LeaseRef(provider_name=provider_name, model_id=model_id, domain=domain, lease_id="")
+            left = None if limit is None else max(0.0, limit - (time.monotonic() - started))
+            got = await self._open_fallback(ref, left, exc)
+            if isinstance(got, Denied):
+                why = "Redis unreachable, local limit full"
+                raise self._timed_out(timeout, provider_name, model_id, domain, why, got.state) from exc
+            return got
+        self._redis_answers()
+        return lease
+
+    async def _wait_in_queue(
+        self, provider_name: str, model_id: str, domain: str, timeout: float | None, limit: float | None, started: float
+    ) -> AsyncLease:
         deadline = None if limit is None else started + limit
         lease_id = self._core.new_lease_id(self._client_id)
         # Built (and the names checked) first: a bad name has nothing to give back.
@@ -300,6 +365,12 @@ class AsyncThrottle:
     async def _release(
         self, lease: AsyncLease, outcome: Outcome, retry_after: float | None, now: float | None
     ) -> ReleaseResult:
+        if lease.local is not None:  # taken while failing open: nothing to tell Redis
+            if not lease.reported:
+                lease.reported = True
+                lease.local.give()
+                return ReleaseResult(released=True, state=local_state(lease.local))
+            return ReleaseResult(released=False, state=local_state(lease.local))
         call = self._core.release_call(lease.ref, outcome, retry_after, now)
         try:
             reply = await self._run(call)
@@ -331,6 +402,8 @@ class AsyncThrottle:
                     lease.expires_at = expiry
 
     async def _renew(self, lease: AsyncLease, now: float | None) -> bool:
+        if lease.local is not None:
+            return not lease.reported  # a local slot does not expire
         (expiry,) = self._core.parse_renew(await self._run(self._core.renew_call([lease.ref], now)))
         if expiry is None:
             return False
@@ -384,8 +457,10 @@ class AsyncLease:
     A lease nobody reports or renews is reclaimed after ``lease_ttl_seconds``.
     """
 
-    def __init__(self, throttle: AsyncThrottle, grant: Grant) -> None:
+    def __init__(self, throttle: AsyncThrottle, grant: Grant, *, local: LocalLimit | None = None) -> None:
         self._throttle = throttle
+        self.local = local
+        """The per-process limit it came from, when taken while failing open."""
         self.ref = grant.ref
         self.expires_at = grant.expires_at
         """When Redis reclaims the lease unless it is renewed (Redis clock)."""

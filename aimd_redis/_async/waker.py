@@ -20,14 +20,15 @@ import contextlib
 import logging
 from typing import Any
 
+import redis.exceptions
 from redis.asyncio import ConnectionPool, Redis
 
 from aimd_redis.core import read_pubsub
 
 logger = logging.getLogger("aimd_redis")
 
-#: How long a waiter waits for Redis to confirm a subscription before it
-#: goes on without (it re-checks anyway, every ``wait_poll_seconds``).
+#: How long Redis may take to confirm a subscription when the client has no
+#: socket timeout to go by; past it, Redis counts as unreachable.
 CONFIRM_SECONDS = 10.0
 
 
@@ -53,9 +54,10 @@ class _Link:
 
 
 class Waker:
-    def __init__(self, redis: Any, *, sharded: bool = False) -> None:
+    def __init__(self, redis: Any, *, sharded: bool = False, confirm_seconds: float = CONFIRM_SECONDS) -> None:
         self._redis = redis
         self._sharded = sharded
+        self._confirm_seconds = confirm_seconds
         self._lock = asyncio.Lock()
         self._links: dict[str, _Link] = {}  # by node name; one entry "" unless sharded
         self._confirmed: dict[str, asyncio.Event] = {}
@@ -64,9 +66,9 @@ class Waker:
     async def watch(self, channel: str) -> None:
         """Subscribe to ``channel`` (once) and return when Redis confirmed it."""
         async with self._lock:  # a listener may only read once its connection exists
+            link = await self._link_for(channel)
             confirmed = self._confirmed.get(channel)
             if confirmed is None:
-                link = await self._link_for(channel)
                 confirmed = self._confirmed[channel] = asyncio.Event()
                 try:
                     if self._sharded:
@@ -79,8 +81,12 @@ class Waker:
                 link.channels.add(channel)
                 if link.task is None:
                     link.task = asyncio.get_running_loop().create_task(self._listen(link), name="aimd-redis waker")
-        with contextlib.suppress(asyncio.TimeoutError):  # unconfirmed: the waiter still re-checks
-            await asyncio.wait_for(confirmed.wait(), CONFIRM_SECONDS)
+        try:
+            await asyncio.wait_for(confirmed.wait(), self._confirm_seconds)
+        except asyncio.TimeoutError:
+            # Sent, never answered (a stalled server): the link is not to be trusted.
+            await self._drop(link)
+            raise redis.exceptions.TimeoutError(f"Redis did not confirm the subscription to {channel}") from None
 
     async def _link_for(self, channel: str) -> _Link:
         if not self._sharded:

@@ -12,13 +12,15 @@ import time
 from types import TracebackType
 from typing import Any, cast
 
+import msgspec
 from redis import Redis
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from aimd_redis._sync.background import Periodic
-from aimd_redis._sync.waker import Waker
-from aimd_redis.config import ThrottleConfig
+from aimd_redis._sync.fallback import LocalLimit
+from aimd_redis._sync.waker import CONFIRM_SECONDS, Waker
+from aimd_redis.config import FailOpen, ThrottleConfig
 from aimd_redis.core import (
     REGISTER_ATTEMPTS,
     Call,
@@ -26,8 +28,10 @@ from aimd_redis.core import (
     Outcome,
     as_str,
     check_timeout,
+    local_state,
     parse_effective_max,
     parse_state,
+    socket_timeout_of,
 )
 from aimd_redis.errors import (
     AcquireTimeout,
@@ -35,6 +39,7 @@ from aimd_redis.errors import (
     CorruptStateError,
     NotRegisteredError,
     RedisCommandError,
+    RedisUnavailableError,
     redis_boundary,
 )
 from aimd_redis.keys import check_domain
@@ -54,6 +59,11 @@ class Throttle:
     ``redis`` is a URL, or a client the caller keeps ownership of (a plain,
     Sentinel-backed or cluster client). Every process of a fleet should use
     the same ``namespace`` and ``config``.
+
+    ``socket_timeout`` bounds each Redis call of a client made from a URL
+    (a client passed in keeps its own). With ``fail_open``, an acquire that
+    finds Redis unreachable takes a slot of a per-process limit instead of
+    raising ``RedisUnavailableError``.
     """
 
     def __init__(
@@ -62,9 +72,15 @@ class Throttle:
         *,
         config: ThrottleConfig | None = None,
         namespace: str = "aimd",
+        socket_timeout: float = URL_SOCKET_TIMEOUT_SECONDS,
+        fail_open: FailOpen | None = None,
     ) -> None:
         if config is not None and not isinstance(config, ThrottleConfig):
             raise TypeError(f"config must be a ThrottleConfig, not {type(config).__name__}")
+        if fail_open is not None and not isinstance(fail_open, FailOpen):
+            raise TypeError(f"fail_open must be a FailOpen, not {type(fail_open).__name__}")
+        if not (isinstance(socket_timeout, (int, float)) and 0 < socket_timeout < float("inf")):
+            raise ValueError(f"socket_timeout must be a number of seconds above 0, not {socket_timeout!r}")
         self.config = config if config is not None else ThrottleConfig()
         cluster = isinstance(redis, RedisCluster)
         # Cluster: sharded pub/sub, so a wake-up stays on the node that owns the model.
@@ -73,11 +89,7 @@ class Throttle:
         self._client_id = secrets.token_hex(6)
         self._owns_redis = isinstance(redis, str)
         if isinstance(redis, str):
-            redis = Redis.from_url(
-                redis,
-                socket_timeout=URL_SOCKET_TIMEOUT_SECONDS,
-                socket_connect_timeout=URL_SOCKET_TIMEOUT_SECONDS,
-            )
+            redis = Redis.from_url(redis, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
         # Any: redis-py annotates its sync and asyncio clients with one shared
         # "Awaitable or value" return type that fits neither.
         self._redis: Any = cast(Any, redis)
@@ -91,7 +103,12 @@ class Throttle:
         # their ttl, so only a dead process's slots ever expire.
         self._held: dict[str, Lease] = {}
         self._renewer = Periodic(self.config.lease_ttl_seconds / 3, self._renew_held, "aimd-redis lease renewer")
-        self._waker: Waker | None = Waker(redis, sharded=cluster)
+        # A subscription Redis never confirms is an outage, given the same bound as any call.
+        confirm = socket_timeout_of(redis) or CONFIRM_SECONDS
+        self._waker: Waker | None = Waker(redis, sharded=cluster, confirm_seconds=confirm)
+        self._fail_open = fail_open
+        self._local: dict[tuple[str, str, str], LocalLimit] = {}
+        self._failing_open = False  # warned, and not yet seen Redis answer again
 
     @property
     def namespace(self) -> str:
@@ -165,7 +182,11 @@ class Throttle:
         call, ref = self._core.acquire_call(
             provider_name, model_id, domain, now, self._core.new_lease_id(self._client_id)
         )
-        result = self._acquire_once(call, ref, now)
+        try:
+            result = self._acquire_once(call, ref, now)
+        except RedisUnavailableError as exc:
+            return self._open_fallback(ref, 0, exc)
+        self._redis_answers()
         assert not isinstance(result, Queued)
         return result if isinstance(result, Denied) else self._hold(Lease(self, result), now)
 
@@ -185,6 +206,34 @@ class Throttle:
             self._run_quietly(self._core.release_call(ref, "abandon", None, now), ref)
             raise
         return self._core.parse_acquire(ref, reply)
+
+    def _open_fallback(
+        self, ref: LeaseRef, timeout: float | None, exc: RedisUnavailableError
+    ) -> Lease | Denied:
+        """With fail_open, a slot of this process's own limit for the domain;
+        without, the outage as it came."""
+        if self._fail_open is None:
+            raise exc
+        concurrency = self._fail_open.concurrency
+        if not self._failing_open:
+            self._failing_open = True
+            logger.warning(
+                "Redis is unreachable (%s); failing open with at most %d request(s) at once per domain "
+                "in this process until it answers again",
+                exc,
+                concurrency,
+            )
+        target = (ref.provider_name, ref.model_id, ref.domain)
+        local = self._local.setdefault(target, LocalLimit(concurrency))
+        if not local.take(timeout):
+            return Denied(reason="at_capacity", retry_in=self.config.wait_poll_seconds, state=local_state(local))
+        ref = LeaseRef(**{**msgspec.structs.asdict(ref), "lease_id": self._core.new_lease_id("local")})
+        return Lease(self, Grant(ref=ref, expires_at=0.0, state=local_state(local)), local=local)
+
+    def _redis_answers(self) -> None:
+        if self._failing_open:
+            self._failing_open = False
+            logger.warning("Redis answers again: slots come from the fleet's limit again")
 
     def _hold(self, lease: Lease, now: float | None) -> Lease:
         if now is None:  # a caller injecting time renews for itself
@@ -223,6 +272,22 @@ class Throttle:
                 raise self._timed_out(timeout, provider_name, model_id, domain, result.reason, result.state)
             return result
         started = time.monotonic()
+        try:
+            lease = self._wait_in_queue(provider_name, model_id, domain, timeout, limit, started)
+        except RedisUnavailableError as exc:
+            ref = LeaseRef(provider_name=provider_name, model_id=model_id, domain=domain, lease_id="")
+            left = None if limit is None else max(0.0, limit - (time.monotonic() - started))
+            got = self._open_fallback(ref, left, exc)
+            if isinstance(got, Denied):
+                why = "Redis unreachable, local limit full"
+                raise self._timed_out(timeout, provider_name, model_id, domain, why, got.state) from exc
+            return got
+        self._redis_answers()
+        return lease
+
+    def _wait_in_queue(
+        self, provider_name: str, model_id: str, domain: str, timeout: float | None, limit: float | None, started: float
+    ) -> Lease:
         deadline = None if limit is None else started + limit
         lease_id = self._core.new_lease_id(self._client_id)
         # Built (and the names checked) first: a bad name has nothing to give back.
@@ -299,6 +364,12 @@ class Throttle:
     def _release(
         self, lease: Lease, outcome: Outcome, retry_after: float | None, now: float | None
     ) -> ReleaseResult:
+        if lease.local is not None:  # taken while failing open: nothing to tell Redis
+            if not lease.reported:
+                lease.reported = True
+                lease.local.give()
+                return ReleaseResult(released=True, state=local_state(lease.local))
+            return ReleaseResult(released=False, state=local_state(lease.local))
         call = self._core.release_call(lease.ref, outcome, retry_after, now)
         try:
             reply = self._run(call)
@@ -330,6 +401,8 @@ class Throttle:
                     lease.expires_at = expiry
 
     def _renew(self, lease: Lease, now: float | None) -> bool:
+        if lease.local is not None:
+            return not lease.reported  # a local slot does not expire
         (expiry,) = self._core.parse_renew(self._run(self._core.renew_call([lease.ref], now)))
         if expiry is None:
             return False
@@ -383,8 +456,10 @@ class Lease:
     A lease nobody reports or renews is reclaimed after ``lease_ttl_seconds``.
     """
 
-    def __init__(self, throttle: Throttle, grant: Grant) -> None:
+    def __init__(self, throttle: Throttle, grant: Grant, *, local: LocalLimit | None = None) -> None:
         self._throttle = throttle
+        self.local = local
+        """The per-process limit it came from, when taken while failing open."""
         self.ref = grant.ref
         self.expires_at = grant.expires_at
         """When Redis reclaims the lease unless it is renewed (Redis clock)."""

@@ -8,12 +8,14 @@ import logging
 import threading
 from typing import Any
 
+import redis.exceptions
+
 from aimd_redis.core import read_pubsub
 
 logger = logging.getLogger("aimd_redis")
 
-#: How long a waiter waits for Redis to confirm a subscription before it
-#: goes on without (it re-checks anyway, every ``wait_poll_seconds``).
+#: How long Redis may take to confirm a subscription when the client has no
+#: socket timeout to go by; past it, Redis counts as unreachable.
 CONFIRM_SECONDS = 10.0
 
 
@@ -43,9 +45,10 @@ class _Link:
 
 
 class Waker:
-    def __init__(self, redis: Any, *, sharded: bool = False) -> None:
+    def __init__(self, redis: Any, *, sharded: bool = False, confirm_seconds: float = CONFIRM_SECONDS) -> None:
         self._redis = redis
         self._sharded = sharded
+        self._confirm_seconds = confirm_seconds
         self._lock = threading.Lock()
         self._links: dict[str, _Link] = {}  # by node name; one entry "" unless sharded
         self._confirmed: dict[str, threading.Event] = {}
@@ -54,9 +57,9 @@ class Waker:
     def watch(self, channel: str) -> None:
         """Subscribe to ``channel`` (once) and return when Redis confirmed it."""
         with self._lock:  # a listener may only read once its connection exists
+            link = self._link_for(channel)
             confirmed = self._confirmed.get(channel)
             if confirmed is None:
-                link = self._link_for(channel)
                 confirmed = self._confirmed[channel] = threading.Event()
                 try:
                     if self._sharded:
@@ -71,7 +74,10 @@ class Waker:
                     link.thread = threading.Thread(target=self._listen, args=(link,), daemon=True)
                     link.thread.name = "aimd-redis waker"
                     link.thread.start()
-        confirmed.wait(CONFIRM_SECONDS)  # unconfirmed: the waiter still re-checks
+        if not confirmed.wait(self._confirm_seconds):
+            # Sent, never answered (a stalled server): the link is not to be trusted.
+            self._drop(link)
+            raise redis.exceptions.TimeoutError(f"Redis did not confirm the subscription to {channel}")
 
     def _link_for(self, channel: str) -> _Link:
         if not self._sharded:
