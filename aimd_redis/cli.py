@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgspec
 import redis
+from redis.cluster import RedisCluster
 
 from aimd_redis.demo import DemoSettings, run
 from aimd_redis.errors import AimdRedisError, translate
@@ -23,6 +24,8 @@ EXIT_PROBLEM, EXIT_UNREACHABLE = 1, 2
 
 
 def _client(args: argparse.Namespace) -> SyncClient:
+    if args.cluster:  # SCAN then visits every primary, and each key goes to its node
+        return RedisCluster.from_url(args.url, socket_timeout=5, socket_connect_timeout=5)
     return redis.Redis.from_url(args.url, socket_timeout=5, socket_connect_timeout=5)
 
 
@@ -215,6 +218,22 @@ def cmd_acl(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from aimd_redis.soak import SoakSettings, run
+
+    settings = SoakSettings(
+        processes=args.processes, tasks=args.tasks, seconds=args.seconds, kill_every=args.kill_every
+    )
+    where = args.url or "a private Redis (killed and restarted empty half way)"
+    print(f"soak: {settings.processes} processes x {settings.tasks} tasks for {settings.seconds:g}s on {where}")
+    result = run(args.url, settings)
+    print("\nSummary")
+    for line in result.lines():
+        print(f"  {line}")
+    print("\n" + ("ok: nothing leaked, nothing crashed, the limit held" if result.ok else "FAILED"))
+    return 0 if result.ok else EXIT_PROBLEM
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aimd-redis", description="A fleet-wide AIMD concurrency limit in Redis.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every limit change this process makes")
@@ -223,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     def with_redis(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--url", default=os.environ.get("REDIS_URL", DEFAULT_URL), help="Redis URL ($REDIS_URL)")
         p.add_argument("--namespace", default="aimd")
+        p.add_argument("--cluster", action="store_true", help="the URL is a node of a Redis Cluster")
         return p
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
@@ -242,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rampup", type=float, default=d.rampup_seconds, help="the fleet's startup ramp in seconds")
     demo.add_argument("--time-scale", type=float, default=d.time_scale, help="multiply every duration by this")
     demo.add_argument("--plot", default=str(d.plot), help="where to write the PNG ('' for none)")
+
+    soak = add("soak", cmd_soak, "run a fleet under faults (kills, a Redis restart, errors) and check nothing leaked")
+    soak.add_argument("--url", default=None, help="a Redis to use (no restart then); default: a private one")
+    soak.add_argument("--processes", type=int, default=16)
+    soak.add_argument("--tasks", type=int, default=4, help="asyncio tasks per process")
+    soak.add_argument("--seconds", type=float, default=60.0)
+    soak.add_argument("--kill-every", type=float, default=5.0, help="seconds between SIGKILLs of a worker")
 
     cold = add("cold-server", cmd_cold_server, "run the demo's cold, rate-limited inference server alone")
     cold.add_argument("--host", default="127.0.0.1")

@@ -60,6 +60,8 @@ class ServerSettings:
     """Scale to zero after this long without traffic (the next request finds it cold); None never."""
     error_rate: float = 0.0
     """Fraction of admitted requests that fail: a 500, or a stream that breaks off."""
+    reject_rate: float = 0.0
+    """Fraction of requests within capacity refused with 429 anyway (a quota, not a capacity, ran out)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -71,8 +73,9 @@ class ServerSettings:
                 raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
         if self.retry_after_form not in ("openai", "seconds", "date", "none"):
             raise ValueError(f"retry_after_form must be openai, seconds, date or none, not {self.retry_after_form!r}")
-        if not 0 <= self.error_rate <= 1:
-            raise ValueError(f"error_rate must be within [0, 1], not {self.error_rate!r}")
+        for name in ("error_rate", "reject_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be within [0, 1], not {getattr(self, name)!r}")
 
 
 class Record(msgspec.Struct, frozen=True, array_like=True):
@@ -192,7 +195,11 @@ class ColdServer:
                 web.post("/admin/peak", self._set_peak),
             ]
         )
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        # A caller that hangs up cancels its request, as inference servers abort a
+        # generation nobody waits for: it stops counting against the capacity.
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=1.0, handler_cancellation=True
+        )
         await self._runner.setup()
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -270,7 +277,7 @@ class ColdServer:
         s = self._state
         arrived = s.clock()
         concurrency, capacity = s.arrive(arrived)
-        if concurrency > capacity:
+        if concurrency > capacity or (self.settings.reject_rate and s.rng.random() < self.settings.reject_rate):
             s.records.append(Record(arrived, arrived, request.path, concurrency, capacity, 429))
             return self._too_many()
         s.in_service += 1

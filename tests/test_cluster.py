@@ -5,6 +5,7 @@ tests start on loopback (the behaviour suites also run there, as the
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 
@@ -13,6 +14,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from aimd_redis import AsyncLease, AsyncThrottle, Lease, Throttle, ThrottleConfig
+from aimd_redis.cli import main
 from aimd_redis.keys import model_keys
 
 from .cluster import LocalCluster, wait_until
@@ -131,3 +133,21 @@ async def test_async_waiters_are_woken_on_every_node(cluster_ports: list[int], c
         assert time.monotonic() - started < 2  # woken, not found by a 30 s re-check
     await client.aclose()
     assert sorted(_spublish_calls(cluster).values()) == [1] * NODES
+
+
+def test_status_on_a_cluster_finds_models_on_every_node(
+    cluster: RedisCluster, cluster_ports: list[int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = _models_on_every_node(cluster)
+    t = Throttle(cluster)
+    for model in models:
+        t.register(provider_name=P, model_id=model, alias="gen", max_parallel_requests=3)
+        t.acquire(provider_name=P, model_id=model, domain="chat", timeout=0).success()
+    url = f"redis://127.0.0.1:{cluster_ports[0]}/0"
+    assert main(["status", "--json", "--cluster", "--url", url]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert sorted(d["model_id"] for d in shown) == models
+    assert main(["check", "--cluster", "--url", url]) == 0
+    assert main(["events", f"{P}/{models[-1]}", "--cluster", "--url", url]) == 0
+    assert "created" in capsys.readouterr().out
+    t.close()

@@ -85,7 +85,8 @@ def test_a_429_reports_rate_limited_with_the_servers_wait(
         _client(throttle, server.url) as client,
         client.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True}) as first,
     ):
-        next(first.iter_lines())  # the server is busy with this one: capacity 1
+        lines = first.iter_lines()  # kept: a dropped iterator closes the stream
+        next(lines)  # the server is busy with this one: capacity 1
         before = _now(real_redis)
         response = client.post("/v1/chat/completions", json=BODY)
         assert response.status_code == 429

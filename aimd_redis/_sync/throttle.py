@@ -245,14 +245,14 @@ class Throttle:
         """Best effort for a call that gives a slot back, after the first try was cut off."""
         try:
             self._run(call)
-        except BaseException:
+        except BaseException as exc:  # the caller's own exception is on its way; this one only informs
             logger.warning(
-                "could not give back a slot of %s/%s %s (lease %s); Redis reclaims it after lease_ttl_seconds",
+                "could not give back a slot of %s/%s %s (lease %s): %s; Redis reclaims it after lease_ttl_seconds",
                 ref.provider_name,
                 ref.model_id,
                 ref.domain,
                 ref.lease_id,
-                exc_info=True,
+                exc,
             )
 
     def acquire(
@@ -394,9 +394,10 @@ class Throttle:
             call = self._core.renew_call([lease.ref for lease in leases], None)
             for lease, expiry in zip(leases, self._core.parse_renew(self._run(call)), strict=True):
                 if expiry is None:
-                    # Gone: released meanwhile (fine), or expired unrenewed (say so).
+                    # Gone: released meanwhile (fine), or expired unrenewed or lost
+                    # with Redis's data (say so).
                     if self._held.pop(lease.id, None) is not None and not lease.reported:
-                        logger.warning("%r expired before it could be renewed; its slot was reclaimed", lease)
+                        logger.warning("%r was gone from Redis when it was to be renewed (expired, or lost)", lease)
                 else:
                     lease.expires_at = expiry
 

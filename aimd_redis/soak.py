@@ -1,0 +1,254 @@
+"""``aimd-redis soak``: a fleet under faults, then a check that nothing leaked.
+
+Worker processes x asyncio tasks call the cold server through the httpx
+transport while everything goes wrong on purpose: the server answers random
+429s and 5xx, tasks cancel requests half way and give up on acquires after a
+few milliseconds, the parent SIGKILLs a worker every few seconds (and starts
+another), and, with the private Redis, Redis is killed and restarted empty in
+the middle. At the end, once the killed workers' leases have expired: no
+domain has anything in flight, no lease or waiter is left, the server never
+saw more requests at once than the registered maximum, and no worker died of
+an exception it did not expect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import random
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import redis
+
+from aimd_redis import AcquireTimeout, AsyncThrottle, Lease, RedisUnavailableError, Throttle, ThrottleConfig
+from aimd_redis.coldserver import ColdServer, ServerSettings
+from aimd_redis.embedded import EmbeddedRedis
+from aimd_redis.httpx import AsyncAimdTransport, openai_router
+from aimd_redis.keys import model_keys
+
+PROVIDER, MODEL, DOMAIN = "soak", "soak-model", "chat"
+COUNTERS = ("ok", "rate_limited", "server_errors", "cancelled", "timeouts", "outages", "unexpected")
+
+
+@dataclass(frozen=True)
+class SoakSettings:
+    processes: int = 16
+    tasks: int = 4
+    seconds: float = 60.0
+    peak: int = 16
+    """``max_parallel_requests`` registered, and the server's capacity."""
+    kill_every: float = 5.0
+    """Seconds between SIGKILLs of a random worker."""
+    restart_redis: bool = True
+    """Kill and restart the private Redis (empty) half way."""
+    seed: int = 1
+
+    def config(self) -> ThrottleConfig:
+        # Short leases, so that a killed worker's slots come back within the run.
+        return ThrottleConfig(
+            rampup_seconds=3.0,
+            lease_ttl_seconds=3.0,
+            idle_ttl_seconds=30.0,
+            wait_poll_seconds=0.5,
+            cooldown_seconds=0.2,
+        )
+
+
+def _worker(index: int, redis_url: str, server_url: str, s: SoakSettings, counts: Any, stop: Any) -> None:
+    try:
+        asyncio.run(_work(index, redis_url, server_url, s, counts, stop))
+    except BaseException:
+        traceback.print_exc()
+        with counts["unexpected"].get_lock():
+            counts["unexpected"].value += 1
+        sys.exit(1)
+
+
+async def _work(index: int, redis_url: str, server_url: str, s: SoakSettings, counts: Any, stop: Any) -> None:
+    throttle = AsyncThrottle(redis_url, config=s.config(), socket_timeout=1.0)
+    target = {"provider_name": PROVIDER, "model_id": MODEL, "domain": DOMAIN}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+
+    def count(name: str) -> None:
+        with counts[name].get_lock():
+            counts[name].value += 1
+
+    async def task(rng: random.Random) -> None:
+        transport = AsyncAimdTransport(throttle, router=openai_router(PROVIDER))
+        async with httpx.AsyncClient(transport=transport, base_url=server_url, timeout=10) as client:
+            while not stop.is_set():
+                roll = rng.random()
+                try:
+                    if roll < 0.05:  # a caller that gives up half way
+                        request = asyncio.ensure_future(client.post("/v1/chat/completions", json=body))
+                        await asyncio.sleep(rng.uniform(0, 0.05))
+                        request.cancel()
+                        await asyncio.gather(request, return_exceptions=True)
+                        count("cancelled")
+                    elif roll < 0.10:  # an impatient acquire
+                        lease = await throttle.acquire(**target, timeout=rng.uniform(0, 0.02))
+                        await lease.success()
+                        count("ok")
+                    else:
+                        response = await client.post("/v1/chat/completions", json=body)
+                        if response.status_code == 200:
+                            count("ok")
+                        elif response.status_code == 429:
+                            count("rate_limited")
+                        else:
+                            count("server_errors")
+                except AcquireTimeout:
+                    count("timeouts")
+                except (RedisUnavailableError, httpx.TransportError):
+                    count("outages")
+                    await asyncio.sleep(0.2)
+                except Exception:
+                    traceback.print_exc()
+                    count("unexpected")
+
+    try:
+        while True:
+            try:
+                await throttle.register(
+                    provider_name=PROVIDER, model_id=MODEL, alias="soak", max_parallel_requests=s.peak
+                )
+                break
+            except RedisUnavailableError:  # started while Redis was down
+                await asyncio.sleep(0.2)
+        await asyncio.gather(*(task(random.Random(s.seed * 1000 + index * 10 + i)) for i in range(s.tasks)))
+    finally:
+        await throttle.aclose()
+
+
+@dataclass
+class SoakResult:
+    counts: dict[str, int]
+    requests: int
+    server_429s: int
+    server_errors: int
+    kills: int
+    redis_restarts: int
+    reclaimed: int
+    max_concurrency: int
+    allowed: int
+    in_flight: int
+    leases: int
+    waiters: int
+    failed_workers: int
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.counts["unexpected"] == 0
+            and self.failed_workers == 0
+            and self.max_concurrency <= self.allowed
+            and (self.in_flight, self.leases, self.waiters) == (0, 0, 0)
+        )
+
+    def lines(self) -> list[str]:
+        c = self.counts
+        return [
+            f"requests the server saw   {self.requests:,} ({self.server_429s:,} 429s, {self.server_errors:,} 5xx)",
+            f"callers saw               {c['ok']:,} ok, {c['rate_limited']:,} 429, {c['server_errors']:,} 5xx, "
+            f"{c['cancelled']:,} cancelled, {c['timeouts']:,} acquire timeouts, {c['outages']:,} outages",
+            f"workers SIGKILLed         {self.kills} (replaced each time)",
+            f"Redis restarts            {self.redis_restarts}",
+            f"leases reclaimed          {self.reclaimed}",
+            f"most requests at once     {self.max_concurrency} (allowed {self.allowed})",
+            f"left at the end           in flight {self.in_flight}, leases {self.leases}, waiters {self.waiters}",
+            f"unexpected exceptions     {c['unexpected']}; workers that died on their own {self.failed_workers}",
+        ]
+
+
+def run(url: str | None, s: SoakSettings, progress: bool = True) -> SoakResult:
+    embedded = EmbeddedRedis() if url is None else None
+    redis_url = url or embedded.url  # type: ignore[union-attr]
+    restarts = s.restart_redis and embedded is not None and embedded.kind == "redis-server"
+    server_settings = ServerSettings(
+        peak=s.peak, warmup_seconds=0, service_seconds=0.1, retry_after_seconds=0.2, error_rate=0.03, reject_rate=0.005
+    )
+    ctx = multiprocessing.get_context("spawn")
+    counts = {name: ctx.Value("q", 0) for name in COUNTERS}
+    stop = ctx.Event()
+    rng = random.Random(s.seed)
+    kills = restarted = reclaimed = failed = 0
+    admin: Any = redis.Redis.from_url(redis_url, socket_timeout=2)
+    keys = model_keys("aimd", PROVIDER, MODEL)
+    try:
+        with ColdServer(server_settings) as server:
+
+            def spawn(i: int) -> Any:
+                p = ctx.Process(target=_worker, args=(i, redis_url, server.url, s, counts, stop), name=f"soak-{i}")
+                p.start()
+                return p
+
+            procs = [spawn(i) for i in range(s.processes)]
+            started = time.monotonic()
+            next_kill, next_print, restart_at = s.kill_every, 5.0, s.seconds / 2
+            while (elapsed := time.monotonic() - started) < s.seconds:
+                if elapsed >= next_kill:
+                    victim = rng.randrange(len(procs))
+                    procs[victim].kill()
+                    procs[victim].join()
+                    procs[victim] = spawn(len(procs) + kills)
+                    kills += 1
+                    next_kill += s.kill_every
+                if restarts and embedded is not None and elapsed >= restart_at:
+                    reclaimed += int(admin.hget(keys.domain(DOMAIN), "total_reclaimed") or 0)
+                    embedded.crash()
+                    time.sleep(1.0)
+                    embedded.restart()
+                    restarted += 1
+                    restart_at = float("inf")
+                if progress and elapsed >= next_print:
+                    done = {n: v.value for n, v in counts.items()}
+                    print(
+                        f"{elapsed:5.0f}s  ok {done['ok']:,}  429 {done['rate_limited']:,}  "
+                        f"5xx {done['server_errors']:,}  kills {kills}  outages {done['outages']:,}  "
+                        f"unexpected {done['unexpected']}",
+                        flush=True,
+                    )
+                    next_print += 5.0
+                time.sleep(0.05)
+            stop.set()
+            for p in procs:
+                p.join(30)
+                if p.exitcode not in (0, None) and p.exitcode != -9:
+                    failed += 1
+            stats = server.stats()
+        # The killed workers' leases expire within lease_ttl; any script run reaps them.
+        time.sleep(s.config().lease_ttl_seconds + 0.5)
+        checker = Throttle(admin, config=s.config())
+        checker.register(provider_name=PROVIDER, model_id=MODEL, alias="soak", max_parallel_requests=s.peak)
+        probe = checker.try_acquire(provider_name=PROVIDER, model_id=MODEL, domain=DOMAIN)
+        if isinstance(probe, Lease):
+            probe.success()
+        state = checker.domain_state(PROVIDER, MODEL, DOMAIN)
+        reclaimed += int(admin.hget(keys.domain(DOMAIN), "total_reclaimed") or 0)
+        result = SoakResult(
+            counts={n: v.value for n, v in counts.items()},
+            requests=stats.requests,
+            server_429s=stats.rejected,
+            server_errors=stats.errors,
+            kills=kills,
+            redis_restarts=restarted,
+            reclaimed=reclaimed,
+            max_concurrency=stats.max_concurrency,
+            allowed=s.peak,
+            in_flight=state.in_flight if state else 0,
+            # Live leases only: a negative score is a give-back's tombstone, not a slot.
+            leases=int(admin.zcount(f"{keys.domain(DOMAIN)}:leases", "(0", "+inf")),
+            waiters=int(admin.zcard(keys.queue(DOMAIN)[0])),
+            failed_workers=failed,
+        )
+        checker.close()
+        return result
+    finally:
+        admin.close()
+        if embedded is not None:
+            embedded.close()

@@ -1,0 +1,30 @@
+"""The soak, short: a fleet under faults leaves nothing behind. The full one
+is `aimd-redis soak` (16 processes x 4 tasks for 60 s)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from aimd_redis.soak import SoakSettings, run
+
+from .conftest import IN_CI
+
+
+def test_a_short_soak_leaks_nothing() -> None:
+    if not shutil.which("redis-server"):
+        if IN_CI:
+            pytest.fail("the soak needs redis-server (it restarts it half way)")
+        pytest.skip("the soak needs redis-server")
+    result = run(None, SoakSettings(processes=6, tasks=4, seconds=15, kill_every=3), progress=False)
+    summary = "\n".join(result.lines())
+    assert result.kills >= 4, summary
+    assert result.redis_restarts == 1, summary
+    assert result.counts["outages"] > 0, summary  # the restart was felt...
+    assert result.counts["ok"] > 100, summary  # ...and the work went on
+    assert result.reclaimed > 0, summary  # the killed workers' slots came back
+    assert result.counts["unexpected"] == 0, summary
+    assert result.failed_workers == 0, summary
+    assert result.max_concurrency <= result.allowed, summary
+    assert (result.in_flight, result.leases, result.waiters) == (0, 0, 0), summary
