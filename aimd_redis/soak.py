@@ -218,7 +218,10 @@ def run(url: str | None, s: SoakSettings, progress: bool = True) -> SoakResult:
             stop.set()
             for p in procs:
                 p.join(30)
-                if p.exitcode not in (0, None) and p.exitcode != -9:
+                if p.is_alive():  # did not stop when told: as bad as a crash
+                    p.kill()
+                    p.join()
+                if p.exitcode != 0:
                     failed += 1
             stats = server.stats()
         # The killed workers' leases expire within lease_ttl; any script run reaps them.

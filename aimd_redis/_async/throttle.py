@@ -13,7 +13,6 @@ import time
 from types import TracebackType
 from typing import Any, cast
 
-import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
@@ -186,7 +185,7 @@ class AsyncThrottle:
         try:
             result = await self._acquire_once(call, ref, now)
         except RedisUnavailableError as exc:
-            return await self._open_fallback(ref, 0, exc)
+            return await self._open_fallback(provider_name, model_id, domain, 0, exc)
         self._redis_answers()
         assert not isinstance(result, Queued)
         return result if isinstance(result, Denied) else self._hold(AsyncLease(self, result), now)
@@ -209,7 +208,7 @@ class AsyncThrottle:
         return self._core.parse_acquire(ref, reply)
 
     async def _open_fallback(
-        self, ref: LeaseRef, timeout: float | None, exc: RedisUnavailableError
+        self, provider_name: str, model_id: str, domain: str, timeout: float | None, exc: RedisUnavailableError
     ) -> AsyncLease | Denied:
         """With fail_open, a slot of this process's own limit for the domain;
         without, the outage as it came."""
@@ -224,11 +223,11 @@ class AsyncThrottle:
                 exc,
                 concurrency,
             )
-        target = (ref.provider_name, ref.model_id, ref.domain)
-        local = self._local.setdefault(target, LocalLimit(concurrency))
+        local = self._local.setdefault((provider_name, model_id, domain), LocalLimit(concurrency))
         if not await local.take(timeout):
             return Denied(reason="at_capacity", retry_in=self.config.wait_poll_seconds, state=local_state(local))
-        ref = LeaseRef(**{**msgspec.structs.asdict(ref), "lease_id": self._core.new_lease_id("local")})
+        lease_id = self._core.new_lease_id("local")
+        ref = LeaseRef(provider_name=provider_name, model_id=model_id, domain=domain, lease_id=lease_id)
         return AsyncLease(self, Grant(ref=ref, expires_at=0.0, state=local_state(local)), local=local)
 
     def _redis_answers(self) -> None:
@@ -276,9 +275,8 @@ class AsyncThrottle:
         try:
             lease = await self._wait_in_queue(provider_name, model_id, domain, timeout, limit, started)
         except RedisUnavailableError as exc:
-            ref = LeaseRef(provider_name=provider_name, model_id=model_id, domain=domain, lease_id="")
             left = None if limit is None else max(0.0, limit - (time.monotonic() - started))
-            got = await self._open_fallback(ref, left, exc)
+            got = await self._open_fallback(provider_name, model_id, domain, left, exc)
             if isinstance(got, Denied):
                 why = "Redis unreachable, local limit full"
                 raise self._timed_out(timeout, provider_name, model_id, domain, why, got.state) from exc
