@@ -111,7 +111,6 @@ class Control:
         self.running.set()
         self.stop = ctx.Event()
         self.todo = ctx.Value("q", -1 if requests is None else requests)
-        self.crashed = ctx.Value("i", 0)
 
     def halt(self) -> None:
         """Stop the workers, waking any that wait to start or to resume."""
@@ -155,10 +154,8 @@ def _worker_main(index: int, redis_url: str, server_url: str, s: FleetSettings, 
     try:
         asyncio.run(_worker(index, redis_url, server_url, s, control))
     except BaseException:
-        with control.crashed.get_lock():
-            control.crashed.value += 1
         traceback.print_exc()
-        sys.exit(1)
+        sys.exit(1)  # the exit code is how the parent learns
 
 
 async def _worker(index: int, redis_url: str, server_url: str, s: FleetSettings, control: Control) -> None:

@@ -47,6 +47,8 @@ class SoakSettings:
     restart_redis: bool = True
     """Kill and restart the private Redis (empty) half way."""
     seed: int = 1
+    namespace: str = "aimd-soak"
+    """Apart from any real fleet's keys when pointed at a shared Redis."""
 
     def config(self) -> ThrottleConfig:
         # Short leases, so that a killed worker's slots come back within the run.
@@ -70,7 +72,7 @@ def _worker(index: int, redis_url: str, server_url: str, s: SoakSettings, counts
 
 
 async def _work(index: int, redis_url: str, server_url: str, s: SoakSettings, counts: Any, stop: Any) -> None:
-    throttle = AsyncThrottle(redis_url, config=s.config(), socket_timeout=1.0)
+    throttle = AsyncThrottle(redis_url, config=s.config(), namespace=s.namespace, socket_timeout=1.0)
     target = {"provider_name": PROVIDER, "model_id": MODEL, "domain": DOMAIN}
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -178,7 +180,7 @@ def run(url: str | None, s: SoakSettings, progress: bool = True) -> SoakResult:
     rng = random.Random(s.seed)
     kills = restarted = reclaimed = failed = 0
     admin: Any = redis.Redis.from_url(redis_url, socket_timeout=2)
-    keys = model_keys("aimd", PROVIDER, MODEL)
+    keys = model_keys(s.namespace, PROVIDER, MODEL)
     try:
         with ColdServer(server_settings) as server:
 
@@ -226,7 +228,7 @@ def run(url: str | None, s: SoakSettings, progress: bool = True) -> SoakResult:
             stats = server.stats()
         # The killed workers' leases expire within lease_ttl; any script run reaps them.
         time.sleep(s.config().lease_ttl_seconds + 0.5)
-        checker = Throttle(admin, config=s.config())
+        checker = Throttle(admin, config=s.config(), namespace=s.namespace)
         checker.register(provider_name=PROVIDER, model_id=MODEL, alias="soak", max_parallel_requests=s.peak)
         probe = checker.try_acquire(provider_name=PROVIDER, model_id=MODEL, domain=DOMAIN)
         if isinstance(probe, Lease):
