@@ -67,6 +67,13 @@ local function read_max(cap_key)
   return check(cap_key, 'effective_max', raw, 'pos')
 end
 
+-- The model's effective max, for scripts that refuse an unregistered model.
+local function registered_max(cap_key)
+  local emax, err = read_max(cap_key)
+  if not err and not emax then err = 'AIMD_NOT_REGISTERED ' .. cap_key end
+  return emax, err
+end
+
 -- The domain as a table of numbers, or nil if it does not exist. d.raw keeps
 -- the strings as read, so that saving and replying touch only what changed.
 local function load_domain(key)

@@ -50,9 +50,8 @@ local rampup_seconds = tonumber(ARGV[5])
 local idle_ms = tonumber(ARGV[7])
 local waiting = ARGV[9] == 'wait'
 
-local emax, err = read_max(KEYS[1])
+local emax, err = registered_max(KEYS[1])
 if err then return redis.error_reply(err) end
-if not emax then return redis.error_reply('AIMD_NOT_REGISTERED ' .. KEYS[1]) end
 
 local d
 d, err = load_domain(KEYS[2])

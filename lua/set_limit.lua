@@ -18,9 +18,8 @@
 local now = clock(ARGV[1])
 local domain = ARGV[2]
 
-local emax, err = read_max(KEYS[1])
+local emax, err = registered_max(KEYS[1])
 if err then return redis.error_reply(err) end
-if not emax then return redis.error_reply('AIMD_NOT_REGISTERED ' .. KEYS[1]) end
 local d
 d, err = load_domain(KEYS[2])
 if err then return redis.error_reply(err) end
