@@ -7,13 +7,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from types import TracebackType
 
 import redis
 
-from aimd_redis.embedded import _free_port
+from aimd_redis.embedded import _free_port, _wait_ready
+
+from .helpers import wait_until
 
 
 def _cluster_port() -> int:
@@ -28,19 +28,6 @@ def _cluster_port() -> int:
             except OSError:
                 continue
         return port
-
-
-def wait_until(condition: Callable[[], object], what: str, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if condition():
-                return
-        except redis.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"cluster: {what}")
-        time.sleep(0.05)
 
 
 class LocalCluster:
@@ -64,9 +51,9 @@ class LocalCluster:
                         stdout=subprocess.DEVNULL,
                     )
                 )  # fmt: skip
+            for port, proc in zip(self.ports, self._procs, strict=True):
+                _wait_ready(f"redis://127.0.0.1:{port}/0", proc)
             nodes = [redis.Redis(port=port) for port in self.ports]
-            for node in nodes:
-                wait_until(node.ping, "a node did not start")
             step = 16384 // masters
             for i, node in enumerate(nodes):
                 last = 16383 if i == masters - 1 else (i + 1) * step - 1

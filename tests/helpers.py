@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
+import redis
+
 from aimd_redis import Denied, DomainState, Lease, Throttle
 
 P, M = "openai", "gpt-4o"
@@ -44,3 +49,16 @@ def succeed(t: Throttle, n: int, now: float, domain: str = "chat") -> None:
 def rate_limit_at(t: Throttle, now: float, retry_after: float | None = None, domain: str = "chat") -> None:
     """One acquire answered by a 429."""
     assert grant(t, now, domain).rate_limited(retry_after=retry_after, now=now).released
+
+
+def wait_until(condition: Callable[[], object], what: str = "condition not reached", seconds: float = 20) -> None:
+    """Poll ``condition`` (a refused connection counts as not yet) until it holds."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if condition():
+                return
+        except redis.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)

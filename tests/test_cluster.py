@@ -17,8 +17,8 @@ from aimd_redis import AsyncLease, AsyncThrottle, Lease, Throttle, ThrottleConfi
 from aimd_redis.cli import main
 from aimd_redis.keys import model_keys
 
-from .cluster import LocalCluster, wait_until
-from .helpers import M, P
+from .cluster import LocalCluster
+from .helpers import M, P, wait_until
 
 TARGET = {"provider_name": P, "model_id": M, "domain": "chat"}
 NODES = 3

@@ -13,7 +13,7 @@ import redis
 
 from aimd_redis import AcquireTimeout, AsyncThrottle, Throttle, ThrottleConfig
 
-from .helpers import M, P
+from .helpers import M, P, wait_until
 
 TARGET = {"provider_name": P, "model_id": M, "domain": "chat"}
 DOMAIN_KEY = "aimd:{openai/gpt-4o}:chat"
@@ -23,13 +23,6 @@ QUIET = ThrottleConfig(wait_poll_seconds=30)
 
 def _waiters(client: redis.Redis) -> int:
     return int(client.hget(DOMAIN_KEY, "waiters") or 0)
-
-
-def _until(condition: Any, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 async def _eventually(condition: Any, seconds: float = 10) -> None:
@@ -56,7 +49,7 @@ def test_processes_are_served_in_arrival_order(real_redis: redis.Redis, real_red
         child = ctx.Process(target=_queue_and_record, args=(real_redis_url, f"p{i}"))
         child.start()
         children.append(child)
-        _until(lambda n=i + 1: _waiters(real_redis) == n, 30)
+        wait_until(lambda n=i + 1: _waiters(real_redis) == n, "child not queued", 30)
     held.success()
     for child in children:
         child.join(60)
@@ -163,7 +156,7 @@ def test_a_refused_wake_up_fails_nothing(client: redis.Redis) -> None:
     got: list[Any] = []
     waiter = threading.Thread(target=lambda: got.append(t.acquire(**TARGET, timeout=10)))
     waiter.start()
-    _until(lambda: _waiters(client) == 1)
+    wait_until(lambda: _waiters(client) == 1, "waiter not queued")
     assert held.success().released  # the hand-over's publish was refused; the release stands
     waiter.join(10)
     assert got, "the waiter did not find its slot by re-checking"

@@ -19,22 +19,10 @@ from aimd_redis import Lease, RedisUnavailableError, Throttle, ThrottleConfig
 from aimd_redis.embedded import _free_port
 
 from .conftest import IN_CI
-from .helpers import M, P
+from .helpers import M, P, wait_until
 
 TARGET = {"provider_name": P, "model_id": M, "domain": "chat"}
 SERVICE = "aimd"
-
-
-def _until(condition: object, what: str, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if condition():  # type: ignore[operator]
-                return
-        except redis.ConnectionError:
-            pass
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 class Setup:
@@ -74,9 +62,9 @@ def sentinel_setup(tmp_path: Path) -> Iterator[Setup]:
     setup = Setup(tmp_path)
     try:
         replica = redis.Redis(port=setup.replica)
-        _until(lambda: replica.info("replication")["master_link_status"] == "up", "the replica did not sync")
+        wait_until(lambda: replica.info("replication")["master_link_status"] == "up", "the replica did not sync")
         sentinel = redis.Redis(port=setup.sentinel)
-        _until(lambda: len(sentinel.sentinel_slaves(SERVICE)) == 1, "the sentinel does not see the replica")
+        wait_until(lambda: len(sentinel.sentinel_slaves(SERVICE)) == 1, "the sentinel does not see the replica")
         yield setup
     finally:
         setup.close()
@@ -115,7 +103,7 @@ def test_clients_carry_on_after_the_primary_is_killed(sentinel_setup: Setup) -> 
     got_slot: list[Lease] = []
     waiter = threading.Thread(target=lambda: got_slot.append(t.acquire(**TARGET, timeout=10)))
     waiter.start()
-    _until(lambda: t.domain_state(P, M, "chat").waiters == 1, "the waiter did not queue")  # type: ignore[union-attr]
+    wait_until(lambda: t.domain_state(P, M, "chat").waiters == 1, "the waiter did not queue")  # type: ignore[union-attr]
     other.success()
     waiter.join(10)
     assert got_slot

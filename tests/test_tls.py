@@ -12,10 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from aimd_redis import AsyncThrottle, RedisUnavailableError, Throttle, ThrottleConfig
-from aimd_redis.embedded import _free_port
+from aimd_redis.embedded import _free_port, _wait_ready
 
 from .conftest import IN_CI
 from .helpers import M, P
@@ -52,16 +51,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, 
         cwd=folder, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        probe = redis.Redis(port=port, ssl=True, ssl_ca_certs=str(folder / "ca.crt"))
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                probe.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "the TLS redis-server did not start"
-                time.sleep(0.05)
-        probe.close()
+        _wait_ready(_url((port, folder / "ca.crt")), proc)
         yield port, folder / "ca.crt"
     finally:
         proc.terminate()
