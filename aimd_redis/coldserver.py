@@ -20,6 +20,7 @@ Admin endpoints: ``GET /admin/stats`` and ``POST /admin/peak {"peak": N}``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.utils
 import math
 import random
@@ -114,6 +115,7 @@ class _State:
         self.in_service = 0
         self.max_concurrency = 0
         self.records: list[Record] = []
+        self.by_status: collections.Counter[int] = collections.Counter()  # so stats need not walk the records
         self.rng = random.Random(settings.seed)
 
     def clock(self) -> float:
@@ -133,6 +135,10 @@ class _State:
         if self.warm_since is None or self.cold(now):
             return 1
         return min(self.peak, 1 + math.floor((self.peak - 1) * (now - self.warm_since) / warmup))
+
+    def record(self, r: Record) -> None:
+        self.records.append(r)
+        self.by_status[r.status] += 1
 
     def arrive(self, now: float) -> tuple[int, int]:
         """Note an arrival; return (concurrency it would make, capacity)."""
@@ -244,17 +250,17 @@ class ColdServer:
 
     def stats(self) -> ServerStats:
         s = self._state
-        records = list(s.records)
+        counts = dict(s.by_status)  # a copy: the server's thread keeps counting
         now = s.clock()
         return ServerStats(
             elapsed=now,
             capacity=s.capacity(now),
             peak=s.peak,
             in_service=s.in_service,
-            requests=len(records),
-            served=sum(1 for r in records if r.status == 200),
-            rejected=sum(1 for r in records if r.status == 429),
-            errors=sum(1 for r in records if r.status >= 500),
+            requests=sum(counts.values()),
+            served=counts.get(200, 0),
+            rejected=counts.get(429, 0),
+            errors=sum(n for status, n in counts.items() if status >= 500),
             max_concurrency=s.max_concurrency,
         )
 
@@ -278,7 +284,7 @@ class ColdServer:
         arrived = s.clock()
         concurrency, capacity = s.arrive(arrived)
         if concurrency > capacity or (self.settings.reject_rate and s.rng.random() < self.settings.reject_rate):
-            s.records.append(Record(arrived, arrived, request.path, concurrency, capacity, 429))
+            s.record(Record(arrived, arrived, request.path, concurrency, capacity, 429))
             return self._too_many()
         s.in_service += 1
         status = 500 if s.rng.random() < self.settings.error_rate else 200
@@ -288,7 +294,7 @@ class ColdServer:
         finally:
             s.in_service -= 1
             s.last_activity = s.clock()
-            s.records.append(Record(arrived, s.last_activity, request.path, concurrency, capacity, status))
+            s.record(Record(arrived, s.last_activity, request.path, concurrency, capacity, status))
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await _json(request)
