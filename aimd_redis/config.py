@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -21,6 +22,12 @@ class ThrottleConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    policy: Literal["classic", "adaptive"] = "classic"
+    """How the limit moves after the ramp (the rules are in ``lua/_rules.lua``).
+    ``"classic"``: additive increase, multiplicative decrease, and a cooldown
+    for the whole fleet on every 429. ``"adaptive"``: holds just under the
+    level a 429 marked and probes it less often the longer it holds, follows
+    a drop step by step, and pauses the fleet only when 429s persist."""
     reduce_factor: float = Field(0.75, gt=0, lt=1)
     """The limit is multiplied by this on the first 429 of a cascade."""
     additive_increase: int = Field(1, ge=1)

@@ -47,6 +47,86 @@ class Call(NamedTuple):
     args: list[str]
 
 
+# The ARGV of each script, by name, in the order of the script's header
+# (tests/test_scripts.py holds them against the headers). Scripts that take
+# a variable tail (domain names, lease ids) get it after these.
+
+
+class RegisterArgs(NamedTuple):
+    now: str
+    alias: str
+    max_parallel: str
+    idle_ms: str
+    events_maxlen: str
+
+
+class AcquireArgs(NamedTuple):
+    now: str
+    domain: str
+    lease_id: str
+    lease_ttl: str
+    rampup_seconds: str
+    ceiling_ttl: str
+    idle_ms: str
+    events_maxlen: str
+    mode: str
+    beat: str
+    wake_prefix: str
+    publish: str
+    recheck: str
+
+
+class ReleaseArgs(NamedTuple):
+    now: str
+    domain: str
+    lease_id: str
+    outcome: str
+    cooldown: str
+    policy: str
+    reduce_factor: str
+    additive_increase: str
+    success_window: str
+    ceiling_overshoot: str
+    rampup_seconds: str
+    ceiling_ttl: str
+    idle_ms: str
+    events_maxlen: str
+    lease_ttl: str
+    wake_prefix: str
+    publish: str
+
+
+class RenewArgs(NamedTuple):
+    now: str
+    lease_ttl: str
+    idle_ms: str
+
+
+class SetLimitArgs(NamedTuple):
+    now: str
+    domain: str
+    limit: str
+    events_maxlen: str
+    idle_ms: str
+
+
+class ResetArgs(NamedTuple):
+    now: str
+    events_maxlen: str
+    idle_ms: str
+
+
+#: Script name -> its named arguments.
+SCRIPT_ARGS: dict[str, type[tuple[str, ...]]] = {
+    "register": RegisterArgs,
+    "acquire": AcquireArgs,
+    "release": ReleaseArgs,
+    "renew": RenewArgs,
+    "set_limit": SetLimitArgs,
+    "reset": ResetArgs,
+}
+
+
 def as_str(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -172,24 +252,42 @@ class Core:
         idle_ms = 0 if config.idle_ttl_seconds == 0 else max(1, round(config.idle_ttl_seconds * 1000))
         self._idle_ms = str(idle_ms)
         self._lease_ttl = _seconds(config.lease_ttl_seconds)
-        self._acquire_tail = [
-            self._lease_ttl,
-            _seconds(config.rampup_seconds),
-            _seconds(config.ceiling_ttl_seconds),
-            self._idle_ms,
-            str(EVENTS_MAXLEN),
-        ]
-        self._release_tail = [
-            _seconds(config.reduce_factor),
-            str(config.additive_increase),
-            str(config.success_window),
-            _seconds(config.ceiling_overshoot),
-            _seconds(config.rampup_seconds),
-            _seconds(config.ceiling_ttl_seconds),
-            self._idle_ms,
-            str(EVENTS_MAXLEN),
-            self._lease_ttl,
-        ]
+        self._maxlen = str(EVENTS_MAXLEN)
+        # The arguments every call of a script shares, built once.
+        self._acquire_args = AcquireArgs(
+            now="",
+            domain="",
+            lease_id="",
+            lease_ttl=self._lease_ttl,
+            rampup_seconds=_seconds(config.rampup_seconds),
+            ceiling_ttl=_seconds(config.ceiling_ttl_seconds),
+            idle_ms=self._idle_ms,
+            events_maxlen=self._maxlen,
+            mode="try",
+            beat=self._beat,
+            wake_prefix="",
+            publish=self._publish,
+            recheck="",
+        )
+        self._release_args = ReleaseArgs(
+            now="",
+            domain="",
+            lease_id="",
+            outcome="",
+            cooldown="",
+            policy=config.policy,
+            reduce_factor=_seconds(config.reduce_factor),
+            additive_increase=str(config.additive_increase),
+            success_window=str(config.success_window),
+            ceiling_overshoot=_seconds(config.ceiling_overshoot),
+            rampup_seconds=_seconds(config.rampup_seconds),
+            ceiling_ttl=_seconds(config.ceiling_ttl_seconds),
+            idle_ms=self._idle_ms,
+            events_maxlen=self._maxlen,
+            lease_ttl=self._lease_ttl,
+            wake_prefix="",
+            publish=self._publish,
+        )
 
     def keys(self, provider_name: str, model_id: str) -> ModelKeys:
         return model_keys(self.namespace, provider_name, model_id)
@@ -213,11 +311,8 @@ class Core:
         mk = self.keys(provider_name, model_id)
         check_alias(alias)
         check_max_parallel(max_parallel_requests)
-        return Call(
-            "register",
-            [mk.cap, mk.index, mk.events, *(mk.domain(d) for d in domains)],
-            [check_now(now), alias, str(max_parallel_requests), self._idle_ms, str(EVENTS_MAXLEN), *domains],
-        )
+        args = RegisterArgs(check_now(now), alias, str(max_parallel_requests), self._idle_ms, self._maxlen)
+        return Call("register", [mk.cap, mk.index, mk.events, *(mk.domain(d) for d in domains)], [*args, *domains])
 
     def parse_register(self, provider_name: str, model_id: str, reply: Sequence[Any]) -> int | list[str]:
         """The effective max, or the domain names to call again with."""
@@ -249,9 +344,15 @@ class Core:
         With ``wait`` a caller that gets no slot joins the queue."""
         ref = LeaseRef(provider_name=provider_name, model_id=model_id, domain=domain, lease_id=lease_id)
         keys = self._domain_keys(provider_name, model_id, domain)
-        args = [check_now(now), domain, lease_id, *self._acquire_tail, "wait" if wait else "try", self._beat]
-        args += [self.keys(provider_name, model_id).wake_prefix, self._publish, "1" if recheck else ""]
-        return Call("acquire", keys, args), ref
+        args = self._acquire_args._replace(
+            now=check_now(now),
+            domain=domain,
+            lease_id=lease_id,
+            mode="wait" if wait else "try",
+            wake_prefix=self.keys(provider_name, model_id).wake_prefix,
+            recheck="1" if recheck else "",
+        )
+        return Call("acquire", keys, list(args)), ref
 
     def parse_acquire(self, ref: LeaseRef, reply: Sequence[Any]) -> Grant | Denied | Queued:
         status, value, flat_state, events = reply
@@ -273,9 +374,15 @@ class Core:
     def release_call(self, ref: LeaseRef, outcome: Outcome, retry_after: float | None, now: float | None) -> Call:
         cooldown = self.config.cooldown_for(retry_after)
         keys = self._domain_keys(ref.provider_name, ref.model_id, ref.domain)
-        wake = self.keys(ref.provider_name, ref.model_id).wake_prefix
-        args = [check_now(now), ref.domain, ref.lease_id, outcome, _seconds(cooldown), *self._release_tail]
-        return Call("release", keys, [*args, wake, self._publish])
+        args = self._release_args._replace(
+            now=check_now(now),
+            domain=ref.domain,
+            lease_id=ref.lease_id,
+            outcome=outcome,
+            cooldown=_seconds(cooldown),
+            wake_prefix=self.keys(ref.provider_name, ref.model_id).wake_prefix,
+        )
+        return Call("release", keys, list(args))
 
     @staticmethod
     def parse_wake(ref: LeaseRef, message: str) -> Grant | float:
@@ -300,7 +407,8 @@ class Core:
             if (ref.provider_name, ref.model_id) != (first.provider_name, first.model_id):
                 raise ValueError("renew_call takes leases of one model")
             keys += [mk.domain(ref.domain), mk.leases(ref.domain)]
-        return Call("renew", keys, [check_now(now), self._lease_ttl, self._idle_ms, *(r.lease_id for r in refs)])
+        args = RenewArgs(check_now(now), self._lease_ttl, self._idle_ms)
+        return Call("renew", keys, [*args, *(r.lease_id for r in refs)])
 
     @staticmethod
     def parse_renew(reply: Sequence[Any]) -> list[float | None]:
@@ -314,11 +422,8 @@ class Core:
         check_domain(domain)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be a whole number >= 1, not {limit!r}")
-        return Call(
-            "set_limit",
-            [mk.cap, mk.domain(domain), mk.events],
-            [check_now(now), domain, str(limit), str(EVENTS_MAXLEN), self._idle_ms],
-        )
+        args = SetLimitArgs(check_now(now), domain, str(limit), self._maxlen, self._idle_ms)
+        return Call("set_limit", [mk.cap, mk.domain(domain), mk.events], list(args))
 
     def reset_call(self, provider_name: str, model_id: str, domains: Sequence[str], now: float | None) -> Call:
         mk = self.keys(provider_name, model_id)
@@ -326,7 +431,7 @@ class Core:
         for domain in domains:
             check_domain(domain)
             keys += [mk.domain(domain), mk.leases(domain), *mk.queue(domain)]
-        return Call("reset", keys, [check_now(now), str(EVENTS_MAXLEN), self._idle_ms, *domains])
+        return Call("reset", keys, [*ResetArgs(check_now(now), self._maxlen, self._idle_ms), *domains])
 
     # -- logging ------------------------------------------------------------
 

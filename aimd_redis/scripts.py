@@ -17,9 +17,14 @@ def _lua_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "lua"
 
 
+#: Shared code put in front of every operation: the plumbing's helpers, then
+#: the loop's rules.
+LIBRARY = ("_prelude", "_rules")
+
+
 @cache
 def sources() -> dict[str, str]:
-    """Script name -> full Lua text (the shared prelude, then the operation)."""
+    """Script name -> full Lua text (the shared library, then the operation)."""
     folder = _lua_dir()
-    prelude = (folder / "_prelude.lua").read_text(encoding="utf-8")
-    return {name: prelude + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8") for name in NAMES}
+    library = "\n".join((folder / f"{name}.lua").read_text(encoding="utf-8") for name in LIBRARY)
+    return {name: library + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8") for name in NAMES}

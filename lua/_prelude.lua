@@ -8,13 +8,15 @@
 -- (for validating what a person may have HSET by hand):
 --   pos: whole number >= 1, count: whole number >= 0, time: number >= 0, flag: 0 or 1
 -- The first nine are the public state. Then: the last time a 429 confirmed
--- the ceiling, the ramp length in force, and two counters for monitoring.
+-- the ceiling, the ramp length in force, two counters for monitoring, and the
+-- adaptive policy's two (see _rules.lua). Fields with a default (the third
+-- entry) may be missing, as in a hash an older release wrote.
 local FIELDS = {
   {'current_limit', 'pos'}, {'in_flight', 'count'}, {'blocked_until', 'time'},
   {'success_streak', 'count'}, {'waiters', 'count'}, {'rate_limit_ceiling', 'count'},
   {'consecutive_429s', 'count'}, {'rampup_started_at', 'time'}, {'rampup_active', 'flag'},
   {'ceiling_confirmed_at', 'time'}, {'rampup_seconds', 'time'}, {'total_429s', 'count'},
-  {'total_reclaimed', 'count'},
+  {'total_reclaimed', 'count'}, {'probe_after', 'count', 0}, {'increase_step', 'count', 0},
 }
 local FIELD_NAMES = {}
 for i, f in ipairs(FIELDS) do FIELD_NAMES[i] = f[1] end
@@ -96,7 +98,10 @@ local function load_domain(key)
   end
   if not present then return nil end
   for i, f in ipairs(FIELDS) do
-    if d[f[1]] == nil then return nil, (select(2, check(key, f[1], nil, f[2]))) end
+    if d[f[1]] == nil then
+      if f[3] == nil then return nil, (select(2, check(key, f[1], nil, f[2]))) end
+      d[f[1]] = f[3]
+    end
   end
   return d
 end
@@ -108,7 +113,7 @@ local function new_domain(now, emax, rampup_seconds)
     success_streak = 0, waiters = 0, rate_limit_ceiling = 0, consecutive_429s = 0,
     rampup_started_at = now, rampup_active = ramp and 1 or 0, ceiling_confirmed_at = 0,
     rampup_seconds = rampup_seconds, total_429s = 0, total_reclaimed = 0,
-    raw = {}, read = {},
+    probe_after = 0, increase_step = 0, raw = {}, read = {},
   }
 end
 
@@ -166,36 +171,6 @@ local function reap(domain, d, leases_key, now)
   if n > 0 then
     emit(domain, 'reclaimed', n, 0)
     d.total_reclaimed = d.total_reclaimed + n
-  end
-end
-
--- Rules applied on every touch: the registered max is a hard cap (also over a
--- hand-set current_limit), and a ceiling no 429 has confirmed for
--- ceiling_ttl seconds is forgotten.
-local function refresh(domain, d, now, emax, ceiling_ttl)
-  if d.current_limit > emax then
-    emit(domain, 'clamp', d.current_limit, emax)
-    d.current_limit = emax
-  end
-  if d.rate_limit_ceiling > 0 and ceiling_ttl > 0
-      and now - d.ceiling_confirmed_at >= ceiling_ttl then
-    emit(domain, 'ceiling_forgotten', d.rate_limit_ceiling, 0)
-    d.rate_limit_ceiling = 0
-  end
-end
-
--- The startup ramp: a linear climb from 1 to the effective max.
-local function ramp(domain, d, now, emax, rampup_seconds)
-  if d.rampup_active ~= 1 then return end
-  local before = d.current_limit
-  local elapsed = math.max(0, now - d.rampup_started_at)
-  if rampup_seconds <= 0 or elapsed >= rampup_seconds then
-    d.current_limit = emax
-    d.rampup_active = 0
-    emit(domain, 'ramp_end', before, emax)
-  else
-    d.current_limit = math.min(emax, 1 + math.floor((emax - 1) * elapsed / rampup_seconds))
-    if d.current_limit ~= before then emit(domain, 'ramp', before, d.current_limit) end
   end
 end
 

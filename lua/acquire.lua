@@ -11,19 +11,20 @@
 -- KEYS[7] beats zset     <ns>:{<provider>/<model>}:<domain>:beats (waiter id -> heartbeat deadline)
 -- KEYS[8] ticket counter <ns>:{<provider>/<model>}:<domain>:tickets
 --
--- ARGV[1]  now in seconds, or '' for the server's TIME
--- ARGV[2]  domain name (for the index and the events)
--- ARGV[3]  lease id to grant (for a waiter: its waiter id)
--- ARGV[4]  lease_ttl_seconds
+-- ARGV[1]  now               seconds, or '' for the server's TIME
+-- ARGV[2]  domain            the domain's name (for the index and the events)
+-- ARGV[3]  lease_id          the lease to grant (for a waiter: its waiter id)
+-- ARGV[4]  lease_ttl         seconds
 -- ARGV[5]  rampup_seconds
--- ARGV[6]  ceiling_ttl_seconds (0: never forget)
--- ARGV[7]  idle ttl in milliseconds (0: never expire)
--- ARGV[8]  event stream MAXLEN (approximate)
--- ARGV[9]  mode: 'try' (never queue) or 'wait' (queue when no slot is free)
--- ARGV[10] heartbeat deadline for a waiter, in seconds from now
--- ARGV[11] wake channel prefix (<ns>:{<provider>/<model>}:wake:)
--- ARGV[12] publish command: 'PUBLISH', or 'SPUBLISH' on a cluster
--- ARGV[13] '1' when this waiter asked before (it may hold a handed-over slot)
+-- ARGV[6]  ceiling_ttl       seconds (0: never forget)
+-- ARGV[7]  idle_ms           idle expiry in milliseconds (0: never expire)
+-- ARGV[8]  events_maxlen     the event stream's approximate MAXLEN
+-- ARGV[9]  mode              'try' (never queue) or 'wait' (queue when no slot is free)
+-- ARGV[10] beat              a waiter's heartbeat deadline, in seconds from now
+-- ARGV[11] wake_prefix       <ns>:{<provider>/<model>}:wake:
+-- ARGV[12] publish           'PUBLISH', or 'SPUBLISH' on a cluster
+-- ARGV[13] recheck           '1' when this waiter asked before (it may hold a
+--                            handed-over slot), else ''
 --
 -- A newcomer never passes a queued waiter: while the queue is not empty, free
 -- slots go to it in order (and its waiters are woken on their channels).
@@ -43,12 +44,11 @@
 -- Errors: 'AIMD_NOT_REGISTERED <cap key>', 'AIMD_CORRUPT <key> field <name> holds <value>'
 
 local now = clock(ARGV[1])
-local domain = ARGV[2]
-local id = ARGV[3]
-local lease_ttl = tonumber(ARGV[4])
-local rampup_seconds = tonumber(ARGV[5])
-local idle_ms = tonumber(ARGV[7])
-local waiting = ARGV[9] == 'wait'
+local domain, id = ARGV[2], ARGV[3]
+local lease_ttl, rampup_seconds, ceiling_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local idle_ms, events_maxlen = tonumber(ARGV[7]), ARGV[8]
+local waiting, beat = ARGV[9] == 'wait', tonumber(ARGV[10])
+local wake_prefix, publish, recheck = ARGV[11], ARGV[12], ARGV[13] == '1'
 
 local emax, err = registered_max(KEYS[1])
 if err then return redis.error_reply(err) end
@@ -63,16 +63,16 @@ if not d then
   emit(domain, d.rampup_active == 1 and 'ramp_start' or 'created', 0, d.current_limit)
 end
 
-local q = queue_of(KEYS[6], KEYS[7], KEYS[8], KEYS[3], ARGV[11], ARGV[12], idle_ms)
+local q = queue_of(KEYS[6], KEYS[7], KEYS[8], KEYS[3], wake_prefix, publish, idle_ms)
 reap(domain, d, KEYS[3], now)
 d.in_flight = redis.call('ZCOUNT', KEYS[3], 0, '+inf')
 d.rampup_seconds = rampup_seconds
-refresh(domain, d, now, emax, tonumber(ARGV[6]))
-ramp(domain, d, now, emax, rampup_seconds)
+rules.refresh(domain, d, now, emax, ceiling_ttl)
+rules.ramp(domain, d, now, emax, rampup_seconds)
 
 local status, value = nil, 0
 local queued = redis.call('ZCARD', q.queue)
-if ARGV[13] == '1' then
+if recheck then
   local held = redis.call('ZSCORE', KEYS[3], id)
   if held and tonumber(held) > 0 then  -- handed over; the wake-up was lost or is on its way
     status, value = 'granted', tonumber(held)
@@ -102,13 +102,13 @@ if not status then
       end
     end
     if waiting and (status == 'cooldown' or status == 'at_capacity') then
-      enqueue(q, id, now + tonumber(ARGV[10]))
+      enqueue(q, id, now + beat)
       status, value = 'queued', first_in_line_wait(q, d, id, now)
     end
   else
     local mine = redis.call('ZSCORE', q.queue, id)
     if waiting then
-      if mine then redis.call('ZADD', q.beats, now + tonumber(ARGV[10]), id) else enqueue(q, id, now + tonumber(ARGV[10])) end
+      if mine then redis.call('ZADD', q.beats, now + beat, id) else enqueue(q, id, now + beat) end
     end
     local got_self, expiry = promote(q, d, now, lease_ttl, id)
     if got_self then
@@ -127,6 +127,6 @@ if queued > 0 or status == 'queued' then d.waiters = redis.call('ZCARD', q.queue
 save_domain(KEYS[2], d)
 local expiry_text = fmt(now + lease_ttl)
 publish_handoffs(q, d, expiry_text)
-local flat_events = flush_events(KEYS[5], now, ARGV[8], idle_ms)
+local flat_events = flush_events(KEYS[5], now, events_maxlen, idle_ms)
 touch(idle_ms, KEYS[2], KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
 return {status, fmt(value), state_reply(d), flat_events}

@@ -7,11 +7,11 @@
 -- KEYS[3]    event stream   <ns>:{<provider>/<model>}:events
 -- KEYS[3+i]  domain hash of the i-th domain the caller read from the index
 --
--- ARGV[1]    now in seconds, or '' for the server's TIME
+-- ARGV[1]    now               seconds, or '' for the server's TIME
 -- ARGV[2]    alias
--- ARGV[3]    the alias's max_parallel_requests
--- ARGV[4]    idle ttl in milliseconds (0: never expire)
--- ARGV[5]    event stream MAXLEN (approximate)
+-- ARGV[3]    max_parallel      the alias's max_parallel_requests
+-- ARGV[4]    idle_ms           idle expiry in milliseconds (0: never expire)
+-- ARGV[5]    events_maxlen     the event stream's approximate MAXLEN
 -- ARGV[5+i]  name of the domain in KEYS[3+i]
 --
 -- Reply: {'ok', effective_max, events}
@@ -20,8 +20,9 @@
 -- Errors: 'AIMD_CORRUPT <key> field <name> holds <value>'
 
 local now = clock(ARGV[1])
-local alias_field = 'alias:' .. ARGV[2]
-local idle_ms = tonumber(ARGV[4])
+local alias, max_parallel = ARGV[2], ARGV[3]
+local idle_ms, events_maxlen = tonumber(ARGV[4]), ARGV[5]
+local alias_field = 'alias:' .. alias
 
 local passed = {}
 for i = 6, #ARGV do passed[ARGV[i]] = true end
@@ -35,7 +36,7 @@ end
 
 local flat = redis.call('HGETALL', KEYS[1])
 local old_max, err = nil, nil
-local emax = tonumber(ARGV[3])
+local emax = tonumber(max_parallel)
 for i = 1, #flat, 2 do
   local field, raw = flat[i], flat[i + 1]
   if field == 'effective_max' then
@@ -56,7 +57,7 @@ for i = 4, #KEYS do
   domains[i] = d
 end
 
-redis.call('HSET', KEYS[1], alias_field, ARGV[3], 'effective_max', fmt(emax))
+redis.call('HSET', KEYS[1], alias_field, max_parallel, 'effective_max', fmt(emax))
 if old_max ~= emax then emit('*', 'effective_max', old_max or 0, emax) end
 for i = 4, #KEYS do
   local name, d = ARGV[i + 2], domains[i]
@@ -68,6 +69,6 @@ for i = 4, #KEYS do
   end
   expire_new(idle_ms, KEYS[i])
 end
-local flat_events = flush_events(KEYS[3], now, ARGV[5], idle_ms)
+local flat_events = flush_events(KEYS[3], now, events_maxlen, idle_ms)
 for i = 1, 3 do expire_new(idle_ms, KEYS[i]) end
 return {'ok', emax, flat_events}

@@ -9,27 +9,29 @@
 -- KEYS[7] beats zset     <ns>:{<provider>/<model>}:<domain>:beats
 -- KEYS[8] ticket counter <ns>:{<provider>/<model>}:<domain>:tickets
 --
--- ARGV[1]  now in seconds, or '' for the server's TIME
--- ARGV[2]  domain name
--- ARGV[3]  lease id
--- ARGV[4]  outcome: 'success', 'rate_limited', 'failure', or 'abandon': the
---          caller gave up on an acquire whose reply it never saw. Frees the
---          slot if the acquire granted it; if the acquire has not run yet
---          (it may arrive later on another connection), leaves a tombstone
---          (score -expiry in the leases zset) that makes it grant nothing.
---          Changes nothing else.
--- ARGV[5]  cooldown for a 429 in seconds (the caller resolves Retry-After)
--- ARGV[6]  reduce_factor
--- ARGV[7]  additive_increase
--- ARGV[8]  success_window
--- ARGV[9]  ceiling_overshoot
--- ARGV[10] rampup_seconds
--- ARGV[11] ceiling_ttl_seconds (0: never forget)
--- ARGV[12] idle ttl in milliseconds (0: never expire)
--- ARGV[13] event stream MAXLEN (approximate)
--- ARGV[14] lease_ttl_seconds (how long a tombstone is kept, and new leases last)
--- ARGV[15] wake channel prefix (<ns>:{<provider>/<model>}:wake:)
--- ARGV[16] publish command: 'PUBLISH', or 'SPUBLISH' on a cluster
+-- ARGV[1]  now               seconds, or '' for the server's TIME
+-- ARGV[2]  domain            the domain's name
+-- ARGV[3]  lease_id          the lease to give back
+-- ARGV[4]  outcome           'success', 'rate_limited', 'failure', or 'abandon': the
+--                            caller gave up on an acquire whose reply it never saw.
+--                            Frees the slot if the acquire granted it; if the acquire
+--                            has not run yet (it may arrive later on another
+--                            connection), leaves a tombstone (score -expiry in the
+--                            leases zset) that makes it grant nothing. Changes
+--                            nothing else.
+-- ARGV[5]  cooldown          seconds a 429 blocks for (the caller resolves Retry-After)
+-- ARGV[6]  policy            'classic' or 'adaptive' (the rules in _rules.lua)
+-- ARGV[7]  reduce_factor
+-- ARGV[8]  additive_increase
+-- ARGV[9]  success_window
+-- ARGV[10] ceiling_overshoot
+-- ARGV[11] rampup_seconds
+-- ARGV[12] ceiling_ttl       seconds (0: never forget)
+-- ARGV[13] idle_ms           idle expiry in milliseconds (0: never expire)
+-- ARGV[14] events_maxlen     the event stream's approximate MAXLEN
+-- ARGV[15] lease_ttl         seconds a tombstone is kept, and new leases last
+-- ARGV[16] wake_prefix       <ns>:{<provider>/<model>}:wake:
+-- ARGV[17] publish           'PUBLISH', or 'SPUBLISH' on a cluster
 --
 -- A slot given back goes to the longest waiting live waiter, who is woken on
 -- its process's channel; during a cooldown the first waiter is told when it
@@ -38,15 +40,22 @@
 -- Reply: {released, state, events}
 --   released 1 when this call gave the slot back; 0 when the lease was already
 --            released or had expired (the outcome is then ignored)
---   state    the domain's fields as a flat name/value list (empty if the
---            domain no longer exists)
+--   state    the domain's public fields, in order (empty if the domain no
+--            longer exists)
 --   events   flat list of (domain, event, from, to) quadruples
 -- Errors: 'AIMD_CORRUPT <key> field <name> holds <value>'
 
 local now = clock(ARGV[1])
-local domain = ARGV[2]
-local outcome = ARGV[4]
-local idle_ms = tonumber(ARGV[12])
+local domain, lease_id, outcome = ARGV[2], ARGV[3], ARGV[4]
+local cooldown = tonumber(ARGV[5])
+local cfg = {
+  policy = ARGV[6], reduce_factor = tonumber(ARGV[7]), additive_increase = tonumber(ARGV[8]),
+  success_window = tonumber(ARGV[9]), ceiling_overshoot = tonumber(ARGV[10]),
+  rampup_seconds = tonumber(ARGV[11]), ceiling_ttl = tonumber(ARGV[12]), lease_ttl = tonumber(ARGV[15]),
+}
+local idle_ms, events_maxlen = tonumber(ARGV[13]), ARGV[14]
+local wake_prefix, publish = ARGV[16], ARGV[17]
+local policy = rules[cfg.policy]
 
 local emax, err = read_max(KEYS[1])
 if err then return redis.error_reply(err) end
@@ -57,77 +66,43 @@ local d
 d, err = load_domain(KEYS[2])
 if err then return redis.error_reply(err) end
 
-local q = queue_of(KEYS[6], KEYS[7], KEYS[8], KEYS[3], ARGV[15], ARGV[16], idle_ms)
-local released = 0
+local q = queue_of(KEYS[6], KEYS[7], KEYS[8], KEYS[3], wake_prefix, publish, idle_ms)
+local released, granted_at = 0, nil
 if d then reap(domain, d, KEYS[3], now) end
 if outcome == 'abandon' then
-  leave(q, ARGV[3])
-  local score = redis.call('ZSCORE', KEYS[3], ARGV[3])
+  leave(q, lease_id)
+  local score = redis.call('ZSCORE', KEYS[3], lease_id)
   if score and tonumber(score) > 0 then
-    released = redis.call('ZREM', KEYS[3], ARGV[3])
+    released = redis.call('ZREM', KEYS[3], lease_id)
   elseif not score then
     redis.call('ZREMRANGEBYSCORE', KEYS[3], fmt(-now), '(0')  -- expired tombstones
-    redis.call('ZADD', KEYS[3], fmt(-(now + tonumber(ARGV[14]))), ARGV[3])
+    redis.call('ZADD', KEYS[3], fmt(-(now + cfg.lease_ttl)), lease_id)
     expire_new(idle_ms, KEYS[3])
   end
 elseif d then
-  released = redis.call('ZREM', KEYS[3], ARGV[3])
+  granted_at = redis.call('ZSCORE', KEYS[3], lease_id)
+  if granted_at and tonumber(granted_at) > 0 then
+    released = redis.call('ZREM', KEYS[3], lease_id)
+    granted_at = tonumber(granted_at) - cfg.lease_ttl  -- or last renewed
+  end
 end
 if not d then return {0, {}, {}} end
 
 d.in_flight = redis.call('ZCOUNT', KEYS[3], 0, '+inf')
-refresh(domain, d, now, emax, tonumber(ARGV[11]))
+rules.refresh(domain, d, now, emax, cfg.ceiling_ttl)
 
 if released == 1 then
+  -- What the rules learn of the request: sent after the last cut, and sent
+  -- while every slot was taken.
+  local fresh = granted_at >= d.ceiling_confirmed_at
+  local saturated = d.in_flight + 1 >= d.current_limit
   if outcome == 'success' then
-    d.consecutive_429s = 0
-    ramp(domain, d, now, emax, tonumber(ARGV[10]))
-    if d.rampup_active == 1 then
-      d.success_streak = 0
-    else
-      d.success_streak = d.success_streak + 1
-      if d.success_streak >= tonumber(ARGV[8]) then
-        local cap = emax
-        local ceiling = d.rate_limit_ceiling
-        if ceiling > 0 then
-          cap = math.min(emax, ceiling + math.max(1, math.floor(ceiling * tonumber(ARGV[9]))))
-        end
-        if d.current_limit < cap then
-          local before = d.current_limit
-          d.current_limit = math.min(cap, d.current_limit + tonumber(ARGV[7]))
-          emit(domain, 'increase', before, d.current_limit)
-        end
-        d.success_streak = 0
-      end
-    end
+    policy.on_success(domain, d, now, emax, cfg, fresh, saturated)
   elseif outcome == 'rate_limited' then
-    if d.rampup_active == 1 then
-      d.rampup_active = 0
-      emit(domain, 'ramp_stopped', d.current_limit, d.current_limit)
-    end
-    d.blocked_until = now + tonumber(ARGV[5])
-    emit(domain, 'cooldown', now, d.blocked_until)
-    d.success_streak = 0
-    if d.consecutive_429s == 0 then
-      local before = d.current_limit
-      d.current_limit = math.max(1, math.floor(before * tonumber(ARGV[6])))
-      if d.current_limit < before then
-        emit(domain, 'decrease', before, d.current_limit)
-        local ceiling = before
-        if d.rate_limit_ceiling > 0 then ceiling = math.min(d.rate_limit_ceiling, before) end
-        if ceiling ~= d.rate_limit_ceiling then
-          emit(domain, 'ceiling', d.rate_limit_ceiling, ceiling)
-          d.rate_limit_ceiling = ceiling
-        end
-      end
-    end
-    -- Any 429 confirms a known ceiling, which keeps it from being forgotten.
-    if d.rate_limit_ceiling > 0 then d.ceiling_confirmed_at = now end
-    d.consecutive_429s = d.consecutive_429s + 1
+    policy.on_rate_limited(domain, d, now, emax, cfg, cooldown, fresh, saturated)
     d.total_429s = d.total_429s + 1
   elseif outcome == 'failure' then
-    -- A failure ends a 429 cascade only once the burst has drained.
-    if d.in_flight == 0 then d.consecutive_429s = 0 end
+    policy.on_failure(domain, d, now, emax, cfg, fresh, saturated)
   end
 end
 
@@ -135,7 +110,7 @@ local handoff_expiry
 local queued = redis.call('ZCARD', q.queue)
 if queued > 0 then
   reap_waiters(q, now)
-  local _, expiry = promote(q, d, now, tonumber(ARGV[14]), nil)
+  local _, expiry = promote(q, d, now, cfg.lease_ttl, nil)
   handoff_expiry = expiry
   queued = redis.call('ZCARD', q.queue)
 end
@@ -145,6 +120,6 @@ if handoff_expiry then
   publish_handoffs(q, d, handoff_expiry)
   notify_head_of_cooldown(q, d, now)
 end
-local flat_events = flush_events(KEYS[5], now, ARGV[13], idle_ms)
+local flat_events = flush_events(KEYS[5], now, events_maxlen, idle_ms)
 touch(idle_ms, KEYS[2], KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
 return {released, state_reply(d), flat_events}

@@ -6,17 +6,17 @@
 -- KEYS[2i+2]  domain hash of lease i   <ns>:{<provider>/<model>}:<domain>
 -- KEYS[2i+3]  leases zset of lease i   <ns>:{<provider>/<model>}:<domain>:leases
 --
--- ARGV[1]     now in seconds, or '' for the server's TIME
--- ARGV[2]     lease_ttl_seconds
--- ARGV[3]     idle ttl in milliseconds (0: never expire)
+-- ARGV[1]     now               seconds, or '' for the server's TIME
+-- ARGV[2]     lease_ttl         seconds
+-- ARGV[3]     idle_ms           idle expiry in milliseconds (0: never expire)
 -- ARGV[3+i]   id of lease i
 --
 -- Reply: one entry per lease: its new expiry, or '' when the lease was
 -- already released or expired (an expired lease is never brought back).
 
 local now = clock(ARGV[1])
-local expiry = fmt(now + tonumber(ARGV[2]))
-local idle_ms = tonumber(ARGV[3])
+local lease_ttl, idle_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
+local expiry = fmt(now + lease_ttl)
 local reply = {}
 for i = 1, #ARGV - 3 do
   local domain_key, leases_key = KEYS[2 * i + 2], KEYS[2 * i + 3]

@@ -7,14 +7,15 @@
 -- KEYS[5i-2..5i+2] for domain i: its hash <ns>:{<provider>/<model>}:<domain>, and
 --             its :leases, :queue, :beats and :tickets keys
 --
--- ARGV[1]     now in seconds, or '' for the server's TIME
--- ARGV[2]     event stream MAXLEN (approximate)
--- ARGV[3]     idle ttl in milliseconds (0: never expire)
+-- ARGV[1]     now               seconds, or '' for the server's TIME
+-- ARGV[2]     events_maxlen     the event stream's approximate MAXLEN
+-- ARGV[3]     idle_ms           idle expiry in milliseconds (0: never expire)
 -- ARGV[3+i]   name of domain i
 --
 -- Reply: how many of the domains existed.
 
 local now = clock(ARGV[1])
+local events_maxlen, idle_ms = ARGV[2], tonumber(ARGV[3])
 local existed = 0
 for i = 1, #ARGV - 3 do
   local name = ARGV[3 + i]
@@ -31,5 +32,5 @@ for i = 1, #ARGV - 3 do
   end
   redis.call('SREM', KEYS[1], name)
 end
-flush_events(KEYS[2], now, ARGV[2], tonumber(ARGV[3]))
+flush_events(KEYS[2], now, events_maxlen, idle_ms)
 return existed

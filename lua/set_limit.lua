@@ -5,18 +5,19 @@
 -- KEYS[2] domain hash    <ns>:{<provider>/<model>}:<domain>
 -- KEYS[3] event stream   <ns>:{<provider>/<model>}:events
 --
--- ARGV[1] now in seconds, or '' for the server's TIME
--- ARGV[2] domain name
--- ARGV[3] the new limit (a whole number >= 1)
--- ARGV[4] event stream MAXLEN (approximate)
--- ARGV[5] idle ttl in milliseconds (0: never expire)
+-- ARGV[1] now               seconds, or '' for the server's TIME
+-- ARGV[2] domain            the domain's name
+-- ARGV[3] limit             the new limit (a whole number >= 1)
+-- ARGV[4] events_maxlen     the event stream's approximate MAXLEN
+-- ARGV[5] idle_ms           idle expiry in milliseconds (0: never expire)
 --
 -- Reply: the limit now in force.
 -- Errors: 'AIMD_NOT_REGISTERED <cap key>', 'AIMD_NO_DOMAIN <domain key>',
 --         'AIMD_CORRUPT <key> field <name> holds <value>'
 
 local now = clock(ARGV[1])
-local domain = ARGV[2]
+local domain, limit = ARGV[2], tonumber(ARGV[3])
+local events_maxlen, idle_ms = ARGV[4], tonumber(ARGV[5])
 
 local emax, err = registered_max(KEYS[1])
 if err then return redis.error_reply(err) end
@@ -26,7 +27,7 @@ if err then return redis.error_reply(err) end
 if not d then return redis.error_reply('AIMD_NO_DOMAIN ' .. KEYS[2]) end
 
 local before = d.current_limit
-d.current_limit = math.max(1, math.min(emax, tonumber(ARGV[3])))
+d.current_limit = math.max(1, math.min(emax, limit))
 if d.rampup_active == 1 then
   d.rampup_active = 0
   emit(domain, 'ramp_stopped', before, before)
@@ -34,5 +35,5 @@ end
 emit(domain, 'set_limit', before, d.current_limit)
 
 save_domain(KEYS[2], d)
-flush_events(KEYS[3], now, ARGV[4], tonumber(ARGV[5]))
+flush_events(KEYS[3], now, events_maxlen, idle_ms)
 return d.current_limit

@@ -68,6 +68,8 @@ def test_a_new_domain_holds_every_state_field(make_throttle: MakeThrottle, clien
         "rampup_seconds": "10",
         "total_429s": "0",
         "total_reclaimed": "0",
+        "probe_after": "0",
+        "increase_step": "0",
     }
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import redis
 
 from aimd_redis import Lease, Throttle
-from aimd_redis.scripts import NAMES, sources
+from aimd_redis.core import SCRIPT_ARGS
+from aimd_redis.scripts import LIBRARY, NAMES, sources
 
 from .helpers import M, P, reg
 
@@ -46,6 +47,14 @@ def test_every_script_header_lists_the_keys_it_touches() -> None:
         assert not re.search(r"redis\.call\('[A-Z]+', [^K)]*\.\.", body), name
 
 
+def test_the_named_arguments_of_each_script_match_its_header() -> None:
+    assert set(SCRIPT_ARGS) == set(NAMES)
+    for name, args in SCRIPT_ARGS.items():
+        header = (ROOT / "lua" / f"{name}.lua").read_text().split("\n\n", 1)[0]
+        documented = [(int(i), n) for i, n in re.findall(r"^-- ARGV\[(\d+)\]\s+(\w+)", header, re.MULTILINE)]
+        assert documented == list(enumerate(args._fields, 1)), name
+
+
 def test_the_sync_client_is_generated_from_the_async_one() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "unasync.py"), "--check"], capture_output=True, text=True
@@ -71,6 +80,6 @@ def test_the_wheel_ships_the_scripts(tmp_path: Path) -> None:
     )
     (wheel,) = tmp_path.glob("aimd_redis-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for name in (*NAMES, "_prelude"):
+    for name in (*NAMES, *LIBRARY):
         assert f"aimd_redis/lua/{name}.lua" in names
     assert "aimd_redis/py.typed" in names

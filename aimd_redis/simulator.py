@@ -1,0 +1,684 @@
+"""A discrete-event simulation of a fleet calling a model server through the
+shared loop, on the real Lua scripts and a real Redis, with injected time.
+
+Minutes of simulated time take seconds: nothing sleeps. Every acquire,
+release and hand-over is a real script call with ``now`` set to the
+simulated clock, so the loop under test is the one that ships; only the
+callers, the network and the server are modelled:
+
+- the server serves up to ``capacity(t)`` requests at once and refuses the
+  rest at arrival (429, or 503/529 for an "overloaded" server), with or
+  without Retry-After; it may also refuse at random, or at given moments;
+- P processes x C tasks each loop: acquire a slot (queueing in Redis as the
+  client does: hand-overs arrive on the wake channel, re-checks every
+  ``wait_poll_seconds``), send, report the outcome, and retry a refused
+  request after its Retry-After;
+- one-way network latency, the wake-up latency of a hand-over, and an
+  optional lag between a response reaching the caller and the server freeing
+  its slot (the release/refusal race of servers that clean up after replying).
+
+``benchmarks/control.py`` runs every scenario under both policies.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import msgspec
+
+from aimd_redis.config import ThrottleConfig
+from aimd_redis.core import Call, Core, as_str
+from aimd_redis.scripts import sources
+from aimd_redis.structs import DomainState, Grant, LeaseRef, Queued
+
+PROVIDER, MODEL, DOMAIN = "sim", "model", "chat"
+#: Simulated time starts here (script times must be positive and plausible).
+EPOCH = 1_000_000.0
+SAMPLE_SECONDS = 0.1
+
+Capacity = Callable[[float], int]
+ServiceTime = Callable[[random.Random], float]
+
+
+def warming(peak: int, seconds: float, start: int = 1) -> Capacity:
+    """Capacity that grows linearly from ``start`` to ``peak`` over ``seconds``."""
+
+    def capacity(t: float) -> int:
+        if t >= seconds:
+            return peak
+        return min(peak, start + math.floor((peak - start) * t / seconds))
+
+    return capacity
+
+
+def steps(first: int, *changes: tuple[float, int]) -> Capacity:
+    """Capacity ``first``, then each (time, capacity) from that time on."""
+
+    def capacity(t: float) -> int:
+        value = first
+        for at, cap in changes:
+            if t >= at:
+                value = cap
+        return value
+
+    return capacity
+
+
+def uniform(mean: float, spread: float = 0.2) -> ServiceTime:
+    """Service times uniform within mean +- spread (the cold server's)."""
+    return lambda rng: mean * rng.uniform(1 - spread, 1 + spread)
+
+
+def lognormal(median: float, sigma: float, cap: float) -> ServiceTime:
+    """Heavy-tailed service times (streamed completions of very different lengths)."""
+    return lambda rng: min(cap, median * math.exp(sigma * rng.gauss(0, 1)))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    about: str
+    seconds: float
+    capacity: Capacity
+    service: ServiceTime
+    mean_service: float
+    processes: int = 8
+    tasks: int = 8
+    peak: int = 32
+    """``max_parallel_requests`` the fleet registers."""
+    rampup_seconds: float = 0.0
+    retry_after: float | None = 0.5
+    """What a refusal asks the caller to wait; None sends no Retry-After."""
+    refusal_status: int = 429
+    """429, or 503/529 for a server that says "overloaded" (the callers report
+    those as rate-limited, as a client configured for them does)."""
+    random_refusals: float = 0.0
+    """Share of requests within capacity refused anyway (a quota, not capacity)."""
+    forced: tuple[tuple[float, float | None], ...] = ()
+    """(time, Retry-After): the first request arriving from that time on is refused."""
+    release_lag: float = 0.0
+    """The server frees a slot this long after the caller has the response."""
+    scale: tuple[tuple[float, int], ...] = ()
+    """(time, processes): the fleet grows to that many processes."""
+    requests: int | None = None
+    """Stop once this many requests were served (as ``benchmarks/fleet.py`` does)."""
+    steady: tuple[float, float] | None = None
+    """A window in which capacity is stable, for the steady-state figures."""
+    warmup: float = 0.0
+    """The server's warm-up (its 429s are counted apart)."""
+    step_up: float | None = None
+    """When capacity steps up, for the time to reach 90% of it."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """ThrottleConfig settings beyond the policy and the ramp."""
+    seed: int = 1
+
+
+@dataclass(frozen=True)
+class Latency:
+    network: float = 0.0005
+    """One way, caller <-> server."""
+    wake: float = 0.0003
+    """From the release that hands a slot over to the woken caller acting on it."""
+
+
+class Request(msgspec.Struct, array_like=True):
+    arrived: float
+    finished: float
+    status: int
+    concurrency: int
+    """Requests in service counting this one, had it been admitted."""
+    capacity: int
+
+    @property
+    def over_capacity(self) -> bool:
+        """Refused because the fleet sent more than the server could take
+        (not a random or forced refusal)."""
+        return self.status != 200 and self.concurrency > self.capacity
+
+
+class Point(msgspec.Struct, array_like=True):
+    t: float
+    capacity: int
+    in_service: int
+    limit: int
+    ceiling: int
+    waiters: int
+    tasks: int
+
+
+class SimRun(msgspec.Struct):
+    scenario: str
+    policy: str
+    end: float
+    """Simulated seconds the run lasted."""
+    requests: list[Request]
+    points: list[Point]
+    script_calls: int
+
+
+class _Task:
+    __slots__ = ("call", "job_started", "process", "queued", "recheck", "ref", "token")
+
+    def __init__(self, process: str) -> None:
+        self.process = process
+        self.token = 0  # invalidates a scheduled re-check once the task has moved on
+        self.queued = False
+        self.recheck = False
+        self.call: Call | None = None
+        self.ref: LeaseRef | None = None
+        self.job_started = 0.0
+
+
+class Simulation:
+    """One scenario under one configuration, on a Redis the caller provides
+    (its database is used under ``namespace``; run one simulation at a time
+    per namespace)."""
+
+    def __init__(
+        self,
+        client: Any,
+        scenario: Scenario,
+        config: ThrottleConfig,
+        *,
+        namespace: str = "aimd-sim",
+        latency: Latency | None = None,
+    ) -> None:
+        if config.idle_ttl_seconds != 0:
+            raise ValueError("simulations need idle_ttl_seconds=0: key expiry runs on the real clock")
+        self.client = client
+        self.s = scenario
+        self.config = config
+        self.latency = latency or Latency()
+        self.core = Core(config, namespace)
+        self._shas = {name: client.script_load(text) for name, text in sources().items()}
+        self._rng = random.Random(scenario.seed)
+        self._heap: list[tuple[float, int, Callable[[Any], None], Any]] = []
+        self._seq = itertools.count()
+        self._by_id: dict[str, _Task] = {}
+        self._queued = 0
+        self._in_service = 0
+        self._forced = sorted(scenario.forced, key=lambda f: f[0])
+        self._tasks = 0
+        self._state: DomainState | None = None
+        self.now = 0.0
+        self._done_count = 0
+        self._done = False
+        self.requests: list[Request] = []
+        self.points: list[Point] = []
+        self.calls = 0
+        keys = self.core.keys(PROVIDER, MODEL)
+        self._pubsub = client.pubsub()
+        self._pubsub.psubscribe(keys.wake_prefix + "*")
+        self._pubsub.get_message(timeout=5)  # the subscription's confirmation
+
+    # -- running ---------------------------------------------------------------
+
+    def run(self) -> SimRun:
+        keys = self.core.keys(PROVIDER, MODEL)
+        self.client.delete(keys.cap, keys.index, keys.events, keys.domain(DOMAIN), keys.leases(DOMAIN))
+        self.client.delete(*keys.queue(DOMAIN))
+        self._script(self.core.register_call(PROVIDER, MODEL, "sim", self.s.peak, EPOCH))
+        self._add_processes(self.s.processes, 0.0)
+        for at, processes in self.s.scale:
+            self._at(at, self._scale_to, processes)
+        self._at(0.0, self._sample, None)
+        try:
+            while self._heap and not self._done:
+                t, _, fn, arg = heapq.heappop(self._heap)
+                if t > self.s.seconds:
+                    self.now = self.s.seconds
+                    break
+                self.now = t
+                fn(arg)
+        finally:
+            self._pubsub.close()
+        return SimRun(
+            scenario=self.s.name,
+            policy=self.config.policy,
+            end=self.now,
+            requests=self.requests,
+            points=self.points,
+            script_calls=self.calls,
+        )
+
+    def _at(self, t: float, fn: Callable[[Any], None], arg: Any) -> None:
+        heapq.heappush(self._heap, (t, next(self._seq), fn, arg))
+
+    def _script(self, call: Call) -> Any:
+        self.calls += 1
+        return self.client.evalsha(self._shas[call.script], len(call.keys), *call.keys, *call.args)
+
+    def _sample(self, _: None) -> None:
+        st = self._state
+        self.points.append(
+            Point(
+                self.now,
+                self.s.capacity(self.now),
+                self._in_service,
+                st.current_limit if st else 0,
+                st.rate_limit_ceiling if st else 0,
+                self._queued,
+                self._tasks,
+            )
+        )
+        self._at(self.now + SAMPLE_SECONDS, self._sample, None)
+
+    def _add_processes(self, n: int, at: float) -> None:
+        first = self._tasks // self.s.tasks
+        for p in range(first, first + n):
+            for _ in range(self.s.tasks):
+                task = _Task(f"p{p}")
+                self._tasks += 1
+                # Spread the starts a little, as real processes start.
+                self._at(at + self._rng.uniform(0, 0.01), self._start_job, task)
+
+    def _scale_to(self, processes: int) -> None:
+        now_processes = self._tasks // self.s.tasks
+        if processes > now_processes:
+            self._add_processes(processes - now_processes, self.now)
+
+    # -- a caller --------------------------------------------------------------
+
+    def _start_job(self, task: _Task) -> None:
+        task.job_started = self.now
+        self._acquire(task)
+
+    def _acquire(self, task: _Task) -> None:
+        lease_id = self.core.new_lease_id(task.process)
+        task.call, task.ref = self.core.acquire_call(PROVIDER, MODEL, DOMAIN, EPOCH + self.now, lease_id, wait=True)
+        task.recheck = False
+        self._by_id[lease_id] = task
+        self._ask(task)
+
+    def _ask(self, task: _Task) -> None:
+        assert task.call is not None
+        assert task.ref is not None
+        call = task.call._replace(args=[_seconds(EPOCH + self.now), *task.call.args[1:]])
+        got = self.core.parse_acquire(task.ref, self._script(call))
+        self._state = got.state
+        if isinstance(got, Grant):
+            self._granted(task, self.latency.network)
+        else:
+            assert isinstance(got, Queued)
+            if not task.queued:
+                task.queued = True
+                self._queued += 1
+            if not task.recheck:
+                task.recheck = True
+                task.call, _ = self.core.acquire_call(
+                    PROVIDER, MODEL, DOMAIN, EPOCH + self.now, task.ref.lease_id, wait=True, recheck=True
+                )
+            poll = self.config.wait_poll_seconds
+            self._recheck_in(task, min(got.retry_in, poll) if got.retry_in > 0 else poll)
+        self._drain_wakeups()
+
+    def _recheck_in(self, task: _Task, seconds: float) -> None:
+        task.token += 1
+        self._at(self.now + seconds, self._recheck, (task, task.token))
+
+    def _recheck(self, arg: tuple[_Task, int]) -> None:
+        task, token = arg
+        if token == task.token:
+            self._ask(task)
+
+    def _granted(self, task: _Task, delay: float) -> None:
+        task.token += 1  # no re-check pending any more
+        if task.queued:
+            task.queued = False
+            self._queued -= 1
+        self._at(self.now + delay, self._arrive, task)
+
+    def _drain_wakeups(self) -> None:
+        """Hand-overs and cooldown notices the last script published, read up
+        to a PING so that none is left in flight."""
+        if self._queued == 0:
+            return
+        self._pubsub.ping()
+        while True:
+            message = self._pubsub.get_message(timeout=5)
+            if message is None:
+                raise RuntimeError("the wake-up channel went silent")
+            if message["type"] == "pong":
+                return
+            if message["type"] != "pmessage":
+                continue
+            text = as_str(message["data"])
+            task = self._by_id.get(text.split(" ", 1)[0])
+            if task is None or not task.queued:
+                continue
+            assert task.ref is not None
+            woke = self.core.parse_wake(task.ref, text)
+            if isinstance(woke, Grant):
+                self._state = woke.state
+                self._granted(task, self.latency.wake + self.latency.network)
+            else:
+                self._recheck_in(task, min(woke, self.config.wait_poll_seconds))
+
+    # -- the server --------------------------------------------------------------
+
+    def _arrive(self, task: _Task) -> None:
+        s, now = self.s, self.now
+        concurrency, capacity = self._in_service + 1, s.capacity(now)
+        refusal: tuple[int, float | None] | None = None
+        if self._forced and now >= self._forced[0][0]:
+            refusal = (429, self._forced.pop(0)[1])
+        elif concurrency > capacity:
+            refusal = (s.refusal_status, s.retry_after)
+        elif s.random_refusals and self._rng.random() < s.random_refusals:
+            refusal = (429, s.retry_after)
+        if refusal is not None:
+            self.requests.append(Request(now, now, refusal[0], concurrency, capacity))
+            self._at(now + self.latency.network, self._refused, (task, refusal[1]))
+            return
+        self._in_service += 1
+        seconds = s.service(self._rng)
+        self.requests.append(Request(now, now + seconds, 200, concurrency, capacity))
+        self._at(now + seconds + self.latency.network, self._served, task)
+        self._at(now + seconds + s.release_lag, self._free, None)
+
+    def _free(self, _: None) -> None:
+        self._in_service -= 1
+
+    def _served(self, task: _Task) -> None:
+        self._release(task, "success", None)
+        self._done_count += 1
+        if self.s.requests is not None and self._done_count >= self.s.requests:
+            self._done = True
+            return
+        self._at(self.now, self._start_job, task)
+
+    def _refused(self, arg: tuple[_Task, float | None]) -> None:
+        task, retry_after = arg
+        self._release(task, "rate_limited", retry_after)
+        # The caller honours Retry-After for the request that got it.
+        self._at(self.now + (retry_after or 0.0), self._acquire, task)
+
+    def _release(self, task: _Task, outcome: str, retry_after: float | None) -> None:
+        assert task.ref is not None
+        self._by_id.pop(task.ref.lease_id, None)
+        call = self.core.release_call(task.ref, outcome, retry_after, EPOCH + self.now)  # type: ignore[arg-type]
+        result = self.core.parse_release(task.ref, self._script(call))
+        if result.state is not None:
+            self._state = result.state
+        self._drain_wakeups()
+
+
+def _seconds(value: float) -> str:
+    return repr(float(value))
+
+
+# -- what a run shows ------------------------------------------------------------
+
+
+class Figures(msgspec.Struct, frozen=True):
+    scenario: str
+    policy: str
+    seconds: float
+    requests: int
+    served: int
+    refused: int
+    refused_share: float
+    """Refusals (429, or 503/529 for an overloaded server) among requests sent."""
+    caused_share: float
+    """Refusals because the fleet sent more than the capacity (not random or forced ones)."""
+    warmup_refused_share: float | None
+    goodput: float
+    """Share of the capacity the fleet's tasks could fill that went to requests served."""
+    steady_goodput: float | None
+    steady_refused_share: float | None
+    to_90: float | None
+    """Seconds from the step up until the server ran at 90% of the new capacity (over a second)."""
+    max_concurrency: int
+    count_share: float
+    """Requests served / (usable capacity x time / mean service): ``benchmarks/fleet.py``'s measure."""
+
+
+def figures(run: SimRun, s: Scenario) -> Figures:
+    """The figures of one run. Capacity counts only what the fleet's tasks
+    could fill (a fleet of 64 tasks cannot use a capacity of 96)."""
+    end, points, requests = run.end, run.points, run.requests
+
+    def usable(t0: float, t1: float) -> float:
+        """Slot-seconds the fleet could have kept busy in [t0, t1)."""
+        total = 0.0
+        for a, b in itertools.pairwise([*points, Point(end, 0, 0, 0, 0, 0, 0)]):
+            lo, hi = max(a.t, t0), min(b.t, t1)
+            if hi > lo:
+                total += min(a.capacity, a.tasks) * (hi - lo)
+        return total
+
+    def used(t0: float, t1: float) -> float:
+        return sum(
+            max(0.0, min(r.finished, t1) - max(r.arrived, t0))
+            for r in requests
+            if r.status == 200 and r.finished > t0 and r.arrived < t1
+        )
+
+    def refused_share(t0: float, t1: float) -> float | None:
+        sent = [r for r in requests if t0 <= r.arrived < t1]
+        return sum(1 for r in sent if r.status != 200) / len(sent) if sent else None
+
+    served = sum(1 for r in requests if r.status == 200 and r.finished <= end)
+    refused = sum(1 for r in requests if r.status != 200)
+    steady_goodput = steady_refused = None
+    if s.steady is not None and s.steady[1] <= end:
+        a, b = s.steady
+        steady_goodput = used(a, b) / usable(a, b)
+        steady_refused = refused_share(a, b)
+    to_90 = None
+    if s.step_up is not None:
+        window = round(1.0 / SAMPLE_SECONDS)
+        after = [p for p in points if p.t >= s.step_up]
+        for i in range(len(after) - window):
+            chunk = after[i : i + window]
+            target = 0.9 * min(chunk[0].capacity, chunk[0].tasks)
+            if sum(p.in_service for p in chunk) / window >= target:
+                to_90 = chunk[0].t - s.step_up
+                break
+    sent = len(requests)
+    return Figures(
+        scenario=s.name,
+        policy=run.policy,
+        seconds=end,
+        requests=sent,
+        served=served,
+        refused=refused,
+        refused_share=refused / sent if sent else 0.0,
+        caused_share=sum(1 for r in requests if r.over_capacity) / sent if sent else 0.0,
+        warmup_refused_share=refused_share(0.0, s.warmup) if s.warmup else None,
+        goodput=used(0.0, end) / usable(0.0, end),
+        steady_goodput=steady_goodput,
+        steady_refused_share=steady_refused,
+        to_90=to_90,
+        max_concurrency=max((r.concurrency for r in requests), default=0),
+        count_share=served / (usable(0.0, end) / s.mean_service),
+    )
+
+
+def simulate(
+    client: Any,
+    scenario: Scenario,
+    policy: str,
+    *,
+    namespace: str = "aimd-sim",
+    latency: Latency | None = None,
+) -> SimRun:
+    """Run ``scenario`` under ``policy`` with the scenario's settings."""
+    settings = {
+        "lease_ttl_seconds": 600.0,
+        "idle_ttl_seconds": 0.0,
+        "rampup_seconds": scenario.rampup_seconds,
+        **scenario.config,
+        "policy": policy,
+    }
+    config = ThrottleConfig(**settings)
+    return Simulation(client, scenario, config, namespace=namespace, latency=latency).run()
+
+
+def with_(scenario: Scenario, **changes: Any) -> Scenario:
+    return replace(scenario, **changes)
+
+
+# -- the scenarios ----------------------------------------------------------------
+
+SERVICE = 0.25
+
+SCENARIOS: Sequence[Scenario] = (
+    Scenario(
+        name="steady",
+        about="capacity 16 throughout; fleet 8x8 with peak 32 and a 10 s ramp",
+        seconds=120,
+        capacity=steps(16),
+        service=uniform(SERVICE),
+        mean_service=SERVICE,
+        rampup_seconds=10,
+        steady=(30, 120),
+    ),
+    Scenario(
+        name="cold-fast",
+        about="server warms 1 -> 16 over 10 s, faster than the fleet's 25 s ramp (the fleet benchmark's shape)",
+        seconds=90,
+        capacity=warming(16, 10),
+        service=uniform(SERVICE),
+        mean_service=SERVICE,
+        rampup_seconds=25,
+        warmup=10,
+        steady=(40, 90),
+    ),
+    Scenario(
+        name="cold-slow",
+        about="server warms 1 -> 16 over 40 s, slower than the fleet's 10 s ramp",
+        seconds=120,
+        capacity=warming(16, 40),
+        service=uniform(SERVICE),
+        mean_service=SERVICE,
+        rampup_seconds=10,
+        warmup=40,
+        steady=(60, 120),
+    ),
+    Scenario(
+        name="hiccup",
+        about="a warming server refuses three requests at 2 s, while the ramp is at 3",
+        seconds=90,
+        capacity=warming(16, 10),
+        service=uniform(SERVICE),
+        mean_service=SERVICE,
+        rampup_seconds=20,
+        forced=((2.0, 0.5), (2.05, 0.5), (2.1, 0.5)),
+        warmup=10,
+        steady=(30, 90),
+    ),
+    Scenario(
+        name="double",
+        about="capacity 16, doubled to 32 at 60 s (peak 64)",
+        seconds=150,
+        capacity=steps(16, (60, 32)),
+        service=uniform(SERVICE),
+        mean_service=SERVICE,
+        processes=8,
+        tasks=8,
+        peak=64,
+        rampup_seconds=10,
+        step_up=60,
+        steady=(90, 150),
+    ),
+    Scenario(
+        name="halve",
+        about="capacity 32, halved to 16 at 60 s (peak 64)",
+        seconds=150,
+        capacity=steps(32, (60, 16)),
+        service=uniform(SERVICE),
+        mean_service=SERVICE,
+        peak=64,
+        rampup_seconds=10,
+        steady=(90, 150),
+    ),
+    Scenario(
+        name="random-429",
+        about="capacity 16, and 0.5% of requests refused at random whatever the load",
+        seconds=120,
+        capacity=steps(16),
+        service=uniform(SERVICE),
+        mean_service=SERVICE,
+        rampup_seconds=10,
+        random_refusals=0.005,
+        steady=(30, 120),
+    ),
+    Scenario(
+        name="long-retry-after",
+        about="capacity 16; single requests refused with Retry-After 60 s at 30 s and 30 s at 80 s",
+        seconds=150,
+        capacity=steps(16),
+        service=uniform(SERVICE),
+        mean_service=SERVICE,
+        rampup_seconds=10,
+        forced=((30.0, 60.0), (80.0, 30.0)),
+        steady=(20, 150),
+    ),
+    Scenario(
+        name="overloaded-503",
+        about="capacity 16; above it the server answers 503 without Retry-After",
+        seconds=120,
+        capacity=steps(16),
+        service=uniform(SERVICE),
+        mean_service=SERVICE,
+        rampup_seconds=10,
+        retry_after=None,
+        refusal_status=503,
+        steady=(30, 120),
+    ),
+    Scenario(
+        name="overloaded-529",
+        about="capacity 16; above it the server answers 529 with Retry-After 1 s",
+        seconds=120,
+        capacity=steps(16),
+        service=uniform(SERVICE),
+        mean_service=SERVICE,
+        rampup_seconds=10,
+        retry_after=1.0,
+        refusal_status=529,
+        steady=(30, 120),
+    ),
+    Scenario(
+        name="scale-out",
+        about="capacity 96; the fleet grows from 8 to 64 processes (x8 tasks) at 30 s (peak 128)",
+        seconds=90,
+        capacity=steps(96),
+        service=uniform(SERVICE),
+        mean_service=SERVICE,
+        peak=128,
+        rampup_seconds=10,
+        scale=((30.0, 64),),
+        step_up=30,
+        steady=(50, 90),
+    ),
+    Scenario(
+        name="heavy-tail",
+        about="capacity 16 streams; lognormal service times, median 2 s, p99 about 20 s",
+        seconds=240,
+        capacity=steps(16),
+        service=lognormal(2.0, 1.0, 120.0),
+        mean_service=2.0 * math.exp(0.5),
+        rampup_seconds=10,
+        steady=(60, 240),
+    ),
+    Scenario(
+        name="release-race",
+        about="capacity 16; the server frees a slot 2 ms after the caller has its response",
+        seconds=120,
+        capacity=steps(16),
+        service=uniform(SERVICE),
+        mean_service=SERVICE,
+        rampup_seconds=10,
+        release_lag=0.002,
+        steady=(30, 120),
+    ),
+)
+
+BY_NAME = {s.name: s for s in SCENARIOS}

@@ -1,0 +1,252 @@
+-- The rules of the loop: how a domain's limit moves. This file is the whole
+-- algorithm; the operation scripts around it are plumbing (keys, leases, the
+-- queue, events), as a limiter keeps its limit algorithms apart.
+--
+-- A rule takes the domain d (its hash fields as numbers, see FIELDS), the
+-- time, the model's effective max and the caller's configuration cfg
+-- (policy, reduce_factor, additive_increase, success_window,
+-- ceiling_overshoot, rampup_seconds, ceiling_ttl, lease_ttl). It changes d
+-- and reports every change with emit(); it never calls Redis.
+
+local rules = {}
+
+-- On every touch, whatever the policy: the registered max is a hard cap (also
+-- over a hand-set current_limit), and a ceiling no 429 has confirmed for
+-- ceiling_ttl seconds is forgotten.
+function rules.refresh(domain, d, now, emax, ceiling_ttl)
+  if d.current_limit > emax then
+    emit(domain, 'clamp', d.current_limit, emax)
+    d.current_limit = emax
+  end
+  if d.rate_limit_ceiling > 0 and ceiling_ttl > 0
+      and now - d.ceiling_confirmed_at >= ceiling_ttl then
+    emit(domain, 'ceiling_forgotten', d.rate_limit_ceiling, 0)
+    d.rate_limit_ceiling = 0
+  end
+end
+
+-- The startup ramp: a linear climb from 1 to the effective max, for both
+-- policies. It runs on acquire and on success while rampup_active is 1.
+function rules.ramp(domain, d, now, emax, rampup_seconds)
+  if d.rampup_active ~= 1 then return end
+  local before = d.current_limit
+  local elapsed = math.max(0, now - d.rampup_started_at)
+  if rampup_seconds <= 0 or elapsed >= rampup_seconds then
+    d.current_limit = emax
+    d.rampup_active = 0
+    emit(domain, 'ramp_end', before, emax)
+  else
+    d.current_limit = math.min(emax, 1 + math.floor((emax - 1) * elapsed / rampup_seconds))
+    if d.current_limit ~= before then emit(domain, 'ramp', before, d.current_limit) end
+  end
+end
+
+-- A 429 ends the ramp for good, under both policies.
+local function stop_ramp(domain, d)
+  if d.rampup_active == 1 then
+    d.rampup_active = 0
+    emit(domain, 'ramp_stopped', d.current_limit, d.current_limit)
+  end
+end
+
+local function set_limit(domain, d, event, to)
+  if to ~= d.current_limit then
+    emit(domain, event, d.current_limit, to)
+    d.current_limit = to
+  end
+end
+
+-- == classic: additive increase, multiplicative decrease =====================
+--
+-- Each success_window successes add additive_increase, up to the soft cap; the
+-- first 429 of a cascade multiplies the limit by reduce_factor, records the
+-- limit it cut from as the ceiling and blocks the domain for the Retry-After.
+
+local classic = {}
+rules.classic = classic
+
+-- How far increases may go: the effective max, or a little above a known ceiling.
+function classic.soft_cap(d, emax, cfg)
+  local ceiling = d.rate_limit_ceiling
+  if ceiling == 0 then return emax end
+  return math.min(emax, ceiling + math.max(1, math.floor(ceiling * cfg.ceiling_overshoot)))
+end
+
+function classic.on_success(domain, d, now, emax, cfg)
+  d.consecutive_429s = 0
+  rules.ramp(domain, d, now, emax, cfg.rampup_seconds)
+  if d.rampup_active == 1 then
+    d.success_streak = 0
+    return
+  end
+  d.success_streak = d.success_streak + 1
+  if d.success_streak >= cfg.success_window then
+    local cap = classic.soft_cap(d, emax, cfg)
+    if d.current_limit < cap then
+      set_limit(domain, d, 'increase', math.min(cap, d.current_limit + cfg.additive_increase))
+    end
+    d.success_streak = 0
+  end
+end
+
+function classic.on_rate_limited(domain, d, now, emax, cfg, cooldown)
+  stop_ramp(domain, d)
+  d.blocked_until = now + cooldown
+  emit(domain, 'cooldown', now, d.blocked_until)
+  d.success_streak = 0
+  if d.consecutive_429s == 0 then  -- only the first 429 of a cascade cuts
+    local before = d.current_limit
+    set_limit(domain, d, 'decrease', math.max(1, math.floor(before * cfg.reduce_factor)))
+    if d.current_limit < before then
+      local ceiling = before
+      if d.rate_limit_ceiling > 0 then ceiling = math.min(d.rate_limit_ceiling, before) end
+      if ceiling ~= d.rate_limit_ceiling then
+        emit(domain, 'ceiling', d.rate_limit_ceiling, ceiling)
+        d.rate_limit_ceiling = ceiling
+      end
+    end
+  end
+  -- Any 429 confirms a known ceiling, which keeps it from being forgotten.
+  if d.rate_limit_ceiling > 0 then d.ceiling_confirmed_at = now end
+  d.consecutive_429s = d.consecutive_429s + 1
+end
+
+function classic.on_failure(domain, d)
+  -- A failure ends a 429 cascade only once the burst has drained.
+  if d.in_flight == 0 then d.consecutive_429s = 0 end
+end
+
+-- == adaptive: hold under the mark, probe it less often the longer it holds ==
+--
+-- A server that refuses above its capacity C answers the request that makes
+-- C+1 with a 429 and serves the rest. So a 429 marks a level (the ceiling,
+-- rate_limit_ceiling): the limit goes one below it and stays there, with no
+-- fleet-wide pause and no deep cut. After probe_after successes the limit
+-- probes the mark. A refused probe doubles probe_after (up to
+-- PROBE_AFTER_MAX_WINDOWS success windows): probing gets rarer the longer the
+-- capacity holds. A probe that holds (see held) proves the mark wrong: the
+-- mark is dropped, probe_after halves, and the limit climbs with a step
+-- (increase_step) that doubles each round, until a 429 sets a new mark.
+-- Below the mark the limit climbs back a step per quarter round.
+--
+-- A 429 under the mark is noise or a drop in capacity. At the level just
+-- under the mark, once that level has held, a first 429 is noise and changes
+-- nothing: were the capacity lower, the next request at that level would be
+-- refused too. Any other 429 under the mark lowers the mark to where it came,
+-- and the new mark is probed after a short wait. After PERSISTING_429S 429s
+-- with no request sent since a cut getting through (consecutive_429s), the
+-- cut is multiplicative (reduce_factor), and at limit 1 the fleet pauses for
+-- the Retry-After: only refusals that persist stop everyone.
+--
+-- A request sent before the last cut (a burst already in flight) is stale:
+-- its 429 takes the limit one lower, and counts nothing else. Successes move
+-- the limit only while the fleet uses it all (saturated). A round is as many
+-- successes as the limit, about one service time.
+
+local adaptive = {}
+rules.adaptive = adaptive
+
+local PROBE_AFTER_MAX_WINDOWS = 16
+local PERSISTING_429S = 3
+local NOISE_WINDOWS = 2
+
+-- The least wait before a probe: two rounds, at most a success window, so
+-- that a low limit is tested within seconds.
+local function probe_base(cfg, limit)
+  return math.min(cfg.success_window, 2 * limit)
+end
+
+-- Successes after which a level has held: a round, and at least probe_base.
+local function held(cfg, limit)
+  return math.max(limit, probe_base(cfg, limit))
+end
+
+local function set_mark(domain, d, mark)
+  if mark ~= d.rate_limit_ceiling then
+    emit(domain, 'ceiling', d.rate_limit_ceiling, mark)
+    d.rate_limit_ceiling = mark
+  end
+end
+
+function adaptive.on_success(domain, d, now, emax, cfg, fresh, saturated)
+  if fresh then d.consecutive_429s = 0 end
+  rules.ramp(domain, d, now, emax, cfg.rampup_seconds)
+  if d.rampup_active == 1 then
+    d.success_streak = 0
+    return
+  end
+  if not saturated then return end
+  d.success_streak = d.success_streak + 1
+  local limit, mark, streak = d.current_limit, d.rate_limit_ceiling, d.success_streak
+  if mark > 0 and limit < mark - 1 then
+    if streak >= math.max(1, math.floor(limit / 4)) then
+      set_limit(domain, d, 'increase', limit + 1)
+      d.success_streak = 0
+    end
+  elseif mark > 0 and limit == mark - 1 then
+    if streak >= math.max(d.probe_after, probe_base(cfg, limit)) then
+      set_limit(domain, d, 'probe', mark)
+      d.success_streak = 0
+    end
+  elseif limit < emax and streak >= (mark > 0 and held(cfg, limit) or limit) then
+    if mark > 0 then  -- the probe held: the mark was wrong, or the capacity grew
+      set_mark(domain, d, 0)
+      d.probe_after = math.max(probe_base(cfg, limit), math.floor(d.probe_after / 2))
+    end
+    local step = math.max(1, d.increase_step)
+    set_limit(domain, d, 'increase', math.min(emax, limit + step))
+    d.increase_step = math.min(2 * step, math.max(1, math.floor(d.current_limit / 4)))
+    d.success_streak = 0
+  end
+end
+
+function adaptive.on_rate_limited(domain, d, now, emax, cfg, cooldown, fresh, saturated)
+  stop_ramp(domain, d)
+  local before, mark, streak = d.current_limit, d.rate_limit_ceiling, d.success_streak
+  if not fresh then
+    if saturated then
+      set_limit(domain, d, 'decrease', math.max(1, before - 1))
+      if mark == 0 or mark > d.current_limit + 1 then set_mark(domain, d, d.current_limit + 1) end
+      d.success_streak, d.increase_step = 0, 1
+    end
+    return
+  end
+  if before > 1 and (mark == 0 or before >= mark) then
+    -- Expected: a probe of the mark, or the climb finding the capacity.
+    local base = probe_base(cfg, before)
+    d.probe_after = math.min(PROBE_AFTER_MAX_WINDOWS * cfg.success_window, 2 * math.max(d.probe_after, base))
+    set_mark(domain, d, before)
+    set_limit(domain, d, 'decrease', before - 1)
+    -- Back under a probed mark, the level has held already (the probe came
+    -- after it held).
+    d.success_streak = before == mark and NOISE_WINDOWS * cfg.success_window or 0
+  else
+    d.consecutive_429s = d.consecutive_429s + 1
+    local cost = NOISE_WINDOWS * cfg.success_window
+    if before == mark - 1 and streak >= cost and d.consecutive_429s == 1 then
+      d.success_streak = streak - cost  -- noise, as long as it stays rare
+      return
+    end
+    local persisting = d.consecutive_429s >= PERSISTING_429S
+    set_mark(domain, d, before)
+    if persisting then
+      set_limit(domain, d, 'decrease', math.max(1, math.floor(before * cfg.reduce_factor)))
+      d.success_streak = 0
+    else
+      set_limit(domain, d, 'decrease', math.max(1, before - 1))
+      -- Probe the new mark after a short wait, not the long one the old mark
+      -- had earned: it may have been noise twice over.
+      d.success_streak = math.max(0, d.probe_after - probe_base(cfg, d.current_limit))
+    end
+    if before == 1 and persisting then
+      d.blocked_until = math.max(d.blocked_until, now + cooldown)
+      emit(domain, 'cooldown', now, d.blocked_until)
+    end
+  end
+  d.ceiling_confirmed_at = now  -- requests sent before now are stale
+  d.increase_step = 1
+end
+
+function adaptive.on_failure(domain, d)
+  if d.in_flight == 0 then d.consecutive_429s = 0 end
+end
