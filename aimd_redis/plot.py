@@ -130,3 +130,58 @@ def plot_comparison(runs: Sequence[tuple[str, FleetRun]], path: Path, *, title: 
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_control(scenarios: Sequence[tuple[Any, Sequence[tuple[str, Any]]]], path: Path) -> Path:
+    """Simulated runs (``aimd_redis.simulator``): a row per scenario, a column per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = max(len(runs) for _, runs in scenarios)
+    fig, axes = plt.subplots(
+        len(scenarios), columns, figsize=(6.5 * columns, 2.1 * len(scenarios)), squeeze=False, constrained_layout=True
+    )
+    for row, (scenario, runs) in enumerate(scenarios):
+        ymax = 1.15 * max(max((p.capacity for p in run.points), default=1) for _, run in runs)
+        ymax = max(ymax, 1.15 * max(max((p.limit for p in run.points), default=1) for _, run in runs))
+        for col, (policy, run) in enumerate(runs):
+            ax = axes[row][col]
+            t = [p.t for p in run.points]
+            ax.fill_between(
+                t, [p.capacity for p in run.points], step="post", color=COLORS["capacity"], label="capacity"
+            )
+            ax.step(
+                t,
+                [p.in_service for p in run.points],
+                where="post",
+                color=COLORS["in_flight"],
+                lw=0.7,
+                label="in service",
+            )
+            ax.step(t, [p.limit for p in run.points], where="post", color=COLORS["limit"], lw=1.4, label="limit")
+            ax.step(
+                t,
+                [p.ceiling or float("nan") for p in run.points],
+                where="post",
+                color=COLORS["ceiling"],
+                lw=0.8,
+                ls=":",
+                label="ceiling",
+            )
+            refused = [r.arrived for r in run.requests if r.status != 200]
+            ax.plot(refused, [ymax * 0.02] * len(refused), "|", color=COLORS["429"], ms=6, label="429")
+            served = sum(1 for r in run.requests if r.status == 200)
+            share = len(refused) / max(1, len(run.requests))
+            ax.set_title(f"{scenario.name}, {policy}: {served:,} served, {share:.2%} 429s", fontsize=9)
+            ax.set_ylim(0, ymax)
+            ax.set_xlim(0, run.end)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+            if row == 0 and col == 0:
+                ax.legend(loc="lower right", fontsize=7, ncol=5)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=60)
+    plt.close(fig)
+    return path

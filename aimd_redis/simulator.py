@@ -110,6 +110,8 @@ class Scenario:
     """Stop once this many requests were served (as ``benchmarks/fleet.py`` does)."""
     steady: tuple[float, float] | None = None
     """A window in which capacity is stable, for the steady-state figures."""
+    goal: float = 0.9
+    """The share of capacity the adaptive policy should reach in the steady window."""
     warmup: float = 0.0
     """The server's warm-up (its 429s are counted apart)."""
     step_up: float | None = None
@@ -670,7 +672,8 @@ SCENARIOS: Sequence[Scenario] = (
     ),
     Scenario(
         name="release-race",
-        about="capacity 16; the server frees a slot 2 ms after the caller has its response",
+        about="capacity 16, but the server frees a slot 2 ms after the caller has its response, later than the "
+        "next request arrives: above 14 at once it refuses a few percent of requests",
         seconds=120,
         capacity=steps(16),
         service=uniform(SERVICE),
@@ -678,6 +681,9 @@ SCENARIOS: Sequence[Scenario] = (
         rampup_seconds=10,
         release_lag=0.002,
         steady=(30, 120),
+        # 14 of 16 is all a fleet can hold at under 1% 429s (measured with the
+        # registered peak at 14 and at 15).
+        goal=0.85,
     ),
 )
 
