@@ -479,8 +479,7 @@ def figures(run: SimRun, s: Scenario) -> Figures:
         after = [p for p in points if p.t >= s.step_up]
         for i in range(len(after) - window):
             chunk = after[i : i + window]
-            target = 0.9 * min(chunk[0].capacity, chunk[0].tasks)
-            if sum(p.in_service for p in chunk) / window >= target:
+            if sum(p.in_service for p in chunk) >= 0.9 * sum(min(p.capacity, p.tasks) for p in chunk):
                 to_90 = chunk[0].t - s.step_up
                 break
     sent = len(requests)

@@ -175,7 +175,7 @@ function adaptive.on_success(domain, d, now, emax, cfg, fresh, saturated)
     d.success_streak = 0
     return
   end
-  if not saturated then return end
+  if not saturated or d.current_limit >= emax then return end
   d.success_streak = d.success_streak + 1
   local limit, mark, streak = d.current_limit, d.rate_limit_ceiling, d.success_streak
   if mark > 0 and limit < mark - 1 then
@@ -188,7 +188,7 @@ function adaptive.on_success(domain, d, now, emax, cfg, fresh, saturated)
       set_limit(domain, d, 'probe', mark)
       d.success_streak = 0
     end
-  elseif limit < emax and streak >= (mark > 0 and held(cfg, limit) or limit) then
+  elseif streak >= (mark > 0 and held(cfg, limit) or limit) then
     if mark > 0 then  -- the probe held: the mark was wrong, or the capacity grew
       set_mark(domain, d, 0)
       d.probe_after = math.max(probe_base(cfg, limit), math.floor(d.probe_after / 2))

@@ -22,6 +22,8 @@ class RefDomain:
     rate_limit_ceiling: int = 0
     consecutive_429s: int = 0
     ceiling_confirmed_at: float = 0.0
+    probe_after: int = 0
+    increase_step: int = 0
     leases: dict[str, float] = field(default_factory=dict)
 
     def snapshot(self) -> dict[str, object]:
@@ -103,7 +105,12 @@ class RefModel:
         self._reap_and_refresh(d, now, emax)
         if lease_id not in d.leases:
             return False
-        del d.leases[lease_id]
+        granted_at = d.leases.pop(lease_id) - self.c.lease_ttl_seconds
+        if self.c.policy == "adaptive":
+            fresh = granted_at >= d.ceiling_confirmed_at
+            saturated = len(d.leases) + 1 >= d.current_limit
+            Adaptive(self.c, d, emax, now).release(outcome, retry_after, fresh, saturated)
+            return True
         if outcome == "success":
             d.consecutive_429s = 0
             self._ramp(d, now, emax)
@@ -134,3 +141,90 @@ class RefModel:
         elif not d.leases:
             d.consecutive_429s = 0
         return True
+
+
+class Adaptive:
+    """The adaptive policy, as the README describes it."""
+
+    MAX_WINDOWS = 16  # probe_after is at most this many success windows
+    PERSISTING = 3  # 429s with nothing sent since a cut getting through
+    NOISE_WINDOWS = 2  # success windows a 429 taken as noise uses up
+
+    def __init__(self, config: ThrottleConfig, d: RefDomain, emax: int, now: float) -> None:
+        self.c, self.d, self.emax, self.now = config, d, emax, now
+
+    def base(self, limit: int) -> int:
+        return min(self.c.success_window, 2 * limit)
+
+    def held(self, limit: int) -> int:
+        return max(limit, self.base(limit))
+
+    def release(self, outcome: str, retry_after: float | None, fresh: bool, saturated: bool) -> None:
+        d = self.d
+        if outcome == "success":
+            self.success(fresh, saturated)
+        elif outcome == "rate_limited":
+            d.rampup_active = False
+            self.rate_limited(self.c.cooldown_for(retry_after), fresh, saturated)
+        elif not d.leases:
+            d.consecutive_429s = 0
+
+    def success(self, fresh: bool, saturated: bool) -> None:
+        d = self.d
+        if fresh:
+            d.consecutive_429s = 0
+        RefModel(self.c)._ramp(d, self.now, self.emax)
+        if d.rampup_active:
+            d.success_streak = 0
+            return
+        if not saturated or d.current_limit >= self.emax:  # used in full, and never above the max
+            return
+        d.success_streak += 1
+        limit, mark = d.current_limit, d.rate_limit_ceiling
+        if mark and limit < mark - 1:  # back up under the mark, a step per quarter round
+            if d.success_streak >= max(1, limit // 4):
+                d.current_limit, d.success_streak = limit + 1, 0
+        elif mark and limit == mark - 1:  # just under the mark: probe it in time
+            if d.success_streak >= max(d.probe_after, self.base(limit)):
+                d.current_limit, d.success_streak = mark, 0
+        elif d.success_streak >= (self.held(limit) if mark else limit):
+            if mark:  # the probe held
+                d.rate_limit_ceiling = 0
+                d.probe_after = max(self.base(limit), d.probe_after // 2)
+            step = max(1, d.increase_step)
+            d.current_limit = min(self.emax, limit + step)
+            d.increase_step = min(2 * step, max(1, d.current_limit // 4))
+            d.success_streak = 0
+
+    def rate_limited(self, cooldown: float, fresh: bool, saturated: bool) -> None:
+        d = self.d
+        before, mark, streak = d.current_limit, d.rate_limit_ceiling, d.success_streak
+        if not fresh:  # one of a burst sent before the last cut
+            if saturated:
+                d.current_limit = max(1, before - 1)
+                if not mark or mark > d.current_limit + 1:
+                    d.rate_limit_ceiling = d.current_limit + 1
+                d.success_streak, d.increase_step = 0, 1
+            return
+        if before > 1 and (not mark or before >= mark):  # a probe refused, or the climb's end
+            d.probe_after = min(self.MAX_WINDOWS * self.c.success_window, 2 * max(d.probe_after, self.base(before)))
+            d.rate_limit_ceiling, d.current_limit = before, before - 1
+            d.success_streak = self.NOISE_WINDOWS * self.c.success_window if before == mark else 0
+        else:
+            d.consecutive_429s += 1
+            cost = self.NOISE_WINDOWS * self.c.success_window
+            if before == mark - 1 and streak >= cost and d.consecutive_429s == 1:
+                d.success_streak = streak - cost  # noise
+                return
+            persisting = d.consecutive_429s >= self.PERSISTING
+            d.rate_limit_ceiling = before
+            if persisting:
+                d.current_limit = max(1, math.floor(before * self.c.reduce_factor))
+                d.success_streak = 0
+            else:
+                d.current_limit = max(1, before - 1)
+                d.success_streak = max(0, d.probe_after - self.base(d.current_limit))
+            if before == 1 and persisting:
+                d.blocked_until = max(d.blocked_until, self.now + cooldown)
+        d.ceiling_confirmed_at = self.now
+        d.increase_step = 1

@@ -27,6 +27,7 @@ RETRY_AFTER = st.sampled_from([None, 0.5, 3.0, -1.0, 0.0, math.nan, math.inf])
 
 CONFIGS = st.builds(
     ThrottleConfig,
+    policy=st.sampled_from(["classic", "adaptive"]),
     reduce_factor=st.sampled_from([0.5, 0.75, 0.9]),
     additive_increase=st.integers(1, 3),
     success_window=st.integers(1, 4),
