@@ -180,6 +180,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         warmup_seconds=args.warmup,
         rampup_seconds=args.rampup,
         time_scale=args.time_scale,
+        policy=args.policy,
         plot=None if args.plot == "" else Path(args.plot),
     )
     return run(args.demo_url, settings)
@@ -261,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--warmup", type=float, default=d.warmup_seconds, help="server warm-up in seconds")
     demo.add_argument("--rampup", type=float, default=d.rampup_seconds, help="the fleet's startup ramp in seconds")
     demo.add_argument("--time-scale", type=float, default=d.time_scale, help="multiply every duration by this")
+    demo.add_argument("--policy", choices=("classic", "adaptive"), default=d.policy, help="the loop's rules")
     demo.add_argument("--plot", default=str(d.plot), help="where to write the PNG ('' for none)")
 
     soak = add("soak", cmd_soak, "run a fleet under faults (kills, a Redis restart, errors) and check nothing leaked")

@@ -57,6 +57,9 @@ class ServerSettings:
     retry_after_seconds: float = 0.5
     """The wait a 429 asks for."""
     retry_after_form: RetryAfterForm = "openai"
+    refusal_status: int = 429
+    """What a request above capacity is answered with: 429, or 503 or 529 for a
+    server that says "overloaded" (its Retry-After headers are the same)."""
     cold_after_seconds: float | None = None
     """Scale to zero after this long without traffic (the next request finds it cold); None never."""
     error_rate: float = 0.0
@@ -72,6 +75,8 @@ class ServerSettings:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+        if self.refusal_status not in (429, 503, 529):
+            raise ValueError(f"refusal_status must be 429, 503 or 529, not {self.refusal_status!r}")
         if self.retry_after_form not in ("openai", "seconds", "date", "none"):
             raise ValueError(f"retry_after_form must be openai, seconds, date or none, not {self.retry_after_form!r}")
         for name in ("error_rate", "reject_rate"):
@@ -251,6 +256,7 @@ class ColdServer:
     def stats(self) -> ServerStats:
         s = self._state
         counts = dict(s.by_status)  # a copy: the server's thread keeps counting
+        refusals = {429, self.settings.refusal_status}
         now = s.clock()
         return ServerStats(
             elapsed=now,
@@ -259,14 +265,14 @@ class ColdServer:
             in_service=s.in_service,
             requests=sum(counts.values()),
             served=counts.get(200, 0),
-            rejected=counts.get(429, 0),
-            errors=sum(n for status, n in counts.items() if status >= 500),
+            rejected=sum(n for status, n in counts.items() if status in refusals),
+            errors=sum(n for status, n in counts.items() if status >= 500 and status not in refusals),
             max_concurrency=s.max_concurrency,
         )
 
     # -- handlers ----------------------------------------------------------
 
-    def _too_many(self) -> web.Response:
+    def _too_many(self, status: int = 429) -> web.Response:
         wait = self.settings.retry_after_seconds
         form = self.settings.retry_after_form
         headers: dict[str, str] = {}
@@ -276,14 +282,21 @@ class ColdServer:
             headers = {"Retry-After": f"{wait:g}"}
         elif form == "date":
             headers = {"Retry-After": email.utils.formatdate(time.time() + wait, usegmt=True)}
-        body = {"error": {"message": "Too many requests, retry later", "type": "rate_limit_error", "code": 429}}
-        return web.json_response(body, status=429, headers=headers)
+        if status == 429:
+            error = {"message": "Too many requests, retry later", "type": "rate_limit_error", "code": 429}
+        else:
+            error = {"message": "The server is overloaded, retry later", "type": "overloaded_error", "code": status}
+        return web.json_response({"error": error}, status=status, headers=headers)
 
     async def _serve(self, request: web.Request, mean_seconds: float, respond: Responder) -> web.StreamResponse:
         s = self._state
         arrived = s.clock()
         concurrency, capacity = s.arrive(arrived)
-        if concurrency > capacity or (self.settings.reject_rate and s.rng.random() < self.settings.reject_rate):
+        if concurrency > capacity:
+            status = self.settings.refusal_status
+            s.record(Record(arrived, arrived, request.path, concurrency, capacity, status))
+            return self._too_many(status)
+        if self.settings.reject_rate and s.rng.random() < self.settings.reject_rate:
             s.record(Record(arrived, arrived, request.path, concurrency, capacity, 429))
             return self._too_many()
         s.in_service += 1

@@ -5,12 +5,16 @@ through the httpx transport, sharing one limit in Redis. The run has three
 acts, each a promise of the shared loop:
 
 1. Cold start. The server warms from 1 to 16 requests at once over 8 s; the
-   fleet's ramp (1 to 32 over 20 s) stays under it, then AIMD finds 16.
-2. Scale-out. The server is raised to 24. The ceiling learned at 16 stops
-   pinning the fleet once no 429 has confirmed it for ``ceiling_ttl``.
+   fleet's ramp (1 to 32 over 20 s) stays under it, then the loop finds 16.
+2. Scale-out. The server is raised to 24. The adaptive loop's next probe
+   finds the room and climbs to it (the classic loop waits until no 429
+   has confirmed its ceiling for ``ceiling_ttl``).
 3. Idle and back. The fleet pauses past ``idle_ttl``: Redis forgets the
    domain and the server scales to zero. The returning fleet ramps again
    instead of bursting into the cold server.
+
+The fleet uses ``policy="adaptive"``, the one ``benchmarks/control.py`` and
+``benchmarks/fleet.py`` show winning; ``--policy classic`` runs the brief's.
 
 Times are scaled by ``--time-scale`` (the tests run it at a quarter).
 """
@@ -21,7 +25,7 @@ import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from aimd_redis.config import ThrottleConfig
 from aimd_redis.embedded import EmbeddedRedis
@@ -44,11 +48,14 @@ class DemoSettings:
     rampup_seconds: float = 20.0
     service_seconds: float = 0.25
     time_scale: float = 1.0
+    policy: Literal["classic", "adaptive"] = "adaptive"
     plot: Path | None = Path("aimd-redis-demo.png")
 
     def __post_init__(self) -> None:
         if not self.time_scale > 0:
             raise ValueError(f"time_scale must be above 0, not {self.time_scale}")
+        if self.policy not in ("classic", "adaptive"):
+            raise ValueError(f"policy must be classic or adaptive, not {self.policy!r}")
 
     def seconds(self, at: float) -> float:
         return at * self.time_scale
@@ -60,11 +67,13 @@ SCALE_OUT_AT, IDLE_AT, BACK_AT, END_AT = 20.0, 34.0, 44.0, 62.0
 
 
 def _config(d: DemoSettings) -> ThrottleConfig:
-    # Short TTLs so that a minute shows what takes minutes in production.
+    # Short TTLs so that a minute shows what takes minutes in production. The
+    # classic loop needs a short ceiling ttl to see the scale-out at all.
     return ThrottleConfig(
+        policy=d.policy,
         rampup_seconds=d.seconds(d.rampup_seconds),
         cooldown_seconds=d.seconds(0.5),
-        ceiling_ttl_seconds=d.seconds(6.0),
+        ceiling_ttl_seconds=d.seconds(6.0) if d.policy == "classic" else 300.0,
         lease_ttl_seconds=d.seconds(5.0),
         idle_ttl_seconds=d.seconds(5.0),
         wait_poll_seconds=d.seconds(2.0),
@@ -122,8 +131,8 @@ def _run(url: str, server: ColdServer, d: DemoSettings) -> int:
     )
     print(
         f"Fleet: {d.processes} processes x {d.tasks} tasks, one limit in Redis (namespace {fleet.namespace!r}): "
-        f"peak {d.peak}, ramp {fleet.config.rampup_seconds:g}s, ceiling ttl {fleet.config.ceiling_ttl_seconds:g}s, "
-        f"idle ttl {fleet.config.idle_ttl_seconds:g}s\n"
+        f"policy {d.policy}, peak {d.peak}, ramp {fleet.config.rampup_seconds:g}s, "
+        f"ceiling ttl {fleet.config.ceiling_ttl_seconds:g}s, idle ttl {fleet.config.idle_ttl_seconds:g}s\n"
     )
     timeline = [
         (d.seconds(SCALE_OUT_AT), f"server scaled out to {d.scaled_peak}", scale_to(d.scaled_peak)),
@@ -149,14 +158,17 @@ def _run(url: str, server: ColdServer, d: DemoSettings) -> int:
     result = run_fleet(url, server, fleet, seconds=end, timeline=timeline, progress=progress, on_mark=mark)
     summary = summarize(result, warmup_seconds=s.warmup_seconds, service_seconds=s.service_seconds, peak=s.peak)
     print("\nSummary")
-    print(summary_table([("shared limit", summary)]))
+    print(summary_table([(f"shared limit, {d.policy}", summary)]))
     print("\nWhat happened")
     for line in story(result, d):
         print(f"  {line}")
     if d.plot is not None:
         from aimd_redis.plot import plot_run
 
-        title = f"{d.processes} processes x {d.tasks} tasks sharing one AIMD limit in Redis, against a cold server"
+        title = (
+            f"{d.processes} processes x {d.tasks} tasks sharing one limit in Redis ({d.policy} policy), "
+            "against a cold server"
+        )
         print(f"\nPlot: {plot_run(result, d.plot, title=title, peak=d.peak)}")
     healthy = summary.failed_workers == 0 and summary.leases_left == 0 and summary.max_concurrency <= d.peak
     return 0 if healthy else 1
@@ -175,12 +187,21 @@ def story(run: FleetRun, d: DemoSettings) -> list[str]:
         at = first.arrived - run.started
         found = f"the first at {at:.1f}s, {first.concurrency} requests against capacity {first.capacity}"
     lines.append(f"cold start: {cold} 429s while the server warmed up (first {warmup:g}s); {found}")
-    forgotten = _ceiling_forgotten(run.samples, after=d.seconds(SCALE_OUT_AT))
-    top = max((x.limit or 0 for x in run.samples if d.seconds(SCALE_OUT_AT) <= x.t < d.seconds(IDLE_AT)), default=0)
+    scale_out, idle = d.seconds(SCALE_OUT_AT), d.seconds(IDLE_AT)
+    # Under the adaptive policy a ceiling is dropped when a probe holds, which is how it finds the room.
+    forgotten = _ceiling_forgotten(run.samples, after=scale_out) if d.policy == "classic" else None
+    act = [x for x in run.samples if scale_out <= x.t < idle]
+    top = max((x.limit or 0 for x in act), default=0)
+    reached = next((x.t for x in act if (x.limit or 0) >= d.scaled_peak), None)
     lines.append(
         "scale-out: "
-        + (f"the old ceiling was forgotten at {forgotten:.1f}s" if forgotten is not None else "the ceiling was kept")
-        + f"; the limit then reached {top} (server peak now {d.scaled_peak})"
+        + (f"the old ceiling was forgotten at {forgotten:.1f}s; " if forgotten is not None else "")
+        + (
+            f"the limit reached the new capacity {d.scaled_peak} at {reached:.1f}s, "
+            f"{reached - scale_out:.1f}s after it grew"
+            if reached is not None
+            else f"the limit reached {top} of the new capacity {d.scaled_peak}"
+        )
     )
     gone = next((x.t for x in run.samples if d.seconds(IDLE_AT) < x.t < back and x.limit is None), None)
     rejected_back = sum(1 for t in rejected if back <= t < back + warmup)

@@ -2,14 +2,16 @@
 ``aimd-redis demo`` and ``benchmarks/fleet.py`` run (extra ``demo``).
 
 Each of ``processes`` spawned processes runs ``tasks`` asyncio tasks that
-post chat completions until the work is done or the run is stopped. A 429 is
-retried; how the fleet holds back depends on the strategy:
+post chat completions until the work is done or the run is stopped. A
+refused request is retried after the Retry-After it was given, as the
+provider SDKs do; how the fleet holds back otherwise depends on the strategy:
 
-- ``shared``: one AIMD loop in Redis for the whole fleet (this library);
+- ``shared``: one loop in Redis for the whole fleet (this library; the
+  configuration's ``policy`` chooses its rules);
 - ``per-process``: the same loop, but each process in its own namespace, as
   if every process ran an in-process AIMD throttle;
 - ``fixed``: no adaptive limit, each process capped at ``peak`` requests at
-  once and sleeping out the server's Retry-After after a 429.
+  once.
 
 The parent samples the server and Redis five times a second, prints a line
 of progress every second and returns everything the server recorded.
@@ -196,9 +198,11 @@ async def _task(client: httpx.AsyncClient, gate: asyncio.Semaphore | None, contr
                 continue
             if response.status_code == 200:
                 break
-            if response.status_code == 429 and gate is not None:
-                # Without a throttle, the caller honours Retry-After itself.
-                await asyncio.sleep(retry_after_seconds(response.headers) or 1.0)
+            if response.status_code == 429:
+                # The request that was refused waits what it was told; a
+                # throttle decides what the rest of the fleet does.
+                wait = retry_after_seconds(response.headers)
+                await asyncio.sleep(wait if wait is not None else (1.0 if gate is not None else 0.0))
 
 
 # -- the parent --------------------------------------------------------------
@@ -280,6 +284,7 @@ def run_fleet(
             "peak": s.peak,
             "requests": s.requests,
             "rampup_seconds": s.config.rampup_seconds,
+            "policy": s.config.policy,
         },
         started=started,
         samples=samples,

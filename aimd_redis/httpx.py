@@ -9,7 +9,9 @@ outcome when the response is closed, so a streamed response holds its slot
 until the caller is done with it. A 429 reports ``rate_limited`` with the
 server's ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date); a
 5xx or a transport error reports ``failure``; anything else ``success``.
-The transports never retry a 429 themselves.
+Servers that say "overloaded" otherwise (503, Anthropic's 529) can be
+counted as rate-limited too (``rate_limited_statuses``). The transports
+never retry a refused request themselves.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from typing import NamedTuple
 
 import httpx
@@ -97,8 +99,20 @@ def retry_after_seconds(headers: httpx.Headers, now: float | None = None) -> flo
     return when.timestamp() - (time.time() if now is None else now)
 
 
-def _outcome(status_code: int) -> str:
-    if status_code == 429:
+#: Statuses reported as rate-limited unless a transport is told otherwise.
+RATE_LIMITED_STATUSES = frozenset({429})
+
+
+def _rate_limited_statuses(statuses: Collection[int]) -> frozenset[int]:
+    found = frozenset(statuses)
+    bad = sorted(repr(v) for v in found if isinstance(v, bool) or not isinstance(v, int) or not 400 <= v <= 599)
+    if bad or not found:
+        raise ValueError(f"rate_limited_statuses must be HTTP error statuses (400-599), not {', '.join(bad) or 'none'}")
+    return found
+
+
+def _outcome(status_code: int, rate_limited: frozenset[int]) -> str:
+    if status_code in rate_limited:
         return "rate_limited"
     if status_code >= 500:
         return "failure"
@@ -147,7 +161,11 @@ class _AsyncReportingStream(httpx.AsyncByteStream):
 
 
 class AimdTransport(httpx.BaseTransport):
-    """Sync transport: one slot of ``throttle`` per routed request."""
+    """Sync transport: one slot of ``throttle`` per routed request.
+
+    ``rate_limited_statuses`` are the statuses reported as rate-limited
+    (default 429 alone; add 503 or 529 for servers that answer those when
+    overloaded); other 5xx are failures."""
 
     def __init__(
         self,
@@ -156,8 +174,10 @@ class AimdTransport(httpx.BaseTransport):
         *,
         router: Router | None = None,
         acquire_timeout: float | None = None,
+        rate_limited_statuses: Collection[int] = RATE_LIMITED_STATUSES,
     ) -> None:
         self._throttle = throttle
+        self._rate_limited = _rate_limited_statuses(rate_limited_statuses)
         self._inner = transport if transport is not None else httpx.HTTPTransport()
         self._route = router if router is not None else openai_router()
         self._timeout = acquire_timeout
@@ -172,7 +192,7 @@ class AimdTransport(httpx.BaseTransport):
         except BaseException:
             lease.failure()
             raise
-        outcome, wait = _outcome(response.status_code), retry_after_seconds(response.headers)
+        outcome, wait = _outcome(response.status_code, self._rate_limited), retry_after_seconds(response.headers)
 
         def report(broken: bool) -> None:
             _report(lease, "failure" if broken else outcome, wait)
@@ -199,8 +219,10 @@ class AsyncAimdTransport(httpx.AsyncBaseTransport):
         *,
         router: Router | None = None,
         acquire_timeout: float | None = None,
+        rate_limited_statuses: Collection[int] = RATE_LIMITED_STATUSES,
     ) -> None:
         self._throttle = throttle
+        self._rate_limited = _rate_limited_statuses(rate_limited_statuses)
         self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
         self._route = router if router is not None else openai_router()
         self._timeout = acquire_timeout
@@ -215,7 +237,7 @@ class AsyncAimdTransport(httpx.AsyncBaseTransport):
         except BaseException:
             await lease.failure()
             raise
-        outcome, wait = _outcome(response.status_code), retry_after_seconds(response.headers)
+        outcome, wait = _outcome(response.status_code, self._rate_limited), retry_after_seconds(response.headers)
 
         async def report(broken: bool) -> None:
             await _areport(lease, "failure" if broken else outcome, wait)

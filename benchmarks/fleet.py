@@ -1,25 +1,28 @@
-"""Three ways for a fleet to call one cold, rate-limited server, in one run.
+"""Ways for a fleet to call one cold, rate-limited server, in one run.
 
     pip install -e '.[demo]'
     python benchmarks/fleet.py [--url redis://...] [--requests 2000] [--plot docs/fleet-comparison.png]
 
 Each strategy gets a fresh cold server (capacity 1 -> 16 over 10 s, 250 ms a
 request, 429 with Retry-After above capacity) and must get ``--requests``
-chat completions served, retrying every 429:
+chat completions served. Every refused request is retried after its
+Retry-After, as the provider SDKs do:
 
-- fixed:        8 processes x 8 tasks, no adaptive limit, each process capped
-                at the peak (32), sleeping out Retry-After after a 429;
-- per-process:  8 x 8, AIMD with the ramp, but each process in its own
-                namespace: the in-process design, eight loops;
-- shared:       8 x 8, one AIMD loop in Redis for the fleet;
-- one process:  1 x 64, the same shared loop, as the reference for the shared
-                loop's 429 rate.
+- fixed:            8 processes x 8 tasks, no adaptive limit, each process
+                    capped at the peak (32);
+- per-process:      8 x 8, the classic loop with the ramp, but each process in
+                    its own namespace: the in-process design, eight loops;
+- shared classic:   8 x 8, one loop in Redis for the fleet, classic rules;
+- shared adaptive:  the same with ``policy="adaptive"``;
+- one process:      1 x 64 on the shared classic loop, the reference for the
+                    shared loop's 429 rate.
 
 The throttled strategies register a peak of 32 with a 25 s ramp, slower than
 the server's warm-up. The summary prints 429s (all, and in the warm-up),
 goodput against what the server could serve, makespan, the highest
 concurrency the server saw and when the fleet first used the server's full
-peak, then checks the shared loop against its targets.
+peak. The control simulator (``aimd_redis/simulator.py``) then runs the same
+shape for both shared policies in simulated time, and the two are compared.
 """
 
 from __future__ import annotations
@@ -29,19 +32,28 @@ import sys
 import time
 from pathlib import Path
 
+import redis
+
 from aimd_redis import ThrottleConfig
 from aimd_redis.coldserver import ColdServer, ServerSettings
 from aimd_redis.embedded import EmbeddedRedis
 from aimd_redis.fleet import FleetRun, FleetSettings, Sample, Summary, run_fleet, summarize, summary_table
+from aimd_redis.simulator import BY_NAME, Figures, figures, simulate, with_
 
 SERVER = ServerSettings(peak=16, warmup_seconds=10.0, service_seconds=0.25, retry_after_seconds=0.5)
 PEAK, RAMP = 32, 25.0
+#: (name, strategy, processes, tasks, policy)
 RUNS = [
-    ("fixed", "fixed", 8, 8),
-    ("per-process", "per-process", 8, 8),
-    ("shared", "shared", 8, 8),
-    ("one process", "shared", 1, 64),
+    ("fixed", "fixed", 8, 8, "classic"),
+    ("per-process", "per-process", 8, 8, "classic"),
+    ("shared classic", "shared", 8, 8, "classic"),
+    ("shared adaptive", "shared", 8, 8, "adaptive"),
+    ("one process", "shared", 1, 64, "classic"),
 ]
+#: The simulator's scenario of the same shape (server, fleet, peak, ramp).
+SIMULATED = "cold-fast"
+#: How close the simulation must come to the real run: points of goodput, and of 429 share.
+GOODPUT_TOLERANCE, REFUSED_TOLERANCE = 0.05, 0.005
 
 
 def main() -> int:
@@ -60,16 +72,17 @@ def main() -> int:
         f"{args.requests} requests per strategy\n"
     )
     results: list[tuple[str, FleetRun, Summary]] = []
+    simulated: dict[str, Figures] = {}
     try:
-        for name, strategy, processes, tasks in RUNS:
+        for name, strategy, processes, tasks, policy in RUNS:
             settings = FleetSettings(
                 processes=processes,
                 tasks=tasks,
                 strategy=strategy,  # type: ignore[arg-type]
                 peak=PEAK,
                 requests=args.requests,
-                config=ThrottleConfig(rampup_seconds=RAMP),
-                namespace=f"fleet-bench-{strategy}-{processes}-{int(time.time())}",
+                config=ThrottleConfig(rampup_seconds=RAMP, policy=policy),  # type: ignore[arg-type]
+                namespace=f"fleet-bench-{strategy}-{policy}-{processes}-{int(time.time())}",
             )
             print(f"{name} ({processes}x{tasks}): ", end="", flush=True)
             with ColdServer(SERVER) as server:
@@ -84,6 +97,14 @@ def main() -> int:
             )
             print(f"done in {summary.seconds:.1f}s")
             results.append((name, run, summary))
+        print("simulated, same shape: ", end="", flush=True)
+        client = redis.Redis.from_url(url)
+        scenario = with_(BY_NAME[SIMULATED], requests=args.requests, seconds=10 * args.requests)
+        for policy in ("classic", "adaptive"):
+            simulated[policy] = figures(simulate(client, scenario, policy, namespace="fleet-bench-sim"), scenario)
+            print(f"{policy} ", end="", flush=True)
+        client.close()
+        print("done")
     finally:
         if embedded is not None:
             embedded.close()
@@ -91,14 +112,35 @@ def main() -> int:
     print()
     print(summary_table([(name, m) for name, _, m in results]))
     by_name = {name: m for name, _, m in results}
-    shared, single, per = by_name["shared"], by_name["one process"], by_name["per-process"]
+    shared, single, per = by_name["shared classic"], by_name["one process"], by_name["per-process"]
+    adaptive = by_name["shared adaptive"]
     ratio = shared.rejected_rate / single.rejected_rate if single.rejected_rate else float("inf")
     checks = [
         (f"shared 429 rate {shared.rejected_rate:.2%}, 1x64 {single.rejected_rate:.2%}: x{ratio:.2f}", ratio <= 1.5),
         (f"shared 429s in warm-up {shared.warmup_rate:.2%} (under 1%)", shared.warmup_rate < 0.01),
         (f"shared max concurrency {shared.max_concurrency} (at most the peak {PEAK})", shared.max_concurrency <= PEAK),
         (f"per-process AIMD: {per.rejected:,} 429s, x{per.rejected / max(1, shared.rejected):.1f} the shared", True),
+        (
+            f"adaptive: {adaptive.oracle_share:.0%} of capacity at {adaptive.rejected_rate:.2%} 429s "
+            "(at least 90%, at most 1%)",
+            adaptive.oracle_share >= 0.9 and adaptive.rejected_rate <= 0.01,
+        ),
     ]
+    print("\nThe simulator against the real run (same shape, same number of requests):")
+    for policy, real in (("classic", shared), ("adaptive", adaptive)):
+        sim = simulated[policy]
+        dg, dr = sim.count_share - real.oracle_share, sim.refused_share - real.rejected_rate
+        print(
+            f"  {policy:8}  real {real.oracle_share:.1%} of capacity, {real.rejected_rate:.2%} 429s, "
+            f"{real.seconds:.1f}s;  simulated {sim.count_share:.1%}, {sim.refused_share:.2%}, {sim.seconds:.1f}s"
+        )
+        checks.append(
+            (
+                f"simulated {policy}: goodput {100 * dg:+.1f} points, 429 share {100 * dr:+.2f} points from the "
+                f"real run (within {100 * GOODPUT_TOLERANCE:g} and {100 * REFUSED_TOLERANCE:g})",
+                abs(dg) <= GOODPUT_TOLERANCE and abs(dr) <= REFUSED_TOLERANCE,
+            )
+        )
     print()
     for text, ok in checks:
         print(f"  {'ok  ' if ok else 'MISS'} {text}")
@@ -106,7 +148,9 @@ def main() -> int:
     from aimd_redis.plot import plot_comparison
 
     title = f"{args.requests} requests each, cold server: capacity 1 -> {SERVER.peak} over {SERVER.warmup_seconds:g}s"
-    panels = [(f"{n} ({m.shape}): {m.rejected:,} 429s, {m.seconds:.0f}s", run) for n, run, m in results]
+    panels = [
+        (f"{n} ({m.shape}): {m.rejected:,} 429s, {m.seconds:.0f}s, {m.oracle_share:.0%}", run) for n, run, m in results
+    ]
     path = plot_comparison(panels, args.plot, title=title, peak=PEAK)
     print(f"\nPlot: {path}")
     return 0 if all(ok for _, ok in checks) else 1

@@ -110,6 +110,7 @@ def test_the_demo_runs_end_to_end(real_redis_url: str, tmp_path: Path) -> None:
     assert "failed workers" in out
     assert "cold start: 0 429s" in out
     assert "Redis forgot the domain" in out  # the idle act: the state expired, the ramp starts again
-    assert "the old ceiling was forgotten" in out  # the scale-out act
+    assert "policy adaptive" in out
+    assert "the limit reached the new capacity 10" in out  # the scale-out act: the probes found it
     assert "Traceback" not in done.stderr
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

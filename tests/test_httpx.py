@@ -98,6 +98,47 @@ def test_a_429_reports_rate_limited_with_the_servers_wait(
         assert server.stats().rejected == 1  # never retried by the transport
 
 
+@pytest.mark.parametrize("status", [503, 529])
+def test_an_overloaded_answer_counts_as_rate_limited_when_the_transport_is_told(
+    throttle: Throttle, status: int
+) -> None:
+    with (
+        cold_server(peak=1, service_seconds=2.0, refusal_status=status, retry_after_seconds=3.0) as server,
+        httpx.Client(
+            transport=AimdTransport(throttle, router=openai_router("local"), rate_limited_statuses={429, status}),
+            base_url=server.url,
+        ) as client,
+        client.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True}) as first,
+    ):
+        lines = first.iter_lines()
+        next(lines)  # the server is busy with this one: capacity 1
+        response = client.post("/v1/chat/completions", json=BODY)
+        assert response.status_code == status
+        assert response.json()["error"]["type"] == "overloaded_error"
+        s = _state(throttle)
+        assert (s.consecutive_429s, s.current_limit, s.rate_limit_ceiling) == (1, 4, 8)
+        assert server.stats().rejected == 1
+
+
+def test_an_overloaded_answer_is_a_failure_by_default(throttle: Throttle) -> None:
+    with (
+        cold_server(peak=1, service_seconds=2.0, refusal_status=503) as server,
+        _client(throttle, server.url) as client,
+        client.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True}) as first,
+    ):
+        lines = first.iter_lines()
+        next(lines)
+        assert client.post("/v1/chat/completions", json=BODY).status_code == 503
+        s = _state(throttle)
+        assert (s.consecutive_429s, s.current_limit, s.rate_limit_ceiling) == (0, 8, 0)
+
+
+def test_rate_limited_statuses_must_be_error_statuses(throttle: Throttle) -> None:
+    for bad in ([200], [], ["503"], [True]):
+        with pytest.raises(ValueError, match="rate_limited_statuses"):
+            AimdTransport(throttle, rate_limited_statuses=bad)  # type: ignore[arg-type]
+
+
 def test_5xx_and_connection_errors_report_failure(throttle: Throttle, server: ColdServer) -> None:
     with _client(throttle, server.url) as client:
         client.post("/v1/chat/completions", json=BODY)  # a success: failures neither add to nor reset the streak
