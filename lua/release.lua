@@ -69,21 +69,19 @@ if err then return redis.error_reply(err) end
 local q = queue_of(KEYS[6], KEYS[7], KEYS[8], KEYS[3], wake_prefix, publish, idle_ms)
 local released, granted_at = 0, nil
 if d then reap(domain, d, KEYS[3], now) end
+-- The lease's score is its expiry (a live lease), or minus the expiry of a
+-- tombstone; lease_ttl before the expiry it was granted, or last renewed.
+local score = tonumber(redis.call('ZSCORE', KEYS[3], lease_id))
+if score and score > 0 and (d or outcome == 'abandon') then
+  released = redis.call('ZREM', KEYS[3], lease_id)
+  granted_at = score - cfg.lease_ttl
+end
 if outcome == 'abandon' then
   leave(q, lease_id)
-  local score = redis.call('ZSCORE', KEYS[3], lease_id)
-  if score and tonumber(score) > 0 then
-    released = redis.call('ZREM', KEYS[3], lease_id)
-  elseif not score then
+  if not score then  -- the acquire has not run: it must grant nothing when it does
     redis.call('ZREMRANGEBYSCORE', KEYS[3], fmt(-now), '(0')  -- expired tombstones
     redis.call('ZADD', KEYS[3], fmt(-(now + cfg.lease_ttl)), lease_id)
     expire_new(idle_ms, KEYS[3])
-  end
-elseif d then
-  granted_at = redis.call('ZSCORE', KEYS[3], lease_id)
-  if granted_at and tonumber(granted_at) > 0 then
-    released = redis.call('ZREM', KEYS[3], lease_id)
-    granted_at = tonumber(granted_at) - cfg.lease_ttl  -- or last renewed
   end
 end
 if not d then return {0, {}, {}} end
@@ -91,7 +89,7 @@ if not d then return {0, {}, {}} end
 d.in_flight = redis.call('ZCOUNT', KEYS[3], 0, '+inf')
 rules.refresh(domain, d, now, emax, cfg.ceiling_ttl)
 
-if released == 1 then
+if released == 1 and outcome ~= 'abandon' then
   -- What the rules learn of the request: sent after the last cut, and sent
   -- while every slot was taken.
   local fresh = granted_at >= d.ceiling_confirmed_at

@@ -91,3 +91,27 @@ def test_sync_acquire_waits_and_times_out(make_throttle: MakeThrottle) -> None:
     with pytest.raises(AcquireTimeout, match="timed out"):
         t.acquire(**target, timeout=0.2)
     assert 0.2 <= time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("policy", ["classic", "adaptive"])
+def test_giving_up_on_an_acquire_frees_the_slot_it_granted_and_blocks_one_not_yet_run(
+    make_throttle: MakeThrottle, policy: str
+) -> None:
+    """What a client does when an acquire is cut off and it cannot know
+    whether the script ran: it gives the lease id back ('abandon')."""
+    t = make_throttle(policy=policy)
+    reg(t, 1)
+    core = t._core
+    call, ref = core.acquire_call("openai", "gpt-4o", "chat", 0.0, core.new_lease_id("c"))
+    t._run(call)  # granted; the reply was lost
+    assert state(t).in_flight == 1
+    assert core.parse_release(ref, t._run(core.release_call(ref, "abandon", None, 1.0))).released
+    s = state(t)
+    assert (s.in_flight, s.current_limit, s.consecutive_429s, s.success_streak) == (0, 1, 0, 0)
+    # Given up before it ran: when the acquire arrives it grants nothing.
+    call, ref = core.acquire_call("openai", "gpt-4o", "chat", 2.0, core.new_lease_id("c"))
+    assert not core.parse_release(ref, t._run(core.release_call(ref, "abandon", None, 2.0))).released
+    with pytest.raises(RuntimeError, match="abandoned"):
+        core.parse_acquire(ref, t._run(call))
+    assert state(t).in_flight == 0
+    assert isinstance(take(t, 3.0), Lease)
