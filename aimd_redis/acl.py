@@ -21,11 +21,12 @@ SCRIPT_COMMANDS = (
     "xadd", "zadd", "zcard", "zcount", "zrange", "zrangebyscore", "zrank", "zrem", "zremrangebyscore", "zscore",
     "publish", "spublish",
 )  # fmt: skip
-#: Sent by the clients: scripts (EVALSHA, and EVAL / SCRIPT LOAD after a
-#: flushed script cache), plain reads, wake-ups, the CLI's reads.
+#: Sent by the clients: the function library (FCALL, and FUNCTION LOAD once
+#: per server), the scripts where functions are not used (EVALSHA, and EVAL /
+#: SCRIPT LOAD after a flushed script cache), plain reads, wake-ups, the CLI's reads.
 CLIENT_COMMANDS = (
-    "evalsha", "eval", "script|load", "hgetall", "hget", "subscribe", "ssubscribe", "unsubscribe",
-    "sunsubscribe", "ping", "hello", "scan", "smembers", "time", "xrevrange", "xread",
+    "fcall", "function|load", "evalsha", "eval", "script|load", "hgetall", "hget", "subscribe", "ssubscribe",
+    "unsubscribe", "sunsubscribe", "ping", "hello", "scan", "smembers", "time", "xrevrange", "xread",
 )  # fmt: skip
 
 

@@ -222,12 +222,13 @@ def parse_effective_max(key: str, raw: Any) -> int:
     return int(text)
 
 
-def _state_from_values(values: Sequence[Any]) -> DomainState:
-    """A DomainState from a script's reply: values in DomainState field order.
+def state_from_text(text: Any) -> DomainState:
+    """A DomainState from the scripts' state text: the nine public fields in
+    DomainState order, joined by commas (in replies and in wake-ups).
 
     The scripts validated these; building the struct directly skips a second
     validation on the hot path."""
-    (limit, in_flight, blocked, streak, waiters, ceiling, cascade, started, ramp) = values
+    (limit, in_flight, blocked, streak, waiters, ceiling, cascade, started, ramp) = as_str(text).split(",")
     return DomainState(
         current_limit=int(limit),
         in_flight=int(in_flight),
@@ -237,7 +238,7 @@ def _state_from_values(values: Sequence[Any]) -> DomainState:
         rate_limit_ceiling=int(ceiling),
         consecutive_429s=int(cascade),
         rampup_started_at=float(started),
-        rampup_active=ramp in (b"1", "1"),
+        rampup_active=ramp == "1",
     )
 
 
@@ -355,12 +356,12 @@ class Core:
         return Call("acquire", keys, list(args)), ref
 
     def parse_acquire(self, ref: LeaseRef, reply: Sequence[Any]) -> Grant | Denied | Queued:
-        status, value, flat_state, events = reply
+        status, value, state_text, events = reply
         status = as_str(status)
         if status == "abandoned":
             raise RuntimeError(f"lease {ref.lease_id} was abandoned before its acquire ran")
         self._log(ref.provider_name, ref.model_id, events)
-        state = _state_from_values(flat_state)
+        state = state_from_text(state_text)
         if status == "granted":
             return Grant(ref=ref, expires_at=float(as_str(value)), state=state)
         if status == "cooldown":
@@ -391,12 +392,12 @@ class Core:
         _id, first, second = message.split(" ")
         if first == "wait":
             return float(second)
-        return Grant(ref=ref, expires_at=float(first), state=_state_from_values(second.split(",")))
+        return Grant(ref=ref, expires_at=float(first), state=state_from_text(second))
 
     def parse_release(self, ref: LeaseRef, reply: Sequence[Any]) -> ReleaseResult:
-        released, flat_state, events = reply
+        released, state_text, events = reply
         self._log(ref.provider_name, ref.model_id, events)
-        return ReleaseResult(released=released == 1, state=_state_from_values(flat_state) if flat_state else None)
+        return ReleaseResult(released=released == 1, state=state_from_text(state_text) if state_text else None)
 
     def renew_call(self, refs: Sequence[LeaseRef], now: float | None) -> Call:
         """Renew leases of one model (any of its domains) in one call."""

@@ -74,6 +74,22 @@ def translate(exc: redis.exceptions.RedisError) -> AimdRedisError:
     return RedisCommandError(f"Redis refused the command: {exc}")
 
 
+def function_missing(exc: redis.exceptions.ResponseError) -> bool:
+    """FCALL of a function Redis does not have: the library is to be loaded."""
+    return "Function not found" in str(exc)
+
+
+def functions_refused(exc: redis.exceptions.ResponseError) -> bool:
+    """Redis will not run function libraries for this client: a server
+    before 7, or a user whose ACL allows EVALSHA but not FCALL or FUNCTION LOAD."""
+    text = str(exc).lower()
+    if "unknown command" in text:
+        return True
+    # Only the refusal of FCALL or FUNCTION themselves: one for a key, or for a
+    # command inside a function, stands as it is.
+    return isinstance(exc, redis.exceptions.NoPermissionError) and ("'fcall'" in text or "'function|" in text)
+
+
 @contextmanager
 def redis_boundary() -> Iterator[None]:
     """Re-raise redis-py errors as the library's own (works around awaits too)."""

@@ -1,12 +1,29 @@
-"""The Lua scripts, read from the package (or the source tree)."""
+"""The Lua scripts, read from the package (or the source tree), in the two
+forms Redis runs them:
+
+- a function library (Redis 7 and later: ``FUNCTION LOAD`` once, then
+  ``FCALL``), where the shared helpers and rules are built once per load
+  instead of once per call;
+- one script per operation for ``EVALSHA``, where functions are not to be
+  had (Redis before 7, an ACL without them) or cost a round trip of their
+  own (redis-py's cluster client asks the server for an ``FCALL``'s keys).
+
+Both are made from the same files: ``_prelude.lua`` and ``_rules.lua`` in
+front of each operation's body.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 NAMES = ("register", "acquire", "release", "renew", "set_limit", "reset")
+#: Shared code put in front of every operation: the plumbing's helpers, then
+#: the loop's rules.
+LIBRARY = ("_prelude", "_rules")
 
 
 def _lua_dir() -> Path:
@@ -17,14 +34,42 @@ def _lua_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "lua"
 
 
-#: Shared code put in front of every operation: the plumbing's helpers, then
-#: the loop's rules.
-LIBRARY = ("_prelude", "_rules")
+@cache
+def _read() -> tuple[str, dict[str, str]]:
+    folder = _lua_dir()
+    shared = "\n".join((folder / f"{name}.lua").read_text(encoding="utf-8") for name in LIBRARY)
+    return shared, {name: (folder / f"{name}.lua").read_text(encoding="utf-8") for name in NAMES}
 
 
 @cache
 def sources() -> dict[str, str]:
-    """Script name -> full Lua text (the shared library, then the operation)."""
-    folder = _lua_dir()
-    library = "\n".join((folder / f"{name}.lua").read_text(encoding="utf-8") for name in LIBRARY)
-    return {name: library + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8") for name in NAMES}
+    """Script name -> full Lua text for EVAL (the shared code, then the operation)."""
+    shared, bodies = _read()
+    return {name: shared + "\n" + body for name, body in bodies.items()}
+
+
+class Library(NamedTuple):
+    name: str
+    """``aimd_<digest>``: the text's own digest, so that clients of different
+    versions keep their own functions side by side."""
+    code: str
+    """What ``FUNCTION LOAD`` takes."""
+    functions: dict[str, str]
+    """Operation name -> the function ``FCALL`` calls."""
+
+
+@cache
+def library() -> Library:
+    shared, bodies = _read()
+    digest = hashlib.sha1((shared + "".join(bodies.values())).encode()).hexdigest()[:12]
+    name = f"aimd_{digest}"
+    functions = {op: f"{name}_{op}" for op in NAMES}
+    # No flags: every function may write, so Redis refuses a call as a whole
+    # when it is out of memory, never half way. 'events' is the prelude's
+    # per-call list, which a library (unlike an EVAL) keeps between calls.
+    parts = [f"#!lua name={name}", shared]
+    parts += [
+        f"redis.register_function('{functions[op]}', function(KEYS, ARGV)\nevents = {{}}\n{body}\nend)"
+        for op, body in bodies.items()
+    ]
+    return Library(name=name, code="\n".join(parts), functions=functions)

@@ -1,6 +1,8 @@
 """Uncontended try_acquire + success pairs per second from one process,
 next to a minimal two-script hash counter (one EVALSHA each way) measured
-in the same run against the same server.
+in the same run against the same server; then Redis's own time per call
+(INFO commandstats) for ours and for the minimal script as EVALSHA and as
+a function (FCALL), and the client's own cost per pair.
 
     python benchmarks/bench_core.py [--url redis://...] [--pairs 3000] [--rounds 7]
 
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable
 
 import redis
+from script_stats import usec_per_call
 
 from aimd_redis import Lease, Throttle, ThrottleConfig
 from aimd_redis.embedded import EmbeddedRedis
@@ -31,6 +34,14 @@ end
 return 1
 """
 BASELINE_RELEASE = "return redis.call('HINCRBY', KEYS[1], 'in_flight', -1)"
+BASELINE_LIBRARY = f"""#!lua name=aimd_bench_baseline
+redis.register_function('bench_acquire', function(KEYS, ARGV)
+{BASELINE_ACQUIRE}
+end)
+redis.register_function('bench_release', function(KEYS, ARGV)
+{BASELINE_RELEASE}
+end)
+"""
 
 
 def baseline(client: redis.Redis, pairs: int) -> float:
@@ -41,6 +52,45 @@ def baseline(client: redis.Redis, pairs: int) -> float:
         assert acquire(keys=keys, args=[64]) == 1
         release(keys=keys)
     return pairs / (time.perf_counter() - started)
+
+
+def redis_time(client: redis.Redis, throttle: Throttle, pairs: int) -> dict[str, float]:
+    """Redis microseconds per call, each measured alone (CONFIG RESETSTAT between)."""
+    out = {}
+    client.config_resetstat()
+    ours(throttle, pairs)
+    out["aimd-redis (per script call)"] = usec_per_call(client)
+    client.config_resetstat()
+    baseline(client, pairs)
+    out["minimal script, EVALSHA"] = usec_per_call(client, ("evalsha",))
+    client.function_load(BASELINE_LIBRARY, replace=True)
+    client.config_resetstat()
+    for _ in range(pairs):
+        client.fcall("bench_acquire", 1, "baseline:{m}:chat", 64)
+        client.fcall("bench_release", 1, "baseline:{m}:chat")
+    out["minimal script, FCALL"] = usec_per_call(client, ("fcall",))
+    return out
+
+
+def client_cost(throttle: Throttle, pairs: int) -> float:
+    """Microseconds per pair the client spends on its own (building the calls,
+    parsing real replies, the Lease object), Redis and the network left out:
+    replies recorded once are replayed."""
+    core, target = throttle._core, {"provider_name": "bench", "model_id": "m", "domain": "chat"}
+    lease = throttle.try_acquire(**target)
+    assert isinstance(lease, Lease)
+    call, ref = core.acquire_call("bench", "m", "chat", None, core.new_lease_id("c"))
+    acquired = throttle._run(call)
+    released = throttle._run(core.release_call(ref, "success", None, None))
+    lease.success()
+    started = time.perf_counter()
+    for _ in range(pairs):
+        call, ref = core.acquire_call("bench", "m", "chat", None, core.new_lease_id("c"))
+        grant = core.parse_acquire(ref, acquired)
+        held = Lease(throttle, grant)  # type: ignore[arg-type]
+        core.release_call(held.ref, "success", None, None)
+        core.parse_release(held.ref, released)
+    return (time.perf_counter() - started) / pairs * 1e6
 
 
 def ours(throttle: Throttle, pairs: int) -> float:
@@ -89,6 +139,13 @@ def main() -> int:
         for name, values in results.items():
             print(f"  {name:<34} {statistics.median(values):>10,.0f}")
         print(f"  {'ratio (aimd-redis / baseline)':<34} {ratio:>10.2f}   target >= {args.min_ratio}")
+        times = redis_time(client, throttle, args.pairs)
+        print(f"\nRedis time per call (INFO commandstats, {args.pairs} pairs each, same run)")
+        for name, usec in times.items():
+            print(f"  {name:<34} {usec:>8.1f} us")
+        for base in ("minimal script, EVALSHA", "minimal script, FCALL"):
+            print(f"  {'aimd-redis / ' + base:<34} {times['aimd-redis (per script call)'] / times[base]:>8.1f} x")
+        print(f"\nThe client's own cost: {client_cost(throttle, args.pairs):.1f} us per pair (target < 15)")
         return 0 if ratio >= args.min_ratio else 1
     finally:
         if server:

@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 import redis
+from script_stats import script_stats
 
 from aimd_redis import Throttle, ThrottleConfig
 from aimd_redis.embedded import EmbeddedRedis
@@ -111,8 +112,8 @@ def main() -> int:
         client.config_resetstat()
         print("measuring aimd-redis hand-over...", file=sys.stderr, flush=True)
         ours, release_calls = _measure(_throttle_side, url, args.rounds, holder_first=True)
-        stats = client.info("commandstats")["cmdstat_evalsha"]
-        calls, usec_per_call = stats["calls"], stats["usec_per_call"]
+        calls, usec = script_stats(client)
+        usec_per_call = usec / calls
     finally:
         if server:
             server.close()

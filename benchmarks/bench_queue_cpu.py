@@ -16,6 +16,7 @@ import secrets
 import sys
 
 import redis
+from script_stats import usec_per_call
 
 from aimd_redis import Throttle, ThrottleConfig
 from aimd_redis.embedded import EmbeddedRedis
@@ -25,7 +26,7 @@ P, M, D = "bench", "queue", "chat"
 TAG = "aimd:{bench/queue}"
 
 
-def usec_per_call(client: redis.Redis, waiters: int, cycles: int) -> float:
+def queue_usec_per_call(client: redis.Redis, waiters: int, cycles: int) -> float:
     client.flushall()
     t = Throttle(client, config=ThrottleConfig(wait_poll_seconds=3600))
     t.register(provider_name=P, model_id=M, alias="bench", max_parallel_requests=1)
@@ -46,7 +47,7 @@ def usec_per_call(client: redis.Redis, waiters: int, cycles: int) -> float:
         if i % max(1, cycles // 10) == 0:
             print(f"  {waiters} waiters: {i}/{cycles}", file=sys.stderr, flush=True)
     assert int(client.hget(f"{TAG}:{D}", "waiters") or 0) == waiters
-    return float(client.info("commandstats")["cmdstat_evalsha"]["usec_per_call"])
+    return usec_per_call(client)
 
 
 def main() -> int:
@@ -57,8 +58,8 @@ def main() -> int:
     server = None if args.url else EmbeddedRedis()
     try:
         client = redis.Redis.from_url(args.url or server.url)  # type: ignore[union-attr]
-        short = usec_per_call(client, 10, args.cycles)
-        long = usec_per_call(client, 10_000, args.cycles)
+        short = queue_usec_per_call(client, 10, args.cycles)
+        long = queue_usec_per_call(client, 10_000, args.cycles)
     finally:
         if server:
             server.close()

@@ -1,36 +1,61 @@
--- Shared helpers, prepended to every operation script when it is loaded.
--- Defines locals only: reads no KEYS or ARGV and writes nothing.
+-- Shared helpers, put in front of every operation (see aimd_redis/scripts.py).
+-- Defines locals only: reads no KEYS or ARGV and writes nothing. Loaded as a
+-- function library, this runs once at load time, when Redis 7.0 lets no
+-- global (ipairs, string, math, ...) be called: only literals and function
+-- definitions here, and in _rules.lua.
 --
 -- Every script validates everything it reads before its first write, because
 -- Redis does not roll a script back when it errors half way.
 
--- The domain hash's fields, in the order of the state reply, with their kinds
+-- The domain hash's fields, in the order of the state reply, and their kinds
 -- (for validating what a person may have HSET by hand):
 --   pos: whole number >= 1, count: whole number >= 0, time: number >= 0, flag: 0 or 1
 -- The first nine are the public state. Then: the last time a 429 confirmed
 -- the ceiling, the ramp length in force, two counters for monitoring, and the
--- adaptive policy's two (see _rules.lua). Fields with a default (the third
--- entry) may be missing, as in a hash an older release wrote.
-local FIELDS = {
-  {'current_limit', 'pos'}, {'in_flight', 'count'}, {'blocked_until', 'time'},
-  {'success_streak', 'count'}, {'waiters', 'count'}, {'rate_limit_ceiling', 'count'},
-  {'consecutive_429s', 'count'}, {'rampup_started_at', 'time'}, {'rampup_active', 'flag'},
-  {'ceiling_confirmed_at', 'time'}, {'rampup_seconds', 'time'}, {'total_429s', 'count'},
-  {'total_reclaimed', 'count'}, {'probe_after', 'count', 0}, {'increase_step', 'count', 0},
+-- adaptive policy's two (see _rules.lua). aimd_redis/schema.py holds the same
+-- list (a test compares them).
+local FIELD_NAMES = {
+  'current_limit', 'in_flight', 'blocked_until', 'success_streak', 'waiters', 'rate_limit_ceiling',
+  'consecutive_429s', 'rampup_started_at', 'rampup_active',
+  'ceiling_confirmed_at', 'rampup_seconds', 'total_429s', 'total_reclaimed', 'probe_after', 'increase_step',
 }
-local FIELD_NAMES = {}
-for i, f in ipairs(FIELDS) do FIELD_NAMES[i] = f[1] end
+local FIELD_KINDS = {
+  'pos', 'count', 'time', 'count', 'count', 'count', 'count', 'time', 'flag',
+  'time', 'time', 'count', 'count', 'count', 'count',
+}
+-- Fields an older release did not write, and what they count as when missing.
+local FIELD_DEFAULTS = {probe_after = 0, increase_step = 0}
+-- Beyond these a value is a mistake, not a measurement: times past the year
+-- 5000, counts no fleet reaches.
+local MAX_TIME, MAX_COUNT = 1e11, 1e15
 
 -- Plain decimal text: whole numbers exactly, others to 14 significant digits
 -- (0.1 ms for times since the epoch), never in exponent form.
 local function fmt(x)
-  if x == math.floor(x) and math.abs(x) < 1e15 then
-    return string.format('%d', x)
-  end
-  local s = tostring(x)
-  if not string.find(s, 'e', 1, true) then return s end
-  s = string.gsub(string.format('%.6f', x), '0+$', '')
+  if x % 1 == 0 and x > -1e15 and x < 1e15 then return string.format('%d', x) end
+  if (x >= 1e-4 and x < 1e14) or (x <= -1e-4 and x > -1e14) then return tostring(x) end
+  local s = string.gsub(string.format('%.6f', x), '0+$', '')
   return (string.gsub(s, '%.$', ''))
+end
+
+-- The number a field's text holds and whether the text is plain (as the
+-- scripts write it: rewritten plain when it is saved if not); nil and the
+-- error when the scripts cannot use it. Other decimal spellings ('5.0', ' 5',
+-- '1e1') are accepted; hex, inf, nan and absurd magnitudes are not.
+local function parse(key, name, text, kind)
+  local v = text and tonumber(text)
+  if v then
+    local plain = string.find(text, kind == 'time' and '^%d+%.?%d*$' or '^%d+$') ~= nil
+    if plain or string.find(text, '^%s*[%d.]+[eE]?[+-]?%d*%s*$') then
+      if kind == 'time' then
+        if v >= 0 and v <= MAX_TIME then return v, plain end
+      elseif v % 1 == 0 and v >= (kind == 'pos' and 1 or 0) and v <= (kind == 'flag' and 1 or MAX_COUNT) then
+        return v, plain
+      end
+    end
+  end
+  return nil, 'AIMD_CORRUPT ' .. key .. ' field ' .. name .. ' holds ' ..
+    (text == nil and '(nothing)' or ('"' .. text .. '"'))
 end
 
 -- Idle expiry: a model nobody touches for idle_ms disappears from Redis.
@@ -46,27 +71,13 @@ local function clock(arg)
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
-local function check(key, name, raw, kind)
-  local v = tonumber(raw)
-  local ok = v ~= nil and v == v and v ~= math.huge and v ~= -math.huge
-  if ok then
-    if kind == 'time' then
-      ok = v >= 0
-    else
-      ok = v == math.floor(v) and v >= (kind == 'pos' and 1 or 0)
-      if kind == 'flag' then ok = ok and v <= 1 end
-    end
-  end
-  if ok then return v end
-  return nil, 'AIMD_CORRUPT ' .. key .. ' field ' .. name .. ' holds ' ..
-    (raw == nil and '(nothing)' or ('"' .. raw .. '"'))
-end
-
 -- The model's effective max; nil when nobody registered the model.
 local function read_max(cap_key)
   local raw = redis.call('HGET', cap_key, 'effective_max')
   if not raw then return nil end
-  return check(cap_key, 'effective_max', raw, 'pos')
+  local v, err = parse(cap_key, 'effective_max', raw, 'pos')
+  if not v then return nil, err end
+  return v
 end
 
 -- The model's effective max, for scripts that refuse an unregistered model.
@@ -80,27 +91,35 @@ end
 -- the strings as read, so that saving and replying touch only what changed.
 local function load_domain(key)
   local raw = redis.call('HMGET', key, unpack(FIELD_NAMES))
-  local d = {raw = raw, read = {}}
-  local present = false
-  for i, f in ipairs(FIELDS) do
+  local read = {}
+  local d = {raw = raw, read = read}
+  local present, missing = false, false
+  for i = 1, #FIELD_NAMES do
     local text = raw[i]
     if text then
       present = true
-      local v, err = check(key, f[1], text, f[2])
-      if err then return nil, err end
-      d[f[1]] = v
-      d.read[i] = v
-      -- Accepted but not plain ('64.0', ' 5', '1e3'): rewritten plain on save.
-      if not (string.find(text, '^%d+$') or (f[2] == 'time' and string.find(text, '^%d+%.%d+$'))) then
-        raw[i] = false
+      -- The plain whole numbers the scripts write take this short cut; times
+      -- and anything else go through parse.
+      local v = FIELD_KINDS[i] == 'count' and string.find(text, '^%d+$') and tonumber(text)
+      if not v or v > MAX_COUNT then
+        local plain
+        v, plain = parse(key, FIELD_NAMES[i], text, FIELD_KINDS[i])
+        if not v then return nil, plain end
+        if not plain then raw[i] = false end
       end
+      d[FIELD_NAMES[i]], read[i] = v, v
+    else
+      missing = true
     end
   end
   if not present then return nil end
-  for i, f in ipairs(FIELDS) do
-    if d[f[1]] == nil then
-      if f[3] == nil then return nil, (select(2, check(key, f[1], nil, f[2]))) end
-      d[f[1]] = f[3]
+  if missing then
+    for i = 1, #FIELD_NAMES do
+      local name = FIELD_NAMES[i]
+      if d[name] == nil then
+        if FIELD_DEFAULTS[name] == nil then return nil, (select(2, parse(key, name, nil, FIELD_KINDS[i]))) end
+        d[name] = FIELD_DEFAULTS[name]
+      end
     end
   end
   return d
@@ -137,11 +156,12 @@ local function save_domain(key, d)
   if #flat > 0 then redis.call('HSET', key, unpack(flat)) end
 end
 
--- The public state as a list of values, in FIELDS order (call after saving).
-local function state_reply(d)
-  local values = {}
-  for i = 1, 9 do values[i] = d.raw[i] end
-  return values
+-- The public state, its nine values in FIELD_NAMES order joined by commas
+-- (call after saving): what replies and wake-ups carry.
+local function state_text(d)
+  local raw = d.raw
+  return raw[1] .. ',' .. raw[2] .. ',' .. raw[3] .. ',' .. raw[4] .. ',' .. raw[5] .. ',' .. raw[6] ..
+    ',' .. raw[7] .. ',' .. raw[8] .. ',' .. raw[9]
 end
 
 -- Events are collected while a script runs and written at its end, so that
@@ -167,7 +187,7 @@ end
 
 -- Drops leases whose holders stopped renewing them; their slots come back.
 local function reap(domain, d, leases_key, now)
-  local n = redis.call('ZREMRANGEBYSCORE', leases_key, 0, fmt(now))
+  local n = redis.call('ZREMRANGEBYSCORE', leases_key, 0, now)
   if n > 0 then
     emit(domain, 'reclaimed', n, 0)
     d.total_reclaimed = d.total_reclaimed + n
@@ -211,7 +231,7 @@ end
 
 -- Drops waiters whose process stopped beating (at most 100 a call).
 local function reap_waiters(q, now)
-  local dead = redis.call('ZRANGEBYSCORE', q.beats, '-inf', fmt(now), 'LIMIT', 0, 100)
+  local dead = redis.call('ZRANGEBYSCORE', q.beats, '-inf', now, 'LIMIT', 0, 100)
   if #dead > 0 then
     redis.call('ZREM', q.queue, unpack(dead))
     redis.call('ZREM', q.beats, unpack(dead))
@@ -272,7 +292,7 @@ end
 -- Wakes the waiters promote handed a slot to: '<id> <expiry> <state values>'.
 local function publish_handoffs(q, d, expiry)
   if #q.handed == 0 then return end
-  local state = table.concat(state_reply(d), ',')
+  local state = state_text(d)
   for _, id in ipairs(q.handed) do
     local client = string.match(id, '^(.-)%.') or id
     wake(q, client, id .. ' ' .. expiry .. ' ' .. state)

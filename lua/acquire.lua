@@ -39,7 +39,7 @@
 --                        woken when a slot is handed to it)
 --          'abandoned'   value = 0: the caller gave up on this acquire before it
 --                        ran (its give-back reached Redis first); nothing granted
---   state  the domain's public fields, in order
+--   state  the domain's nine public fields, in order, joined by commas
 --   events flat list of (domain, event, from, to) quadruples
 -- Errors: 'AIMD_NOT_REGISTERED <cap key>', 'AIMD_CORRUPT <key> field <name> holds <value>'
 
@@ -70,7 +70,8 @@ d.rampup_seconds = rampup_seconds
 rules.refresh(domain, d, now, emax, ceiling_ttl)
 rules.ramp(domain, d, now, emax, rampup_seconds)
 
-local status, value = nil, 0
+local status, value, value_text = nil, 0, nil
+local expiry_text = fmt(now + lease_ttl)
 local queued = redis.call('ZCARD', q.queue)
 if recheck then
   local held = redis.call('ZSCORE', KEYS[3], id)
@@ -91,8 +92,8 @@ if not status then
     elseif d.in_flight >= d.current_limit then
       status = 'at_capacity'
     else
-      value = now + lease_ttl
-      if redis.call('ZADD', KEYS[3], 'NX', fmt(value), id) == 1 then
+      value, value_text = now + lease_ttl, expiry_text
+      if redis.call('ZADD', KEYS[3], 'NX', expiry_text, id) == 1 then
         if d.in_flight == 0 then expire_new(idle_ms, KEYS[3]) end
         d.in_flight = d.in_flight + 1
         status = 'granted'
@@ -125,8 +126,7 @@ end
 
 if queued > 0 or status == 'queued' then d.waiters = redis.call('ZCARD', q.queue) else d.waiters = 0 end
 save_domain(KEYS[2], d)
-local expiry_text = fmt(now + lease_ttl)
 publish_handoffs(q, d, expiry_text)
 local flat_events = flush_events(KEYS[5], now, events_maxlen, idle_ms)
 touch(idle_ms, KEYS[2], KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
-return {status, fmt(value), state_reply(d), flat_events}
+return {status, value_text or fmt(value), state_text(d), flat_events}

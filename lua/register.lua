@@ -35,24 +35,20 @@ for _, name in ipairs(members) do
 end
 
 local flat = redis.call('HGETALL', KEYS[1])
-local old_max, err = nil, nil
+local old_max = nil
 local emax = tonumber(max_parallel)
 for i = 1, #flat, 2 do
   local field, raw = flat[i], flat[i + 1]
-  if field == 'effective_max' then
-    old_max, err = check(KEYS[1], field, raw, 'pos')
-  elseif string.sub(field, 1, 6) == 'alias:' and field ~= alias_field then
-    local v
-    v, err = check(KEYS[1], field, raw, 'pos')
-    if v then emax = math.min(emax, v) end
+  if field == 'effective_max' or (string.sub(field, 1, 6) == 'alias:' and field ~= alias_field) then
+    local v, err = parse(KEYS[1], field, raw, 'pos')
+    if not v then return redis.error_reply(err) end
+    if field == 'effective_max' then old_max = v else emax = math.min(emax, v) end
   end
-  if err then return redis.error_reply(err) end
 end
 
 local domains = {}
 for i = 4, #KEYS do
-  local d
-  d, err = load_domain(KEYS[i])
+  local d, err = load_domain(KEYS[i])
   if err then return redis.error_reply(err) end
   domains[i] = d
 end

@@ -40,8 +40,8 @@
 -- Reply: {released, state, events}
 --   released 1 when this call gave the slot back; 0 when the lease was already
 --            released or had expired (the outcome is then ignored)
---   state    the domain's public fields, in order (empty if the domain no
---            longer exists)
+--   state    the domain's nine public fields, in order, joined by commas
+--            ('' if the domain no longer exists)
 --   events   flat list of (domain, event, from, to) quadruples
 -- Errors: 'AIMD_CORRUPT <key> field <name> holds <value>'
 
@@ -84,7 +84,7 @@ if outcome == 'abandon' then
     expire_new(idle_ms, KEYS[3])
   end
 end
-if not d then return {0, {}, {}} end
+if not d then return {0, '', {}} end
 
 d.in_flight = redis.call('ZCOUNT', KEYS[3], 0, '+inf')
 rules.refresh(domain, d, now, emax, cfg.ceiling_ttl)
@@ -120,4 +120,4 @@ if handoff_expiry then
 end
 local flat_events = flush_events(KEYS[5], now, events_maxlen, idle_ms)
 touch(idle_ms, KEYS[2], KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
-return {released, state_reply(d), flat_events}
+return {released, state_text(d), flat_events}

@@ -51,6 +51,12 @@ def rate_limit_at(t: Throttle, now: float, retry_after: float | None = None, dom
     assert grant(t, now, domain).rate_limited(retry_after=retry_after, now=now).released
 
 
+def script_calls(client: redis.Redis) -> int:
+    """Calls of the library's scripts since the last CONFIG RESETSTAT, as functions or as scripts."""
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("fcall", "evalsha"))
+
+
 def wait_until(condition: Callable[[], object], what: str = "condition not reached", seconds: float = 20) -> None:
     """Poll ``condition`` (a refused connection counts as not yet) until it holds."""
     deadline = time.monotonic() + seconds

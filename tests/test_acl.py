@@ -32,7 +32,7 @@ def test_the_rule_names_every_command_the_scripts_call() -> None:
 def test_the_readme_shows_the_rule_the_command_prints(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["acl", "--user", "fleet"]) == 0
     printed = capsys.readouterr().out.strip()
-    assert printed.startswith("ACL SETUSER fleet on >PASSWORD resetkeys ~aimd:* resetchannels &aimd:* -@all +evalsha")
+    assert printed.startswith("ACL SETUSER fleet on >PASSWORD resetkeys ~aimd:* resetchannels &aimd:* -@all +fcall")
     assert printed in (ROOT / "README.md").read_text()
 
 

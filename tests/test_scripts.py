@@ -2,38 +2,80 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from aimd_redis import Lease, Throttle
+from aimd_redis.acl import acl_rule
 from aimd_redis.core import SCRIPT_ARGS
-from aimd_redis.scripts import LIBRARY, NAMES, sources
+from aimd_redis.scripts import LIBRARY, NAMES, library, sources
 
 from .helpers import M, P, reg
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_a_flushed_script_cache_is_reloaded_on_noscript(client: redis.Redis, backend: str) -> None:
-    t = Throttle(client)
+def _stat(client: redis.Redis, command: str, what: str) -> int:
+    return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get(what, 0))
+
+
+def test_the_function_library_is_loaded_once_and_again_when_redis_lost_it(real_redis: redis.Redis) -> None:
+    real_redis.function_flush()
+    real_redis.config_resetstat()
+    t = Throttle(real_redis)
     reg(t, 2)
-    client.script_flush()
-    if backend == "redis-server":
-        client.config_resetstat()
+    for _ in range(3):
+        lease = t.try_acquire(provider_name=P, model_id=M, domain="chat")
+        assert isinstance(lease, Lease)
+        assert lease.success().released
+    # One FCALL found nothing; one FUNCTION LOAD; then the 7 calls ran.
+    assert (_stat(real_redis, "fcall", "failed_calls"), _stat(real_redis, "function|load", "calls")) == (1, 1)
+    assert _stat(real_redis, "fcall", "calls") == 8
+    assert _stat(real_redis, "evalsha", "calls") == 0
+    names = [dict(zip(lib[::2], lib[1::2], strict=True))[b"library_name"] for lib in real_redis.function_list()]
+    assert names == [library().name.encode()]
+    real_redis.function_flush()  # as a restart without persistence would
+    assert t.try_acquire(provider_name=P, model_id=M, domain="chat", now=1.0).success(now=1.0).released
+    assert _stat(real_redis, "function|load", "calls") == 2
+    t.close()
+
+
+def test_a_cluster_runs_the_scripts_and_reloads_them_on_noscript(cluster_client: RedisCluster) -> None:
+    t = Throttle(cluster_client)
+    reg(t, 2)
+    cluster_client.script_flush()
+    cluster_client.config_resetstat(target_nodes=RedisCluster.PRIMARIES)
     lease = t.try_acquire(provider_name=P, model_id=M, domain="chat")
     assert isinstance(lease, Lease)
     assert lease.success().released
-    if backend == "redis-server":
-        stats = client.info("commandstats")
-        # acquire and release each: a failed EVALSHA, a SCRIPT LOAD, an EVALSHA that runs.
-        assert stats["cmdstat_evalsha"]["failed_calls"] == 2
-        assert stats["cmdstat_script|load"]["calls"] == 2
-        assert stats["cmdstat_evalsha"]["calls"] == 4
+    node = cluster_client.get_node_from_key(f"aimd:{{{P}/{M}}}:cap")
+    stats = cluster_client.info("commandstats", target_nodes=node)
+    # acquire and release each: a failed EVALSHA, a SCRIPT LOAD, an EVALSHA that runs; no FCALL.
+    assert (stats["cmdstat_evalsha"]["failed_calls"], stats["cmdstat_evalsha"]["calls"]) == (2, 4)
+    assert "cmdstat_fcall" not in stats
+
+
+def test_a_user_refused_functions_runs_the_scripts(
+    real_redis: redis.Redis, real_redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    rule = [c for c in acl_rule("nofunctions", ["aimd"], password="p") if c not in ("+fcall", "+function|load")]
+    real_redis.execute_command("ACL", "SETUSER", *rule)
+    scheme, rest = real_redis_url.split("://", 1)
+    t = Throttle(f"{scheme}://nofunctions:p@{rest}")
+    with caplog.at_level(logging.INFO, logger="aimd_redis"):
+        reg(t, 2)
+        for _ in range(3):
+            assert t.acquire(provider_name=P, model_id=M, domain="chat", timeout=0).success().released
+    assert sum("EVALSHA" in r.getMessage() for r in caplog.records) == 1  # said once
+    t.close()
 
 
 def test_every_script_header_lists_the_keys_it_touches() -> None:

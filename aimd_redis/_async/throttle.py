@@ -13,6 +13,7 @@ import time
 from types import TracebackType
 from typing import Any, cast
 
+import redis.exceptions
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
@@ -40,10 +41,12 @@ from aimd_redis.errors import (
     NotRegisteredError,
     RedisCommandError,
     RedisUnavailableError,
+    function_missing,
+    functions_refused,
     redis_boundary,
 )
 from aimd_redis.keys import check_domain
-from aimd_redis.scripts import sources
+from aimd_redis.scripts import library, sources
 from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, Queued, ReleaseResult
 
 logger = logging.getLogger("aimd_redis")
@@ -96,6 +99,10 @@ class AsyncThrottle:
         self._scripts: dict[str, AsyncScript] = {
             name: self._redis.register_script(text) for name, text in sources().items()
         }
+        self._library = library()
+        # Functions where Redis has them, loaded once; EVALSHA on a cluster,
+        # where redis-py would spend a round trip asking for an FCALL's keys.
+        self._functions = not cluster
         # What this process registered, to register again when Redis forgot
         # the model (idle expiry, or a restart that lost the data).
         self._registrations: dict[tuple[str, str], dict[str, int]] = {}
@@ -116,7 +123,36 @@ class AsyncThrottle:
 
     async def _run(self, call: Call) -> Any:
         with redis_boundary():
+            if self._functions:
+                name = self._library.functions[call.script]
+                try:
+                    return await self._redis.fcall(name, len(call.keys), *call.keys, *call.args)
+                except redis.exceptions.ResponseError as exc:
+                    if function_missing(exc) and await self._load_library():
+                        return await self._redis.fcall(name, len(call.keys), *call.keys, *call.args)
+                    if not functions_refused(exc):
+                        raise
+                    self._without_functions(exc)
             return await self._scripts[call.script](keys=call.keys, args=call.args)
+
+    async def _load_library(self) -> bool:
+        """Load the function library (once per server, or after a restart or a
+        FUNCTION FLUSH lost it); False when Redis will not have it here."""
+        try:
+            await self._redis.function_load(self._library.code)
+        except redis.exceptions.ResponseError as exc:
+            if "already exists" in str(exc):  # another process was first
+                return True
+            if not functions_refused(exc):
+                raise
+            self._without_functions(exc)
+            return False
+        return True
+
+    def _without_functions(self, exc: redis.exceptions.ResponseError) -> None:
+        if self._functions:
+            self._functions = False
+            logger.info("Redis refuses function libraries here (%s); running the scripts with EVALSHA", exc)
 
     async def register(
         self,

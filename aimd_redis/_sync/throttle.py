@@ -12,6 +12,7 @@ import time
 from types import TracebackType
 from typing import Any, cast
 
+import redis.exceptions
 from redis import Redis
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
@@ -39,10 +40,12 @@ from aimd_redis.errors import (
     NotRegisteredError,
     RedisCommandError,
     RedisUnavailableError,
+    function_missing,
+    functions_refused,
     redis_boundary,
 )
 from aimd_redis.keys import check_domain
-from aimd_redis.scripts import sources
+from aimd_redis.scripts import library, sources
 from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, Queued, ReleaseResult
 
 logger = logging.getLogger("aimd_redis")
@@ -95,6 +98,10 @@ class Throttle:
         self._scripts: dict[str, Script] = {
             name: self._redis.register_script(text) for name, text in sources().items()
         }
+        self._library = library()
+        # Functions where Redis has them, loaded once; EVALSHA on a cluster,
+        # where redis-py would spend a round trip asking for an FCALL's keys.
+        self._functions = not cluster
         # What this process registered, to register again when Redis forgot
         # the model (idle expiry, or a restart that lost the data).
         self._registrations: dict[tuple[str, str], dict[str, int]] = {}
@@ -115,7 +122,36 @@ class Throttle:
 
     def _run(self, call: Call) -> Any:
         with redis_boundary():
+            if self._functions:
+                name = self._library.functions[call.script]
+                try:
+                    return self._redis.fcall(name, len(call.keys), *call.keys, *call.args)
+                except redis.exceptions.ResponseError as exc:
+                    if function_missing(exc) and self._load_library():
+                        return self._redis.fcall(name, len(call.keys), *call.keys, *call.args)
+                    if not functions_refused(exc):
+                        raise
+                    self._without_functions(exc)
             return self._scripts[call.script](keys=call.keys, args=call.args)
+
+    def _load_library(self) -> bool:
+        """Load the function library (once per server, or after a restart or a
+        FUNCTION FLUSH lost it); False when Redis will not have it here."""
+        try:
+            self._redis.function_load(self._library.code)
+        except redis.exceptions.ResponseError as exc:
+            if "already exists" in str(exc):  # another process was first
+                return True
+            if not functions_refused(exc):
+                raise
+            self._without_functions(exc)
+            return False
+        return True
+
+    def _without_functions(self, exc: redis.exceptions.ResponseError) -> None:
+        if self._functions:
+            self._functions = False
+            logger.info("Redis refuses function libraries here (%s); running the scripts with EVALSHA", exc)
 
     def register(
         self,
