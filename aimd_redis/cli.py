@@ -51,6 +51,9 @@ def status_table(reports: list[DomainReport]) -> str:
     rows = [header]
     for r in reports:
         aliases = ",".join(f"{a}={v}" for a, v in sorted(r.aliases.items()))
+        if r.problem is not None:
+            rows.append([f"{r.provider_name}/{r.model_id}", r.domain, *["?"] * 7, f"UNREADABLE: {r.problem}"])
+            continue
         ramp = "-" if r.ramp_percent is None else f"{r.ramp_percent:.0f}% ({_age(r.ramp_left)} left)"
         ceiling = "-" if not r.rate_limit_ceiling else f"{r.rate_limit_ceiling} ({_age(r.ceiling_age)} ago)"
         last = "-" if r.last_change is None else f"{r.last_change} ({_age(r.last_change_age)} ago)"

@@ -13,11 +13,10 @@ import secrets
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple, Protocol
 
-import msgspec
-
 from aimd_redis.config import ThrottleConfig
 from aimd_redis.errors import CorruptStateError
 from aimd_redis.keys import ModelKeys, check_alias, check_domain, check_namespace, model_keys
+from aimd_redis.schema import parse_domain
 from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, LimitEvent, Queued, ReleaseResult
 
 logger = logging.getLogger("aimd_redis")
@@ -206,13 +205,25 @@ def check_max_parallel(value: object) -> int:
 
 
 def parse_state(key: str, fields: dict[Any, Any]) -> DomainState | None:
-    """A DomainState from a domain hash's fields (None when it has none)."""
-    if not fields:
-        return None
-    try:
-        return msgspec.convert({as_str(k): as_str(v) for k, v in fields.items()}, DomainState, strict=False)
-    except msgspec.ValidationError as exc:
-        raise CorruptStateError(f"{key}: {exc}") from exc
+    """A DomainState from a domain hash's fields (None when it has none),
+    judged as the scripts judge them (CorruptStateError otherwise)."""
+    values = parse_domain(key, {as_str(k): as_str(v) for k, v in fields.items()})
+    return None if values is None else state_of(values)
+
+
+def state_of(values: dict[str, float]) -> DomainState:
+    """The public state out of a domain's parsed fields."""
+    return DomainState(
+        current_limit=int(values["current_limit"]),
+        in_flight=int(values["in_flight"]),
+        blocked_until=values["blocked_until"],
+        success_streak=int(values["success_streak"]),
+        waiters=int(values["waiters"]),
+        rate_limit_ceiling=int(values["rate_limit_ceiling"]),
+        consecutive_429s=int(values["consecutive_429s"]),
+        rampup_started_at=values["rampup_started_at"],
+        rampup_active=values["rampup_active"] == 1,
+    )
 
 
 def parse_effective_max(key: str, raw: Any) -> int:

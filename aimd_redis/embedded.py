@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -43,9 +44,13 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes] | None, seconds: float =
 class EmbeddedRedis:
     """A Redis this process started; stop it with :meth:`close` or ``with``."""
 
-    def __init__(self, *, prefer: str = "redis-server") -> None:
+    def __init__(self, *, prefer: str = "redis-server", args: Sequence[str] = (), password: str | None = None) -> None:
+        """``args`` go to redis-server as they are (``--maxmemory 2mb``);
+        with ``password``, the server requires it and ``url`` carries it."""
         self.kind: str
         self.url: str
+        self._args = [*args, *(("--requirepass", password) if password else ())]
+        self._password = password
         self._proc: subprocess.Popen[bytes] | None = None
         self._command: list[str] = []
         self._fake: Any = None
@@ -54,13 +59,15 @@ class EmbeddedRedis:
         if prefer == "redis-server" and binary:
             self._start_server(binary)
         else:
+            if self._args:
+                raise RuntimeError("server arguments need the redis-server binary")
             self._start_fake()
 
     def _start_server(self, binary: str) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="aimd-redis-")
         for _ in range(5):  # the free port may be taken between probe and bind
             port = _free_port()
-            self.url = f"redis://127.0.0.1:{port}/0"
+            self.url = f"redis://{f':{self._password}@' if self._password else ''}127.0.0.1:{port}/0"
             self._command = [
                 binary,
                 "--port",
@@ -78,6 +85,7 @@ class EmbeddedRedis:
                 # Loopback only, and tests compare DEBUG DIGEST to prove reads change nothing.
                 "--enable-debug-command",
                 "yes",
+                *self._args,
             ]
             try:
                 self._spawn()

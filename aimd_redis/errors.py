@@ -32,6 +32,11 @@ class RedisUnavailableError(AimdRedisError, ConnectionError):
     """Redis could not be reached, or did not answer in time."""
 
 
+class RedisAuthenticationError(AimdRedisError, PermissionError):
+    """Redis refused this client's credentials, or wanted some it was not
+    given. Never an outage: a client configured to fail open does not."""
+
+
 class RedisCommandError(AimdRedisError):
     """Redis refused a command (permissions, wrong type, scripting errors)."""
 
@@ -39,6 +44,17 @@ class RedisCommandError(AimdRedisError):
 class RedisPermissionError(RedisCommandError, PermissionError):
     """The Redis user may not run a command, or touch a key or channel, that
     the library needs (``aimd-redis acl`` prints a rule that allows them)."""
+
+
+class RedisOutOfMemoryError(RedisCommandError):
+    """Redis is full (``maxmemory`` with a policy that evicts nothing) and
+    refused a call as a whole: nothing of it was written. Not an outage: a
+    client configured to fail open does not."""
+
+
+#: What Redis says to a client without valid credentials (a command sent
+#: before AUTH may also be cut off as a protocol error).
+_AUTH_REFUSED = ("NOAUTH", "WRONGPASS", "unauthenticated", "invalid username-password", "Authentication required")
 
 
 def _from_script(message: str) -> AimdRedisError | None:
@@ -58,8 +74,18 @@ def _from_script(message: str) -> AimdRedisError | None:
 
 def translate(exc: redis.exceptions.RedisError) -> AimdRedisError:
     """The library's exception for a redis-py one."""
+    if isinstance(exc, redis.exceptions.AuthenticationError) or any(a in str(exc) for a in _AUTH_REFUSED):
+        return RedisAuthenticationError(
+            f"Redis refused this client's credentials ({exc}): give the user and password in the URL, "
+            "redis://user:password@host:6379/0, or to the client you pass in"
+        )
     if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
         return RedisUnavailableError(f"Redis is unreachable: {exc}")
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith("OOM "):
+        return RedisOutOfMemoryError(
+            f"Redis is out of memory and refused the call, writing nothing ({exc}): raise maxmemory, or free "
+            "memory; the library's keys expire after idle_ttl_seconds"
+        )
     if isinstance(exc, redis.exceptions.ResponseError):
         ours = _from_script(str(exc))
         if ours is not None:
@@ -88,6 +114,16 @@ def functions_refused(exc: redis.exceptions.ResponseError) -> bool:
     # Only the refusal of FCALL or FUNCTION themselves: one for a key, or for a
     # command inside a function, stands as it is.
     return isinstance(exc, redis.exceptions.NoPermissionError) and ("'fcall'" in text or "'function|" in text)
+
+
+def one_line(exc: BaseException) -> str | None:
+    """A Redis error as the library words it, in one line (for a log line);
+    None for anything else, which deserves its traceback."""
+    if isinstance(exc, redis.exceptions.RedisError):
+        return str(translate(exc))
+    if isinstance(exc, AimdRedisError):
+        return str(exc)
+    return None
 
 
 @contextmanager

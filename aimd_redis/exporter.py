@@ -35,8 +35,14 @@ class ThrottleCollector(Collector):
             "429s": CounterMetricFamily("aimd_rate_limited", "429s reported", labels=LABELS),
             "reclaimed": CounterMetricFamily("aimd_reclaimed_leases", "Leases reclaimed on expiry", labels=LABELS),
         }
+        unreadable = GaugeMetricFamily(
+            "aimd_unreadable", "1 when the domain's hash holds a value the scripts refuse", labels=LABELS
+        )
         for r in report(self.client, self.namespace):
             labels = [r.provider_name, r.model_id, r.domain]
+            unreadable.add_metric(labels, 0 if r.problem is None else 1)
+            if r.problem is not None:
+                continue
             gauges["limit"].add_metric(labels, r.current_limit)
             gauges["max"].add_metric(labels, r.effective_max or 0)
             gauges["in_flight"].add_metric(labels, r.in_flight)
@@ -47,6 +53,7 @@ class ThrottleCollector(Collector):
             counters["reclaimed"].add_metric(labels, r.total_reclaimed)
         yield from gauges.values()
         yield from counters.values()
+        yield unreadable
 
 
 def registry_for(client: SyncClient, namespace: str) -> CollectorRegistry:

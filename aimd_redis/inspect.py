@@ -11,8 +11,10 @@ from typing import Any
 
 import msgspec
 
-from aimd_redis.core import as_str, parse_state
+from aimd_redis.core import as_str, state_of
+from aimd_redis.errors import CorruptStateError
 from aimd_redis.keys import check_namespace, model_keys
+from aimd_redis.schema import parse_domain
 
 #: Events that change a domain's limit, for "last change".
 LIMIT_EVENTS = frozenset(
@@ -45,6 +47,9 @@ class DomainReport(msgspec.Struct, kw_only=True):
     last_change_age: float | None
     total_429s: int
     total_reclaimed: int
+    problem: str | None = None
+    """Why the domain cannot be read (a field the scripts refuse); the other
+    numbers are then 0."""
 
 
 def _glob_escape(text: str) -> str:
@@ -110,14 +115,18 @@ def report(
                 continue
             key = mk.domain(name)
             raw: dict[Any, Any] = client.hgetall(key)
-            state = parse_state(key, raw)
-            if state is None:
+            last = changes.get(name)
+            try:
+                values = parse_domain(key, {as_str(k): as_str(v) for k, v in raw.items()})
+            except CorruptStateError as exc:  # this domain on its own line; the others as usual
+                out.append(_unreadable(provider, model, name, emax, aliases, str(exc)))
                 continue
-            fields = {as_str(k): as_str(v) for k, v in raw.items()}
-            ramp_seconds = _num(fields, "rampup_seconds")
+            if values is None:
+                continue
+            state = state_of(values)
+            ramp_seconds = values["rampup_seconds"]
             ramp_elapsed = now - state.rampup_started_at
             ramp_on = state.rampup_active and ramp_seconds > 0
-            last = changes.get(name)
             out.append(
                 DomainReport(
                     provider_name=provider,
@@ -126,21 +135,48 @@ def report(
                     effective_max=emax,
                     aliases=aliases,
                     current_limit=state.current_limit,
-                    in_flight=state.in_flight,
+                    # Live leases only: one that expired counts in the hash until a script reaps it.
+                    in_flight=client.zcount(mk.leases(name), f"({now}", "+inf"),
                     waiters=state.waiters,
                     cooldown_left=max(0.0, state.blocked_until - now),
                     rate_limit_ceiling=state.rate_limit_ceiling,
-                    ceiling_age=now - _num(fields, "ceiling_confirmed_at") if state.rate_limit_ceiling else None,
+                    ceiling_age=now - values["ceiling_confirmed_at"] if state.rate_limit_ceiling else None,
                     rampup_active=state.rampup_active,
                     ramp_percent=min(100.0, 100 * ramp_elapsed / ramp_seconds) if ramp_on else None,
                     ramp_left=max(0.0, ramp_seconds - ramp_elapsed) if ramp_on else None,
                     last_change=last[0] if last else None,
                     last_change_age=last[1] if last else None,
-                    total_429s=int(_num(fields, "total_429s")),
-                    total_reclaimed=int(_num(fields, "total_reclaimed")),
+                    total_429s=int(values["total_429s"]),
+                    total_reclaimed=int(values["total_reclaimed"]),
                 )
             )
     return out
+
+
+def _unreadable(
+    provider: str, model: str, domain: str, emax: int | None, aliases: dict[str, int], problem: str
+) -> DomainReport:
+    return DomainReport(
+        provider_name=provider,
+        model_id=model,
+        domain=domain,
+        effective_max=emax,
+        aliases=aliases,
+        current_limit=0,
+        in_flight=0,
+        waiters=0,
+        cooldown_left=0.0,
+        rate_limit_ceiling=0,
+        ceiling_age=None,
+        rampup_active=False,
+        ramp_percent=None,
+        ramp_left=None,
+        last_change=None,
+        last_change_age=None,
+        total_429s=0,
+        total_reclaimed=0,
+        problem=problem,
+    )
 
 
 class Problem(msgspec.Struct):
@@ -152,6 +188,9 @@ def problems(reports: list[DomainReport], *, max_cooldown: float, max_pinned: fl
     """Domains a probe should fail on: a long cooldown, or stuck at limit 1."""
     found = []
     for r in reports:
+        if r.problem is not None:
+            found.append(Problem(r, r.problem))
+            continue
         if r.cooldown_left > max_cooldown:
             found.append(Problem(r, f"in cooldown for another {r.cooldown_left:.0f}s (threshold {max_cooldown:g}s)"))
         pinned_for = r.last_change_age

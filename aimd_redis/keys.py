@@ -14,6 +14,10 @@ _NAME_MAX = 200
 # Printable, no whitespace: keys stay readable and unambiguous in redis-cli.
 _BAD_CHARS = re.compile(r"[{}\s\x00-\x1f\x7f]")
 _DOMAIN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A namespace starts every key and wake channel, and an ACL rule grants
+# "<namespace>:*": a ':' or a glob character in it would let one namespace's
+# rule cover another's keys.
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: Names under the model's tag that are not domains.
 RESERVED_DOMAINS = frozenset({"cap", "events", "domains"})
 
@@ -32,7 +36,11 @@ def _check_name(what: str, value: object, extra: str = "") -> str:
 
 
 def check_namespace(namespace: object) -> str:
-    return _check_name("namespace", namespace)
+    if not isinstance(namespace, str):
+        raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
+    if not _NAMESPACE.fullmatch(namespace):
+        raise ValueError(f"namespace {namespace!r} must be 1 to 64 characters from A-Z a-z 0-9 _ . -")
+    return namespace
 
 
 def check_alias(alias: object) -> str:
@@ -77,7 +85,7 @@ class ModelKeys:
 @lru_cache(maxsize=4096)
 def model_keys(namespace: str, provider_name: str, model_id: str) -> ModelKeys:
     """Validate the names and build the model's keys (cached: on the hot path)."""
-    _check_name("namespace", namespace)
+    check_namespace(namespace)
     _check_name("provider_name", provider_name, extra="/")
     _check_name("model_id", model_id)
     tag = f"{namespace}:{{{provider_name}/{model_id}}}"

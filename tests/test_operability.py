@@ -119,6 +119,9 @@ def test_in_flight_is_recounted_from_the_leases(make_throttle: MakeThrottle, cli
         ("rate_limit_ceiling", ""),
         ("rampup_active", "2"),
         ("consecutive_429s", "-3"),
+        ("current_limit", "0x3"),
+        ("blocked_until", "1e300"),
+        ("total_429s", "1e16"),
     ],
 )
 def test_a_garbage_field_is_a_clear_error_and_writes_nothing(

@@ -13,7 +13,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from aimd_redis import Lease, Throttle
+from aimd_redis import DomainState, Lease, Throttle, schema
 from aimd_redis.acl import acl_rule
 from aimd_redis.core import SCRIPT_ARGS
 from aimd_redis.scripts import LIBRARY, NAMES, library, sources
@@ -95,6 +95,23 @@ def test_the_named_arguments_of_each_script_match_its_header() -> None:
         header = (ROOT / "lua" / f"{name}.lua").read_text().split("\n\n", 1)[0]
         documented = [(int(i), n) for i, n in re.findall(r"^-- ARGV\[(\d+)\]\s+(\w+)", header, re.MULTILINE)]
         assert documented == list(enumerate(args._fields, 1)), name
+
+
+def test_one_schema_of_the_domain_hash_in_lua_and_python() -> None:
+    prelude = (ROOT / "lua" / "_prelude.lua").read_text()
+
+    def lua_list(name: str) -> list[str]:
+        body = re.search(rf"local {name} = {{(.*?)}}", prelude, re.DOTALL)
+        assert body is not None, name
+        return re.findall(r"'(\w+)'", body.group(1))
+
+    assert list(zip(lua_list("FIELD_NAMES"), lua_list("FIELD_KINDS"), strict=True)) == list(schema.FIELDS)
+    defaults = re.search(r"local FIELD_DEFAULTS = {(.*?)}", prelude)
+    assert defaults is not None
+    assert dict(re.findall(r"(\w+) = (\d+)", defaults.group(1))) == {k: str(v) for k, v in schema.DEFAULTS.items()}
+    assert re.search(rf"local MAX_TIME, MAX_COUNT = {schema.MAX_TIME:g}, {schema.MAX_COUNT:g}", prelude)
+    # The public state is the schema's first fields, in order: replies and wake-ups rely on it.
+    assert DomainState.__struct_fields__ == tuple(name for name, _ in schema.FIELDS[: schema.PUBLIC])
 
 
 def test_the_sync_client_is_generated_from_the_async_one() -> None:

@@ -11,6 +11,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from aimd_redis.errors import one_line
+
 logger = logging.getLogger("aimd_redis")
 
 
@@ -37,8 +39,15 @@ class Periodic:
             await asyncio.sleep(self._interval)
             try:
                 await self._job()
-            except Exception:
-                logger.warning("%s failed; trying again in %.1fs", self._name, self._interval, exc_info=True)
+            except Exception as exc:
+                line = one_line(exc)
+                logger.warning(
+                    "%s failed (%s); trying again in %.1fs",
+                    self._name,
+                    line or exc,
+                    self._interval,
+                    exc_info=line is None,
+                )
 
     async def stop(self) -> None:
         task, self._task = self._task, None

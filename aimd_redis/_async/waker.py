@@ -24,6 +24,7 @@ import redis.exceptions
 from redis.asyncio import ConnectionPool, Redis
 
 from aimd_redis.core import read_pubsub
+from aimd_redis.errors import one_line
 
 logger = logging.getLogger("aimd_redis")
 
@@ -120,8 +121,10 @@ class Waker:
                 message = await link.pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.warning("wake-up channel failed; waiters fall back to re-checking", exc_info=True)
+            except Exception as exc:
+                line = one_line(exc)
+                why = line or exc
+                logger.warning("wake-up channel failed (%s); waiters re-check instead", why, exc_info=not line)
                 await self._drop(link)
                 return
             if message is None:

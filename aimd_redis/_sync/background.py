@@ -9,6 +9,8 @@ import logging
 import threading
 from collections.abc import Callable
 
+from aimd_redis.errors import one_line
+
 logger = logging.getLogger("aimd_redis")
 
 
@@ -40,8 +42,11 @@ class Periodic:
         while not self._stopping.wait(self._interval):
             try:
                 self._job()
-            except Exception:
-                logger.warning("%s failed; trying again in %.1fs", self._name, self._interval, exc_info=True)
+            except Exception as exc:
+                line = one_line(exc)
+                why = line or exc
+                wait = self._interval
+                logger.warning("%s failed (%s); trying again in %.1fs", self._name, why, wait, exc_info=not line)
 
     def stop(self) -> None:
         with self._lock:

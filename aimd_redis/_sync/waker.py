@@ -11,6 +11,7 @@ from typing import Any
 import redis.exceptions
 
 from aimd_redis.core import read_pubsub
+from aimd_redis.errors import one_line
 
 logger = logging.getLogger("aimd_redis")
 
@@ -106,9 +107,11 @@ class Waker:
         while not link.stopping.is_set():
             try:
                 message = link.pubsub.get_message(ignore_subscribe_messages=False, timeout=0.2)
-            except Exception:
+            except Exception as exc:
                 if not link.stopping.is_set():
-                    logger.warning("wake-up channel failed; waiters fall back to re-checking", exc_info=True)
+                    line = one_line(exc)
+                    why = line or exc
+                    logger.warning("wake-up channel failed (%s); waiters re-check instead", why, exc_info=not line)
                     self._drop(link)
                 return
             if message is None:

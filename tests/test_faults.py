@@ -1,0 +1,141 @@
+"""Faults that lose slots or admit too many, each reproduced on a real
+redis-server of its own, each ending with a check that nothing leaked."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import generate_latest
+
+from aimd_redis import (
+    AimdRedisError,
+    FailOpen,
+    Lease,
+    RedisAuthenticationError,
+    Throttle,
+    ThrottleConfig,
+)
+from aimd_redis.acl import acl_rule
+from aimd_redis.cli import main
+from aimd_redis.embedded import EmbeddedRedis
+from aimd_redis.exporter import registry_for
+from aimd_redis.inspect import report
+
+from .conftest import IN_CI
+from .helpers import M, P, wait_until
+
+TARGET = {"provider_name": P, "model_id": M, "domain": "chat"}
+KEY = f"aimd:{{{P}/{M}}}:chat"
+
+
+def own_server(**settings: Any) -> EmbeddedRedis:
+    if not shutil.which("redis-server"):
+        reason = "these faults need a redis-server of their own"
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return EmbeddedRedis(**settings)
+
+
+@pytest.fixture
+def server() -> Iterator[EmbeddedRedis]:
+    with own_server() as s:
+        yield s
+
+
+def nothing_leaked(client: redis.Redis, max_limit: int) -> None:
+    """No live lease without a holder, nothing in flight, nobody queued, the limit within 1..max."""
+    assert client.zcount(f"{KEY}:leases", 0, "+inf") == 0
+    assert int(client.hget(KEY, "in_flight") or 0) == 0
+    assert client.zcard(f"{KEY}:queue") == 0
+    assert 1 <= int(client.hget(KEY, "current_limit") or 1) <= max_limit
+
+
+# -- authentication ----------------------------------------------------------
+
+
+def test_a_wrong_or_missing_password_is_its_own_error_and_never_fails_open() -> None:
+    with own_server(password="right") as s:
+        port = s.url.rsplit(":", 1)[1]
+        for url in (f"redis://:wrong@127.0.0.1:{port}", f"redis://127.0.0.1:{port}"):
+            t = Throttle(url, fail_open=FailOpen(concurrency=4))
+            for call in (
+                lambda t=t: t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=4),
+                lambda t=t: t.try_acquire(**TARGET),
+                lambda t=t: t.acquire(**TARGET, timeout=1),
+                lambda t=t: t.domain_state(P, M, "chat"),
+            ):
+                with pytest.raises(RedisAuthenticationError, match=r"redis://user:password@host") as caught:
+                    call()
+                assert isinstance(caught.value, (AimdRedisError, PermissionError))
+            t.close()
+        assert redis.Redis.from_url(s.url).dbsize() == 0
+
+
+def test_a_background_job_refused_its_credentials_logs_one_line(
+    server: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin = redis.Redis.from_url(server.url)
+    admin.execute_command("ACL", "SETUSER", "worker", "on", ">pw", "~*", "&*", "+@all")
+    port = server.url.rsplit(":", 1)[1]
+    t = Throttle(f"redis://worker:pw@127.0.0.1:{port}", config=ThrottleConfig(lease_ttl_seconds=0.9))
+    t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=2)
+    lease = t.try_acquire(**TARGET)
+    assert isinstance(lease, Lease)
+    with caplog.at_level(logging.WARNING, logger="aimd_redis"):
+        admin.execute_command("ACL", "DELUSER", "worker")  # also cuts the user's connections
+        wait_until(lambda: any("renewer" in r.getMessage() for r in caplog.records), "no renewal failed", 10)
+    renewal = next(r for r in caplog.records if "renewer" in r.getMessage())
+    assert "credentials" in renewal.getMessage()
+    assert not renewal.exc_info  # one line, no traceback
+    t.close()
+    time.sleep(1.0)  # the lease expires unrenewed: its slot comes back
+    assert admin.zcount(f"{KEY}:leases", time.time(), "+inf") == 0
+
+
+# -- namespaces ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("namespace", ["x:prod", "a*", "team?", "[ab]", "ns with space", ""])
+def test_a_namespace_that_could_cover_another_is_refused(namespace: str) -> None:
+    with pytest.raises(ValueError, match="namespace"):
+        Throttle(redis.Redis(), namespace=namespace)
+    with pytest.raises(ValueError, match="namespace"):
+        acl_rule("u", [namespace])
+
+
+# -- reading the state ---------------------------------------------------------
+
+
+def test_status_counts_live_leases_and_reports_a_corrupt_domain_on_its_own(
+    server: EmbeddedRedis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = redis.Redis.from_url(server.url)
+    t = Throttle(client, config=ThrottleConfig(lease_ttl_seconds=60))
+    t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=4)
+    seconds, micros = client.time()
+    long_ago = seconds + micros / 1e6 - 420
+    assert isinstance(t.try_acquire(**TARGET, now=long_ago), Lease)  # its holder died seven minutes ago
+    assert isinstance(t.try_acquire(provider_name=P, model_id=M, domain="embedding"), Lease)
+    client.hset(f"aimd:{{{P}/{M}}}:image", mapping={"current_limit": "abc"})
+    client.sadd(f"aimd:{{{P}/{M}}}:domains", "image")
+    reports = {r.domain: r for r in report(client, "aimd")}
+    assert (reports["chat"].in_flight, reports["embedding"].in_flight) == (0, 1)
+    assert reports["image"].problem is not None
+    assert "current_limit" in reports["image"].problem
+    assert main(["status", "--url", server.url]) == 0
+    out = capsys.readouterr().out
+    assert "embedding" in out
+    assert "UNREADABLE" in out
+    assert main(["check", "--url", server.url]) == 1
+    assert "image" in capsys.readouterr().out
+    text = generate_latest(registry_for(client, "aimd")).decode()
+    assert 'aimd_unreadable{domain="image",model="gpt-4o",provider="openai"} 1.0' in text
+    assert 'aimd_in_flight{domain="embedding",model="gpt-4o",provider="openai"} 1.0' in text
+    t.close()
