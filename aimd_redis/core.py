@@ -405,10 +405,13 @@ class Core:
             return float(second)
         return Grant(ref=ref, expires_at=float(first), state=state_from_text(second))
 
-    def parse_release(self, ref: LeaseRef, reply: Sequence[Any]) -> ReleaseResult:
-        released, state_text, events = reply
+    def parse_release(self, ref: LeaseRef, reply: Sequence[Any]) -> tuple[ReleaseResult, bool]:
+        """The result, and whether the model's registration was there (if not,
+        the caller should register again)."""
+        released, state_text, events, registered = reply
         self._log(ref.provider_name, ref.model_id, events)
-        return ReleaseResult(released=released == 1, state=state_from_text(state_text) if state_text else None)
+        result = ReleaseResult(released=released == 1, state=state_from_text(state_text) if state_text else None)
+        return result, registered == 1
 
     def renew_call(self, refs: Sequence[LeaseRef], now: float | None) -> Call:
         """Renew leases of one model (any of its domains) in one call."""

@@ -105,6 +105,11 @@ def function_missing(exc: redis.exceptions.ResponseError) -> bool:
     return "Function not found" in str(exc)
 
 
+def flags_refused(exc: redis.exceptions.ResponseError) -> bool:
+    """A script's flags line ('#!lua') that the server cannot compile (before Redis 7)."""
+    return "near '#'" in str(exc)
+
+
 def functions_refused(exc: redis.exceptions.ResponseError) -> bool:
     """Redis will not run function libraries for this client: a server
     before 7, or a user whose ACL allows EVALSHA but not FCALL or FUNCTION LOAD."""

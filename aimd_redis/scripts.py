@@ -41,11 +41,20 @@ def _read() -> tuple[str, dict[str, str]]:
     return shared, {name: (folder / f"{name}.lua").read_text(encoding="utf-8") for name in NAMES}
 
 
+#: The first line of a script that Redis 7 and later read as its flags: none,
+#: so that Redis refuses it as a whole when it is out of memory (without it, a
+#: script is stopped only at its first command that needs memory, after it
+#: may have written). Older servers, and fakeredis, cannot parse it.
+FLAGS_LINE = "#!lua\n"
+
+
 @cache
-def sources() -> dict[str, str]:
-    """Script name -> full Lua text for EVAL (the shared code, then the operation)."""
+def sources(flags: bool = True) -> dict[str, str]:
+    """Script name -> full Lua text for EVAL (the shared code, then the
+    operation), under a flags line unless told otherwise."""
     shared, bodies = _read()
-    return {name: shared + "\n" + body for name, body in bodies.items()}
+    head = FLAGS_LINE if flags else ""
+    return {name: head + shared + "\n" + body for name, body in bodies.items()}
 
 
 class Library(NamedTuple):

@@ -405,7 +405,7 @@ class Simulation:
         assert task.ref is not None
         self._by_id.pop(task.ref.lease_id, None)
         call = self.core.release_call(task.ref, outcome, retry_after, EPOCH + self.now)  # type: ignore[arg-type]
-        result = self.core.parse_release(task.ref, self._script(call))
+        result, _ = self.core.parse_release(task.ref, self._script(call))
         if result.state is not None:
             self._state = result.state
         self._drain_wakeups()

@@ -37,12 +37,14 @@
 -- its process's channel; during a cooldown the first waiter is told when it
 -- ends instead.
 --
--- Reply: {released, state, events}
+-- Reply: {released, state, events, registered}
 --   released 1 when this call gave the slot back; 0 when the lease was already
 --            released or had expired (the outcome is then ignored)
 --   state    the domain's nine public fields, in order, joined by commas
 --            ('' if the domain no longer exists)
 --   events   flat list of (domain, event, from, to) quadruples
+--   registered 0 when the model's registration was missing (the caller should
+--            register again), else 1
 -- Errors: 'AIMD_CORRUPT <key> field <name> holds <value>'
 
 local now = clock(ARGV[1])
@@ -59,8 +61,7 @@ local policy = rules[cfg.policy]
 
 local emax, err = read_max(KEYS[1])
 if err then return redis.error_reply(err) end
--- A model whose registration vanished (deleted by hand) counts as max 1.
-emax = emax or 1
+local registered = emax ~= nil
 
 local d
 d, err = load_domain(KEYS[2])
@@ -84,12 +85,16 @@ if outcome == 'abandon' then
     expire_new(idle_ms, KEYS[3])
   end
 end
-if not d then return {0, '', {}} end
+if not d then return {0, '', {}, registered and 1 or 0} end
+-- A registration Redis lost (deleted, evicted) is unknown, not 1: the limit
+-- stays where it is, and only a 429 moves it (down), until the client that
+-- reads this reply registers again.
+if not registered then emax = d.current_limit end
 
 d.in_flight = redis.call('ZCOUNT', KEYS[3], 0, '+inf')
 rules.refresh(domain, d, now, emax, cfg.ceiling_ttl)
 
-if released == 1 and outcome ~= 'abandon' then
+if released == 1 and outcome ~= 'abandon' and (registered or outcome == 'rate_limited') then
   -- What the rules learn of the request: sent after the last cut, and sent
   -- while every slot was taken.
   local fresh = granted_at >= d.ceiling_confirmed_at
@@ -120,4 +125,4 @@ if handoff_expiry then
 end
 local flat_events = flush_events(KEYS[5], now, events_maxlen, idle_ms)
 touch(idle_ms, KEYS[2], KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
-return {released, state_text(d), flat_events}
+return {released, state_text(d), flat_events, registered and 1 or 0}

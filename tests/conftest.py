@@ -148,11 +148,15 @@ def make_throttle(client: Any, backend: str, request: pytest.FixtureRequest) -> 
     """Throttle factory on ``client`` (on the "acl" backend, on a client logged
     in as the restricted user); keyword arguments go to ThrottleConfig."""
     own = redis.Redis.from_url(request.getfixturevalue("acl_url")) if backend == "acl" else None
+    made: list[Throttle] = []
 
     def make(namespace: str = "aimd", **config: Any) -> Throttle:
-        return Throttle(own or client, config=ThrottleConfig(**config), namespace=namespace)
+        made.append(Throttle(own or client, config=ThrottleConfig(**config), namespace=namespace))
+        return made[-1]
 
     yield make
+    for t in made:  # no background job of a test outlives it
+        t.close()
     if own is not None:
         own.close()
 
@@ -163,9 +167,14 @@ async def make_async_throttle(
 ) -> AsyncIterator[Callable[..., AsyncThrottle]]:
     own = redis.asyncio.Redis.from_url(request.getfixturevalue("acl_url")) if backend == "acl" else None
 
+    made: list[AsyncThrottle] = []
+
     def make(namespace: str = "aimd", **config: Any) -> AsyncThrottle:
-        return AsyncThrottle(own or aclient, config=ThrottleConfig(**config), namespace=namespace)
+        made.append(AsyncThrottle(own or aclient, config=ThrottleConfig(**config), namespace=namespace))
+        return made[-1]
 
     yield make
+    for t in made:
+        await t.aclose()
     if own is not None:
         await own.aclose()

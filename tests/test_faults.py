@@ -3,6 +3,7 @@ redis-server of its own, each ending with a check that nothing leaked."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -15,9 +16,12 @@ from prometheus_client import generate_latest
 
 from aimd_redis import (
     AimdRedisError,
+    CorruptStateError,
     FailOpen,
     Lease,
     RedisAuthenticationError,
+    RedisOutOfMemoryError,
+    RedisUnavailableError,
     Throttle,
     ThrottleConfig,
 )
@@ -139,3 +143,138 @@ def test_status_counts_live_leases_and_reports_a_corrupt_domain_on_its_own(
     assert 'aimd_unreadable{domain="image",model="gpt-4o",provider="openai"} 1.0' in text
     assert 'aimd_in_flight{domain="embedding",model="gpt-4o",provider="openai"} 1.0' in text
     t.close()
+
+
+# -- an outcome that does not reach Redis ---------------------------------------
+
+
+def test_a_release_during_a_write_pause_is_sent_again_and_the_slot_comes_back(server: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(server.url)
+    t = Throttle(redis.Redis.from_url(server.url, socket_timeout=0.5), config=ThrottleConfig(lease_ttl_seconds=30))
+    t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
+    lease = t.acquire(**TARGET, timeout=0)
+    client.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
+    with pytest.raises(RedisUnavailableError):
+        lease.success()
+    assert lease.id not in t._held  # never renewed again
+    # A worker trying again for the only slot: it is free once the pause
+    # (1.5 s) is over and the outcome got through.
+    started = time.monotonic()
+    again = None
+    while again is None and time.monotonic() - started < 10:
+        with contextlib.suppress(RedisUnavailableError):
+            got = t.try_acquire(**TARGET)
+            again = got if isinstance(got, Lease) else None
+    assert again is not None
+    assert time.monotonic() - started < 4
+    again.success()
+    t.close()
+    nothing_leaked(client, 1)
+
+
+def test_a_slot_block_whose_report_fails_does_not_raise_and_gives_the_slot_back(server: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(server.url)
+    t = Throttle(redis.Redis.from_url(server.url, socket_timeout=0.5))
+    t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
+    with t.slot(**TARGET, timeout=0):
+        client.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
+    # The request succeeded; its report waits for Redis, the caller does not.
+    wait_until(lambda: client.zcard(f"{KEY}:leases") == 0, "the slot did not come back", 10)
+    t.close()
+    nothing_leaked(client, 1)
+
+
+def test_an_outcome_refused_for_a_broken_field_goes_through_once_the_field_is_mended(
+    server: EmbeddedRedis,
+) -> None:
+    client = redis.Redis.from_url(server.url)
+    t = Throttle(server.url)
+    t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
+    lease = t.acquire(**TARGET, timeout=0)
+    client.hset(KEY, "current_limit", "abc")
+    with pytest.raises(CorruptStateError):
+        lease.success()
+    assert lease.id not in t._held
+    client.hset(KEY, "current_limit", "1")
+    wait_until(lambda: client.zcard(f"{KEY}:leases") == 0, "the outcome was not sent again", 10)
+    t.close()
+    nothing_leaked(client, 1)
+
+
+# -- out of memory -------------------------------------------------------------
+
+
+def _fill(client: redis.Redis) -> None:
+    """Write until Redis refuses: it is full."""
+    for i in range(100_000):
+        try:
+            client.set(f"junk:{i}", "x" * 10_000)
+        except redis.exceptions.OutOfMemoryError:
+            return
+    raise AssertionError("Redis never filled up")
+
+
+@pytest.mark.parametrize("functions", [True, False])
+def test_out_of_memory_refuses_a_call_as_a_whole_and_is_not_an_outage(functions: bool) -> None:
+    with own_server(args=["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"]) as s:
+        client = redis.Redis.from_url(s.url)
+        t = Throttle(s.url, fail_open=FailOpen(concurrency=4))
+        t._functions = functions  # the function library, and the scripts a cluster runs
+        t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=2)
+        held = t.try_acquire(**TARGET, now=100.0)
+        assert isinstance(held, Lease)
+        _fill(client)
+        ours = sorted(k for k in client.keys("aimd:*"))
+        before = client.execute_command("DEBUG", "DIGEST-VALUE", *ours)
+        for call in (
+            lambda: t.try_acquire(**TARGET, now=200.0),  # reaps the expired lease, then would grant
+            lambda: held.renew(now=101.0),
+            lambda: t.acquire(**TARGET, timeout=1),
+        ):
+            with pytest.raises(RedisOutOfMemoryError):
+                call()
+        assert client.execute_command("DEBUG", "DIGEST-VALUE", *ours) == before  # nothing written
+        client.flushdb()  # memory again: the library's calls go through
+        t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=2)
+        assert isinstance(t.try_acquire(**TARGET), Lease)
+        t.close()
+
+
+# -- a lost registration -------------------------------------------------------
+
+
+def test_a_registration_lost_under_a_held_lease_leaves_the_limit_where_it_was(server: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(server.url)
+    t = Throttle(client, config=ThrottleConfig(success_window=1))
+    t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=8)
+    first = t.acquire(**TARGET, timeout=0)
+    first.success()
+    t.set_limit(P, M, "chat", 5)
+    lease = t.acquire(**TARGET, timeout=0)
+    client.delete(f"aimd:{{{P}/{M}}}:cap")  # by hand, or evicted
+    assert lease.success().released
+    state = t.domain_state(P, M, "chat")
+    assert state is not None
+    assert state.current_limit == 5  # not 1
+    assert t.effective_max(P, M) == 8  # registered again by the client that noticed
+    t.close()
+    nothing_leaked(client, 8)
+
+
+def test_under_eviction_pressure_the_limit_never_falls_to_1_for_a_lost_registration() -> None:
+    # allkeys-random evicts any key alike; LRU would mostly spare keys used this often.
+    with own_server(args=["--maxmemory", "3mb", "--maxmemory-policy", "allkeys-random"]) as s:
+        client = redis.Redis.from_url(s.url)
+        t = Throttle(client, config=ThrottleConfig(success_window=1))
+        t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=8)
+        limits, lost = [], 0
+        for i in range(1500):
+            with t.slot(**TARGET, timeout=5):
+                client.set(f"junk:{i}", "x" * 20_000)  # Redis evicts to make room, our keys among others
+                lost += not client.exists(f"aimd:{{{P}/{M}}}:cap")  # lost under a held lease
+            state = t.domain_state(P, M, "chat")
+            if state is not None:
+                limits.append(state.current_limit)
+        assert lost > 10  # the fault did happen, many times
+        assert min(limits) > 1
+        t.close()

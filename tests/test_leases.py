@@ -105,12 +105,12 @@ def test_giving_up_on_an_acquire_frees_the_slot_it_granted_and_blocks_one_not_ye
     call, ref = core.acquire_call("openai", "gpt-4o", "chat", 0.0, core.new_lease_id("c"))
     t._run(call)  # granted; the reply was lost
     assert state(t).in_flight == 1
-    assert core.parse_release(ref, t._run(core.release_call(ref, "abandon", None, 1.0))).released
+    assert core.parse_release(ref, t._run(core.release_call(ref, "abandon", None, 1.0)))[0].released
     s = state(t)
     assert (s.in_flight, s.current_limit, s.consecutive_429s, s.success_streak) == (0, 1, 0, 0)
     # Given up before it ran: when the acquire arrives it grants nothing.
     call, ref = core.acquire_call("openai", "gpt-4o", "chat", 2.0, core.new_lease_id("c"))
-    assert not core.parse_release(ref, t._run(core.release_call(ref, "abandon", None, 2.0))).released
+    assert not core.parse_release(ref, t._run(core.release_call(ref, "abandon", None, 2.0)))[0].released
     with pytest.raises(RuntimeError, match="abandoned"):
         core.parse_acquire(ref, t._run(call))
     assert state(t).in_flight == 0

@@ -6,6 +6,7 @@ do not edit; edit that file and run ``python tools/unasync.py``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -40,8 +41,10 @@ from aimd_redis.errors import (
     NotRegisteredError,
     RedisCommandError,
     RedisUnavailableError,
+    flags_refused,
     function_missing,
     functions_refused,
+    one_line,
     redis_boundary,
 )
 from aimd_redis.keys import check_domain
@@ -53,6 +56,8 @@ logger = logging.getLogger("aimd_redis")
 #: Socket timeouts of a client built from a URL: an outage surfaces as
 #: RedisUnavailableError within seconds instead of a hang.
 URL_SOCKET_TIMEOUT_SECONDS = 5.0
+#: How often an outcome that did not reach Redis is sent again.
+RESEND_SECONDS = 1.0
 
 
 class Throttle:
@@ -98,6 +103,9 @@ class Throttle:
         self._scripts: dict[str, Script] = {
             name: self._redis.register_script(text) for name, text in sources().items()
         }
+        self._plain_scripts: dict[str, Script] = {
+            name: self._redis.register_script(text) for name, text in sources(flags=False).items()
+        }
         self._library = library()
         # Functions where Redis has them, loaded once; EVALSHA on a cluster,
         # where redis-py would spend a round trip asking for an FCALL's keys.
@@ -109,6 +117,11 @@ class Throttle:
         # their ttl, so only a dead process's slots ever expire.
         self._held: dict[str, Lease] = {}
         self._renewer = Periodic(self.config.lease_ttl_seconds / 3, self._renew_held, "aimd-redis lease renewer")
+        # Outcomes and give-backs that did not reach Redis, sent again until
+        # Redis takes them or the lease would have expired: lease id -> (call,
+        # the lease's name for the logs, monotonic deadline).
+        self._unsent: dict[str, tuple[Call, LeaseRef, float]] = {}
+        self._resender = Periodic(RESEND_SECONDS, self._resend, "aimd-redis outcome resender")
         # A subscription Redis never confirms is an outage, given the same bound as any call.
         confirm = socket_timeout_of(redis) or CONFIRM_SECONDS
         self._waker: Waker | None = Waker(redis, sharded=cluster, confirm_seconds=confirm)
@@ -132,7 +145,14 @@ class Throttle:
                     if not functions_refused(exc):
                         raise
                     self._without_functions(exc)
-            return self._scripts[call.script](keys=call.keys, args=call.args)
+            try:
+                return self._scripts[call.script](keys=call.keys, args=call.args)
+            except redis.exceptions.ResponseError as exc:
+                if not flags_refused(exc) or self._scripts is self._plain_scripts:
+                    raise
+                # A server before 7 (or fakeredis) cannot read the flags line.
+                self._scripts = self._plain_scripts
+                return self._scripts[call.script](keys=call.keys, args=call.args)
 
     def _load_library(self) -> bool:
         """Load the function library (once per server, or after a restart or a
@@ -191,6 +211,14 @@ class Throttle:
         for alias, max_parallel in aliases.items():
             self._register(provider_name, model_id, alias, max_parallel, now)
         return True
+
+    def _restore_quietly(self, ref: LeaseRef) -> None:
+        """Redis lost the model's registration under a held lease: register it
+        again, best effort (the next acquire would, too)."""
+        try:
+            self._restore_registration(ref.provider_name, ref.model_id, None)
+        except AimdRedisError as exc:
+            logger.warning("could not register %s/%s again: %s", ref.provider_name, ref.model_id, exc)
 
     def effective_max(self, provider_name: str, model_id: str) -> int:
         """The model's effective max, read without changing anything."""
@@ -277,17 +305,42 @@ class Throttle:
         return lease
 
     def _run_quietly(self, call: Call, ref: LeaseRef) -> None:
-        """Best effort for a call that gives a slot back, after the first try was cut off."""
+        """A call that gives a slot back, after the first try was cut off: sent
+        now, and again in the background until Redis takes it."""
         try:
             self._run(call)
         except BaseException as exc:  # the caller's own exception is on its way; this one only informs
+            self._keep_unsent(call, ref, exc)
+
+    def _keep_unsent(self, call: Call, ref: LeaseRef, exc: BaseException) -> None:
+        """Send ``call`` (an outcome or a give-back: idempotent by lease id) again
+        until Redis takes it, or until the lease would have expired anyway."""
+        if ref.lease_id not in self._unsent:
             logger.warning(
-                "could not give back a slot of %s/%s %s (lease %s): %s; Redis reclaims it after lease_ttl_seconds",
+                "could not report on lease %s of %s/%s %s (%s); sending it again until Redis takes it",
+                ref.lease_id,
                 ref.provider_name,
                 ref.model_id,
                 ref.domain,
-                ref.lease_id,
-                exc,
+                one_line(exc) or exc,
+            )
+        deadline = time.monotonic() + self.config.lease_ttl_seconds
+        self._unsent[ref.lease_id] = (call, ref, deadline)
+        self._resender.start()
+
+    def _resend(self) -> None:
+        for lease_id, (call, ref, deadline) in list(self._unsent.items()):
+            if time.monotonic() > deadline:  # Redis has reclaimed the slot and would ignore the outcome
+                self._unsent.pop(lease_id, None)
+                logger.warning("gave up reporting on lease %s: it has expired, and its slot is back", lease_id)
+                continue
+            try:
+                self._run(call)
+            except AimdRedisError:
+                return  # still refused: the rest would be too; next round
+            self._unsent.pop(lease_id, None)
+            logger.info(
+                "reported on lease %s of %s/%s %s after all", lease_id, ref.provider_name, ref.model_id, ref.domain
             )
 
     def acquire(
@@ -405,19 +458,22 @@ class Throttle:
                 return ReleaseResult(released=True, state=local_state(lease.local))
             return ReleaseResult(released=False, state=local_state(lease.local))
         call = self._core.release_call(lease.ref, outcome, retry_after, now)
+        self._held.pop(lease.id, None)  # reported: never renewed again, whatever comes of the call
         try:
             reply = self._run(call)
-        except CorruptStateError:
+        except BaseException as exc:
+            # Refused, or cut off mid-call (it may or may not have run): the
+            # outcome is sent again until Redis takes it. That is safe, since
+            # a lease is released at most once, and gives the slot back as
+            # soon as Redis answers again.
+            self._keep_unsent(call, lease.ref, exc)
             raise
-        except BaseException:
-            # Cut off mid-call: the release may or may not have run. Running it
-            # again is safe (a lease is released at most once) and keeps a
-            # cancelled task from holding its slot until the lease expires.
-            self._run_quietly(call, lease.ref)
-            raise
+        self._unsent.pop(lease.id, None)
         lease.reported = True
-        self._held.pop(lease.id, None)
-        return self._core.parse_release(lease.ref, reply)
+        result, registered = self._core.parse_release(lease.ref, reply)
+        if result.released and not registered:
+            self._restore_quietly(lease.ref)
+        return result
 
     def _renew_held(self) -> None:
         """Renew every held lease, one script call per model."""
@@ -471,6 +527,9 @@ class Throttle:
         """Stop renewing leases, and close the Redis client if this throttle
         created it from a URL. Leases still held expire after their ttl."""
         self._renewer.stop()
+        self._resender.stop()
+        if self._unsent:  # one last try for what Redis has not taken yet
+            self._resend()
         if self._waker is not None:
             self._waker.close()
         if self._owns_redis:
@@ -551,11 +610,10 @@ class Slot:
         lease = self._lease
         if lease is None or lease.reported:
             return
-        if exc_type is None:
-            lease.success()
-            return
-        try:
-            lease.failure()
-        except AimdRedisError:
-            # Do not mask the caller's exception; the lease expires on its own.
-            logger.warning("could not report failure of %r; Redis reclaims it when it expires", lease, exc_info=True)
+        # The request's own outcome stands: a report Redis did not take is sent
+        # again in the background (and logged), not raised over it.
+        with contextlib.suppress(AimdRedisError):
+            if exc_type is None:
+                lease.success()
+            else:
+                lease.failure()
