@@ -73,6 +73,7 @@ class AcquireArgs(NamedTuple):
     wake_prefix: str
     publish: str
     recheck: str
+    claim_ttl: str
 
 
 class ReleaseArgs(NamedTuple):
@@ -93,6 +94,7 @@ class ReleaseArgs(NamedTuple):
     lease_ttl: str
     wake_prefix: str
     publish: str
+    claim_ttl: str
 
 
 class RenewArgs(NamedTuple):
@@ -265,6 +267,9 @@ class Core:
         self._idle_ms = str(idle_ms)
         self._lease_ttl = _seconds(config.lease_ttl_seconds)
         self._maxlen = str(EVENTS_MAXLEN)
+        # A slot handed to a waiter is its own only once claimed: the waiter
+        # claims it when woken, or at its next re-check (every wait_poll).
+        claim_ttl = _seconds(min(config.lease_ttl_seconds, 2 * config.wait_poll_seconds))
         # The arguments every call of a script shares, built once.
         self._acquire_args = AcquireArgs(
             now="",
@@ -280,6 +285,7 @@ class Core:
             wake_prefix="",
             publish=self._publish,
             recheck="",
+            claim_ttl=claim_ttl,
         )
         self._release_args = ReleaseArgs(
             now="",
@@ -299,6 +305,7 @@ class Core:
             lease_ttl=self._lease_ttl,
             wake_prefix="",
             publish=self._publish,
+            claim_ttl=claim_ttl,
         )
 
     def keys(self, provider_name: str, model_id: str) -> ModelKeys:

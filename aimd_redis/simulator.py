@@ -358,6 +358,8 @@ class Simulation:
             woke = self.core.parse_wake(task.ref, text)
             if isinstance(woke, Grant):
                 self._state = woke.state
+                # Claimed at once, as the client does (the claim window is seconds).
+                self._script(self.core.renew_call([task.ref], EPOCH + self.now))
                 self._granted(task, self.latency.wake + self.latency.network)
             else:
                 self._recheck_in(task, min(woke, self.config.wait_poll_seconds))

@@ -210,9 +210,12 @@ end
 -- A waiter id is '<client>.<token>': <client> names the process's wake channel
 -- (channel prefix .. <client>), and the id doubles as the lease id the waiter
 -- gets when a slot is handed to it.
-local function queue_of(queue_key, beats_key, tickets_key, leases_key, channel_prefix, publish, idle_ms)
+-- A slot handed to a waiter lasts claim_ttl seconds until the waiter claims
+-- it (re-checking, or renewing it once woken): a waiter that died in the
+-- queue does not keep it for a whole lease ttl.
+local function queue_of(queue_key, beats_key, tickets_key, leases_key, channel_prefix, publish, idle_ms, claim_ttl)
   return {queue = queue_key, beats = beats_key, tickets = tickets_key, leases = leases_key,
-          prefix = channel_prefix, publish = publish, idle_ms = idle_ms, handed = {}}
+          prefix = channel_prefix, publish = publish, idle_ms = idle_ms, claim_ttl = claim_ttl, handed = {}}
 end
 
 local function enqueue(q, id, beat_deadline)
@@ -239,17 +242,19 @@ local function reap_waiters(q, now)
 end
 
 -- Hands free slots to the longest waiting live waiters, in order. Returns
--- whether self_id was among them; the others are told by publish_handoffs.
+-- whether self_id (the caller, alive: its lease lasts lease_ttl) was among
+-- them, and the expiry of the others' leases (until claimed), who are told
+-- by publish_handoffs.
 local function promote(q, d, now, lease_ttl, self_id)
   local got_self = false
-  local expiry = fmt(now + lease_ttl)
+  local full, claim = fmt(now + lease_ttl), fmt(now + q.claim_ttl)
   for _ = 1, 1000 do
     if d.in_flight >= d.current_limit or now < d.blocked_until then break end
     local head = redis.call('ZRANGE', q.queue, 0, 0)[1]
     if not head then break end
     local beat = redis.call('ZSCORE', q.beats, head)
     leave(q, head)
-    if beat and tonumber(beat) > now and redis.call('ZADD', q.leases, 'NX', expiry, head) == 1 then
+    if beat and tonumber(beat) > now and redis.call('ZADD', q.leases, 'NX', head == self_id and full or claim, head) == 1 then
       if d.in_flight == 0 then expire_new(q.idle_ms, q.leases) end
       d.in_flight = d.in_flight + 1
       if head == self_id then got_self = true else q.handed[#q.handed + 1] = head end
@@ -257,7 +262,7 @@ local function promote(q, d, now, lease_ttl, self_id)
       redis.call('ZREM', q.leases, head)  -- a tombstone: that waiter gave up already
     end
   end
-  return got_self, expiry
+  return got_self, claim
 end
 
 -- How long the first waiter in line should sleep before asking again: until

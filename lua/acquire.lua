@@ -24,7 +24,8 @@
 -- ARGV[11] wake_prefix       <ns>:{<provider>/<model>}:wake:
 -- ARGV[12] publish           'PUBLISH', or 'SPUBLISH' on a cluster
 -- ARGV[13] recheck           '1' when this waiter asked before (it may hold a
---                            handed-over slot), else ''
+--                            handed-over slot: this call claims it), else ''
+-- ARGV[14] claim_ttl         seconds a slot handed to a waiter lasts until claimed
 --
 -- A newcomer never passes a queued waiter: while the queue is not empty, free
 -- slots go to it in order (and its waiters are woken on their channels).
@@ -49,6 +50,7 @@ local lease_ttl, rampup_seconds, ceiling_ttl = tonumber(ARGV[4]), tonumber(ARGV[
 local idle_ms, events_maxlen = tonumber(ARGV[7]), ARGV[8]
 local waiting, beat = ARGV[9] == 'wait', tonumber(ARGV[10])
 local wake_prefix, publish, recheck = ARGV[11], ARGV[12], ARGV[13] == '1'
+local claim_ttl = tonumber(ARGV[14])
 
 local emax, err = registered_max(KEYS[1])
 if err then return redis.error_reply(err) end
@@ -63,7 +65,7 @@ if not d then
   emit(domain, d.rampup_active == 1 and 'ramp_start' or 'created', 0, d.current_limit)
 end
 
-local q = queue_of(KEYS[6], KEYS[7], KEYS[8], KEYS[3], wake_prefix, publish, idle_ms)
+local q = queue_of(KEYS[6], KEYS[7], KEYS[8], KEYS[3], wake_prefix, publish, idle_ms, claim_ttl)
 reap(domain, d, KEYS[3], now)
 d.in_flight = redis.call('ZCOUNT', KEYS[3], 0, '+inf')
 d.rampup_seconds = rampup_seconds
@@ -72,11 +74,13 @@ rules.ramp(domain, d, now, emax, rampup_seconds)
 
 local status, value, value_text = nil, 0, nil
 local expiry_text = fmt(now + lease_ttl)
+local handoff_expiry
 local queued = redis.call('ZCARD', q.queue)
 if recheck then
   local held = redis.call('ZSCORE', KEYS[3], id)
-  if held and tonumber(held) > 0 then  -- handed over; the wake-up was lost or is on its way
-    status, value = 'granted', tonumber(held)
+  if held and tonumber(held) > 0 then  -- handed over; the wake-up was lost or is on its way: claimed now
+    redis.call('ZADD', KEYS[3], 'XX', expiry_text, id)
+    status, value, value_text = 'granted', now + lease_ttl, expiry_text
     leave(q, id)
   end
 end
@@ -111,9 +115,10 @@ if not status then
     if waiting then
       if mine then redis.call('ZADD', q.beats, now + beat, id) else enqueue(q, id, now + beat) end
     end
-    local got_self, expiry = promote(q, d, now, lease_ttl, id)
+    local got_self, claim = promote(q, d, now, lease_ttl, id)
+    handoff_expiry = claim
     if got_self then
-      status, value = 'granted', tonumber(expiry)
+      status, value, value_text = 'granted', now + lease_ttl, expiry_text
     elseif waiting then
       status, value = 'queued', first_in_line_wait(q, d, id, now)
     elseif now < d.blocked_until then
@@ -126,7 +131,7 @@ end
 
 if queued > 0 or status == 'queued' then d.waiters = redis.call('ZCARD', q.queue) else d.waiters = 0 end
 save_domain(KEYS[2], d)
-publish_handoffs(q, d, expiry_text)
+publish_handoffs(q, d, handoff_expiry)
 local flat_events = flush_events(KEYS[5], now, events_maxlen, idle_ms)
 touch(idle_ms, KEYS[2], KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
 return {status, value_text or fmt(value), state_text(d), flat_events}

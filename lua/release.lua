@@ -32,6 +32,7 @@
 -- ARGV[15] lease_ttl         seconds a tombstone is kept, and new leases last
 -- ARGV[16] wake_prefix       <ns>:{<provider>/<model>}:wake:
 -- ARGV[17] publish           'PUBLISH', or 'SPUBLISH' on a cluster
+-- ARGV[18] claim_ttl         seconds a slot handed to a waiter lasts until claimed
 --
 -- A slot given back goes to the longest waiting live waiter, who is woken on
 -- its process's channel; during a cooldown the first waiter is told when it
@@ -56,7 +57,7 @@ local cfg = {
   rampup_seconds = tonumber(ARGV[11]), ceiling_ttl = tonumber(ARGV[12]), lease_ttl = tonumber(ARGV[15]),
 }
 local idle_ms, events_maxlen = tonumber(ARGV[13]), ARGV[14]
-local wake_prefix, publish = ARGV[16], ARGV[17]
+local wake_prefix, publish, claim_ttl = ARGV[16], ARGV[17], tonumber(ARGV[18])
 local policy = rules[cfg.policy]
 
 local emax, err = read_max(KEYS[1])
@@ -67,7 +68,7 @@ local d
 d, err = load_domain(KEYS[2])
 if err then return redis.error_reply(err) end
 
-local q = queue_of(KEYS[6], KEYS[7], KEYS[8], KEYS[3], wake_prefix, publish, idle_ms)
+local q = queue_of(KEYS[6], KEYS[7], KEYS[8], KEYS[3], wake_prefix, publish, idle_ms, claim_ttl)
 local released, granted_at = 0, nil
 if d then reap(domain, d, KEYS[3], now) end
 -- The lease's score is its expiry (a live lease), or minus the expiry of a

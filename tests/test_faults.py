@@ -3,9 +3,14 @@ redis-server of its own, each ending with a check that nothing leaked."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import multiprocessing
+import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +21,7 @@ from prometheus_client import generate_latest
 
 from aimd_redis import (
     AimdRedisError,
+    AsyncThrottle,
     CorruptStateError,
     FailOpen,
     Lease,
@@ -25,6 +31,7 @@ from aimd_redis import (
     Throttle,
     ThrottleConfig,
 )
+from aimd_redis._async.throttle import MAX_CONNECTIONS
 from aimd_redis.acl import acl_rule
 from aimd_redis.cli import main
 from aimd_redis.embedded import EmbeddedRedis
@@ -278,3 +285,105 @@ def test_under_eviction_pressure_the_limit_never_falls_to_1_for_a_lost_registrat
         assert lost > 10  # the fault did happen, many times
         assert min(limits) > 1
         t.close()
+
+
+# -- slots handed to waiters that are gone ---------------------------------------
+
+QUICK = ThrottleConfig(lease_ttl_seconds=30, wait_poll_seconds=0.5)
+
+
+def _queue_three_and_wait(url: str) -> None:
+    t = Throttle(url, config=QUICK)
+    for _ in range(3):
+        threading.Thread(target=lambda: t.acquire(**TARGET), daemon=True).start()
+    time.sleep(60)  # killed long before
+
+
+def test_a_slot_handed_to_a_killed_process_s_waiter_comes_back_within_the_claim_window(
+    server: EmbeddedRedis,
+) -> None:
+    client = redis.Redis.from_url(server.url)
+    t = Throttle(server.url, config=QUICK)
+    t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
+    held = t.acquire(**TARGET, timeout=0)
+    child = multiprocessing.get_context("spawn").Process(target=_queue_three_and_wait, args=(server.url,))
+    child.start()
+    wait_until(lambda: client.zcard(f"{KEY}:queue") == 3, "the child's waiters did not queue", 30)
+    os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    child.join()
+    time.sleep(0.2)
+    held.success()  # handed to a dead waiter whose heartbeat has not run out yet
+    started = time.monotonic()
+    lease = t.acquire(**TARGET, timeout=10)
+    # Back after the claim window (2 x wait_poll) for each dead waiter in line
+    # at most, not after the lease ttl of 30 s.
+    assert time.monotonic() - started < 5
+    lease.success()
+    t.close()
+    wait_until(lambda: client.zcard(f"{KEY}:queue") == 0, "dead waiters left in the queue", 10)
+    nothing_leaked(client, 1)
+
+
+def test_waiters_that_gave_up_during_a_stall_hold_no_slot_for_long(server: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(server.url)
+    t = Throttle(redis.Redis.from_url(server.url, socket_timeout=0.5), config=QUICK)
+    t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=4)
+    holders = [t.acquire(**TARGET, timeout=0) for _ in range(4)]
+    gave_up = []
+
+    def wait_briefly() -> None:
+        with contextlib.suppress(AimdRedisError):
+            t.acquire(**TARGET, timeout=0.8)
+        gave_up.append(1)
+
+    waiters = [threading.Thread(target=wait_briefly) for _ in range(4)]
+    for w in waiters:
+        w.start()
+    wait_until(lambda: client.zcard(f"{KEY}:queue") == 4, "the waiters did not queue", 10)
+    threading.Thread(target=lambda: redis.Redis.from_url(server.url).execute_command("DEBUG", "SLEEP", 2)).start()
+    for w in waiters:
+        w.join(10)
+    assert len(gave_up) == 4
+    for lease in holders:  # once Redis answers: handed to waiters that are gone, if their give-backs lost
+        with contextlib.suppress(AimdRedisError):
+            lease.success()
+    started = time.monotonic()
+    fresh = []
+    while len(fresh) < 4 and time.monotonic() - started < 15:
+        with contextlib.suppress(AimdRedisError):
+            got = t.try_acquire(**TARGET)
+            if isinstance(got, Lease):
+                fresh.append(got)
+        time.sleep(0.05)
+    assert len(fresh) == 4  # every slot back
+    assert time.monotonic() - started < 6
+    for lease in fresh:
+        lease.success()
+    t.close()
+    nothing_leaked(client, 4)
+
+
+# -- connections ---------------------------------------------------------------
+
+
+async def test_thousands_of_waiting_tasks_share_a_bounded_pool(server: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(server.url)
+    async with AsyncThrottle(server.url, config=ThrottleConfig(wait_poll_seconds=1.0)) as t:
+        await t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
+        held = await t.acquire(**TARGET, timeout=0)
+        waiters = [asyncio.create_task(t.acquire(**TARGET, timeout=30)) for _ in range(2000)]
+        most = 0
+        for _ in range(30):  # while they queue, re-check and beat
+            await asyncio.sleep(0.1)
+            most = max(most, int(client.info("clients")["connected_clients"]))
+        assert client.zcard(f"{KEY}:queue") == 2000
+        assert most <= MAX_CONNECTIONS + 2  # the pool, and this test's own connection
+        await held.success()
+        done, pending = await asyncio.wait(waiters, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1  # the head of the queue, woken
+        for w in pending:
+            w.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await done.pop().result().success()
+    wait_until(lambda: client.zcard(f"{KEY}:queue") == 0, "cancelled waiters left the queue", 30)
+    nothing_leaked(client, 1)

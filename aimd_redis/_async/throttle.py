@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any, cast
 
 import redis.exceptions
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
@@ -59,6 +59,9 @@ logger = logging.getLogger("aimd_redis")
 URL_SOCKET_TIMEOUT_SECONDS = 5.0
 #: How often an outcome that did not reach Redis is sent again.
 RESEND_SECONDS = 1.0
+#: Connections a client built from a URL opens at most (its wake-up channel
+#: included); more calls at once wait their turn.
+MAX_CONNECTIONS = 32
 
 
 class AsyncThrottle:
@@ -97,7 +100,17 @@ class AsyncThrottle:
         self._client_id = secrets.token_hex(6)
         self._owns_redis = isinstance(redis, str)
         if isinstance(redis, str):
-            redis = Redis.from_url(redis, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+            # A bounded pool: a call beyond MAX_CONNECTIONS at once waits for a
+            # free connection (as long as a socket timeout) instead of opening
+            # one more; thousands of waiting tasks need no connection each.
+            pool = BlockingConnectionPool.from_url(
+                redis,
+                max_connections=MAX_CONNECTIONS,
+                timeout=socket_timeout,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_timeout,
+            )
+            redis = Redis.from_pool(pool)
         # Any: redis-py annotates its sync and asyncio clients with one shared
         # "Awaitable or value" return type that fits neither.
         self._redis: Any = cast(Any, redis)
@@ -417,8 +430,11 @@ class AsyncThrottle:
                         break
                     woke = self._core.parse_wake(ref, message)
                     if isinstance(woke, Grant):
-                        self._log_queue(f"slot handed over ({woke.state.waiters} still waiting)", ref, started)
-                        return self._hold(AsyncLease(self, woke), None)
+                        lease = AsyncLease(self, woke)
+                        if await self._renew(lease, None):  # claimed: it lasts a lease ttl now
+                            self._log_queue(f"slot handed over ({woke.state.waiters} still waiting)", ref, started)
+                            return self._hold(lease, None)
+                        break  # the claim came too late and the slot went on: ask again
                     wait = min(woke, poll)  # a cooldown blocks the queue: ask again when it ends
                     self._waker.expect(lease_id)
         except BaseException:
