@@ -4,19 +4,25 @@ Worker processes x asyncio tasks call the cold server through the httpx
 transport while everything goes wrong on purpose: the server answers random
 429s and 5xx, tasks cancel requests half way and give up on acquires after a
 few milliseconds, the parent SIGKILLs a worker every few seconds (and starts
-another), and, with the private Redis, Redis is killed and restarted empty in
-the middle. At the end, once the killed workers' leases have expired: no
-domain has anything in flight, no lease or waiter is left, the server never
-saw more requests at once than the registered maximum, and no worker died of
-an exception it did not expect.
+another). With the private Redis, more: Redis is killed and restarted empty
+in the middle, and every few seconds one of three faults in turn: writes
+paused (CLIENT PAUSE), memory full (maxmemory at what is in use, nothing
+evicted), and a client with a wrong password trying its luck. At the end,
+once the killed workers' leases have expired: no domain has anything in
+flight, no lease or waiter is left, the server never saw more requests at
+once than the registered maximum, the wrong password never got a slot, and
+no worker died of an exception it did not expect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import random
+import shutil
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -25,14 +31,26 @@ from typing import Any
 import httpx
 import redis
 
-from aimd_redis import AcquireTimeout, AsyncThrottle, Lease, RedisUnavailableError, Throttle, ThrottleConfig
+from aimd_redis import (
+    AcquireTimeout,
+    AsyncThrottle,
+    FailOpen,
+    Lease,
+    RedisAuthenticationError,
+    RedisOutOfMemoryError,
+    RedisUnavailableError,
+    Throttle,
+    ThrottleConfig,
+)
 from aimd_redis.coldserver import ColdServer, ServerSettings
 from aimd_redis.embedded import EmbeddedRedis
 from aimd_redis.httpx import AsyncAimdTransport, openai_router
 from aimd_redis.keys import model_keys
 
 PROVIDER, MODEL, DOMAIN = "soak", "soak-model", "chat"
-COUNTERS = ("ok", "rate_limited", "server_errors", "cancelled", "timeouts", "outages", "unexpected")
+COUNTERS = ("ok", "rate_limited", "server_errors", "cancelled", "timeouts", "outages", "full", "unexpected")
+#: The private Redis's password (the wrong-password fault needs one to get wrong).
+PASSWORD = "soak"
 
 
 @dataclass(frozen=True)
@@ -46,6 +64,8 @@ class SoakSettings:
     """Seconds between SIGKILLs of a random worker."""
     restart_redis: bool = True
     """Kill and restart the private Redis (empty) half way."""
+    fault_every: float = 4.0
+    """Seconds between the private Redis's faults (pause, memory full, wrong password), in turn; 0: none."""
     seed: int = 1
     namespace: str = "aimd-soak"
     """Apart from any real fleet's keys when pointed at a shared Redis."""
@@ -109,6 +129,9 @@ async def _work(index: int, redis_url: str, server_url: str, s: SoakSettings, co
                 except (RedisUnavailableError, httpx.TransportError):
                     count("outages")
                     await asyncio.sleep(0.2)
+                except RedisOutOfMemoryError:  # refused as a whole: nothing happened
+                    count("full")
+                    await asyncio.sleep(0.2)
                 except Exception:
                     traceback.print_exc()
                     count("unexpected")
@@ -135,6 +158,10 @@ class SoakResult:
     server_errors: int
     kills: int
     redis_restarts: int
+    faults: dict[str, int]
+    """How often each fault of the private Redis was applied."""
+    wrong_password: tuple[int, int]
+    """(attempts refused with RedisAuthenticationError, slots it got anyway)."""
     reclaimed: int
     max_concurrency: int
     allowed: int
@@ -150,6 +177,7 @@ class SoakResult:
             and self.failed_workers == 0
             and self.max_concurrency <= self.allowed
             and (self.in_flight, self.leases, self.waiters) == (0, 0, 0)
+            and self.wrong_password[1] == 0
         )
 
     def lines(self) -> list[str]:
@@ -157,9 +185,14 @@ class SoakResult:
         return [
             f"requests the server saw   {self.requests:,} ({self.server_429s:,} 429s, {self.server_errors:,} 5xx)",
             f"callers saw               {c['ok']:,} ok, {c['rate_limited']:,} 429, {c['server_errors']:,} 5xx, "
-            f"{c['cancelled']:,} cancelled, {c['timeouts']:,} acquire timeouts, {c['outages']:,} outages",
+            f"{c['cancelled']:,} cancelled, {c['timeouts']:,} acquire timeouts, {c['outages']:,} outages, "
+            f"{c['full']:,} refused while Redis was full",
             f"workers SIGKILLed         {self.kills} (replaced each time)",
             f"Redis restarts            {self.redis_restarts}",
+            "faults                    "
+            + (", ".join(f"{name} x{n}" for name, n in self.faults.items()) or "none (a Redis of your own)"),
+            f"wrong password            {self.wrong_password[0]:,} attempts refused, "
+            f"{self.wrong_password[1]} slot(s) obtained",
             f"leases reclaimed          {self.reclaimed}",
             f"most requests at once     {self.max_concurrency} (allowed {self.allowed})",
             f"left at the end           in flight {self.in_flight}, leases {self.leases}, waiters {self.waiters}",
@@ -167,10 +200,75 @@ class SoakResult:
         ]
 
 
+class _Faults:
+    """The private Redis's faults, one every ``fault_every`` seconds in turn,
+    each in a thread of its own so that the parent's schedule goes on."""
+
+    def __init__(self, server: EmbeddedRedis) -> None:
+        self.server = server
+        self.applied = {"writes paused": 0, "memory full": 0, "wrong password": 0}
+        self.refused = self.slots = 0
+        self._turn = 0
+        self._threads: list[threading.Thread] = []
+
+    def next(self) -> None:
+        name = list(self.applied)[self._turn % len(self.applied)]
+        self._turn += 1
+        self.applied[name] += 1
+        act = {"writes paused": self._pause, "memory full": self._fill, "wrong password": self._intrude}[name]
+        thread = threading.Thread(target=self._quietly, args=(act,), name=f"soak fault: {name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _quietly(self, act: Any) -> None:
+        with contextlib.suppress(redis.RedisError):  # Redis may be down (restarting) at that moment
+            act()
+
+    def _admin(self) -> redis.Redis:
+        return redis.Redis.from_url(self.server.url, socket_timeout=5)
+
+    def _pause(self) -> None:
+        with self._admin() as admin:
+            admin.execute_command("CLIENT", "PAUSE", 800, "WRITE")
+
+    def _fill(self) -> None:
+        with self._admin() as admin:
+            used = int(admin.info("memory")["used_memory"])
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", used)  # full: anything that needs memory is refused
+            try:
+                time.sleep(1.0)
+            finally:
+                admin.config_set("maxmemory", 0)
+
+    def _intrude(self) -> None:
+        wrong = self.server.url.replace(f":{PASSWORD}@", ":wrong@")
+        t = Throttle(wrong, config=ThrottleConfig(), socket_timeout=1, fail_open=FailOpen(concurrency=4))
+        try:
+            for _ in range(20):
+                try:
+                    got = t.try_acquire(provider_name=PROVIDER, model_id=MODEL, domain=DOMAIN)
+                except RedisAuthenticationError:
+                    self.refused += 1
+                else:
+                    self.slots += isinstance(got, Lease)
+                time.sleep(0.05)
+        finally:
+            t.close()
+
+    def join(self) -> None:
+        for thread in self._threads:
+            thread.join(10)
+
+
 def run(url: str | None, s: SoakSettings, progress: bool = True) -> SoakResult:
-    embedded = EmbeddedRedis() if url is None else None
+    embedded = EmbeddedRedis(password=PASSWORD) if url is None and shutil.which("redis-server") else None
+    if url is None and embedded is None:
+        embedded = EmbeddedRedis()  # fakeredis: no restart, no faults
     redis_url = url or embedded.url  # type: ignore[union-attr]
-    restarts = s.restart_redis and embedded is not None and embedded.kind == "redis-server"
+    own_server = embedded is not None and embedded.kind == "redis-server"
+    restarts = s.restart_redis and own_server
+    faults = _Faults(embedded) if embedded is not None and own_server and s.fault_every > 0 else None
     server_settings = ServerSettings(
         peak=s.peak, warmup_seconds=0, service_seconds=0.1, retry_after_seconds=0.2, error_rate=0.03, reject_rate=0.005
     )
@@ -192,6 +290,7 @@ def run(url: str | None, s: SoakSettings, progress: bool = True) -> SoakResult:
             procs = [spawn(i) for i in range(s.processes)]
             started = time.monotonic()
             next_kill, next_print, restart_at = s.kill_every, 5.0, s.seconds / 2
+            next_fault = s.fault_every
             while (elapsed := time.monotonic() - started) < s.seconds:
                 if elapsed >= next_kill:
                     victim = rng.randrange(len(procs))
@@ -200,6 +299,9 @@ def run(url: str | None, s: SoakSettings, progress: bool = True) -> SoakResult:
                     procs[victim] = spawn(len(procs) + kills)
                     kills += 1
                     next_kill += s.kill_every
+                if faults is not None and elapsed >= next_fault:
+                    faults.next()
+                    next_fault += s.fault_every
                 if restarts and embedded is not None and elapsed >= restart_at:
                     reclaimed += int(admin.hget(keys.domain(DOMAIN), "total_reclaimed") or 0)
                     embedded.crash()
@@ -218,6 +320,8 @@ def run(url: str | None, s: SoakSettings, progress: bool = True) -> SoakResult:
                     next_print += 5.0
                 time.sleep(0.05)
             stop.set()
+            if faults is not None:
+                faults.join()
             for p in procs:
                 p.join(30)
                 if p.is_alive():  # did not stop when told: as bad as a crash
@@ -242,6 +346,8 @@ def run(url: str | None, s: SoakSettings, progress: bool = True) -> SoakResult:
             server_errors=stats.errors,
             kills=kills,
             redis_restarts=restarted,
+            faults=faults.applied if faults is not None else {},
+            wrong_password=(faults.refused, faults.slots) if faults is not None else (0, 0),
             reclaimed=reclaimed,
             max_concurrency=stats.max_concurrency,
             allowed=s.peak,
