@@ -16,7 +16,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 from aimd_redis.config import ThrottleConfig
 from aimd_redis.errors import CorruptStateError
 from aimd_redis.keys import ModelKeys, check_alias, check_domain, check_namespace, model_keys
-from aimd_redis.schema import parse_domain
+from aimd_redis.schema import DomainRecord, parse_domain
 from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, LimitEvent, Queued, ReleaseResult
 
 logger = logging.getLogger("aimd_redis")
@@ -74,6 +74,7 @@ class AcquireArgs(NamedTuple):
     publish: str
     recheck: str
     claim_ttl: str
+    policy: str
 
 
 class ReleaseArgs(NamedTuple):
@@ -82,7 +83,6 @@ class ReleaseArgs(NamedTuple):
     lease_id: str
     outcome: str
     cooldown: str
-    policy: str
     reduce_factor: str
     additive_increase: str
     success_window: str
@@ -95,6 +95,7 @@ class ReleaseArgs(NamedTuple):
     wake_prefix: str
     publish: str
     claim_ttl: str
+    granted_at: str
 
 
 class RenewArgs(NamedTuple):
@@ -209,22 +210,22 @@ def check_max_parallel(value: object) -> int:
 def parse_state(key: str, fields: dict[Any, Any]) -> DomainState | None:
     """A DomainState from a domain hash's fields (None when it has none),
     judged as the scripts judge them (CorruptStateError otherwise)."""
-    values = parse_domain(key, {as_str(k): as_str(v) for k, v in fields.items()})
-    return None if values is None else state_of(values)
+    record = parse_domain(key, {as_str(k): as_str(v) for k, v in fields.items()})
+    return None if record is None else state_of(record)
 
 
-def state_of(values: dict[str, float]) -> DomainState:
-    """The public state out of a domain's parsed fields."""
+def state_of(r: DomainRecord) -> DomainState:
+    """The public state out of a domain's record."""
     return DomainState(
-        current_limit=int(values["current_limit"]),
-        in_flight=int(values["in_flight"]),
-        blocked_until=values["blocked_until"],
-        success_streak=int(values["success_streak"]),
-        waiters=int(values["waiters"]),
-        rate_limit_ceiling=int(values["rate_limit_ceiling"]),
-        consecutive_429s=int(values["consecutive_429s"]),
-        rampup_started_at=values["rampup_started_at"],
-        rampup_active=values["rampup_active"] == 1,
+        current_limit=r.current_limit,
+        in_flight=r.in_flight,
+        blocked_until=r.blocked_until,
+        success_streak=r.success_streak,
+        waiters=r.waiters,
+        rate_limit_ceiling=r.rate_limit_ceiling,
+        consecutive_429s=r.consecutive_429s,
+        rampup_started_at=r.rampup_started_at,
+        rampup_active=r.rampup_active == 1,
     )
 
 
@@ -269,7 +270,9 @@ class Core:
         self._maxlen = str(EVENTS_MAXLEN)
         # A slot handed to a waiter is its own only once claimed: the waiter
         # claims it when woken, or at its next re-check (every wait_poll).
-        claim_ttl = _seconds(min(config.lease_ttl_seconds, 2 * config.wait_poll_seconds))
+        self._claim_s = min(config.lease_ttl_seconds, 2 * config.wait_poll_seconds)
+        self._lease_ttl_s = config.lease_ttl_seconds
+        claim_ttl = _seconds(self._claim_s)
         # The arguments every call of a script shares, built once.
         self._acquire_args = AcquireArgs(
             now="",
@@ -286,6 +289,7 @@ class Core:
             publish=self._publish,
             recheck="",
             claim_ttl=claim_ttl,
+            policy=config.policy,
         )
         self._release_args = ReleaseArgs(
             now="",
@@ -293,7 +297,6 @@ class Core:
             lease_id="",
             outcome="",
             cooldown="",
-            policy=config.policy,
             reduce_factor=_seconds(config.reduce_factor),
             additive_increase=str(config.additive_increase),
             success_window=str(config.success_window),
@@ -306,6 +309,7 @@ class Core:
             wake_prefix="",
             publish=self._publish,
             claim_ttl=claim_ttl,
+            granted_at="",
         )
 
     def keys(self, provider_name: str, model_id: str) -> ModelKeys:
@@ -381,7 +385,8 @@ class Core:
         self._log(ref.provider_name, ref.model_id, events)
         state = state_from_text(state_text)
         if status == "granted":
-            return Grant(ref=ref, expires_at=float(as_str(value)), state=state)
+            expires_at = float(as_str(value))
+            return Grant(ref=ref, expires_at=expires_at, state=state, granted_at=expires_at - self._lease_ttl_s)
         if status == "cooldown":
             return Denied(reason="cooldown", retry_in=float(as_str(value)), state=state)
         if status == "queued":
@@ -390,7 +395,15 @@ class Core:
 
     # -- release and renew --------------------------------------------------
 
-    def release_call(self, ref: LeaseRef, outcome: Outcome, retry_after: float | None, now: float | None) -> Call:
+    def release_call(
+        self,
+        ref: LeaseRef,
+        outcome: Outcome,
+        retry_after: float | None,
+        now: float | None,
+        granted_at: float | None = None,
+    ) -> Call:
+        """``granted_at``: when Redis granted the lease (Grant.granted_at), if known."""
         cooldown = self.config.cooldown_for(retry_after)
         keys = self._domain_keys(ref.provider_name, ref.model_id, ref.domain)
         args = self._release_args._replace(
@@ -399,18 +412,21 @@ class Core:
             lease_id=ref.lease_id,
             outcome=outcome,
             cooldown=_seconds(cooldown),
+            granted_at="" if granted_at is None else _seconds(granted_at),
             wake_prefix=self.keys(ref.provider_name, ref.model_id).wake_prefix,
         )
         return Call("release", keys, list(args))
 
-    @staticmethod
-    def parse_wake(ref: LeaseRef, message: str) -> Grant | float:
+    def parse_wake(self, ref: LeaseRef, message: str) -> Grant | float:
         """A wake-up: a slot handed over ('<id> <expiry> <state values>'), or
         the seconds until a cooldown ends ('<id> wait <seconds>')."""
         _id, first, second = message.split(" ")
         if first == "wait":
             return float(second)
-        return Grant(ref=ref, expires_at=float(first), state=state_from_text(second))
+        expires_at = float(first)  # the handed slot lasts the claim window until claimed
+        return Grant(
+            ref=ref, expires_at=expires_at, state=state_from_text(second), granted_at=expires_at - self._claim_s
+        )
 
     def parse_release(self, ref: LeaseRef, reply: Sequence[Any]) -> tuple[ReleaseResult, bool]:
         """The result, and whether the model's registration was there (if not,

@@ -47,6 +47,7 @@ class DomainReport(msgspec.Struct, kw_only=True):
     last_change_age: float | None
     total_429s: int
     total_reclaimed: int
+    policy: str = "classic"
     problem: str | None = None
     """Why the domain cannot be read (a field the scripts refuse); the other
     numbers are then 0."""
@@ -117,14 +118,14 @@ def report(
             raw: dict[Any, Any] = client.hgetall(key)
             last = changes.get(name)
             try:
-                values = parse_domain(key, {as_str(k): as_str(v) for k, v in raw.items()})
+                record = parse_domain(key, {as_str(k): as_str(v) for k, v in raw.items()})
             except CorruptStateError as exc:  # this domain on its own line; the others as usual
                 out.append(_unreadable(provider, model, name, emax, aliases, str(exc)))
                 continue
-            if values is None:
+            if record is None:
                 continue
-            state = state_of(values)
-            ramp_seconds = values["rampup_seconds"]
+            state = state_of(record)
+            ramp_seconds = record.rampup_seconds
             ramp_elapsed = now - state.rampup_started_at
             ramp_on = state.rampup_active and ramp_seconds > 0
             out.append(
@@ -140,14 +141,15 @@ def report(
                     waiters=state.waiters,
                     cooldown_left=max(0.0, state.blocked_until - now),
                     rate_limit_ceiling=state.rate_limit_ceiling,
-                    ceiling_age=now - values["ceiling_confirmed_at"] if state.rate_limit_ceiling else None,
+                    ceiling_age=now - record.ceiling_confirmed_at if state.rate_limit_ceiling else None,
                     rampup_active=state.rampup_active,
                     ramp_percent=min(100.0, 100 * ramp_elapsed / ramp_seconds) if ramp_on else None,
                     ramp_left=max(0.0, ramp_seconds - ramp_elapsed) if ramp_on else None,
                     last_change=last[0] if last else None,
                     last_change_age=last[1] if last else None,
-                    total_429s=int(values["total_429s"]),
-                    total_reclaimed=int(values["total_reclaimed"]),
+                    total_429s=record.total_429s,
+                    total_reclaimed=record.total_reclaimed,
+                    policy=record.policy,
                 )
             )
     return out

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Literal
+from typing import Any, Literal
+
+import msgspec
 
 from aimd_redis.errors import CorruptStateError
 
-Kind = Literal["pos", "count", "time", "flag"]
-"""pos: whole number >= 1; count: whole number >= 0; time: seconds >= 0; flag: 0 or 1."""
+Kind = Literal["pos", "count", "time", "flag", "policy"]
+"""pos: whole number >= 1; count: whole number >= 0; time: seconds >= 0;
+flag: 0 or 1; policy: 'classic' or 'adaptive'."""
 
 #: Every field, in the order of the state the scripts reply with.
 FIELDS: tuple[tuple[str, Kind], ...] = (
@@ -31,12 +34,14 @@ FIELDS: tuple[tuple[str, Kind], ...] = (
     ("total_reclaimed", "count"),
     ("probe_after", "count"),
     ("increase_step", "count"),
+    ("policy", "policy"),
 )
 #: The first this many are the public state (``DomainState``); the scripts
 #: reply with them, comma-joined, and wake-ups carry them the same way.
 PUBLIC = 9
 #: Fields an older release did not write, and what they count as when missing.
-DEFAULTS: dict[str, int] = {"probe_after": 0, "increase_step": 0}
+DEFAULTS: dict[str, Any] = {"probe_after": 0, "increase_step": 0, "policy": "classic"}
+POLICIES = ("classic", "adaptive")
 #: Beyond these a value is a mistake, not a measurement.
 MAX_TIME, MAX_COUNT = 1e11, 1e15
 
@@ -44,10 +49,34 @@ MAX_TIME, MAX_COUNT = 1e11, 1e15
 _SPELLING = re.compile(r"\s*[\d.]+[eE]?[+-]?\d*\s*")
 
 
-def parse_field(key: str, name: str, text: str | None, kind: Kind) -> float:
-    """The number a field holds, as the scripts read it; CorruptStateError otherwise."""
+class DomainRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """Every field of a domain hash, read as the scripts read it (the public
+    ones are DomainState's; the rest are documented in the README)."""
+
+    current_limit: int
+    in_flight: int
+    blocked_until: float
+    success_streak: int
+    waiters: int
+    rate_limit_ceiling: int
+    consecutive_429s: int
+    rampup_started_at: float
+    rampup_active: int
+    ceiling_confirmed_at: float
+    rampup_seconds: float
+    total_429s: int
+    total_reclaimed: int
+    probe_after: int
+    increase_step: int
+    policy: str
+
+
+def parse_field(key: str, name: str, text: str | None, kind: Kind) -> float | str:
+    """The value a field holds, as the scripts read it; CorruptStateError otherwise."""
+    if kind == "policy" and text in POLICIES:
+        return text
     value: float | None = None
-    if text is not None and _SPELLING.fullmatch(text):
+    if text is not None and kind != "policy" and _SPELLING.fullmatch(text):
         try:
             value = float(text)
         except ValueError:
@@ -64,15 +93,16 @@ def parse_field(key: str, name: str, text: str | None, kind: Kind) -> float:
     )
 
 
-def parse_domain(key: str, fields: dict[str, str]) -> dict[str, float] | None:
-    """Every field of a domain hash by name (None when the hash is empty)."""
+def parse_domain(key: str, fields: dict[str, str]) -> DomainRecord | None:
+    """A domain hash's record (None when the hash is empty)."""
     if not fields:
         return None
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     for name, kind in FIELDS:
         text = fields.get(name)
         if text is None and name in DEFAULTS:
             out[name] = DEFAULTS[name]
-        else:
-            out[name] = parse_field(key, name, text, kind)
-    return out
+            continue
+        value = parse_field(key, name, text, kind)
+        out[name] = int(value) if kind in ("pos", "count", "flag") else value
+    return DomainRecord(**out)

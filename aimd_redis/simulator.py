@@ -165,7 +165,7 @@ class SimRun(msgspec.Struct):
 
 
 class _Task:
-    __slots__ = ("call", "job_started", "process", "queued", "recheck", "ref", "token")
+    __slots__ = ("call", "granted_at", "job_started", "process", "queued", "recheck", "ref", "token")
 
     def __init__(self, process: str) -> None:
         self.process = process
@@ -175,6 +175,7 @@ class _Task:
         self.call: Call | None = None
         self.ref: LeaseRef | None = None
         self.job_started = 0.0
+        self.granted_at: float | None = None
 
 
 class Simulation:
@@ -305,6 +306,7 @@ class Simulation:
         got = self.core.parse_acquire(task.ref, self._script(call))
         self._state = got.state
         if isinstance(got, Grant):
+            task.granted_at = got.granted_at
             self._granted(task, self.latency.network)
         else:
             assert isinstance(got, Queued)
@@ -360,6 +362,7 @@ class Simulation:
                 self._state = woke.state
                 # Claimed at once, as the client does (the claim window is seconds).
                 self._script(self.core.renew_call([task.ref], EPOCH + self.now))
+                task.granted_at = woke.granted_at
                 self._granted(task, self.latency.wake + self.latency.network)
             else:
                 self._recheck_in(task, min(woke, self.config.wait_poll_seconds))
@@ -406,7 +409,7 @@ class Simulation:
     def _release(self, task: _Task, outcome: str, retry_after: float | None) -> None:
         assert task.ref is not None
         self._by_id.pop(task.ref.lease_id, None)
-        call = self.core.release_call(task.ref, outcome, retry_after, EPOCH + self.now)  # type: ignore[arg-type]
+        call = self.core.release_call(task.ref, outcome, retry_after, EPOCH + self.now, task.granted_at)  # type: ignore[arg-type]
         result, _ = self.core.parse_release(task.ref, self._script(call))
         if result.state is not None:
             self._state = result.state

@@ -143,7 +143,7 @@ async def _work(index: int, redis_url: str, server_url: str, s: SoakSettings, co
                     provider_name=PROVIDER, model_id=MODEL, alias="soak", max_parallel_requests=s.peak
                 )
                 break
-            except RedisUnavailableError:  # started while Redis was down
+            except (RedisUnavailableError, RedisOutOfMemoryError):  # started while Redis was down, or full
                 await asyncio.sleep(0.2)
         await asyncio.gather(*(task(random.Random(s.seed * 1000 + index * 10 + i)) for i in range(s.tasks)))
     finally:

@@ -86,3 +86,6 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True):
     ref: LeaseRef
     expires_at: float
     state: DomainState
+    granted_at: float = 0.0
+    """When Redis granted it (its clock), which renewals do not move: the
+    release tells the rules whether the request was sent after the last cut."""

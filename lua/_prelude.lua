@@ -11,20 +11,23 @@
 -- (for validating what a person may have HSET by hand):
 --   pos: whole number >= 1, count: whole number >= 0, time: number >= 0, flag: 0 or 1
 -- The first nine are the public state. Then: the last time a 429 confirmed
--- the ceiling, the ramp length in force, two counters for monitoring, and the
--- adaptive policy's two (see _rules.lua). aimd_redis/schema.py holds the same
--- list (a test compares them).
+-- the ceiling, the ramp length in force, two counters for monitoring, the
+-- adaptive policy's two (see _rules.lua), and the policy the domain runs
+-- (chosen by the process that created it, so that one domain has one loop
+-- whatever mix of configurations a fleet runs while it switches).
+-- aimd_redis/schema.py holds the same list (a test compares them).
 local FIELD_NAMES = {
   'current_limit', 'in_flight', 'blocked_until', 'success_streak', 'waiters', 'rate_limit_ceiling',
   'consecutive_429s', 'rampup_started_at', 'rampup_active',
   'ceiling_confirmed_at', 'rampup_seconds', 'total_429s', 'total_reclaimed', 'probe_after', 'increase_step',
+  'policy',
 }
 local FIELD_KINDS = {
   'pos', 'count', 'time', 'count', 'count', 'count', 'count', 'time', 'flag',
-  'time', 'time', 'count', 'count', 'count', 'count',
+  'time', 'time', 'count', 'count', 'count', 'count', 'policy',
 }
 -- Fields an older release did not write, and what they count as when missing.
-local FIELD_DEFAULTS = {probe_after = 0, increase_step = 0}
+local FIELD_DEFAULTS = {probe_after = 0, increase_step = 0, policy = 'classic'}
 -- Beyond these a value is a mistake, not a measurement: times past the year
 -- 5000, counts no fleet reaches.
 local MAX_TIME, MAX_COUNT = 1e11, 1e15
@@ -43,6 +46,11 @@ end
 -- error when the scripts cannot use it. Other decimal spellings ('5.0', ' 5',
 -- '1e1') are accepted; hex, inf, nan and absurd magnitudes are not.
 local function parse(key, name, text, kind)
+  if kind == 'policy' then
+    if text == 'classic' or text == 'adaptive' then return text, true end
+    return nil, 'AIMD_CORRUPT ' .. key .. ' field ' .. name .. ' holds ' ..
+      (text == nil and '(nothing)' or ('"' .. text .. '"'))
+  end
   local v = text and tonumber(text)
   if v then
     local plain = string.find(text, kind == 'time' and '^%d+%.?%d*$' or '^%d+$') ~= nil
@@ -125,14 +133,14 @@ local function load_domain(key)
   return d
 end
 
-local function new_domain(now, emax, rampup_seconds)
+local function new_domain(now, emax, rampup_seconds, policy)
   local ramp = rampup_seconds > 0 and emax > 1
   return {
     current_limit = ramp and 1 or emax, in_flight = 0, blocked_until = 0,
     success_streak = 0, waiters = 0, rate_limit_ceiling = 0, consecutive_429s = 0,
     rampup_started_at = now, rampup_active = ramp and 1 or 0, ceiling_confirmed_at = 0,
     rampup_seconds = rampup_seconds, total_429s = 0, total_reclaimed = 0,
-    probe_after = 0, increase_step = 0, raw = {}, read = {},
+    probe_after = 0, increase_step = 0, policy = policy, raw = {}, read = {},
   }
 end
 
@@ -147,7 +155,7 @@ local function save_domain(key, d)
   local flat = {}
   for i, name in ipairs(FIELD_NAMES) do
     if not text_of(d, i) then
-      local text = fmt(d[name])
+      local text = FIELD_KINDS[i] == 'policy' and d[name] or fmt(d[name])
       d.raw[i] = text
       flat[#flat + 1] = name
       flat[#flat + 1] = text

@@ -2,9 +2,9 @@
 -- algorithm; the operation scripts around it are plumbing (keys, leases, the
 -- queue, events), as a limiter keeps its limit algorithms apart.
 --
--- A rule takes the domain d (its hash fields as numbers, see FIELDS), the
--- time, the model's effective max and the caller's configuration cfg
--- (policy, reduce_factor, additive_increase, success_window,
+-- A rule takes the domain d (its hash fields, see FIELD_NAMES; d.policy says
+-- which rules it runs), the time, the model's effective max and the caller's
+-- configuration cfg (reduce_factor, additive_increase, success_window,
 -- ceiling_overshoot, rampup_seconds, ceiling_ttl, lease_ttl). It changes d
 -- and reports every change with emit(); it never calls Redis.
 
@@ -53,6 +53,17 @@ local function set_limit(domain, d, event, to)
   if to ~= d.current_limit then
     emit(domain, event, d.current_limit, to)
     d.current_limit = to
+  end
+end
+
+-- An operator set the limit by hand (set-limit): under the adaptive policy
+-- that also marks the level above it, so that the loop holds there and
+-- probes it in time instead of climbing straight back.
+function rules.after_set_limit(domain, d, now, emax)
+  local limit = d.current_limit
+  if d.policy == 'adaptive' and limit < emax then
+    if d.rate_limit_ceiling ~= limit + 1 then emit(domain, 'ceiling', d.rate_limit_ceiling, limit + 1) end
+    d.rate_limit_ceiling, d.ceiling_confirmed_at, d.success_streak = limit + 1, now, 0
   end
 end
 
@@ -214,7 +225,9 @@ function adaptive.on_rate_limited(domain, d, now, emax, cfg, cooldown, fresh, sa
   if before > 1 and (mark == 0 or before >= mark) then
     -- Expected: a probe of the mark, or the climb finding the capacity.
     local base = probe_base(cfg, before)
-    d.probe_after = math.min(PROBE_AFTER_MAX_WINDOWS * cfg.success_window, 2 * math.max(d.probe_after, base))
+    -- Capped per round, not per request: at most 16 rounds (and windows) apart.
+    local cap = PROBE_AFTER_MAX_WINDOWS * math.max(cfg.success_window, before)
+    d.probe_after = math.min(cap, 2 * math.max(d.probe_after, base))
     set_mark(domain, d, before)
     set_limit(domain, d, 'decrease', before - 1)
     -- Back under a probed mark, the level has held already (the probe came

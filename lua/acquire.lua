@@ -26,6 +26,8 @@
 -- ARGV[13] recheck           '1' when this waiter asked before (it may hold a
 --                            handed-over slot: this call claims it), else ''
 -- ARGV[14] claim_ttl         seconds a slot handed to a waiter lasts until claimed
+-- ARGV[15] policy            'classic' or 'adaptive': the rules of a domain this
+--                            call creates (a domain keeps the policy it began with)
 --
 -- A newcomer never passes a queued waiter: while the queue is not empty, free
 -- slots go to it in order (and its waiters are woken on their channels).
@@ -50,7 +52,7 @@ local lease_ttl, rampup_seconds, ceiling_ttl = tonumber(ARGV[4]), tonumber(ARGV[
 local idle_ms, events_maxlen = tonumber(ARGV[7]), ARGV[8]
 local waiting, beat = ARGV[9] == 'wait', tonumber(ARGV[10])
 local wake_prefix, publish, recheck = ARGV[11], ARGV[12], ARGV[13] == '1'
-local claim_ttl = tonumber(ARGV[14])
+local claim_ttl, policy = tonumber(ARGV[14]), ARGV[15]
 
 local emax, err = registered_max(KEYS[1])
 if err then return redis.error_reply(err) end
@@ -60,7 +62,7 @@ d, err = load_domain(KEYS[2])
 if err then return redis.error_reply(err) end
 
 if not d then
-  d = new_domain(now, emax, rampup_seconds)
+  d = new_domain(now, emax, rampup_seconds, policy)
   redis.call('SADD', KEYS[4], domain)
   emit(domain, d.rampup_active == 1 and 'ramp_start' or 'created', 0, d.current_limit)
 end

@@ -20,19 +20,21 @@
 --                            leases zset) that makes it grant nothing. Changes
 --                            nothing else.
 -- ARGV[5]  cooldown          seconds a 429 blocks for (the caller resolves Retry-After)
--- ARGV[6]  policy            'classic' or 'adaptive' (the rules in _rules.lua)
--- ARGV[7]  reduce_factor
--- ARGV[8]  additive_increase
--- ARGV[9]  success_window
--- ARGV[10] ceiling_overshoot
--- ARGV[11] rampup_seconds
--- ARGV[12] ceiling_ttl       seconds (0: never forget)
--- ARGV[13] idle_ms           idle expiry in milliseconds (0: never expire)
--- ARGV[14] events_maxlen     the event stream's approximate MAXLEN
--- ARGV[15] lease_ttl         seconds a tombstone is kept, and new leases last
--- ARGV[16] wake_prefix       <ns>:{<provider>/<model>}:wake:
--- ARGV[17] publish           'PUBLISH', or 'SPUBLISH' on a cluster
--- ARGV[18] claim_ttl         seconds a slot handed to a waiter lasts until claimed
+-- ARGV[6]  reduce_factor
+-- ARGV[7]  additive_increase
+-- ARGV[8]  success_window
+-- ARGV[9]  ceiling_overshoot
+-- ARGV[10] rampup_seconds
+-- ARGV[11] ceiling_ttl       seconds (0: never forget)
+-- ARGV[12] idle_ms           idle expiry in milliseconds (0: never expire)
+-- ARGV[13] events_maxlen     the event stream's approximate MAXLEN
+-- ARGV[14] lease_ttl         seconds a tombstone is kept, and new leases last
+-- ARGV[15] wake_prefix       <ns>:{<provider>/<model>}:wake:
+-- ARGV[16] publish           'PUBLISH', or 'SPUBLISH' on a cluster
+-- ARGV[17] claim_ttl         seconds a slot handed to a waiter lasts until claimed
+-- ARGV[18] granted_at        when the lease was granted (Redis clock), as the caller
+--                            heard it; '' when unknown (the lease's expiry less
+--                            lease_ttl serves, unless a renewal moved it)
 --
 -- A slot given back goes to the longest waiting live waiter, who is woken on
 -- its process's channel; during a cooldown the first waiter is told when it
@@ -52,13 +54,13 @@ local now = clock(ARGV[1])
 local domain, lease_id, outcome = ARGV[2], ARGV[3], ARGV[4]
 local cooldown = tonumber(ARGV[5])
 local cfg = {
-  policy = ARGV[6], reduce_factor = tonumber(ARGV[7]), additive_increase = tonumber(ARGV[8]),
-  success_window = tonumber(ARGV[9]), ceiling_overshoot = tonumber(ARGV[10]),
-  rampup_seconds = tonumber(ARGV[11]), ceiling_ttl = tonumber(ARGV[12]), lease_ttl = tonumber(ARGV[15]),
+  reduce_factor = tonumber(ARGV[6]), additive_increase = tonumber(ARGV[7]),
+  success_window = tonumber(ARGV[8]), ceiling_overshoot = tonumber(ARGV[9]),
+  rampup_seconds = tonumber(ARGV[10]), ceiling_ttl = tonumber(ARGV[11]), lease_ttl = tonumber(ARGV[14]),
 }
-local idle_ms, events_maxlen = tonumber(ARGV[13]), ARGV[14]
-local wake_prefix, publish, claim_ttl = ARGV[16], ARGV[17], tonumber(ARGV[18])
-local policy = rules[cfg.policy]
+local idle_ms, events_maxlen = tonumber(ARGV[12]), ARGV[13]
+local wake_prefix, publish, claim_ttl = ARGV[15], ARGV[16], tonumber(ARGV[17])
+local granted_when = tonumber(ARGV[18])
 
 local emax, err = read_max(KEYS[1])
 if err then return redis.error_reply(err) end
@@ -72,11 +74,11 @@ local q = queue_of(KEYS[6], KEYS[7], KEYS[8], KEYS[3], wake_prefix, publish, idl
 local released, granted_at = 0, nil
 if d then reap(domain, d, KEYS[3], now) end
 -- The lease's score is its expiry (a live lease), or minus the expiry of a
--- tombstone; lease_ttl before the expiry it was granted, or last renewed.
+-- tombstone.
 local score = tonumber(redis.call('ZSCORE', KEYS[3], lease_id))
 if score and score > 0 and (d or outcome == 'abandon') then
   released = redis.call('ZREM', KEYS[3], lease_id)
-  granted_at = score - cfg.lease_ttl
+  granted_at = granted_when or score - cfg.lease_ttl
 end
 if outcome == 'abandon' then
   leave(q, lease_id)
@@ -96,6 +98,7 @@ d.in_flight = redis.call('ZCOUNT', KEYS[3], 0, '+inf')
 rules.refresh(domain, d, now, emax, cfg.ceiling_ttl)
 
 if released == 1 and outcome ~= 'abandon' and (registered or outcome == 'rate_limited') then
+  local policy = rules[d.policy]  -- the domain's own, whatever the caller runs
   -- What the rules learn of the request: sent after the last cut, and sent
   -- while every slot was taken.
   local fresh = granted_at >= d.ceiling_confirmed_at

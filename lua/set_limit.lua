@@ -1,5 +1,6 @@
 -- set_limit: an operator sets a domain's current limit. The value is clamped
--- to 1..effective max, and a running ramp stops (the operator's number wins).
+-- to 1..effective max, and a running ramp stops (the operator's number wins);
+-- the policy's rules move it from there (rules.after_set_limit).
 --
 -- KEYS[1] cap hash       <ns>:{<provider>/<model>}:cap
 -- KEYS[2] domain hash    <ns>:{<provider>/<model>}:<domain>
@@ -33,6 +34,7 @@ if d.rampup_active == 1 then
   emit(domain, 'ramp_stopped', before, before)
 end
 emit(domain, 'set_limit', before, d.current_limit)
+rules.after_set_limit(domain, d, now, emax)
 
 save_domain(KEYS[2], d)
 flush_events(KEYS[3], now, events_maxlen, idle_ms)

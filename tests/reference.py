@@ -146,7 +146,7 @@ class RefModel:
 class Adaptive:
     """The adaptive policy, as the README describes it."""
 
-    MAX_WINDOWS = 16  # probe_after is at most this many success windows
+    MAX_WINDOWS = 16  # probe_after is at most this many success windows, or rounds
     PERSISTING = 3  # 429s with nothing sent since a cut getting through
     NOISE_WINDOWS = 2  # success windows a 429 taken as noise uses up
 
@@ -207,7 +207,8 @@ class Adaptive:
                 d.success_streak, d.increase_step = 0, 1
             return
         if before > 1 and (not mark or before >= mark):  # a probe refused, or the climb's end
-            d.probe_after = min(self.MAX_WINDOWS * self.c.success_window, 2 * max(d.probe_after, self.base(before)))
+            cap = self.MAX_WINDOWS * max(self.c.success_window, before)  # 16 windows, or 16 rounds
+            d.probe_after = min(cap, 2 * max(d.probe_after, self.base(before)))
             d.rate_limit_ceiling, d.current_limit = before, before - 1
             d.success_streak = self.NOISE_WINDOWS * self.c.success_window if before == mark else 0
         else:

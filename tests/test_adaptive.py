@@ -20,6 +20,13 @@ def field(client: Any, name: str) -> int:
     return int(client.hget(f"aimd:{{{P}/{M}}}:chat", name))
 
 
+def start_at(t: Throttle, client: Any, limit: int) -> None:
+    """The domain created, at ``limit`` with no mark (set-limit, then the mark cleared by hand)."""
+    release_all(fill(t, 1, 0), 0)
+    t.set_limit(P, M, "chat", limit, now=0)
+    client.hset(f"aimd:{{{P}/{M}}}:chat", "rate_limit_ceiling", 0)
+
+
 def cycle(t: Throttle, n: int, now: float) -> list[Lease]:
     """n successes while every slot is taken: fill the limit, then pass one
     slot round n times. Returns the leases still held (limit - 1 of them)."""
@@ -73,8 +80,7 @@ def test_the_mark_is_probed_after_probe_after_successes_and_each_refusal_doubles
 ) -> None:
     t = adaptive(make_throttle)
     reg(t, 32)
-    release_all(fill(t, 16, 0), 0)
-    t.set_limit(P, M, "chat", 16, now=0)
+    start_at(t, client, 16)
     release_all(at_capacity_429(t, 1.0), 1.0)  # the mark at 16, the limit at 15
     assert field(client, "probe_after") == 50  # two success windows
     release_all(cycle(t, 49, 2.0), 2.0)
@@ -94,8 +100,7 @@ def test_a_probe_that_holds_drops_the_mark_and_the_limit_climbs_faster_each_roun
 ) -> None:
     t = adaptive(make_throttle)
     reg(t, 64)
-    release_all(fill(t, 16, 0), 0)
-    t.set_limit(P, M, "chat", 16, now=0)
+    start_at(t, client, 16)
     release_all(at_capacity_429(t, 1.0), 1.0)
     release_all(cycle(t, 50, 2.0), 2.0)
     assert limit(t) == 16  # probing the mark
@@ -129,11 +134,10 @@ def test_a_ceiling_learned_low_during_the_ramp_does_not_pin_the_fleet(make_throt
     assert results["adaptive"][1] <= 100
 
 
-def test_a_429_at_the_held_level_is_noise_until_it_repeats(make_throttle: MakeThrottle) -> None:
+def test_a_429_at_the_held_level_is_noise_until_it_repeats(make_throttle: MakeThrottle, client: Any) -> None:
     t = adaptive(make_throttle)
     reg(t, 32)
-    release_all(fill(t, 16, 0), 0)
-    t.set_limit(P, M, "chat", 16, now=0)
+    start_at(t, client, 16)
     release_all(at_capacity_429(t, 1.0), 1.0)
     release_all(cycle(t, 50, 2.0), 2.0)
     release_all(at_capacity_429(t, 3.0), 3.0)  # a refused probe: back at 15 under the mark 16
@@ -191,17 +195,28 @@ def test_a_long_retry_after_on_one_request_does_not_stop_the_fleet(make_throttle
     assert isinstance(take(t, 5.0), Lease)
 
 
-def test_successes_move_the_limit_only_while_the_fleet_uses_it_all(make_throttle: MakeThrottle) -> None:
+def test_successes_move_the_limit_only_while_the_fleet_uses_it_all(make_throttle: MakeThrottle, client: Any) -> None:
     t = adaptive(make_throttle)
     reg(t, 32)
-    release_all(fill(t, 8, 0), 0)
-    t.set_limit(P, M, "chat", 8, now=0)
+    start_at(t, client, 8)
     release_all(at_capacity_429(t, 1.0), 1.0)  # limit 7 under the mark 8
     for _ in range(200):  # one request at a time: the limit is not what holds the fleet back
         assert grant(t, 2.0).success(now=2.0).released
     assert limit(t) == 7
     release_all(cycle(t, 50, 3.0), 3.0)
     assert limit(t) == 8
+
+
+def test_a_limit_set_by_hand_holds_and_is_probed_in_time(make_throttle: MakeThrottle) -> None:
+    t = adaptive(make_throttle)
+    reg(t, 32)
+    release_all(fill(t, 1, 0), 0)
+    assert t.set_limit(P, M, "chat", 5, now=0) == 5
+    assert state(t).rate_limit_ceiling == 6
+    release_all(cycle(t, 9, 1.0), 1.0)  # two rounds would have climbed back under no mark
+    assert limit(t) == 5
+    release_all(cycle(t, 1, 1.0), 1.0)
+    assert limit(t) == 6  # the probe, after two rounds
 
 
 @pytest.mark.parametrize("policy", ["classic", "adaptive"])
@@ -217,3 +232,18 @@ def test_both_policies_ramp_the_same_and_a_429_ends_the_ramp(make_throttle: Make
     assert not state(t).rampup_active
     take(t, 10.0)
     assert limit(t) < 5  # the ramp would have reached 5
+
+
+def test_a_request_sent_before_a_cut_stays_stale_when_its_lease_was_renewed(make_throttle: MakeThrottle) -> None:
+    t = adaptive(make_throttle)
+    reg(t, 8)
+    long_stream = grant(t, 0.0)  # sent before anything went wrong
+    others = fill(t, 7, 1.0)
+    others[-1].rate_limited(now=1.0)  # the top found: mark 8, limit 7
+    release_all(others[:-1], 1.0)
+    lease = grant(t, 2.0)
+    lease.rate_limited(now=2.0)  # under the mark, soon after: a cut, one 429 that counts
+    assert state(t).consecutive_429s == 1
+    assert long_stream.renew(now=3.0)  # renewed after the cut
+    long_stream.success(now=4.0)
+    assert state(t).consecutive_429s == 1  # its success says nothing about the level after the cut

@@ -70,6 +70,7 @@ def test_a_new_domain_holds_every_state_field(make_throttle: MakeThrottle, clien
         "total_reclaimed": "0",
         "probe_after": "0",
         "increase_step": "0",
+        "policy": "classic",
     }
 
 

@@ -49,7 +49,8 @@ class ThrottleMachine(RuleBasedStateMachine):
 
     @initialize(config=CONFIGS)
     def setup(self, config: ThrottleConfig) -> None:
-        self.throttle = Throttle(self.make_client(), config=config)
+        self.client = self.make_client()
+        self.throttle = Throttle(self.client, config=config)
         self.ref = RefModel(config)
         self.now = 1000.0
         self.leases: list[tuple[str, Lease]] = []
@@ -127,6 +128,10 @@ class ThrottleMachine(RuleBasedStateMachine):
                 continue
             assert got is not None
             assert {f: getattr(got, f) for f in want.snapshot()} == want.snapshot()
+            # The fields beyond the public state too.
+            hidden = ("probe_after", "increase_step", "ceiling_confirmed_at")
+            raw = self.client.hmget(f"aimd:{{{P}/{M}}}:{domain}", list(hidden))
+            assert [float(v) for v in raw] == [float(getattr(want, f)) for f in hidden]
             assert emax is not None
             assert 1 <= got.current_limit <= emax
             live = sum(1 for d, lease in self.leases if d == domain and lease.id not in self.released)

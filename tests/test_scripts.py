@@ -108,7 +108,8 @@ def test_one_schema_of_the_domain_hash_in_lua_and_python() -> None:
     assert list(zip(lua_list("FIELD_NAMES"), lua_list("FIELD_KINDS"), strict=True)) == list(schema.FIELDS)
     defaults = re.search(r"local FIELD_DEFAULTS = {(.*?)}", prelude)
     assert defaults is not None
-    assert dict(re.findall(r"(\w+) = (\d+)", defaults.group(1))) == {k: str(v) for k, v in schema.DEFAULTS.items()}
+    found = dict(re.findall(r"(\w+) = '?(\w+)'?", defaults.group(1)))
+    assert found == {k: str(v) for k, v in schema.DEFAULTS.items()}
     assert re.search(rf"local MAX_TIME, MAX_COUNT = {schema.MAX_TIME:g}, {schema.MAX_COUNT:g}", prelude)
     # The public state is the schema's first fields, in order: replies and wake-ups rely on it.
     assert DomainState.__struct_fields__ == tuple(name for name, _ in schema.FIELDS[: schema.PUBLIC])

@@ -39,7 +39,10 @@ from aimd_redis.errors import (
     AimdRedisError,
     CorruptStateError,
     NotRegisteredError,
+    RedisAuthenticationError,
     RedisCommandError,
+    RedisOutOfMemoryError,
+    RedisPermissionError,
     RedisUnavailableError,
     flags_refused,
     function_missing,
@@ -56,6 +59,15 @@ logger = logging.getLogger("aimd_redis")
 #: Socket timeouts of a client built from a URL: an outage surfaces as
 #: RedisUnavailableError within seconds instead of a hang.
 URL_SOCKET_TIMEOUT_SECONDS = 5.0
+#: Refusals that leave nothing behind: the call never ran (credentials,
+#: memory, permissions), or the script refused before its first write.
+REFUSED_BEFORE_RUNNING = (
+    NotRegisteredError,
+    CorruptStateError,
+    RedisAuthenticationError,
+    RedisOutOfMemoryError,
+    RedisPermissionError,
+)
 #: How often an outcome that did not reach Redis is sent again.
 RESEND_SECONDS = 1.0
 #: Connections a client built from a URL opens at most (its wake-up channel
@@ -274,8 +286,8 @@ class Throttle:
                 if not self._restore_registration(ref.provider_name, ref.model_id, now):
                     raise
                 reply = self._run(call)
-        except (NotRegisteredError, CorruptStateError):
-            raise  # the script refused before granting anything
+        except REFUSED_BEFORE_RUNNING:
+            raise  # Redis, or the script, refused before granting anything
         except BaseException:
             # Cancelled, interrupted or cut off: the script may have granted
             # the slot without our seeing the reply. Give it back by its id.
@@ -473,7 +485,7 @@ class Throttle:
                 lease.local.give()
                 return ReleaseResult(released=True, state=local_state(lease.local))
             return ReleaseResult(released=False, state=local_state(lease.local))
-        call = self._core.release_call(lease.ref, outcome, retry_after, now)
+        call = self._core.release_call(lease.ref, outcome, retry_after, now, lease.granted_at)
         self._held.pop(lease.id, None)  # reported: never renewed again, whatever comes of the call
         try:
             reply = self._run(call)
@@ -573,6 +585,8 @@ class Lease:
         self.ref = grant.ref
         self.expires_at = grant.expires_at
         """When Redis reclaims the lease unless it is renewed (Redis clock)."""
+        self.granted_at = grant.granted_at
+        """When Redis granted it (Redis clock)."""
         self.reported = False
         """Whether an outcome call has completed (released or not)."""
         self.state = grant.state
