@@ -282,7 +282,7 @@ def test_under_eviction_pressure_the_limit_never_falls_to_1_for_a_lost_registrat
             state = t.domain_state(P, M, "chat")
             if state is not None:
                 limits.append(state.current_limit)
-        assert lost > 10  # the fault did happen, many times
+        assert lost > 0  # the fault did happen (how often depends on which keys Redis picks)
         assert min(limits) > 1
         t.close()
 

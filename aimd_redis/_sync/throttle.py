@@ -361,8 +361,10 @@ class Throttle:
                 continue
             try:
                 self._run(call)
+            except RedisUnavailableError:
+                return  # still unreachable: so would the rest be; next round
             except AimdRedisError:
-                return  # still refused: the rest would be too; next round
+                continue  # refused for this one (a broken field, memory): the others may go through
             self._unsent.pop(lease_id, None)
             logger.info(
                 "reported on lease %s of %s/%s %s after all", lease_id, ref.provider_name, ref.model_id, ref.domain
