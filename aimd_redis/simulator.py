@@ -33,7 +33,7 @@ from typing import Any
 import msgspec
 
 from aimd_redis.config import ThrottleConfig
-from aimd_redis.core import Call, Core, as_str
+from aimd_redis.core import Call, Core, as_str, check_now
 from aimd_redis.scripts import sources
 from aimd_redis.structs import DomainState, Grant, LeaseRef, Queued
 
@@ -302,7 +302,7 @@ class Simulation:
     def _ask(self, task: _Task) -> None:
         assert task.call is not None
         assert task.ref is not None
-        call = task.call._replace(args=[_seconds(EPOCH + self.now), *task.call.args[1:]])
+        call = task.call._replace(args=[check_now(EPOCH + self.now), *task.call.args[1:]])
         got = self.core.parse_acquire(task.ref, self._script(call))
         self._state = got.state
         if isinstance(got, Grant):
@@ -414,10 +414,6 @@ class Simulation:
         if result.state is not None:
             self._state = result.state
         self._drain_wakeups()
-
-
-def _seconds(value: float) -> str:
-    return repr(float(value))
 
 
 # -- what a run shows ------------------------------------------------------------
