@@ -75,8 +75,10 @@ local released, granted_at = 0, nil
 if d then reap(domain, d, KEYS[3], now) end
 -- The lease's score is its expiry (a live lease), or minus the expiry of a
 -- tombstone.
+-- A live lease is freed even when the domain hash is gone (evicted, deleted):
+-- left in the zset, it would hold a slot of the domain acquire re-creates.
 local score = tonumber(redis.call('ZSCORE', KEYS[3], lease_id))
-if score and score > 0 and (d or outcome == 'abandon') then
+if score and score > 0 then
   released = redis.call('ZREM', KEYS[3], lease_id)
   granted_at = granted_when or score - cfg.lease_ttl
 end
@@ -88,7 +90,7 @@ if outcome == 'abandon' then
     expire_new(idle_ms, KEYS[3])
   end
 end
-if not d then return {0, '', {}, registered and 1 or 0} end
+if not d then return {released, '', {}, registered and 1 or 0} end
 -- A registration Redis lost (deleted, evicted) is unknown, not 1: the limit
 -- stays where it is, and only a 429 moves it (down), until the client that
 -- reads this reply registers again.

@@ -268,6 +268,17 @@ def test_a_registration_lost_under_a_held_lease_leaves_the_limit_where_it_was(se
     nothing_leaked(client, 8)
 
 
+def test_a_release_frees_the_slot_even_when_the_domain_hash_was_lost(server: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(server.url)
+    t = Throttle(client)
+    t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
+    lease = t.acquire(**TARGET, timeout=0)
+    client.delete(KEY)  # the domain hash alone, evicted or deleted; the lease is still recorded
+    assert lease.success().released
+    assert isinstance(t.try_acquire(**TARGET), Lease)  # the only slot is free again
+    t.close()
+
+
 def test_under_eviction_pressure_the_limit_never_falls_to_1_for_a_lost_registration() -> None:
     # allkeys-random evicts any key alike; LRU would mostly spare keys used this often.
     with own_server(args=["--maxmemory", "3mb", "--maxmemory-policy", "allkeys-random"]) as s:
