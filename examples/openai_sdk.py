@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with contextlib.ExitStack() as stack:
-        url = args.url or stack.enter_context(EmbeddedRedis()).url
+        url = args.url or stack.enter_context(EmbeddedRedis(allow_fake=True)).url
         server = stack.enter_context(ColdServer(ServerSettings(peak=8, warmup_seconds=5, service_seconds=0.1)))
         throttle = Throttle(url, config=ThrottleConfig(rampup_seconds=8), namespace="openai-example")
         throttle.register(provider_name="local", model_id=MODEL, alias="example", max_parallel_requests=8)

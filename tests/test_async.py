@@ -10,6 +10,7 @@ import pytest
 
 from aimd_redis import AcquireTimeout, AsyncLease, AsyncThrottle, Denied, NotRegisteredError
 
+from .conftest import needs_server
 from .helpers import M, P
 
 MakeAsync = Callable[..., AsyncThrottle]
@@ -120,9 +121,8 @@ async def test_an_acquire_cancelled_while_redis_is_stalled_leaks_nothing(real_re
     # stays taken.
     from aimd_redis.embedded import EmbeddedRedis
 
+    needs_server("tests that pause the server")
     with EmbeddedRedis() as server:
-        if server.kind != "redis-server":
-            pytest.skip("needs the redis-server binary to pause the server")
         async with AsyncThrottle(server.url) as t:
             await t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=2)
             for _ in range(3):

@@ -8,7 +8,6 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import shutil
 import signal
 import threading
 import time
@@ -38,7 +37,7 @@ from aimd_redis.embedded import EmbeddedRedis
 from aimd_redis.exporter import registry_for
 from aimd_redis.inspect import report
 
-from .conftest import IN_CI
+from .conftest import needs_server
 from .helpers import M, P, wait_until
 
 TARGET = {"provider_name": P, "model_id": M, "domain": "chat"}
@@ -46,11 +45,7 @@ KEY = f"aimd:{{{P}/{M}}}:chat"
 
 
 def own_server(**settings: Any) -> EmbeddedRedis:
-    if not shutil.which("redis-server"):
-        reason = "these faults need a redis-server of their own"
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
+    needs_server("these faults")
     return EmbeddedRedis(**settings)
 
 

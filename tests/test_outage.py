@@ -12,6 +12,7 @@ import redis
 from aimd_redis import AcquireTimeout, AsyncThrottle, Denied, FailOpen, Lease, RedisUnavailableError, Throttle
 from aimd_redis.embedded import EmbeddedRedis, _free_port
 
+from .conftest import needs_server
 from .helpers import M, P, reg
 
 TARGET = {"provider_name": P, "model_id": M, "domain": "chat"}
@@ -35,9 +36,8 @@ def test_an_unreachable_redis_is_a_typed_error_within_the_socket_timeout() -> No
 
 
 def test_a_release_that_times_out_can_be_retried_and_leaks_nothing(real_redis_url: str) -> None:
+    needs_server("tests that pause the server")
     with EmbeddedRedis() as server:
-        if server.kind != "redis-server":
-            pytest.skip("needs the redis-server binary to pause the server")
         client = redis.Redis.from_url(server.url, socket_timeout=0.3)
         t = Throttle(client)
         reg(t, 2)
@@ -62,10 +62,9 @@ def test_a_release_that_times_out_can_be_retried_and_leaks_nothing(real_redis_ur
 
 @pytest.fixture
 def paused_server() -> Iterator[EmbeddedRedis]:
-    """A redis-server that will be paused (SIGSTOP) by the test."""
+    """A server that will be paused (SIGSTOP) by the test."""
+    needs_server("tests that pause the server")
     with EmbeddedRedis() as server:
-        if server.kind != "redis-server":
-            pytest.skip("needs the redis-server binary to pause the server")
         try:
             yield server
         finally:

@@ -13,7 +13,7 @@ import redis
 from aimd_redis import AcquireTimeout, RedisUnavailableError, Throttle, ThrottleConfig
 from aimd_redis.embedded import EmbeddedRedis
 
-from .conftest import IN_CI
+from .conftest import needs_server
 from .helpers import M, P
 
 TARGET = {"provider_name": P, "model_id": M, "domain": "chat"}
@@ -22,11 +22,8 @@ DOMAIN_KEY = f"aimd:{{{P}/{M}}}:chat"
 
 @pytest.fixture
 def server() -> Iterator[EmbeddedRedis]:
+    needs_server("the restart tests")
     with EmbeddedRedis() as s:
-        if s.kind != "redis-server":
-            if IN_CI:
-                pytest.fail("the restart test needs redis-server")
-            pytest.skip("the restart test needs redis-server")
         yield s
 
 

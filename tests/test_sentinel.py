@@ -3,7 +3,6 @@ the primary is killed and the clients carry on against the promoted replica."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import threading
@@ -18,7 +17,7 @@ from redis.sentinel import Sentinel
 from aimd_redis import Lease, RedisUnavailableError, Throttle, ThrottleConfig
 from aimd_redis.embedded import _free_port
 
-from .conftest import IN_CI
+from .conftest import needs_server
 from .helpers import M, P, wait_until
 
 TARGET = {"provider_name": P, "model_id": M, "domain": "chat"}
@@ -26,15 +25,13 @@ SERVICE = "aimd"
 
 
 class Setup:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, binary: str, folder: Path) -> None:
         self.primary, self.replica, self.sentinel = _free_port(), _free_port(), _free_port()
         common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)]
         self.procs = {
-            "primary": subprocess.Popen(
-                ["redis-server", "--port", str(self.primary), *common], stdout=subprocess.DEVNULL
-            ),
+            "primary": subprocess.Popen([binary, "--port", str(self.primary), *common], stdout=subprocess.DEVNULL),
             "replica": subprocess.Popen(
-                ["redis-server", "--port", str(self.replica), "--replicaof", "127.0.0.1", str(self.primary), *common],
+                [binary, "--port", str(self.replica), "--replicaof", "127.0.0.1", str(self.primary), *common],
                 stdout=subprocess.DEVNULL,
             ),
         }
@@ -45,7 +42,7 @@ class Setup:
             f"sentinel down-after-milliseconds {SERVICE} 500\n"
             f"sentinel failover-timeout {SERVICE} 5000\n"
         )
-        self.procs["sentinel"] = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
+        self.procs["sentinel"] = subprocess.Popen([binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
 
     def close(self) -> None:
         for proc in self.procs.values():
@@ -55,11 +52,7 @@ class Setup:
 
 @pytest.fixture
 def sentinel_setup(tmp_path: Path) -> Iterator[Setup]:
-    if not shutil.which("redis-server"):
-        if IN_CI:
-            pytest.fail("the Sentinel test needs redis-server")
-        pytest.skip("no redis-server for the Sentinel test")
-    setup = Setup(tmp_path)
+    setup = Setup(needs_server("the Sentinel tests"), tmp_path)
     try:
         replica = redis.Redis(port=setup.replica)
         wait_until(lambda: replica.info("replication")["master_link_status"] == "up", "the replica did not sync")

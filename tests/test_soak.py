@@ -3,20 +3,13 @@ is `aimd-redis soak` (16 processes x 4 tasks for 60 s)."""
 
 from __future__ import annotations
 
-import shutil
-
-import pytest
-
 from aimd_redis.soak import SoakSettings, run
 
-from .conftest import IN_CI
+from .conftest import needs_server
 
 
 def test_a_short_soak_leaks_nothing() -> None:
-    if not shutil.which("redis-server"):
-        if IN_CI:
-            pytest.fail("the soak needs redis-server (it restarts it half way)")
-        pytest.skip("the soak needs redis-server")
+    needs_server("the soak (it restarts the server half way)")
     result = run(None, SoakSettings(processes=6, tasks=4, seconds=15, kill_every=3), progress=False)
     summary = "\n".join(result.lines())
     assert result.kills >= 4, summary

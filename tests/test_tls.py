@@ -1,10 +1,14 @@
-"""TLS: a redis-server with only a tls-port, certificates made at test time
-with openssl, reached through a rediss:// URL."""
+"""TLS: a server reached only through a rediss:// URL, certificates made at
+test time with openssl. The server itself speaks TLS where its build can
+(Debian's redis-server); a build without TLS (the packaged valkey-server)
+gets a TLS-terminating proxy of the test's own in front: what is tested is
+the client's TLS path either way."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+import ssl
 import subprocess
 import threading
 import time
@@ -14,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from aimd_redis import AsyncThrottle, RedisUnavailableError, Throttle, ThrottleConfig
-from aimd_redis.embedded import _free_port, _wait_ready
+from aimd_redis.embedded import EmbeddedRedis, _free_port, _wait_ready
 
-from .conftest import IN_CI
+from .conftest import IN_CI, needs_server
 from .helpers import M, P
 
 TARGET = {"provider_name": P, "model_id": M, "domain": "chat"}
@@ -27,15 +31,7 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-@pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
-    """(port, CA certificate) of a TLS-only redis-server."""
-    missing = [tool for tool in ("openssl", "redis-server") if not shutil.which(tool)]
-    if missing:
-        if IN_CI:
-            pytest.fail(f"the TLS tests need {' and '.join(missing)}")
-        pytest.skip(f"no {' or '.join(missing)} for the TLS tests")
-    folder = tmp_path_factory.mktemp("tls")
+def _certificates(folder: Path) -> None:
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
              "-days", "1", "-subj", "/CN=aimd-redis test CA", cwd=folder)  # fmt: skip
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
@@ -43,19 +39,97 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, 
     (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
              "-out", "server.crt", "-days", "1", "-extfile", "san.cnf", cwd=folder)  # fmt: skip
-    port = _free_port()
+
+
+def _tls_server(binary: str, port: int, folder: Path) -> subprocess.Popen[bytes] | None:
+    """A server listening only on a TLS port, or None when its build has no TLS."""
     proc = subprocess.Popen(
-        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+        [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
          "--tls-cert-file", "server.crt", "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.crt",
          "--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--dir", str(folder)],
         cwd=folder, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         _wait_ready(_url((port, folder / "ca.crt")), proc)
-        yield port, folder / "ca.crt"
-    finally:
-        proc.terminate()
+    except RuntimeError:  # exited: "Failed finding TLS support"
+        return None
+    except BaseException:
+        proc.kill()
         proc.wait()
+        raise
+    return proc
+
+
+class TlsProxy:
+    """Terminates TLS on ``port`` and relays each connection to a plain server."""
+
+    def __init__(self, port: int, backend_port: int, folder: Path) -> None:
+        self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._context.load_cert_chain(folder / "server.crt", folder / "server.key")
+        self._port, self._backend = port, backend_port
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tls-proxy", daemon=True)
+        self._thread.start()
+        if not self._started.wait(10):
+            raise RuntimeError("the TLS proxy did not start")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._relay, "127.0.0.1", self._port, ssl=self._context)
+        )
+        self._started.set()
+        self._loop.run_forever()
+        server.close()
+        self._loop.run_until_complete(server.wait_closed())
+        self._loop.close()
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self._backend)
+
+        async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except (ConnectionError, ssl.SSLError):
+                pass
+            finally:
+                w.close()
+
+        await asyncio.gather(pump(client_r, server_w), pump(server_r, client_w))
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """(port, CA certificate) of a server reached only over TLS."""
+    binary = needs_server("the TLS tests")
+    if not shutil.which("openssl"):
+        if IN_CI:
+            pytest.fail("the TLS tests need openssl")
+        pytest.skip("no openssl for the TLS tests")
+    folder = tmp_path_factory.mktemp("tls")
+    _certificates(folder)
+    port = _free_port()
+    proc = _tls_server(binary, port, folder)
+    if proc is not None:
+        try:
+            yield port, folder / "ca.crt"
+        finally:
+            proc.terminate()
+            proc.wait()
+        return
+    with EmbeddedRedis() as plain:
+        proxy = TlsProxy(port, plain.port, folder)
+        try:
+            yield port, folder / "ca.crt"
+        finally:
+            proxy.close()
 
 
 def _url(server: tuple[int, Path]) -> str:
