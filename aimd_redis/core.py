@@ -96,6 +96,7 @@ class ReleaseArgs(NamedTuple):
     publish: str
     claim_ttl: str
     granted_at: str
+    next_id: str
 
 
 class RenewArgs(NamedTuple):
@@ -310,6 +311,7 @@ class Core:
             publish=self._publish,
             claim_ttl=claim_ttl,
             granted_at="",
+            next_id="",
         )
 
     def keys(self, provider_name: str, model_id: str) -> ModelKeys:
@@ -402,8 +404,11 @@ class Core:
         retry_after: float | None,
         now: float | None,
         granted_at: float | None = None,
+        next_id: str = "",
     ) -> Call:
-        """``granted_at``: when Redis granted the lease (Grant.granted_at), if known."""
+        """``granted_at``: when Redis granted the lease (Grant.granted_at), if
+        known. ``next_id``: a new lease of the same domain to take in the same
+        call when a slot is free for it (see :meth:`parse_next`)."""
         cooldown = self.config.cooldown_for(retry_after)
         keys = self._domain_keys(ref.provider_name, ref.model_id, ref.domain)
         args = self._release_args._replace(
@@ -413,6 +418,7 @@ class Core:
             outcome=outcome,
             cooldown=_seconds(cooldown),
             granted_at="" if granted_at is None else _seconds(granted_at),
+            next_id=next_id,
             wake_prefix=self.keys(ref.provider_name, ref.model_id).wake_prefix,
         )
         return Call("release", keys, list(args))
@@ -431,10 +437,20 @@ class Core:
     def parse_release(self, ref: LeaseRef, reply: Sequence[Any]) -> tuple[ReleaseResult, bool]:
         """The result, and whether the model's registration was there (if not,
         the caller should register again)."""
-        released, state_text, events, registered = reply
+        released, state_text, events, registered, _next = reply
         self._log(ref.provider_name, ref.model_id, events)
         result = ReleaseResult(released=released == 1, state=state_from_text(state_text) if state_text else None)
         return result, registered == 1
+
+    def parse_next(self, next_ref: LeaseRef, reply: Sequence[Any]) -> Grant | None:
+        """The next lease a release call took (``next_ref``), or None when no
+        slot was free for it."""
+        _released, state_text, _events, _registered, expiry = reply
+        if not (expiry := as_str(expiry)):
+            return None
+        expires_at = float(expiry)
+        state = state_from_text(state_text)
+        return Grant(ref=next_ref, expires_at=expires_at, state=state, granted_at=expires_at - self._lease_ttl_s)
 
     def renew_call(self, refs: Sequence[LeaseRef], now: float | None) -> Call:
         """Renew leases of one model (any of its domains) in one call."""

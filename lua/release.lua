@@ -35,12 +35,15 @@
 -- ARGV[18] granted_at        when the lease was granted (Redis clock), as the caller
 --                            heard it; '' when unknown (the lease's expiry less
 --                            lease_ttl serves, unless a renewal moved it)
+-- ARGV[19] next_id           a new lease id to take the next slot with, in the same
+--                            call (a worker's loop: one round trip per request), or ''
 --
 -- A slot given back goes to the longest waiting live waiter, who is woken on
 -- its process's channel; during a cooldown the first waiter is told when it
--- ends instead.
+-- ends instead. The next slot (next_id) is taken as a 'try' acquire would:
+-- only when nobody waits, outside a cooldown, under the limit.
 --
--- Reply: {released, state, events, registered}
+-- Reply: {released, state, events, registered, next}
 --   released 1 when this call gave the slot back; 0 when the lease was already
 --            released or had expired (the outcome is then ignored)
 --   state    the domain's nine public fields, in order, joined by commas
@@ -48,6 +51,7 @@
 --   events   flat list of (domain, event, from, to) quadruples
 --   registered 0 when the model's registration was missing (the caller should
 --            register again), else 1
+--   next     the next lease's expiry when next_id was granted, else ''
 -- Errors: 'AIMD_CORRUPT <key> field <name> holds <value>'
 
 local now = clock(ARGV[1])
@@ -61,6 +65,7 @@ local cfg = {
 local idle_ms, events_maxlen = tonumber(ARGV[12]), ARGV[13]
 local wake_prefix, publish, claim_ttl = ARGV[15], ARGV[16], tonumber(ARGV[17])
 local granted_when = tonumber(ARGV[18])
+local next_id = ARGV[19]
 
 local emax, err = read_max(KEYS[1])
 if err then return redis.error_reply(err) end
@@ -90,7 +95,7 @@ if outcome == 'abandon' then
     expire_new(idle_ms, KEYS[3])
   end
 end
-if not d then return {released, '', {}, registered and 1 or 0} end
+if not d then return {released, '', {}, registered and 1 or 0, ''} end
 -- A registration Redis lost (deleted, evicted) is unknown, not 1: the limit
 -- stays where it is, and only a 429 moves it (down), until the client that
 -- reads this reply registers again.
@@ -124,6 +129,21 @@ if queued > 0 then
   queued = redis.call('ZCARD', q.queue)
 end
 d.waiters = queued
+
+local next_expiry = ''
+if next_id ~= '' and registered and queued == 0 and now >= d.blocked_until then
+  rules.ramp(domain, d, now, emax, cfg.rampup_seconds)
+  if d.in_flight < d.current_limit then
+    local expiry = fmt(now + cfg.lease_ttl)
+    if redis.call('ZADD', KEYS[3], 'NX', expiry, next_id) == 1 then
+      if d.in_flight == 0 then expire_new(idle_ms, KEYS[3]) end
+      d.in_flight = d.in_flight + 1
+      next_expiry = expiry
+    else
+      redis.call('ZREM', KEYS[3], next_id)  -- the tombstone of a give-back that came first
+    end
+  end
+end
 save_domain(KEYS[2], d)
 if handoff_expiry then
   publish_handoffs(q, d, handoff_expiry)
@@ -131,4 +151,4 @@ if handoff_expiry then
 end
 local flat_events = flush_events(KEYS[5], now, events_maxlen, idle_ms)
 touch(idle_ms, KEYS[2], KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
-return {released, state_text(d), flat_events, registered and 1 or 0}
+return {released, state_text(d), flat_events, registered and 1 or 0, next_expiry}

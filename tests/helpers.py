@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import redis
 
@@ -68,3 +69,13 @@ def wait_until(condition: Callable[[], object], what: str = "condition not reach
             pass
         assert time.monotonic() < deadline, what
         time.sleep(0.01)
+
+
+async def wait_until_async(
+    condition: Callable[[], Awaitable[object]], what: str = "condition not reached", seconds: float = 20
+) -> None:
+    """wait_until for an awaitable condition."""
+    deadline = time.monotonic() + seconds
+    while not await condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)

@@ -13,7 +13,7 @@ from aimd_redis import AcquireTimeout, AsyncThrottle, Denied, FailOpen, Lease, R
 from aimd_redis.embedded import EmbeddedRedis, _free_port
 
 from .conftest import needs_server
-from .helpers import M, P, reg
+from .helpers import M, P, reg, wait_until
 
 TARGET = {"provider_name": P, "model_id": M, "domain": "chat"}
 
@@ -142,3 +142,19 @@ def test_fail_open_needs_a_chosen_concurrency() -> None:
         FailOpen()  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="FailOpen"):
         Throttle(f"redis://127.0.0.1:{_free_port()}/0", fail_open=2)  # type: ignore[arg-type]
+
+
+def test_a_report_and_next_slot_cut_off_mid_call_leaves_no_slot_taken(paused_server: EmbeddedRedis) -> None:
+    t = Throttle(paused_server.url, socket_timeout=0.3)
+    reg(t, 2)
+    lease = t.acquire(**TARGET, timeout=0)
+    paused_server.pause()
+    try:
+        with pytest.raises(RedisUnavailableError):
+            lease.success_and_acquire(timeout=0)
+    finally:
+        paused_server.resume()
+    # Redis runs the call it had buffered (the report, and a next slot nobody
+    # holds); the client gives that slot back by its id and reports again.
+    wait_until(lambda: t.domain_state(P, M, "chat").in_flight == 0, "a slot stayed taken", 10)  # type: ignore[union-attr]
+    t.close()

@@ -20,6 +20,7 @@ from redis.commands.core import Script
 
 from aimd_redis._sync.background import Periodic
 from aimd_redis._sync.fallback import LocalLimit
+from aimd_redis._sync.shield import run_to_the_end
 from aimd_redis._sync.waker import CONFIRM_SECONDS, Waker
 from aimd_redis.config import FailOpen, ThrottleConfig
 from aimd_redis.core import (
@@ -332,10 +333,14 @@ class Throttle:
     def _run_quietly(self, call: Call, ref: LeaseRef) -> None:
         """A call that gives a slot back, after the first try was cut off: sent
         now, and again in the background until Redis takes it."""
-        try:
-            self._run(call)
-        except BaseException as exc:  # the caller's own exception is on its way; this one only informs
-            self._keep_unsent(call, ref, exc)
+
+        def give_back() -> None:
+            try:
+                self._run(call)
+            except BaseException as exc:  # the caller's own exception is on its way; this one only informs
+                self._keep_unsent(call, ref, exc)
+
+        run_to_the_end(give_back)
 
     def _keep_unsent(self, call: Call, ref: LeaseRef, exc: BaseException) -> None:
         """Send ``call`` (an outcome or a give-back: idempotent by lease id) again
@@ -487,7 +492,21 @@ class Throttle:
                 lease.local.give()
                 return ReleaseResult(released=True, state=local_state(lease.local))
             return ReleaseResult(released=False, state=local_state(lease.local))
-        call = self._core.release_call(lease.ref, outcome, retry_after, now, lease.granted_at)
+        result, _ = self._report(lease, outcome, retry_after, now, None)
+        return result
+
+    def _report(
+        self,
+        lease: Lease,
+        outcome: Outcome,
+        retry_after: float | None,
+        now: float | None,
+        next_ref: LeaseRef | None,
+    ) -> tuple[ReleaseResult, Grant | None]:
+        """Report the outcome; with ``next_ref``, take that next lease in the
+        same call if a slot is free for it."""
+        next_id = "" if next_ref is None else next_ref.lease_id
+        call = self._core.release_call(lease.ref, outcome, retry_after, now, lease.granted_at, next_id)
         self._held.pop(lease.id, None)  # reported: never renewed again, whatever comes of the call
         try:
             reply = self._run(call)
@@ -495,15 +514,42 @@ class Throttle:
             # Refused, or cut off mid-call (it may or may not have run): the
             # outcome is sent again until Redis takes it. That is safe, since
             # a lease is released at most once, and gives the slot back as
-            # soon as Redis answers again.
-            self._keep_unsent(call, lease.ref, exc)
+            # soon as Redis answers again. A next lease the call may have
+            # taken is given back by its id.
+            plain = (
+                call
+                if next_ref is None
+                else self._core.release_call(lease.ref, outcome, retry_after, now, lease.granted_at)
+            )
+            self._keep_unsent(plain, lease.ref, exc)
+            if next_ref is not None and not isinstance(exc, REFUSED_BEFORE_RUNNING):
+                self._run_quietly(self._core.release_call(next_ref, "abandon", None, now), next_ref)
             raise
         self._unsent.pop(lease.id, None)
         lease.reported = True
         result, registered = self._core.parse_release(lease.ref, reply)
         if result.released and not registered:
             self._restore_quietly(lease.ref)
-        return result
+        return result, None if next_ref is None else self._core.parse_next(next_ref, reply)
+
+    def _success_and_acquire(self, lease: Lease, timeout: float | None) -> Lease:
+        check_timeout(timeout)
+        ref = lease.ref
+        if lease.local is None:
+            next_ref = LeaseRef(
+                provider_name=ref.provider_name,
+                model_id=ref.model_id,
+                domain=ref.domain,
+                lease_id=self._core.new_lease_id(self._client_id),
+            )
+            _, grant = self._report(lease, "success", None, None, next_ref)
+            if grant is not None:
+                return self._hold(Lease(self, grant), None)
+        else:
+            self._release(lease, "success", None, None)
+        return self.acquire(
+            provider_name=ref.provider_name, model_id=ref.model_id, domain=ref.domain, timeout=timeout
+        )
 
     def _renew_held(self) -> None:
         """Renew every held lease, one script call per model."""
@@ -600,6 +646,15 @@ class Lease:
 
     def success(self, now: float | None = None) -> ReleaseResult:
         return self._throttle._release(self, "success", None, now)
+
+    def success_and_acquire(self, *, timeout: float | None = None) -> Lease:
+        """Report success and take the next slot of the same domain.
+
+        In a worker's loop this is one round trip per request: the next slot
+        comes back with the report when one is free and nobody is waiting
+        (a queued waiter is always served first). Otherwise it waits as
+        ``acquire(timeout=...)`` does; the success is reported either way."""
+        return self._throttle._success_and_acquire(self, timeout)
 
     def rate_limited(self, retry_after: float | None = None, now: float | None = None) -> ReleaseResult:
         """Report a 429. ``retry_after`` in seconds sets the cooldown; a

@@ -1,0 +1,26 @@
+"""Work that must finish even when the task that started it is cancelled.
+
+aimd_redis/_sync/shield.py is the sync twin (a thread is not cancelled).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+# Tasks still running after their caller was cancelled: the loop keeps only a
+# weak reference to a task.
+_running: set[asyncio.Task[None]] = set()
+
+
+async def run_to_the_end(job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``job`` in a task of its own and wait for it. A cancellation of the
+    caller (once more, say) does not stop it. In its own task it also runs
+    clear of the caller's pending cancellation, which some timeout helpers
+    (async-timeout, used by redis-py before Python 3.11.3) turn into a
+    CancelledError of their own. ``job`` must handle its own errors."""
+    task = asyncio.create_task(job())
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+    await asyncio.shield(task)
