@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from aimd_redis.errors import InvalidArgumentError
 from aimd_redis.keys import check_namespace
 
 #: Called by the Lua scripts (tests/test_acl.py checks the scripts against it).
@@ -34,7 +35,7 @@ def acl_rule(user: str = "aimd", namespaces: Sequence[str] = ("aimd",), password
     """The arguments of ``ACL SETUSER`` for a user that can run the library
     in ``namespaces`` and nothing else."""
     if not namespaces:
-        raise ValueError("give at least one namespace")
+        raise InvalidArgumentError("give at least one namespace")
     rule = [user, "on", f">{password}", "resetkeys"]
     rule += [f"~{check_namespace(ns)}:*" for ns in namespaces]
     rule += ["resetchannels", *(f"&{ns}:*" for ns in namespaces), "-@all"]

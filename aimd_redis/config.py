@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from aimd_redis.errors import ArgumentTypeError, ConfigError, InvalidArgumentError
 
 #: The longest cooldown a single 429 can impose. A Retry-After of a day is
 #: almost always a misparsed header; an hour still honours real quota resets
@@ -13,14 +15,25 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 MAX_RETRY_AFTER_SECONDS = 3600.0
 
 
-class ThrottleConfig(BaseModel):
+class _Settings(BaseModel):
+    """Frozen, strict about names, and refusing a bad value with the library's
+    own ConfigError (a ValueError) that names the field."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+class ThrottleConfig(_Settings):
     """Tuning of the AIMD loop, the startup ramp and the state kept in Redis.
 
     Every process of a fleet should use the same configuration: the scripts
     apply whatever the calling process passes.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     policy: Literal["classic", "adaptive"] = "classic"
     """How the limit moves after the ramp (the rules are in ``lua/_rules.lua``).
@@ -55,7 +68,7 @@ class ThrottleConfig(BaseModel):
     @model_validator(mode="after")
     def _idle_outlasts_leases(self) -> ThrottleConfig:
         if 0 < self.idle_ttl_seconds < self.lease_ttl_seconds:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "idle_ttl_seconds must be 0 or at least lease_ttl_seconds, or a held "
                 "lease's domain could expire under it"
             )
@@ -66,13 +79,13 @@ class ThrottleConfig(BaseModel):
         if retry_after is None:
             return self.cooldown_seconds
         if isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)):
-            raise TypeError(f"retry_after must be a number of seconds or None, not {retry_after!r}")
+            raise ArgumentTypeError(f"retry_after must be a number of seconds or None, not {retry_after!r}")
         if math.isnan(retry_after) or math.isinf(retry_after) or retry_after <= 0:
             return self.cooldown_seconds
         return min(float(retry_after), MAX_RETRY_AFTER_SECONDS)
 
 
-class FailOpen(BaseModel):
+class FailOpen(_Settings):
     """Let callers proceed while Redis is unreachable, each process allowing
     at most ``concurrency`` requests at once per domain on its own.
 
@@ -80,8 +93,6 @@ class FailOpen(BaseModel):
     ``concurrency`` while Redis is down, and that number should be chosen,
     not stumbled into.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     concurrency: int = Field(ge=1)
     """Requests this process may have open at once per domain without Redis."""

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple, Protocol
 
 from aimd_redis.config import ThrottleConfig
-from aimd_redis.errors import CorruptStateError
+from aimd_redis.errors import ArgumentTypeError, CorruptStateError, InvalidArgumentError
 from aimd_redis.keys import ModelKeys, check_alias, check_domain, check_namespace, model_keys
 from aimd_redis.schema import DomainRecord, parse_domain
 from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, LimitEvent, Queued, ReleaseResult
@@ -184,9 +184,9 @@ def check_now(now: float | None) -> str:
     if now is None:
         return ""
     if isinstance(now, bool) or not isinstance(now, (int, float)):
-        raise TypeError(f"now must be seconds as a number, not {now!r}")
+        raise ArgumentTypeError(f"now must be seconds as a number, not {now!r}")
     if not math.isfinite(now) or now < 0:
-        raise ValueError(f"now must be a finite number of seconds >= 0, not {now!r}")
+        raise InvalidArgumentError(f"now must be a finite number of seconds >= 0, not {now!r}")
     return _seconds(now)
 
 
@@ -194,17 +194,17 @@ def check_timeout(timeout: float | None) -> float | None:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be seconds as a number or None, not {timeout!r}")
+        raise ArgumentTypeError(f"timeout must be seconds as a number or None, not {timeout!r}")
     if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
+        raise InvalidArgumentError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
     return None if math.isinf(timeout) else float(timeout)
 
 
 def check_max_parallel(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"max_parallel_requests must be an int, not {value!r}")
+        raise ArgumentTypeError(f"max_parallel_requests must be an int, not {value!r}")
     if not 1 <= value <= MAX_PARALLEL_LIMIT:
-        raise ValueError(f"max_parallel_requests must be between 1 and {MAX_PARALLEL_LIMIT}, not {value}")
+        raise InvalidArgumentError(f"max_parallel_requests must be between 1 and {MAX_PARALLEL_LIMIT}, not {value}")
     return value
 
 
@@ -459,7 +459,7 @@ class Core:
         keys = [mk.cap, mk.index, mk.events]
         for ref in refs:
             if (ref.provider_name, ref.model_id) != (first.provider_name, first.model_id):
-                raise ValueError("renew_call takes leases of one model")
+                raise InvalidArgumentError("renew_call takes leases of one model")
             keys += [mk.domain(ref.domain), mk.leases(ref.domain)]
         args = RenewArgs(check_now(now), self._lease_ttl, self._idle_ms)
         return Call("renew", keys, [*args, *(r.lease_id for r in refs)])
@@ -475,7 +475,7 @@ class Core:
         mk = self.keys(provider_name, model_id)
         check_domain(domain)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be a whole number >= 1, not {limit!r}")
+            raise InvalidArgumentError(f"limit must be a whole number >= 1, not {limit!r}")
         args = SetLimitArgs(check_now(now), domain, str(limit), self._maxlen, self._idle_ms)
         return Call("set_limit", [mk.cap, mk.domain(domain), mk.events], list(args))
 

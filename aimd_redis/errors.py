@@ -12,6 +12,18 @@ class AimdRedisError(Exception):
     """Base class of every error this library raises."""
 
 
+class InvalidArgumentError(AimdRedisError, ValueError):
+    """A bad name, number or setting, refused before anything reaches Redis."""
+
+
+class ArgumentTypeError(AimdRedisError, TypeError):
+    """An argument of the wrong type, refused before anything reaches Redis."""
+
+
+class ConfigError(InvalidArgumentError):
+    """A ThrottleConfig or FailOpen setting out of range; the message names it."""
+
+
 class NotRegisteredError(AimdRedisError, RuntimeError):
     """Acquire on a model no alias has registered."""
 

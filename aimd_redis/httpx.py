@@ -24,10 +24,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from typing import NamedTuple
 
-import httpx
+try:
+    import httpx
+except ImportError as exc:  # pragma: no cover - depends on what is installed
+    raise ImportError(f"aimd_redis.httpx needs httpx ({exc}): pip install 'aimd-redis[httpx]'") from None
 
 from aimd_redis._async.throttle import AsyncLease, AsyncThrottle
 from aimd_redis._sync.throttle import Lease, Throttle
+from aimd_redis.errors import InvalidArgumentError
 
 logger = logging.getLogger("aimd_redis")
 
@@ -107,7 +111,9 @@ def _rate_limited_statuses(statuses: Collection[int]) -> frozenset[int]:
     found = frozenset(statuses)
     bad = sorted(repr(v) for v in found if isinstance(v, bool) or not isinstance(v, int) or not 400 <= v <= 599)
     if bad or not found:
-        raise ValueError(f"rate_limited_statuses must be HTTP error statuses (400-599), not {', '.join(bad) or 'none'}")
+        raise InvalidArgumentError(
+            f"rate_limited_statuses must be HTTP error statuses (400-599), not {', '.join(bad) or 'none'}"
+        )
     return found
 
 

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from aimd_redis.errors import ArgumentTypeError, InvalidArgumentError
+
 _NAME_MAX = 200
 # Printable, no whitespace: keys stay readable and unambiguous in redis-cli.
 _BAD_CHARS = re.compile(r"[{}\s\x00-\x1f\x7f]")
@@ -24,22 +26,22 @@ RESERVED_DOMAINS = frozenset({"cap", "events", "domains"})
 
 def _check_name(what: str, value: object, extra: str = "") -> str:
     if not isinstance(value, str):
-        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
+        raise ArgumentTypeError(f"{what} must be a str, not {type(value).__name__}")
     if not value:
-        raise ValueError(f"{what} must not be empty")
+        raise InvalidArgumentError(f"{what} must not be empty")
     if len(value) > _NAME_MAX:
-        raise ValueError(f"{what} is longer than {_NAME_MAX} characters")
+        raise InvalidArgumentError(f"{what} is longer than {_NAME_MAX} characters")
     bad = _BAD_CHARS.search(value) or (re.search(f"[{re.escape(extra)}]", value) if extra else None)
     if bad:
-        raise ValueError(f"{what} {value!r} contains {bad.group()!r}, which names may not hold")
+        raise InvalidArgumentError(f"{what} {value!r} contains {bad.group()!r}, which names may not hold")
     return value
 
 
 def check_namespace(namespace: object) -> str:
     if not isinstance(namespace, str):
-        raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
+        raise ArgumentTypeError(f"namespace must be a str, not {type(namespace).__name__}")
     if not _NAMESPACE.fullmatch(namespace):
-        raise ValueError(f"namespace {namespace!r} must be 1 to 64 characters from A-Z a-z 0-9 _ . -")
+        raise InvalidArgumentError(f"namespace {namespace!r} must be 1 to 64 characters from A-Z a-z 0-9 _ . -")
     return namespace
 
 
@@ -49,11 +51,11 @@ def check_alias(alias: object) -> str:
 
 def check_domain(domain: object) -> str:
     if not isinstance(domain, str):
-        raise TypeError(f"domain must be a str, not {type(domain).__name__}")
+        raise ArgumentTypeError(f"domain must be a str, not {type(domain).__name__}")
     if not _DOMAIN.fullmatch(domain):
-        raise ValueError(f"domain {domain!r} must be 1 to 64 characters from A-Z a-z 0-9 _ -")
+        raise InvalidArgumentError(f"domain {domain!r} must be 1 to 64 characters from A-Z a-z 0-9 _ -")
     if domain in RESERVED_DOMAINS:
-        raise ValueError(f"domain {domain!r} is reserved by the key layout")
+        raise InvalidArgumentError(f"domain {domain!r} is reserved by the key layout")
     return domain
 
 

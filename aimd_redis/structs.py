@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from aimd_redis.errors import InvalidArgumentError
+
 _Count = Annotated[int, msgspec.Meta(ge=0)]
 _Time = Annotated[float, msgspec.Meta(ge=0)]
 
@@ -28,7 +30,7 @@ class DomainState(msgspec.Struct, frozen=True, kw_only=True):
         # The same rules the scripts apply to a hand-edited hash.
         for name in ("blocked_until", "rampup_started_at"):
             if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be a finite number of seconds")
+                raise InvalidArgumentError(f"{name} must be a finite number of seconds")
 
 
 class Denied(msgspec.Struct, frozen=True, kw_only=True):

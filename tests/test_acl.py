@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from aimd_redis import RedisPermissionError, Throttle, ThrottleConfig
+from aimd_redis import InvalidArgumentError, RedisPermissionError, Throttle, ThrottleConfig
 from aimd_redis.acl import CLIENT_COMMANDS, SCRIPT_COMMANDS, acl_rule
 from aimd_redis.cli import main
 from aimd_redis.inspect import report
@@ -72,6 +72,6 @@ def test_a_user_without_the_rule_gets_a_permission_error(
 
 
 def test_the_rule_needs_a_namespace() -> None:
-    with pytest.raises(ValueError, match="namespace"):
+    with pytest.raises(InvalidArgumentError, match="namespace"):
         acl_rule("u", [])
     assert "~team-a:*" in acl_rule("u", ["team-a"])

@@ -140,3 +140,33 @@ async def test_an_acquire_cancelled_while_redis_is_stalled_leaks_nothing(real_re
                 assert state is None or state.in_flight == 0
             lease = await t.acquire(**TARGET, timeout=1)
             assert (await lease.success()).released
+
+
+async def test_the_sync_throttle_inside_a_running_loop_warns_once_pointing_to_the_async_one() -> None:
+    import warnings
+
+    import fakeredis
+
+    from aimd_redis import Throttle
+
+    t = Throttle(fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    with pytest.warns(RuntimeWarning, match="use AsyncThrottle"):
+        t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t.try_acquire(**TARGET)  # said once per throttle, not per call
+    t.close()
+
+
+def test_the_sync_throttle_outside_a_loop_does_not_warn() -> None:
+    import warnings
+
+    import fakeredis
+
+    from aimd_redis import Throttle
+
+    t = Throttle(fakeredis.FakeRedis(server=fakeredis.FakeServer()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=2)
+    t.close()

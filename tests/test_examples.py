@@ -15,3 +15,20 @@ def test_the_openai_sdk_example(real_redis_url: str) -> None:
     assert done.returncode == 0, done.stderr
     assert "40 answers" in done.stdout
     assert "in flight 0" in done.stdout
+
+
+def test_the_readme_quick_start_runs_as_written(real_redis_url: str) -> None:
+    from aimd_redis.coldserver import ColdServer, ServerSettings
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    snippet = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'REDIS_URL = "redis://localhost:6379/0"' in snippet
+    with ColdServer(ServerSettings(peak=4, warmup_seconds=0)) as server:
+        # Only where it runs changes: the test's own Redis and server.
+        code = snippet.replace("redis://localhost:6379/0", real_redis_url).replace(
+            "http://127.0.0.1:8000/v1", f"{server.url}/v1"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("200 DomainState(")
+    assert "in_flight=0" in done.stdout

@@ -23,6 +23,7 @@ from aimd_redis import (
     AsyncThrottle,
     CorruptStateError,
     FailOpen,
+    InvalidArgumentError,
     Lease,
     RedisAuthenticationError,
     RedisOutOfMemoryError,
@@ -110,9 +111,9 @@ def test_a_background_job_refused_its_credentials_logs_one_line(
 
 @pytest.mark.parametrize("namespace", ["x:prod", "a*", "team?", "[ab]", "ns with space", ""])
 def test_a_namespace_that_could_cover_another_is_refused(namespace: str) -> None:
-    with pytest.raises(ValueError, match="namespace"):
+    with pytest.raises(InvalidArgumentError, match="namespace"):
         Throttle(redis.Redis(), namespace=namespace)
-    with pytest.raises(ValueError, match="namespace"):
+    with pytest.raises(InvalidArgumentError, match="namespace"):
         acl_rule("u", [namespace])
 
 

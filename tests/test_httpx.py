@@ -10,7 +10,7 @@ import httpx
 import pytest
 import redis
 
-from aimd_redis import AsyncThrottle, DomainState, Throttle, ThrottleConfig
+from aimd_redis import AsyncThrottle, DomainState, InvalidArgumentError, Throttle, ThrottleConfig
 from aimd_redis.coldserver import ColdServer, RetryAfterForm, ServerSettings
 from aimd_redis.embedded import _free_port
 from aimd_redis.httpx import AimdTransport, AsyncAimdTransport, openai_router, retry_after_seconds
@@ -135,7 +135,7 @@ def test_an_overloaded_answer_is_a_failure_by_default(throttle: Throttle) -> Non
 
 def test_rate_limited_statuses_must_be_error_statuses(throttle: Throttle) -> None:
     for bad in ([200], [], ["503"], [True]):
-        with pytest.raises(ValueError, match="rate_limited_statuses"):
+        with pytest.raises(InvalidArgumentError, match="rate_limited_statuses"):
             AimdTransport(throttle, rate_limited_statuses=bad)  # type: ignore[arg-type]
 
 
@@ -239,3 +239,14 @@ def test_retry_after_parsing(headers: dict[str, str], expected: float | None) ->
     assert retry_after_seconds(httpx.Headers(headers)) == expected
     past = email.utils.formatdate(1000.0, usegmt=True)
     assert retry_after_seconds(httpx.Headers({"retry-after": past}), now=1010.0) == -10.0
+
+
+def test_without_httpx_the_import_names_the_extra_to_install() -> None:
+    import subprocess
+    import sys
+
+    # httpx made unimportable in a child interpreter, as on an install without the extra.
+    code = "import sys; sys.modules['httpx'] = None\nimport aimd_redis.httpx"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "pip install 'aimd-redis[httpx]'" in done.stderr

@@ -5,11 +5,20 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-import pydantic
 import pytest
 import redis
 
-from aimd_redis import AcquireTimeout, AsyncThrottle, Denied, FailOpen, Lease, RedisUnavailableError, Throttle
+from aimd_redis import (
+    AcquireTimeout,
+    ArgumentTypeError,
+    AsyncThrottle,
+    ConfigError,
+    Denied,
+    FailOpen,
+    Lease,
+    RedisUnavailableError,
+    Throttle,
+)
 from aimd_redis.embedded import EmbeddedRedis, _free_port
 
 from .conftest import needs_server
@@ -138,9 +147,9 @@ async def test_async_fail_open(paused_server: EmbeddedRedis) -> None:
 
 
 def test_fail_open_needs_a_chosen_concurrency() -> None:
-    with pytest.raises(pydantic.ValidationError, match="concurrency"):
+    with pytest.raises(ConfigError, match="concurrency"):
         FailOpen()  # type: ignore[call-arg]
-    with pytest.raises(TypeError, match="FailOpen"):
+    with pytest.raises(ArgumentTypeError, match="FailOpen"):
         Throttle(f"redis://127.0.0.1:{_free_port()}/0", fail_open=2)  # type: ignore[arg-type]
 
 

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import secrets
 import time
+import warnings
 from types import TracebackType
 from typing import Any, cast
 
@@ -20,7 +21,7 @@ from redis.commands.core import Script
 
 from aimd_redis._sync.background import Periodic
 from aimd_redis._sync.fallback import LocalLimit
-from aimd_redis._sync.shield import run_to_the_end
+from aimd_redis._sync.synchronization import blocking_a_running_loop, run_to_the_end
 from aimd_redis._sync.waker import CONFIRM_SECONDS, Waker
 from aimd_redis.config import FailOpen, ThrottleConfig
 from aimd_redis.core import (
@@ -38,7 +39,9 @@ from aimd_redis.core import (
 from aimd_redis.errors import (
     AcquireTimeout,
     AimdRedisError,
+    ArgumentTypeError,
     CorruptStateError,
+    InvalidArgumentError,
     NotRegisteredError,
     RedisAuthenticationError,
     RedisCommandError,
@@ -99,11 +102,11 @@ class Throttle:
         fail_open: FailOpen | None = None,
     ) -> None:
         if config is not None and not isinstance(config, ThrottleConfig):
-            raise TypeError(f"config must be a ThrottleConfig, not {type(config).__name__}")
+            raise ArgumentTypeError(f"config must be a ThrottleConfig, not {type(config).__name__}")
         if fail_open is not None and not isinstance(fail_open, FailOpen):
-            raise TypeError(f"fail_open must be a FailOpen, not {type(fail_open).__name__}")
+            raise ArgumentTypeError(f"fail_open must be a FailOpen, not {type(fail_open).__name__}")
         if not (isinstance(socket_timeout, (int, float)) and 0 < socket_timeout < float("inf")):
-            raise ValueError(f"socket_timeout must be a number of seconds above 0, not {socket_timeout!r}")
+            raise InvalidArgumentError(f"socket_timeout must be a number of seconds above 0, not {socket_timeout!r}")
         self.config = config if config is not None else ThrottleConfig()
         cluster = isinstance(redis, RedisCluster)
         # Cluster: sharded pub/sub, so a wake-up stays on the node that owns the model.
@@ -154,12 +157,16 @@ class Throttle:
         self._fail_open = fail_open
         self._local: dict[tuple[str, str, str], LocalLimit] = {}
         self._failing_open = False  # warned, and not yet seen Redis answer again
+        self._warned_loop = False
 
     @property
     def namespace(self) -> str:
         return self._core.namespace
 
     def _run(self, call: Call) -> Any:
+        if not self._warned_loop and (why := blocking_a_running_loop()):
+            self._warned_loop = True
+            warnings.warn(why, RuntimeWarning, stacklevel=4)
         with redis_boundary():
             if self._functions:
                 name = self._library.functions[call.script]

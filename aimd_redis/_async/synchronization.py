@@ -1,6 +1,7 @@
-"""Work that must finish even when the task that started it is cancelled.
+"""What the asyncio client and the sync one do differently, behind one name
+each, so that the sync client can be generated from the asyncio one.
 
-aimd_redis/_sync/shield.py is the sync twin (a thread is not cancelled).
+aimd_redis/_sync/synchronization.py is the sync twin.
 """
 
 from __future__ import annotations
@@ -24,3 +25,8 @@ async def run_to_the_end(job: Callable[[], Coroutine[Any, Any, None]]) -> None:
     _running.add(task)
     task.add_done_callback(_running.discard)
     await asyncio.shield(task)
+
+
+def blocking_a_running_loop() -> str | None:
+    """Why a call would block an event loop, if it would: never, here."""
+    return None
