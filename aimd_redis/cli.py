@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import logging
 import os
@@ -16,7 +17,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from aimd_redis.demo import DemoSettings, run
-from aimd_redis.errors import AimdRedisError, translate
+from aimd_redis.errors import AimdRedisError, RedisUnavailableError, translate
 from aimd_redis.inspect import DomainReport, SyncClient, problems, report
 
 DEFAULT_URL = "redis://localhost:6379/0"
@@ -34,6 +35,41 @@ def _model(text: str) -> tuple[str, str]:
     if not sep or not provider or not model:
         raise argparse.ArgumentTypeError(f"MODEL is provider/model, e.g. openai/gpt-4o, not {text!r}")
     return provider, model
+
+
+def _number(kind: type[int] | type[float], least: float, what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value >= least or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be {what}, not {text}")
+        return value
+
+    return parse
+
+
+#: Argument types that refuse what makes no sense (a negative count, a NaN).
+COUNT = _number(int, 0, "0 or more")
+SECONDS = _number(float, 0, "0 or more seconds")
+POSITIVE_SECONDS = _number(float, 1e-9, "more than 0 seconds")
+
+
+def _model_exists(client: SyncClient, namespace: str, provider: str, model: str) -> bool:
+    from aimd_redis.keys import model_keys
+
+    keys = model_keys(namespace, provider, model)
+    return bool(client.exists(keys.cap, keys.index, keys.events))
+
+
+def _no_such_model(namespace: str, provider: str, model: str) -> int:
+    print(
+        f"aimd-redis: no model {provider}/{model} in namespace {namespace!r} (nothing registered it, or it expired); "
+        "`aimd-redis status` lists what there is",
+        file=sys.stderr,
+    )
+    return EXIT_PROBLEM
 
 
 def _age(seconds: float | None) -> str:
@@ -106,6 +142,9 @@ def cmd_reset(args: argparse.Namespace) -> int:
     from aimd_redis import Throttle
 
     provider, model = args.model
+    client = _client(args)
+    if not _model_exists(client, args.namespace, provider, model):
+        return _no_such_model(args.namespace, provider, model)
     what = f"{provider}/{model} {args.domain}" if args.domain else f"every domain of {provider}/{model}"
     if not args.yes:
         try:
@@ -115,7 +154,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in {"y", "yes"}:
             print("not reset")
             return EXIT_PROBLEM
-    count = Throttle(_client(args), namespace=args.namespace).reset(provider, model, args.domain)
+    count = Throttle(client, namespace=args.namespace).reset(provider, model, args.domain)
     print(f"reset {count} domain(s) of {provider}/{model}")
     return 0
 
@@ -124,8 +163,14 @@ def cmd_set_limit(args: argparse.Namespace) -> int:
     from aimd_redis import Throttle
 
     provider, model = args.model
-    limit = Throttle(_client(args), namespace=args.namespace).set_limit(provider, model, args.domain, args.limit)
-    print(f"{provider}/{model} {args.domain}: limit {limit}")
+    throttle = Throttle(_client(args), namespace=args.namespace)
+    limit = throttle.set_limit(provider, model, args.domain, args.limit)
+    if limit != args.limit:
+        emax = throttle.effective_max(provider, model)
+        clamped = f"asked {args.limit}: clamped to 1..{emax}, the effective max"
+        print(f"{provider}/{model} {args.domain}: limit {limit} ({clamped})")
+    else:
+        print(f"{provider}/{model} {args.domain}: limit {limit}")
     return 0
 
 
@@ -133,7 +178,12 @@ def _event_line(entry_id: bytes, raw: dict[bytes, bytes]) -> str:
     f = {k.decode(): v.decode() for k, v in raw.items()}
     millis = int(entry_id.decode().split("-")[0])
     stamp = datetime.datetime.fromtimestamp(millis / 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return f"{stamp[:-4]}Z  {f.get('domain', '?'):<12} {f.get('event', '?'):<18} {f.get('from')} -> {f.get('to')}"
+    event = f.get("event", "?")
+    change = f"{f.get('from')} -> {f.get('to')}"
+    if event == "cooldown":  # from and to are the times the cooldown starts and ends
+        with contextlib.suppress(KeyError, ValueError):
+            change = f"for {float(f['to']) - float(f['from']):.1f}s"
+    return f"{stamp[:-4]}Z  {f.get('domain', '?'):<12} {event:<18} {change}"
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -142,6 +192,8 @@ def cmd_events(args: argparse.Namespace) -> int:
     provider, model = args.model
     key = model_keys(args.namespace, provider, model).events
     client = _client(args)
+    if not _model_exists(client, args.namespace, provider, model):
+        return _no_such_model(args.namespace, provider, model)
     entries = list(reversed(client.xrevrange(key, count=max(1, args.count))))
     for entry_id, raw in entries[len(entries) - args.count :] if args.count else []:
         print(_event_line(entry_id, raw))
@@ -218,8 +270,21 @@ def cmd_cold_server(args: argparse.Namespace) -> int:
 def cmd_acl(args: argparse.Namespace) -> int:
     from aimd_redis.acl import acl_rule
 
-    print("ACL SETUSER " + " ".join(acl_rule(args.user, args.namespace or ["aimd"], args.password)))
+    rule = acl_rule(args.user, args.namespace or ["aimd"], args.password)
+    print("ACL SETUSER " + " ".join(_redis_cli_quoted(arg) for arg in rule))
+    if args.password == PASSWORD_PLACEHOLDER:
+        print(f"(replace {PASSWORD_PLACEHOLDER} with the user's password, or pass --password)", file=sys.stderr)
     return 0
+
+
+PASSWORD_PLACEHOLDER = "CHANGE-ME"
+
+
+def _redis_cli_quoted(arg: str) -> str:
+    """``arg`` as redis-cli reads it back: quoted when it holds a space or a quote."""
+    if arg and not any(c.isspace() or c in "\"'\\" for c in arg):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
@@ -239,18 +304,24 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aimd-redis", description="A fleet-wide AIMD concurrency limit in Redis.")
+    parser = argparse.ArgumentParser(
+        prog="aimd-redis",
+        description="A fleet-wide AIMD concurrency limit in Redis.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every limit change this process makes")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def with_redis(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--url", default=os.environ.get("REDIS_URL", DEFAULT_URL), help="Redis URL ($REDIS_URL)")
-        p.add_argument("--namespace", default="aimd")
+        p.add_argument("--namespace", default="aimd", help="the prefix of every key the fleet uses")
         p.add_argument("--cluster", action="store_true", help="the URL is a node of a Redis Cluster")
         return p
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
-        p = commands.add_parser(name, help=help, description=help)
+        p = commands.add_parser(
+            name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
         p.set_defaults(func=func)
         return p
 
@@ -291,11 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("model", nargs="?")
     status.add_argument("domain", nargs="?")
     status.add_argument("--json", action="store_true", help="print the same as JSON")
-    status.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS")
+    status.add_argument("--watch", type=POSITIVE_SECONDS, metavar="SECONDS", help="refresh every SECONDS")
 
     check = with_redis(add("check", cmd_check, "exit 1 on a long cooldown or a limit stuck at 1, 2 if unreachable"))
-    check.add_argument("--max-cooldown", type=float, default=60.0, metavar="SECONDS")
-    check.add_argument("--max-pinned", type=float, default=300.0, metavar="SECONDS")
+    check.add_argument("--max-cooldown", type=SECONDS, default=60.0, metavar="SECONDS", help="longest cooldown left")
+    check.add_argument(
+        "--max-pinned", type=SECONDS, default=300.0, metavar="SECONDS", help="longest time a limit may sit at 1"
+    )
 
     reset = with_redis(add("reset", cmd_reset, "forget a model's (or one domain's) learned state"))
     reset.add_argument("model", type=_model, metavar="MODEL", help="provider/model")
@@ -309,12 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     events = with_redis(add("events", cmd_events, "print a model's event log"))
     events.add_argument("model", type=_model, metavar="MODEL", help="provider/model")
-    events.add_argument("--count", type=int, default=50, help="how many of the latest to print first")
+    events.add_argument("--count", type=COUNT, default=50, help="how many of the latest to print first")
     events.add_argument("--follow", action="store_true", help="keep printing new events")
 
     acl = add("acl", cmd_acl, "print the ACL rule for a Redis user that may run the library and nothing else")
-    acl.add_argument("--user", default="aimd")
-    acl.add_argument("--password", default="PASSWORD", help="written into the rule as >PASSWORD")
+    acl.add_argument("--user", default="aimd", help="the Redis user's name")
+    acl.add_argument("--password", default=PASSWORD_PLACEHOLDER, help="written into the rule as >PASSWORD")
     acl.add_argument("--namespace", action="append", help="a namespace the user may use (repeat; default aimd)")
 
     exporter = with_redis(add("exporter", cmd_exporter, "serve Prometheus metrics of every domain"))
@@ -331,11 +404,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except redis.RedisError as exc:
-        print(f"aimd-redis: {translate(exc)}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return _failed(args, translate(exc))
     except (AimdRedisError, ValueError) as exc:
-        print(f"aimd-redis: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE if "unreachable" in str(exc) else EXIT_PROBLEM
+        return _failed(args, exc)
+
+
+def _failed(args: argparse.Namespace, exc: Exception) -> int:
+    print(f"aimd-redis: {exc}", file=sys.stderr)
+    if not isinstance(exc, RedisUnavailableError):
+        return EXIT_PROBLEM
+    if getattr(args, "url", None) == DEFAULT_URL:
+        print(
+            f"aimd-redis: {DEFAULT_URL} is only the default: give your Redis with --url redis://HOST:PORT/DB "
+            "or in $REDIS_URL",
+            file=sys.stderr,
+        )
+    return EXIT_UNREACHABLE
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import subprocess
 import sys
 import threading
@@ -117,7 +118,7 @@ def test_set_limit_and_reset_take_effect_and_are_logged(
     fleet: str, real_redis: redis.Redis, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     code, out = run_cli(capsys, "set-limit", "--url", fleet, "openai/gpt-4o", "chat", "1000")
-    assert (code, out.strip()) == (0, "openai/gpt-4o chat: limit 48")  # clamped to the effective max
+    assert (code, out.strip()) == (0, "openai/gpt-4o chat: limit 48 (asked 1000: clamped to 1..48, the effective max)")
     state = Throttle(real_redis).domain_state("openai", "gpt-4o", "chat")
     assert state is not None
     assert (state.current_limit, state.rampup_active) == (48, False)
@@ -205,3 +206,74 @@ def test_status_watch_redraws_in_place(fleet: str) -> None:
     finally:
         proc.terminate()
         proc.wait()
+
+
+def test_unknown_models_are_errors_for_reset_and_events(fleet: str, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (("reset", "--yes"), ("events",)):
+        code = main([*argv, "--url", fleet, "openai/no-such-model"])
+        captured = capsys.readouterr()
+        assert code == 1
+        assert "no model openai/no-such-model" in captured.err
+
+
+def test_events_show_a_cooldown_as_its_length(fleet: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run_cli(capsys, "events", "--url", fleet, f"vllm/{LLAMA}")
+    assert code == 0
+    cooldown = next(line for line in out.splitlines() if " cooldown " in line)
+    assert cooldown.split()[1:] == ["embedding", "cooldown", "for", "90.0s"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("events", "openai/gpt-4o", "--count", "-1"),
+        ("check", "--max-cooldown", "-5"),
+        ("check", "--max-pinned", "nan"),
+        ("status", "--watch", "0"),
+    ],
+)
+def test_nonsense_numbers_are_refused_before_anything_runs(
+    argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(list(argv))
+    assert exited.value.code == 2
+    assert "must be" in capsys.readouterr().err
+
+
+def test_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["check", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: 60.0)" in out
+    assert "(default: aimd)" in out
+
+
+def test_a_refused_default_url_points_to_url_and_redis_url(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setattr("aimd_redis.cli.DEFAULT_URL", f"redis://127.0.0.1:{_free_port()}/0")
+    assert main(["status"]) == 2
+    err = capsys.readouterr().err
+    assert "unreachable" in err
+    assert "--url" in err
+    assert "$REDIS_URL" in err
+
+
+def test_acl_quotes_what_redis_cli_would_split_and_says_to_replace_the_placeholder(
+    capsys: pytest.CaptureFixture[str], real_redis: redis.Redis, real_redis_url: str
+) -> None:
+    password = 'two words"quoted'
+    assert main(["acl", "--user", "spaced", "--password", password]) == 0
+    line = capsys.readouterr().out.strip()
+    # Read back as redis-cli reads a line (double quotes, backslash escapes), then run.
+    real_redis.execute_command(*shlex.split(line))
+    host = real_redis_url.split("://", 1)[1].split("@")[-1]
+    as_user = redis.Redis.from_url(f"redis://{host}", username="spaced", password=password)
+    assert as_user.ping()
+    as_user.close()
+    assert main(["acl"]) == 0
+    captured = capsys.readouterr()
+    assert ">CHANGE-ME" in captured.out
+    assert "replace CHANGE-ME" in captured.err
