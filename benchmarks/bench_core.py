@@ -25,7 +25,7 @@ import redis
 from script_stats import usec_per_call
 
 from aimd_redis import Lease, Throttle, ThrottleConfig
-from aimd_redis.embedded import EmbeddedRedis
+from aimd_redis.demo.embedded import EmbeddedRedis
 
 BASELINE_ACQUIRE = """
 local n = redis.call('HINCRBY', KEYS[1], 'in_flight', 1)

@@ -24,7 +24,7 @@ import redis
 from script_stats import script_stats
 
 from aimd_redis import Throttle, ThrottleConfig
-from aimd_redis.embedded import EmbeddedRedis
+from aimd_redis.demo.embedded import EmbeddedRedis
 
 TARGET = {"provider_name": "bench", "model_id": "handoff", "domain": "chat"}
 DOMAIN_KEY = "aimd:{bench/handoff}:chat"

@@ -19,7 +19,7 @@ import redis
 from script_stats import usec_per_call
 
 from aimd_redis import Throttle, ThrottleConfig
-from aimd_redis.embedded import EmbeddedRedis
+from aimd_redis.demo.embedded import EmbeddedRedis
 from aimd_redis.structs import LeaseRef
 
 P, M, D = "bench", "queue", "chat"

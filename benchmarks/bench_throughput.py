@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from aimd_redis import Throttle, ThrottleConfig
-from aimd_redis.embedded import EmbeddedRedis
+from aimd_redis.demo.embedded import EmbeddedRedis
 
 HOLD_SECONDS = 0.001
 

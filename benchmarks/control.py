@@ -5,7 +5,7 @@
 
 Each scenario is simulated twice, under ``policy="classic"`` and
 ``policy="adaptive"``, on the real Lua scripts in a real Redis with injected
-time (``aimd_redis/simulator.py``): minutes of simulated time take seconds.
+time (``aimd_redis/demo/simulator.py``): minutes of simulated time take seconds.
 Runs are spread over two worker processes. For each run it prints the share
 of the usable capacity that went to requests served (overall and in the
 scenario's steady window), the 429 share (overall, in the steady window,
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import redis
 
-from aimd_redis.embedded import EmbeddedRedis
-from aimd_redis.simulator import BY_NAME, SCENARIOS, Figures, Scenario, SimRun, figures, simulate, with_
+from aimd_redis.demo.embedded import EmbeddedRedis
+from aimd_redis.demo.simulator import BY_NAME, SCENARIOS, Figures, Scenario, SimRun, figures, simulate, with_
 
 POLICIES = ("classic", "adaptive")
 #: Targets for the adaptive policy (see the scenario's ``goal`` for the steady share).
@@ -146,7 +146,7 @@ def main() -> int:
         print(f"{name}:")
         for ok, text in found:
             print(f"  {'ok  ' if ok else 'MISS'} {text}")
-    from aimd_redis.plot import plot_control
+    from aimd_redis.demo.plot import plot_control
 
     panels = [(BY_NAME[name], [(policy, runs[(name, policy)]) for policy in POLICIES]) for name in names]
     print(f"\nPlot: {plot_control(panels, args.plot)}")

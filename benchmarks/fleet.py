@@ -21,7 +21,7 @@ The throttled strategies register a peak of 32 with a 25 s ramp, slower than
 the server's warm-up. The summary prints 429s (all, and in the warm-up),
 goodput against what the server could serve, makespan, the highest
 concurrency the server saw and when the fleet first used the server's full
-peak. The control simulator (``aimd_redis/simulator.py``) then runs the same
+peak. The control simulator (``aimd_redis/demo/simulator.py``) then runs the same
 shape for both shared policies in simulated time, and the two are compared.
 """
 
@@ -35,10 +35,10 @@ from pathlib import Path
 import redis
 
 from aimd_redis import ThrottleConfig
-from aimd_redis.coldserver import ColdServer, ServerSettings
-from aimd_redis.embedded import EmbeddedRedis
-from aimd_redis.fleet import FleetRun, FleetSettings, Sample, Summary, run_fleet, summarize, summary_table
-from aimd_redis.simulator import BY_NAME, Figures, figures, simulate, with_
+from aimd_redis.demo.coldserver import ColdServer, ServerSettings
+from aimd_redis.demo.embedded import EmbeddedRedis
+from aimd_redis.demo.fleet import FleetRun, FleetSettings, Sample, Summary, run_fleet, summarize, summary_table
+from aimd_redis.demo.simulator import BY_NAME, Figures, figures, simulate, with_
 
 SERVER = ServerSettings(peak=16, warmup_seconds=10.0, service_seconds=0.25, retry_after_seconds=0.5)
 PEAK, RAMP = 32, 25.0
@@ -145,7 +145,7 @@ def main() -> int:
     for text, ok in checks:
         print(f"  {'ok  ' if ok else 'MISS'} {text}")
 
-    from aimd_redis.plot import plot_comparison
+    from aimd_redis.demo.plot import plot_comparison
 
     title = f"{args.requests} requests each, cold server: capacity 1 -> {SERVER.peak} over {SERVER.warmup_seconds:g}s"
     panels = [

@@ -23,8 +23,8 @@ import httpx
 import openai
 
 from aimd_redis import Throttle, ThrottleConfig
-from aimd_redis.coldserver import ColdServer, ServerSettings
-from aimd_redis.embedded import EmbeddedRedis
+from aimd_redis.demo.coldserver import ColdServer, ServerSettings
+from aimd_redis.demo.embedded import EmbeddedRedis
 from aimd_redis.httpx import AimdTransport, openai_router
 
 MODEL = "cold-model"

@@ -10,7 +10,7 @@ from types import TracebackType
 
 import redis
 
-from aimd_redis.embedded import _free_port, _wait_ready
+from aimd_redis.demo.embedded import _free_port, _wait_ready
 
 from .helpers import wait_until
 

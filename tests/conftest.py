@@ -23,8 +23,8 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from aimd_redis import AsyncThrottle, Throttle, ThrottleConfig
-from aimd_redis.acl import acl_rule
-from aimd_redis.embedded import EmbeddedRedis, server_binary
+from aimd_redis.demo.embedded import EmbeddedRedis, server_binary
+from aimd_redis.ops.acl import acl_rule
 
 from .cluster import LocalCluster
 

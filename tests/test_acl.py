@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from aimd_redis import InvalidArgumentError, RedisPermissionError, Throttle, ThrottleConfig
-from aimd_redis.acl import CLIENT_COMMANDS, SCRIPT_COMMANDS, acl_rule
-from aimd_redis.cli import main
-from aimd_redis.inspect import report
+from aimd_redis.ops.acl import CLIENT_COMMANDS, SCRIPT_COMMANDS, acl_rule
+from aimd_redis.ops.cli import main
+from aimd_redis.ops.inspect import report
 
 from .helpers import M, P
 
@@ -32,7 +32,7 @@ def test_the_rule_names_every_command_the_scripts_call() -> None:
 def test_the_readme_shows_the_rule_the_command_prints(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["acl", "--user", "fleet"]) == 0
     printed = capsys.readouterr().out.strip()
-    assert printed.startswith("ACL SETUSER fleet on >PASSWORD resetkeys ~aimd:* resetchannels &aimd:* -@all +fcall")
+    assert printed.startswith("ACL SETUSER fleet on >CHANGE-ME resetkeys ~aimd:* resetchannels &aimd:* -@all +fcall")
     assert printed in (ROOT / "README.md").read_text()
 
 

@@ -119,7 +119,7 @@ async def test_an_acquire_cancelled_while_redis_is_stalled_leaks_nothing(real_re
     # The acquire reaches a paused server, its caller gives up, the server
     # resumes: whichever of the grant and the give-back runs first, no slot
     # stays taken.
-    from aimd_redis.embedded import EmbeddedRedis
+    from aimd_redis.demo.embedded import EmbeddedRedis
 
     needs_server("tests that pause the server")
     with EmbeddedRedis() as server:

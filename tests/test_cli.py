@@ -16,9 +16,9 @@ from prometheus_client import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from aimd_redis import Lease, Throttle, ThrottleConfig
-from aimd_redis.cli import main
-from aimd_redis.embedded import _free_port
-from aimd_redis.exporter import registry_for
+from aimd_redis.demo.embedded import _free_port
+from aimd_redis.ops.cli import main
+from aimd_redis.ops.exporter import registry_for
 
 LLAMA = "meta-llama/Llama-3.1-8B"
 
@@ -146,7 +146,18 @@ def test_set_limit_and_reset_take_effect_and_are_logged(
 
 def test_events_follow_prints_new_events(fleet: str, real_redis: redis.Redis) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "aimd_redis.cli", "events", "--url", fleet, "--count", "0", "--follow", "openai/gpt-4o"],
+        [
+            sys.executable,
+            "-m",
+            "aimd_redis.ops.cli",
+            "events",
+            "--url",
+            fleet,
+            "--count",
+            "0",
+            "--follow",
+            "openai/gpt-4o",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -190,7 +201,7 @@ def test_exporter_serves_every_domain(fleet: str, real_redis: redis.Redis) -> No
 
 def test_status_watch_redraws_in_place(fleet: str) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "aimd_redis.cli", "status", "--url", fleet, "--watch", "0.2"],
+        [sys.executable, "-m", "aimd_redis.ops.cli", "status", "--url", fleet, "--watch", "0.2"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -253,7 +264,7 @@ def test_a_refused_default_url_points_to_url_and_redis_url(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("REDIS_URL", raising=False)
-    monkeypatch.setattr("aimd_redis.cli.DEFAULT_URL", f"redis://127.0.0.1:{_free_port()}/0")
+    monkeypatch.setattr("aimd_redis.ops.cli.DEFAULT_URL", f"redis://127.0.0.1:{_free_port()}/0")
     assert main(["status"]) == 2
     err = capsys.readouterr().err
     assert "unreachable" in err

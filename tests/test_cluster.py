@@ -14,8 +14,8 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from aimd_redis import AsyncLease, AsyncThrottle, Lease, Throttle, ThrottleConfig
-from aimd_redis.cli import main
 from aimd_redis.keys import model_keys
+from aimd_redis.ops.cli import main
 
 from .cluster import LocalCluster
 from .helpers import M, P, wait_until

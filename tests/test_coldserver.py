@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from aimd_redis.coldserver import ColdServer, ServerSettings, _State
+from aimd_redis.demo.coldserver import ColdServer, ServerSettings, _State
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -116,7 +116,18 @@ def test_openai_shapes() -> None:
 
 
 def test_the_cold_server_command() -> None:
-    command = [sys.executable, "-m", "aimd_redis.cli", "cold-server", "--port", "0", "--peak", "2", "--report", "0.2"]
+    command = [
+        sys.executable,
+        "-m",
+        "aimd_redis.ops.cli",
+        "cold-server",
+        "--port",
+        "0",
+        "--peak",
+        "2",
+        "--report",
+        "0.2",
+    ]
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None

@@ -18,7 +18,7 @@ def test_the_openai_sdk_example(real_redis_url: str) -> None:
 
 
 def test_the_readme_quick_start_runs_as_written(real_redis_url: str) -> None:
-    from aimd_redis.coldserver import ColdServer, ServerSettings
+    from aimd_redis.demo.coldserver import ColdServer, ServerSettings
 
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     snippet = readme.split("```python\n", 1)[1].split("```", 1)[0]

@@ -32,11 +32,11 @@ from aimd_redis import (
     ThrottleConfig,
 )
 from aimd_redis._async.throttle import MAX_CONNECTIONS
-from aimd_redis.acl import acl_rule
-from aimd_redis.cli import main
-from aimd_redis.embedded import EmbeddedRedis
-from aimd_redis.exporter import registry_for
-from aimd_redis.inspect import report
+from aimd_redis.demo.embedded import EmbeddedRedis
+from aimd_redis.ops.acl import acl_rule
+from aimd_redis.ops.cli import main
+from aimd_redis.ops.exporter import registry_for
+from aimd_redis.ops.inspect import report
 
 from .conftest import needs_server
 from .helpers import M, P, wait_until

@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from aimd_redis import ThrottleConfig
-from aimd_redis.coldserver import ColdServer, Record, ServerSettings
-from aimd_redis.fleet import DOMAIN, MODEL, PROVIDER, FleetRun, FleetSettings, Sample, run_fleet, summarize
+from aimd_redis.demo.coldserver import ColdServer, Record, ServerSettings
+from aimd_redis.demo.fleet import DOMAIN, MODEL, PROVIDER, FleetRun, FleetSettings, Sample, run_fleet, summarize
 
 SERVER = ServerSettings(peak=3, warmup_seconds=0.5, service_seconds=0.05, retry_after_seconds=0.1)
 
@@ -100,7 +100,7 @@ def test_the_demo_runs_end_to_end(real_redis_url: str, tmp_path: Path) -> None:
     plot = tmp_path / "demo.png"
     # The same three acts in a third of the time, with a smaller fleet, its ramp
     # again slower than the server's warm-up.
-    command = [sys.executable, "-m", "aimd_redis.cli", "demo", "--url", real_redis_url, "--time-scale", "0.3"]
+    command = [sys.executable, "-m", "aimd_redis.ops.cli", "demo", "--url", real_redis_url, "--time-scale", "0.3"]
     command += ["--processes", "2", "--tasks", "8", "--peak", "16", "--rampup", "30"]
     command += ["--server-peak", "6", "--scaled-peak", "10"]
     done = subprocess.run([*command, "--plot", str(plot)], capture_output=True, text=True, timeout=120)

@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from aimd_redis import AsyncThrottle, DomainState, InvalidArgumentError, Throttle, ThrottleConfig
-from aimd_redis.coldserver import ColdServer, RetryAfterForm, ServerSettings
-from aimd_redis.embedded import _free_port
+from aimd_redis.demo.coldserver import ColdServer, RetryAfterForm, ServerSettings
+from aimd_redis.demo.embedded import _free_port
 from aimd_redis.httpx import AimdTransport, AsyncAimdTransport, openai_router, retry_after_seconds
 
 MODEL = "gpt-test"

@@ -17,7 +17,7 @@ from aimd_redis import (
     Throttle,
     ThrottleConfig,
 )
-from aimd_redis.embedded import _free_port
+from aimd_redis.demo.embedded import _free_port
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from aimd_redis.cli import build_parser
-from aimd_redis.coldserver import ColdServer, ServerSettings
+from aimd_redis.demo.coldserver import ColdServer, ServerSettings
+from aimd_redis.ops.cli import build_parser
 
 FOLDER = Path(__file__).parent.parent / "examples" / "kubernetes"
 

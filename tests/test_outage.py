@@ -19,7 +19,7 @@ from aimd_redis import (
     RedisUnavailableError,
     Throttle,
 )
-from aimd_redis.embedded import EmbeddedRedis, _free_port
+from aimd_redis.demo.embedded import EmbeddedRedis, _free_port
 
 from .conftest import needs_server
 from .helpers import M, P, reg, wait_until

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from aimd_redis import AcquireTimeout, RedisUnavailableError, Throttle, ThrottleConfig
-from aimd_redis.embedded import EmbeddedRedis
+from aimd_redis.demo.embedded import EmbeddedRedis
 
 from .conftest import needs_server
 from .helpers import M, P

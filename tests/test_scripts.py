@@ -14,8 +14,8 @@ import redis
 from redis.cluster import RedisCluster
 
 from aimd_redis import DomainState, Lease, Throttle, schema
-from aimd_redis.acl import acl_rule
 from aimd_redis.core import SCRIPT_ARGS
+from aimd_redis.ops.acl import acl_rule
 from aimd_redis.scripts import LIBRARY, NAMES, library, sources
 
 from .helpers import M, P, reg

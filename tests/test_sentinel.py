@@ -15,7 +15,7 @@ import redis
 from redis.sentinel import Sentinel
 
 from aimd_redis import Lease, RedisUnavailableError, Throttle, ThrottleConfig
-from aimd_redis.embedded import _free_port
+from aimd_redis.demo.embedded import _free_port
 
 from .conftest import needs_server
 from .helpers import M, P, wait_until

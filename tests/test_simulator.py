@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from aimd_redis.simulator import BY_NAME, Point, Request, SimRun, figures, simulate, steps, uniform, with_
+from aimd_redis.demo.simulator import BY_NAME, Point, Request, SimRun, figures, simulate, steps, uniform, with_
 
 
 def test_goodput_counts_capacity_the_fleet_could_use_and_the_time_spent_serving() -> None:

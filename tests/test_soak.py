@@ -3,7 +3,7 @@ is `aimd-redis soak` (16 processes x 4 tasks for 60 s)."""
 
 from __future__ import annotations
 
-from aimd_redis.soak import SoakSettings, run
+from aimd_redis.demo.soak import SoakSettings, run
 
 from .conftest import needs_server
 

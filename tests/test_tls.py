@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from aimd_redis import AsyncThrottle, RedisUnavailableError, Throttle, ThrottleConfig
-from aimd_redis.embedded import EmbeddedRedis, _free_port, _wait_ready
+from aimd_redis.demo.embedded import EmbeddedRedis, _free_port, _wait_ready
 
 from .conftest import IN_CI, needs_server
 from .helpers import M, P

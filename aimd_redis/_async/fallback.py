@@ -1,34 +1,31 @@
 """The per-process limit a fail-open client uses while Redis is unreachable.
 
-aimd_redis/_sync/fallback.py is the thread-based twin (waiting on a
-semaphore differs between the two in more than keywords).
+aimd_redis/_sync/fallback.py is generated from this file by tools/unasync.py.
 """
 
 from __future__ import annotations
 
-import asyncio
+import threading
+
+from aimd_redis._async.synchronization import Semaphore
 
 
 class LocalLimit:
     def __init__(self, concurrency: int) -> None:
         self.concurrency = concurrency
         self.held = 0
-        self._semaphore = asyncio.Semaphore(concurrency)
+        self._semaphore = Semaphore(concurrency)
+        self._count = threading.Lock()  # never held across a wait
 
     async def take(self, timeout: float | None) -> bool:
         """A local slot within ``timeout`` seconds (None: however long it takes)."""
-        if timeout == 0:
-            if self._semaphore.locked():
-                return False
-            await self._semaphore.acquire()  # free: returns at once
-        else:
-            try:
-                await asyncio.wait_for(self._semaphore.acquire(), timeout)
-            except asyncio.TimeoutError:
-                return False
-        self.held += 1
+        if not await self._semaphore.acquire(timeout):
+            return False
+        with self._count:
+            self.held += 1
         return True
 
     def give(self) -> None:
-        self.held -= 1
+        with self._count:
+            self.held -= 1
         self._semaphore.release()

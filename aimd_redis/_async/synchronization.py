@@ -1,21 +1,121 @@
-"""What the asyncio client and the sync one do differently, behind one name
-each, so that the sync client can be generated from the asyncio one.
-
-aimd_redis/_sync/synchronization.py is the sync twin.
+"""The asyncio side of everything the two clients do differently: events,
+locks, a semaphore, a one-message mailbox, background workers, and the few
+redis-py calls whose sync and asyncio forms differ. Everything else in
+``aimd_redis/_async`` is written once and the sync client generated from it
+by ``tools/unasync.py``; aimd_redis/_sync/synchronization.py is the twin of
+this file, written by hand.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+from redis.asyncio import ConnectionPool, Redis
+
+Job = Callable[[], Coroutine[Any, Any, None]]
 
 # Tasks still running after their caller was cancelled: the loop keeps only a
 # weak reference to a task.
 _running: set[asyncio.Task[None]] = set()
 
 
-async def run_to_the_end(job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+class Event:
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """True once set; False if ``timeout`` seconds passed first."""
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
+class Lock:
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> None:
+        await self._lock.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+class Semaphore:
+    def __init__(self, value: int) -> None:
+        self._semaphore = asyncio.Semaphore(value)
+
+    async def acquire(self, timeout: float | None) -> bool:
+        """A unit within ``timeout`` seconds (0: only if free now; None: however long it takes)."""
+        if timeout == 0:
+            if self._semaphore.locked():
+                return False
+            await self._semaphore.acquire()  # free: returns at once
+            return True
+        try:
+            await asyncio.wait_for(self._semaphore.acquire(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def release(self) -> None:
+        self._semaphore.release()
+
+
+class Mailbox:
+    """One message, left by one party for another that waits for it."""
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def put(self, message: str) -> None:
+        if not self._future.done():
+            self._future.set_result(message)
+
+    async def get(self, timeout: float) -> str | None:
+        """The message, or None after ``timeout`` seconds."""
+        done, _ = await asyncio.wait({self._future}, timeout=timeout)
+        return self._future.result() if done else None
+
+
+class Worker:
+    """``job`` running in the background (a task here, a thread in the sync
+    client) until it returns or :meth:`stop`."""
+
+    def __init__(self, job: Job, name: str, stopping: Event) -> None:
+        self._stopping = stopping
+        self._task = asyncio.get_running_loop().create_task(job(), name=name)
+
+    def alive(self) -> bool:
+        return not self._task.done()
+
+    async def stop(self) -> None:
+        """Set its ``stopping`` event and wait for it to end; at once here,
+        since a task can be cancelled wherever it waits."""
+        self._stopping.set()
+        if self._task is asyncio.current_task():
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+async def sleep(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+async def run_to_the_end(job: Job) -> None:
     """Run ``job`` in a task of its own and wait for it. A cancellation of the
     caller (once more, say) does not stop it. In its own task it also runs
     clear of the caller's pending cancellation, which some timeout helpers
@@ -30,3 +130,21 @@ async def run_to_the_end(job: Callable[[], Coroutine[Any, Any, None]]) -> None:
 def blocking_a_running_loop() -> str | None:
     """Why a call would block an event loop, if it would: never, here."""
     return None
+
+
+# -- where redis-py's two clients differ ----------------------------------------
+
+
+async def node_of(cluster: Any, channel: str) -> Any:
+    """The cluster node that owns ``channel``."""
+    await cluster.initialize()
+    return cluster.get_node_from_key(channel)
+
+
+def node_client(cluster: Any, node: Any) -> Any:
+    """A client of its own (closed with it) for a node of the cluster."""
+    return Redis.from_pool(ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs))
+
+
+async def ssubscribe(pubsub: Any, channel: str) -> None:
+    await pubsub.execute_command("SSUBSCRIBE", channel)

@@ -1,12 +1,10 @@
 """The asyncio client: a thin shell that runs the core's script calls.
 
-aimd_redis/_sync/throttle.py is generated from this file by tools/unasync.py;
-edit this one and run ``python tools/unasync.py``.
+aimd_redis/_sync/throttle.py is generated from this file by tools/unasync.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import secrets
@@ -22,7 +20,7 @@ from redis.commands.core import AsyncScript
 
 from aimd_redis._async.background import Periodic
 from aimd_redis._async.fallback import LocalLimit
-from aimd_redis._async.synchronization import blocking_a_running_loop, run_to_the_end
+from aimd_redis._async.synchronization import blocking_a_running_loop, run_to_the_end, sleep
 from aimd_redis._async.waker import CONFIRM_SECONDS, Waker
 from aimd_redis.config import FailOpen, ThrottleConfig
 from aimd_redis.core import (
@@ -449,7 +447,7 @@ class AsyncThrottle:
                             raise self._timed_out(timeout, provider_name, model_id, domain, "queued", got.state)
                         wait = min(wait, left)
                     if self._waker is None:
-                        await asyncio.sleep(wait)
+                        await sleep(wait)
                         break
                     message = await self._waker.wait(lease_id, wait)
                     if message is None:

@@ -2,8 +2,9 @@
 
 When a release hands a slot to a queued waiter, the script publishes
 '<waiter id> <expiry> <state>' on the waiter's process channel; this routes it
-to the waiting task. A lost message only delays the waiter until its next
-re-check. aimd_redis/_sync/waker.py is the thread-based twin.
+to the waiting caller. A lost message only delays the waiter until its next
+re-check. aimd_redis/_sync/waker.py is generated from this file by
+tools/unasync.py.
 
 A plain client listens on one pub/sub connection. A cluster client uses
 sharded pub/sub (SSUBSCRIBE, Redis 7): a channel lives on the node that owns
@@ -15,14 +16,13 @@ next acquire subscribes again.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import Any
 
 import redis.exceptions
-from redis.asyncio import ConnectionPool, Redis
 
+from aimd_redis._async.synchronization import Event, Lock, Mailbox, Worker, node_client, node_of, ssubscribe
 from aimd_redis.core import read_pubsub
 from aimd_redis.errors import one_line
 
@@ -31,22 +31,26 @@ logger = logging.getLogger("aimd_redis")
 #: How long Redis may take to confirm a subscription when the client has no
 #: socket timeout to go by; past it, Redis counts as unreachable.
 CONFIRM_SECONDS = 10.0
+#: How long one read of a pub/sub connection waits: a listener that is to
+#: stop notices within this.
+LISTEN_SECONDS = 0.2
 
 
 class _Link:
-    """One pub/sub connection and the task that reads it."""
+    """One pub/sub connection and the worker that reads it."""
 
-    def __init__(self, pubsub: Any, client: Redis | None) -> None:
+    def __init__(self, pubsub: Any, client: Any) -> None:
         self.pubsub = pubsub
         self.client = client  # a node client this link made (cluster), closed with it
         self.channels: set[str] = set()
-        self.task: asyncio.Task[None] | None = None
+        self.stopping = Event()
+        self.worker: Worker | None = None
 
     async def close(self) -> None:
-        if self.task is not None and self.task is not asyncio.current_task():
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        if self.worker is not None:
+            await self.worker.stop()
+        else:
+            self.stopping.set()
         with contextlib.suppress(Exception):
             await self.pubsub.aclose()
         if self.client is not None:
@@ -59,10 +63,10 @@ class Waker:
         self._redis = redis
         self._sharded = sharded
         self._confirm_seconds = confirm_seconds
-        self._lock = asyncio.Lock()
+        self._lock = Lock()
         self._links: dict[str, _Link] = {}  # by node name; one entry "" unless sharded
-        self._confirmed: dict[str, asyncio.Event] = {}
-        self._waiting: dict[str, asyncio.Future[str]] = {}
+        self._confirmed: dict[str, Event] = {}
+        self._waiting: dict[str, Mailbox] = {}
 
     async def watch(self, channel: str) -> None:
         """Subscribe to ``channel`` (once) and return when Redis confirmed it."""
@@ -70,62 +74,55 @@ class Waker:
             link = await self._link_for(channel)
             confirmed = self._confirmed.get(channel)
             if confirmed is None:
-                confirmed = self._confirmed[channel] = asyncio.Event()
+                confirmed = self._confirmed[channel] = Event()
                 try:
                     if self._sharded:
-                        await link.pubsub.execute_command("SSUBSCRIBE", channel)
+                        await ssubscribe(link.pubsub, channel)
                     else:
                         await link.pubsub.subscribe(channel)
                 except BaseException:
                     del self._confirmed[channel]
                     raise
                 link.channels.add(channel)
-                if link.task is None:
-                    link.task = asyncio.get_running_loop().create_task(self._listen(link), name="aimd-redis waker")
-        try:
-            await asyncio.wait_for(confirmed.wait(), self._confirm_seconds)
-        except asyncio.TimeoutError:
+                if link.worker is None:
+                    link.worker = Worker(lambda: self._listen(link), "aimd-redis waker", link.stopping)
+        if not await confirmed.wait(self._confirm_seconds):
             # Sent, never answered (a stalled server): the link is not to be trusted.
             await self._drop(link)
-            raise redis.exceptions.TimeoutError(f"Redis did not confirm the subscription to {channel}") from None
+            raise redis.exceptions.TimeoutError(f"Redis did not confirm the subscription to {channel}")
 
     async def _link_for(self, channel: str) -> _Link:
         if not self._sharded:
             if "" not in self._links:
                 self._links[""] = _Link(self._redis.pubsub(), None)
             return self._links[""]
-        await self._redis.initialize()
-        node = self._redis.get_node_from_key(channel)
+        node = await node_of(self._redis, channel)
         if node.name not in self._links:
-            pool = ConnectionPool(connection_class=node.connection_class, **node.connection_kwargs)
-            client = Redis.from_pool(pool)  # closing the client closes the pool
+            client = node_client(self._redis, node)
             self._links[node.name] = _Link(client.pubsub(), client)
         return self._links[node.name]
 
     def expect(self, waiter_id: str) -> None:
         """Start catching wake-ups for ``waiter_id`` (before it can be queued)."""
-        self._waiting[waiter_id] = asyncio.get_running_loop().create_future()
+        self._waiting[waiter_id] = Mailbox()
 
     async def wait(self, waiter_id: str, timeout: float) -> str | None:
         """The hand-over message for ``waiter_id``, or None after ``timeout``."""
-        future = self._waiting[waiter_id]
-        done, _ = await asyncio.wait({future}, timeout=timeout)
-        return future.result() if done else None
+        return await self._waiting[waiter_id].get(timeout)
 
     def forget(self, waiter_id: str) -> None:
         self._waiting.pop(waiter_id, None)
 
     async def _listen(self, link: _Link) -> None:
-        while True:
+        while not link.stopping.is_set():
             try:
-                message = await link.pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
-            except asyncio.CancelledError:
-                raise
+                message = await link.pubsub.get_message(ignore_subscribe_messages=False, timeout=LISTEN_SECONDS)
             except Exception as exc:
-                line = one_line(exc)
-                why = line or exc
-                logger.warning("wake-up channel failed (%s); waiters re-check instead", why, exc_info=not line)
-                await self._drop(link)
+                if not link.stopping.is_set():
+                    line = one_line(exc)
+                    why = line or exc
+                    logger.warning("wake-up channel failed (%s); waiters re-check instead", why, exc_info=not line)
+                    await self._drop(link)
                 return
             if message is None:
                 continue
@@ -133,9 +130,9 @@ class Waker:
             if kind in ("subscribe", "ssubscribe") and channel in self._confirmed:
                 self._confirmed[channel].set()
             elif kind in ("message", "smessage"):
-                future = self._waiting.get(text.split(" ", 1)[0])
-                if future is not None and not future.done():
-                    future.set_result(text)
+                mailbox = self._waiting.get(text.split(" ", 1)[0])
+                if mailbox is not None:
+                    mailbox.put(text)
 
     async def _drop(self, link: _Link) -> None:
         async with self._lock:
@@ -149,7 +146,8 @@ class Waker:
         await link.close()
 
     async def close(self) -> None:
-        links, self._links = list(self._links.values()), {}
+        async with self._lock:
+            links, self._links = list(self._links.values()), {}
+            self._confirmed.clear()
         for link in links:
             await link.close()
-        self._confirmed.clear()

@@ -1,45 +1,47 @@
-"""A job run every few seconds for the life of a sync client, in a thread.
+"""A job run every few seconds for the life of a client.
 
-The asyncio twin is aimd_redis/_async/background.py.
+Generated from aimd_redis/_async/background.py
+by tools/unasync.py: edit that file, not this one.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 
+from aimd_redis._sync.synchronization import Event, Job, Worker
 from aimd_redis.errors import one_line
 
 logger = logging.getLogger("aimd_redis")
 
 
 class Periodic:
-    """Runs ``job`` every ``interval`` seconds in a daemon thread from the
+    """Runs ``job`` every ``interval`` seconds in the background from the
     first :meth:`start` until :meth:`stop`; a failing run is logged and the
     next one goes ahead."""
 
-    def __init__(self, interval: float, job: Callable[[], None], name: str) -> None:
+    def __init__(self, interval: float, job: Job, name: str) -> None:
         self._interval = interval
         self._job = job
         self._name = name
+        # Never held across a wait: it only keeps two starts from racing.
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._stopping = Event()
+        self._worker: Worker | None = None
 
     def start(self) -> None:
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._stopping.clear()
-                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
-                self._thread.start()
+            if self._worker is None or not self._worker.alive():
+                self._stopping = Event()
+                self._worker = Worker(self._loop, self._name, self._stopping)
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._worker is not None and self._worker.alive()
 
     def _loop(self) -> None:
-        while not self._stopping.wait(self._interval):
+        stopping = self._stopping
+        while not stopping.wait(self._interval):
             try:
                 self._job()
             except Exception as exc:
@@ -50,7 +52,6 @@ class Periodic:
 
     def stop(self) -> None:
         with self._lock:
-            thread, self._thread = self._thread, None
-            self._stopping.set()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.stop()

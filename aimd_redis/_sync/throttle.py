@@ -1,7 +1,7 @@
 """The sync client: a thin shell that runs the core's script calls.
 
-Generated from aimd_redis/_async/throttle.py by tools/unasync.py:
-do not edit; edit that file and run ``python tools/unasync.py``.
+Generated from aimd_redis/_async/throttle.py
+by tools/unasync.py: edit that file, not this one.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from redis.commands.core import Script
 
 from aimd_redis._sync.background import Periodic
 from aimd_redis._sync.fallback import LocalLimit
-from aimd_redis._sync.synchronization import blocking_a_running_loop, run_to_the_end
+from aimd_redis._sync.synchronization import blocking_a_running_loop, run_to_the_end, sleep
 from aimd_redis._sync.waker import CONFIRM_SECONDS, Waker
 from aimd_redis.config import FailOpen, ThrottleConfig
 from aimd_redis.core import (
@@ -448,7 +448,7 @@ class Throttle:
                             raise self._timed_out(timeout, provider_name, model_id, domain, "queued", got.state)
                         wait = min(wait, left)
                     if self._waker is None:
-                        time.sleep(wait)
+                        sleep(wait)
                         break
                     message = self._waker.wait(lease_id, wait)
                     if message is None:

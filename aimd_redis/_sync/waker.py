@@ -1,15 +1,28 @@
-"""Wake-ups for waiting acquires, read by one thread per pub/sub connection.
-The asyncio twin, aimd_redis/_async/waker.py, says how they work."""
+"""Wake-ups for waiting acquires.
+
+When a release hands a slot to a queued waiter, the script publishes
+'<waiter id> <expiry> <state>' on the waiter's process channel; this routes it
+to the waiting caller. A lost message only delays the waiter until its next
+re-check. Generated from aimd_redis/_async/waker.py
+by tools/unasync.py: edit that file, not this one.
+
+A plain client listens on one pub/sub connection. A cluster client uses
+sharded pub/sub (SSUBSCRIBE, Redis 7): a channel lives on the node that owns
+its hash slot, the model's, so there is one connection per node that holds
+a model this process waits on. Should a connection fail, it is dropped with
+its subscriptions: waiters already queued fall back to re-checking, and the
+next acquire subscribes again.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from typing import Any
 
 import redis.exceptions
 
+from aimd_redis._sync.synchronization import Event, Lock, Mailbox, Worker, node_client, node_of, ssubscribe
 from aimd_redis.core import read_pubsub
 from aimd_redis.errors import one_line
 
@@ -18,31 +31,31 @@ logger = logging.getLogger("aimd_redis")
 #: How long Redis may take to confirm a subscription when the client has no
 #: socket timeout to go by; past it, Redis counts as unreachable.
 CONFIRM_SECONDS = 10.0
-
-
-class _Slot:
-    """Where the listener leaves a wake-up for one waiting thread."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.message = ""
+#: How long one read of a pub/sub connection waits: a listener that is to
+#: stop notices within this.
+LISTEN_SECONDS = 0.2
 
 
 class _Link:
-    """One pub/sub connection and the thread that reads it."""
+    """One pub/sub connection and the worker that reads it."""
 
-    def __init__(self, pubsub: Any) -> None:
+    def __init__(self, pubsub: Any, client: Any) -> None:
         self.pubsub = pubsub
+        self.client = client  # a node client this link made (cluster), closed with it
         self.channels: set[str] = set()
-        self.thread: threading.Thread | None = None
-        self.stopping = threading.Event()
+        self.stopping = Event()
+        self.worker: Worker | None = None
 
     def close(self) -> None:
-        self.stopping.set()
-        if self.thread is not None and self.thread is not threading.current_thread():
-            self.thread.join()
+        if self.worker is not None:
+            self.worker.stop()
+        else:
+            self.stopping.set()
         with contextlib.suppress(Exception):
             self.pubsub.close()
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.close()
 
 
 class Waker:
@@ -50,10 +63,10 @@ class Waker:
         self._redis = redis
         self._sharded = sharded
         self._confirm_seconds = confirm_seconds
-        self._lock = threading.Lock()
+        self._lock = Lock()
         self._links: dict[str, _Link] = {}  # by node name; one entry "" unless sharded
-        self._confirmed: dict[str, threading.Event] = {}
-        self._waiting: dict[str, _Slot] = {}
+        self._confirmed: dict[str, Event] = {}
+        self._waiting: dict[str, Mailbox] = {}
 
     def watch(self, channel: str) -> None:
         """Subscribe to ``channel`` (once) and return when Redis confirmed it."""
@@ -61,20 +74,18 @@ class Waker:
             link = self._link_for(channel)
             confirmed = self._confirmed.get(channel)
             if confirmed is None:
-                confirmed = self._confirmed[channel] = threading.Event()
+                confirmed = self._confirmed[channel] = Event()
                 try:
                     if self._sharded:
-                        link.pubsub.ssubscribe(channel)
+                        ssubscribe(link.pubsub, channel)
                     else:
                         link.pubsub.subscribe(channel)
                 except BaseException:
                     del self._confirmed[channel]
                     raise
                 link.channels.add(channel)
-                if link.thread is None:
-                    link.thread = threading.Thread(target=self._listen, args=(link,), daemon=True)
-                    link.thread.name = "aimd-redis waker"
-                    link.thread.start()
+                if link.worker is None:
+                    link.worker = Worker(lambda: self._listen(link), "aimd-redis waker", link.stopping)
         if not confirmed.wait(self._confirm_seconds):
             # Sent, never answered (a stalled server): the link is not to be trusted.
             self._drop(link)
@@ -83,22 +94,21 @@ class Waker:
     def _link_for(self, channel: str) -> _Link:
         if not self._sharded:
             if "" not in self._links:
-                self._links[""] = _Link(self._redis.pubsub())
+                self._links[""] = _Link(self._redis.pubsub(), None)
             return self._links[""]
-        node = self._redis.get_node_from_key(channel)
+        node = node_of(self._redis, channel)
         if node.name not in self._links:
-            # The node's own client: its pub/sub re-subscribes after a reconnect.
-            self._links[node.name] = _Link(self._redis.get_redis_connection(node).pubsub())
+            client = node_client(self._redis, node)
+            self._links[node.name] = _Link(client.pubsub(), client)
         return self._links[node.name]
 
     def expect(self, waiter_id: str) -> None:
         """Start catching wake-ups for ``waiter_id`` (before it can be queued)."""
-        self._waiting[waiter_id] = _Slot()
+        self._waiting[waiter_id] = Mailbox()
 
     def wait(self, waiter_id: str, timeout: float) -> str | None:
         """The hand-over message for ``waiter_id``, or None after ``timeout``."""
-        slot = self._waiting[waiter_id]
-        return slot.message if slot.event.wait(timeout) else None
+        return self._waiting[waiter_id].get(timeout)
 
     def forget(self, waiter_id: str) -> None:
         self._waiting.pop(waiter_id, None)
@@ -106,7 +116,7 @@ class Waker:
     def _listen(self, link: _Link) -> None:
         while not link.stopping.is_set():
             try:
-                message = link.pubsub.get_message(ignore_subscribe_messages=False, timeout=0.2)
+                message = link.pubsub.get_message(ignore_subscribe_messages=False, timeout=LISTEN_SECONDS)
             except Exception as exc:
                 if not link.stopping.is_set():
                     line = one_line(exc)
@@ -120,10 +130,9 @@ class Waker:
             if kind in ("subscribe", "ssubscribe") and channel in self._confirmed:
                 self._confirmed[channel].set()
             elif kind in ("message", "smessage"):
-                slot = self._waiting.get(text.split(" ", 1)[0])
-                if slot is not None:
-                    slot.message = text
-                    slot.event.set()
+                mailbox = self._waiting.get(text.split(" ", 1)[0])
+                if mailbox is not None:
+                    mailbox.put(text)
 
     def _drop(self, link: _Link) -> None:
         with self._lock:

@@ -16,9 +16,8 @@ import msgspec
 import redis
 from redis.cluster import RedisCluster
 
-from aimd_redis.demo import DemoSettings, run
 from aimd_redis.errors import AimdRedisError, RedisUnavailableError, translate
-from aimd_redis.inspect import DomainReport, SyncClient, problems, report
+from aimd_redis.ops.inspect import DomainReport, SyncClient, problems, report
 
 DEFAULT_URL = "redis://localhost:6379/0"
 EXIT_PROBLEM, EXIT_UNREACHABLE = 1, 2
@@ -217,7 +216,7 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     except ImportError:
         print("the exporter needs the metrics extra: pip install 'aimd-redis[metrics]'", file=sys.stderr)
         return EXIT_UNREACHABLE
-    from aimd_redis.exporter import registry_for
+    from aimd_redis.ops.exporter import registry_for
 
     start_http_server(args.port, addr=args.host, registry=registry_for(_client(args), args.namespace))
     print(f"serving metrics of namespace {args.namespace!r} on http://{args.host}:{args.port}/metrics", flush=True)
@@ -226,6 +225,8 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from aimd_redis.demo.main import DemoSettings, run
+
     settings = DemoSettings(
         processes=args.processes,
         tasks=args.tasks,
@@ -243,7 +244,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_cold_server(args: argparse.Namespace) -> int:
     try:
-        from aimd_redis.coldserver import ColdServer, ServerSettings
+        from aimd_redis.demo.coldserver import ColdServer, ServerSettings
     except ImportError as exc:
         print(f"the cold server needs the demo extra ({exc.name} is missing)", file=sys.stderr)
         return EXIT_PROBLEM
@@ -268,7 +269,7 @@ def cmd_cold_server(args: argparse.Namespace) -> int:
 
 
 def cmd_acl(args: argparse.Namespace) -> int:
-    from aimd_redis.acl import acl_rule
+    from aimd_redis.ops.acl import acl_rule
 
     rule = acl_rule(args.user, args.namespace or ["aimd"], args.password)
     print("ACL SETUSER " + " ".join(_redis_cli_quoted(arg) for arg in rule))
@@ -288,7 +289,7 @@ def _redis_cli_quoted(arg: str) -> str:
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
-    from aimd_redis.soak import SoakSettings, run
+    from aimd_redis.demo.soak import SoakSettings, run
 
     settings = SoakSettings(
         processes=args.processes, tasks=args.tasks, seconds=args.seconds, kill_every=args.kill_every
@@ -327,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = add("demo", cmd_demo, "run a fleet against a cold, rate-limited local inference server")
     demo.add_argument("--url", dest="demo_url", default=os.environ.get("REDIS_URL"), help="default: a private Redis")
+    from aimd_redis.demo.main import DemoSettings  # its defaults; the demo's machinery loads only to run it
+
     d = DemoSettings()
     demo.add_argument("--processes", type=int, default=d.processes)
     demo.add_argument("--tasks", type=int, default=d.tasks, help="asyncio tasks per process")

@@ -37,7 +37,7 @@ from aimd_redis import AsyncThrottle, Throttle, ThrottleConfig
 from aimd_redis.httpx import AsyncAimdTransport, openai_router, retry_after_seconds
 
 if TYPE_CHECKING:
-    from aimd_redis.coldserver import ColdServer, Record
+    from aimd_redis.demo.coldserver import ColdServer, Record
 
 Strategy = Literal["shared", "per-process", "fixed"]
 STRATEGIES: tuple[Strategy, ...] = ("fixed", "per-process", "shared")

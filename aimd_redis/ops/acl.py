@@ -6,7 +6,7 @@ limited to the namespaces given (every key and wake channel starts with
 ``<namespace>:``).
 
     $ aimd-redis acl --user fleet
-    ACL SETUSER fleet on >PASSWORD resetkeys ~aimd:* resetchannels &aimd:* -@all +evalsha ...
+    ACL SETUSER fleet on >CHANGE-ME resetkeys ~aimd:* resetchannels &aimd:* -@all +fcall ...
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ SCRIPT_COMMANDS = (
 #: SCRIPT LOAD after a flushed script cache), plain reads, wake-ups, the CLI's reads.
 CLIENT_COMMANDS = (
     "fcall", "function|load", "evalsha", "eval", "script|load", "hgetall", "hget", "subscribe", "ssubscribe",
-    "unsubscribe", "sunsubscribe", "ping", "hello", "scan", "smembers", "time", "xrevrange", "xread",
+    "unsubscribe", "sunsubscribe", "ping", "hello", "scan", "smembers", "time", "xrevrange", "xread", "exists",
 )  # fmt: skip
 
 
-def acl_rule(user: str = "aimd", namespaces: Sequence[str] = ("aimd",), password: str = "PASSWORD") -> list[str]:
+def acl_rule(user: str = "aimd", namespaces: Sequence[str] = ("aimd",), password: str = "CHANGE-ME") -> list[str]:
     """The arguments of ``ACL SETUSER`` for a user that can run the library
     in ``namespaces`` and nothing else."""
     if not namespaces:

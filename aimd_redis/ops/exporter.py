@@ -1,6 +1,6 @@
 """Prometheus metrics for every domain of a namespace (the ``metrics`` extra).
 
-Each scrape reads Redis afresh through :func:`aimd_redis.inspect.report`, so
+Each scrape reads Redis afresh through :func:`aimd_redis.ops.inspect.report`, so
 the exporter holds no state and any number of them can run.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from aimd_redis.inspect import SyncClient, report
+from aimd_redis.ops.inspect import SyncClient, report
 
 LABELS = ["provider", "model", "domain"]
 

@@ -41,8 +41,8 @@ from aimd_redis import (
     Throttle,
     ThrottleConfig,
 )
-from aimd_redis.coldserver import ColdServer, ServerSettings
-from aimd_redis.embedded import EmbeddedRedis, server_binary
+from aimd_redis.demo.coldserver import ColdServer, ServerSettings
+from aimd_redis.demo.embedded import EmbeddedRedis, server_binary
 from aimd_redis.httpx import AsyncAimdTransport, openai_router
 from aimd_redis.keys import model_keys
 

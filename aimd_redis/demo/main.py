@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from aimd_redis.config import ThrottleConfig
-from aimd_redis.embedded import EmbeddedRedis
+from aimd_redis.demo.embedded import EmbeddedRedis
 
 if TYPE_CHECKING:  # the demo extra's packages are imported when the demo runs
-    from aimd_redis.coldserver import ColdServer, ServerSettings
-    from aimd_redis.fleet import FleetRun, Sample
+    from aimd_redis.demo.coldserver import ColdServer, ServerSettings
+    from aimd_redis.demo.fleet import FleetRun, Sample
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def _config(d: DemoSettings) -> ThrottleConfig:
 
 
 def _server(d: DemoSettings) -> ServerSettings:
-    from aimd_redis.coldserver import ServerSettings
+    from aimd_redis.demo.coldserver import ServerSettings
 
     return ServerSettings(
         peak=d.server_peak,
@@ -94,7 +94,7 @@ def _server(d: DemoSettings) -> ServerSettings:
 
 def run(url: str | None, d: DemoSettings) -> int:
     try:
-        from aimd_redis.coldserver import ColdServer
+        from aimd_redis.demo.coldserver import ColdServer
     except ImportError as exc:
         missing = f"the demo needs the demo extra ({exc.name} is missing)"
         raise SystemExit(f"{missing}: pip install 'aimd-redis[demo]'") from None
@@ -114,7 +114,7 @@ def run(url: str | None, d: DemoSettings) -> int:
 
 
 def _run(url: str, server: ColdServer, d: DemoSettings) -> int:
-    from aimd_redis.fleet import FleetSettings, pause, resume, run_fleet, scale_to, summarize, summary_table
+    from aimd_redis.demo.fleet import FleetSettings, pause, resume, run_fleet, scale_to, summarize, summary_table
 
     s = server.settings
     fleet = FleetSettings(
@@ -163,7 +163,7 @@ def _run(url: str, server: ColdServer, d: DemoSettings) -> int:
     for line in story(result, d):
         print(f"  {line}")
     if d.plot is not None:
-        from aimd_redis.plot import plot_run
+        from aimd_redis.demo.plot import plot_run
 
         title = (
             f"{d.processes} processes x {d.tasks} tasks sharing one limit in Redis ({d.policy} policy), "

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aimd_redis.fleet import FleetRun
+from aimd_redis.demo.fleet import FleetRun
 
 COLORS = {"capacity": "#c8c8c8", "limit": "#1f5fbf", "in_flight": "#e07b00", "ceiling": "#1f5fbf", "429": "#c0392b"}
 
@@ -133,7 +133,7 @@ def plot_comparison(runs: Sequence[tuple[str, FleetRun]], path: Path, *, title: 
 
 
 def plot_control(scenarios: Sequence[tuple[Any, Sequence[tuple[str, Any]]]], path: Path) -> Path:
-    """Simulated runs (``aimd_redis.simulator``): a row per scenario, a column per policy."""
+    """Simulated runs (``aimd_redis.demo.simulator``): a row per scenario, a column per policy."""
     import matplotlib
 
     matplotlib.use("Agg")

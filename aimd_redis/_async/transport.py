@@ -1,0 +1,96 @@
+"""httpx transports that take a fleet-wide slot for every routed request
+(see aimd_redis/httpx.py). aimd_redis/_sync/transport.py is generated from
+this file by tools/unasync.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+
+import httpx
+
+from aimd_redis._async.throttle import AsyncLease, AsyncThrottle
+from aimd_redis._http import RATE_LIMITED_STATUSES, Router, openai_router, outcome_of, retry_after_seconds
+from aimd_redis._http import rate_limited_statuses as rate_limited_statuses_of
+
+
+class AsyncReportingStream(httpx.AsyncByteStream):
+    """A response body that reports the lease's outcome when it is closed."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, report: Callable[[bool], Awaitable[None]]) -> None:
+        self._inner = inner
+        self._report = report
+        self._broken = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._inner:
+                yield chunk
+        except Exception:  # the body broke off; a caller who stops reading early is no failure
+            self._broken = True
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            await self._report(self._broken)
+
+
+class AsyncAimdTransport(httpx.AsyncBaseTransport):
+    """One slot of ``throttle`` per routed request, held until the response
+    is closed.
+
+    ``rate_limited_statuses`` are the statuses reported as rate-limited
+    (default 429 alone; add 503 or 529 for servers that answer those when
+    overloaded); other 5xx are failures."""
+
+    def __init__(
+        self,
+        throttle: AsyncThrottle,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        router: Router | None = None,
+        acquire_timeout: float | None = None,
+        rate_limited_statuses: Collection[int] = RATE_LIMITED_STATUSES,
+    ) -> None:
+        self._throttle = throttle
+        self._rate_limited = rate_limited_statuses_of(rate_limited_statuses)
+        self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
+        self._route = router if router is not None else openai_router()
+        self._timeout = acquire_timeout
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        target = self._route(request)
+        if target is None:
+            return await self._inner.handle_async_request(request)
+        lease = await self._throttle.acquire(**target._asdict(), timeout=self._timeout)
+        try:
+            response = await self._inner.handle_async_request(request)
+        except BaseException:
+            await lease.failure()
+            raise
+        outcome, wait = outcome_of(response.status_code, self._rate_limited), retry_after_seconds(response.headers)
+
+        async def report(broken: bool) -> None:
+            await _report(lease, "failure" if broken else outcome, wait)
+
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=AsyncReportingStream(response.stream, report),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def _report(lease: AsyncLease, outcome: str, wait: float | None) -> None:
+    if outcome == "rate_limited":
+        await lease.rate_limited(retry_after=wait)
+    elif outcome == "failure":
+        await lease.failure()
+    else:
+        await lease.success()

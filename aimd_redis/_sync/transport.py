@@ -1,0 +1,96 @@
+"""httpx transports that take a fleet-wide slot for every routed request
+(see aimd_redis/httpx.py). Generated from aimd_redis/_async/transport.py
+by tools/unasync.py: edit that file, not this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Callable, Collection
+
+import httpx
+
+from aimd_redis._sync.throttle import Lease, Throttle
+from aimd_redis._http import RATE_LIMITED_STATUSES, Router, openai_router, outcome_of, retry_after_seconds
+from aimd_redis._http import rate_limited_statuses as rate_limited_statuses_of
+
+
+class ReportingStream(httpx.SyncByteStream):
+    """A response body that reports the lease's outcome when it is closed."""
+
+    def __init__(self, inner: httpx.SyncByteStream, report: Callable[[bool], None]) -> None:
+        self._inner = inner
+        self._report = report
+        self._broken = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._inner:
+                yield chunk
+        except Exception:  # the body broke off; a caller who stops reading early is no failure
+            self._broken = True
+            raise
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            self._report(self._broken)
+
+
+class AimdTransport(httpx.BaseTransport):
+    """One slot of ``throttle`` per routed request, held until the response
+    is closed.
+
+    ``rate_limited_statuses`` are the statuses reported as rate-limited
+    (default 429 alone; add 503 or 529 for servers that answer those when
+    overloaded); other 5xx are failures."""
+
+    def __init__(
+        self,
+        throttle: Throttle,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        router: Router | None = None,
+        acquire_timeout: float | None = None,
+        rate_limited_statuses: Collection[int] = RATE_LIMITED_STATUSES,
+    ) -> None:
+        self._throttle = throttle
+        self._rate_limited = rate_limited_statuses_of(rate_limited_statuses)
+        self._inner = transport if transport is not None else httpx.HTTPTransport()
+        self._route = router if router is not None else openai_router()
+        self._timeout = acquire_timeout
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        target = self._route(request)
+        if target is None:
+            return self._inner.handle_request(request)
+        lease = self._throttle.acquire(**target._asdict(), timeout=self._timeout)
+        try:
+            response = self._inner.handle_request(request)
+        except BaseException:
+            lease.failure()
+            raise
+        outcome, wait = outcome_of(response.status_code, self._rate_limited), retry_after_seconds(response.headers)
+
+        def report(broken: bool) -> None:
+            _report(lease, "failure" if broken else outcome, wait)
+
+        assert isinstance(response.stream, httpx.SyncByteStream)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=ReportingStream(response.stream, report),
+            extensions=response.extensions,
+        )
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def _report(lease: Lease, outcome: str, wait: float | None) -> None:
+    if outcome == "rate_limited":
+        lease.rate_limited(retry_after=wait)
+    elif outcome == "failure":
+        lease.failure()
+    else:
+        lease.success()
