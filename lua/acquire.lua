@@ -69,7 +69,7 @@ end
 
 local q = queue_of(KEYS[6], KEYS[7], KEYS[8], KEYS[3], wake_prefix, publish, idle_ms, claim_ttl)
 reap(domain, d, KEYS[3], now)
-d.in_flight = redis.call('ZCOUNT', KEYS[3], 0, '+inf')
+d.in_flight = live_leases(KEYS[3])
 d.rampup_seconds = rampup_seconds
 rules.refresh(domain, d, now, emax, ceiling_ttl)
 rules.ramp(domain, d, now, emax, rampup_seconds)

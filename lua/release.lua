@@ -101,7 +101,7 @@ if not d then return {released, '', {}, registered and 1 or 0, ''} end
 -- reads this reply registers again.
 if not registered then emax = d.current_limit end
 
-d.in_flight = redis.call('ZCOUNT', KEYS[3], 0, '+inf')
+d.in_flight = live_leases(KEYS[3])
 rules.refresh(domain, d, now, emax, cfg.ceiling_ttl)
 
 if released == 1 and outcome ~= 'abandon' and (registered or outcome == 'rate_limited') then

@@ -22,7 +22,7 @@ for i = 1, #ARGV - 3 do
   local base = 5 * i - 2
   local domain_key, leases_key = KEYS[base], KEYS[base + 1]
   local limit = redis.call('HGET', domain_key, 'current_limit')
-  local held = redis.call('ZCOUNT', leases_key, 0, '+inf')
+  local held = live_leases(leases_key)
   -- Waiters still queued notice on their next re-check and queue again.
   redis.call('DEL', KEYS[base + 2], KEYS[base + 3], KEYS[base + 4])
   if redis.call('DEL', domain_key, leases_key) > 0 then
