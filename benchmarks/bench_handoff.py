@@ -124,7 +124,8 @@ def main() -> int:
         print(f"  {name:<28} {_pct(values, 0.5):7.3f} {_pct(values, 0.99):7.3f} {statistics.mean(values):7.3f}")
     ratio = _pct(ours, 0.5) / _pct(raw, 0.5)
     print(f"  p50 ratio {ratio:.2f} (goal <= 1.5); p99 {_pct(ours, 0.99):.3f} ms (goal < 3)")
-    print(f"  script calls per hand-over: {calls / n:.2f} (the release, the next acquire that queues, and the woken waiter's claim)")
+    why = "the release, the next acquire that queues, and the woken waiter's claim"
+    print(f"  script calls per hand-over: {calls / n:.2f} ({why})")
     print(
         f"  where it goes: the holder's release call takes {_pct(release_calls, 0.5):.3f} ms (p50), "
         f"{usec_per_call / 1000:.3f} ms of it inside Redis per script call; the waiter's wake-up is sent "

@@ -116,8 +116,8 @@ local function load_plain(raw)
   }
   -- The pattern has made every number whole or decimal and not negative.
   if read[1] < 1 or read[9] > 1 or read[3] > MAX_TIME or read[8] > MAX_TIME or read[10] > MAX_TIME
-    or read[11] > MAX_TIME or math.max(read[2], read[4], read[5], read[6], read[7], read[12], read[13],
-    read[14], read[15]) > MAX_COUNT then return nil end
+    or read[11] > MAX_TIME or math.max(read[1], read[2], read[4], read[5], read[6], read[7], read[12],
+    read[13], read[14], read[15]) > MAX_COUNT then return nil end
   return {
     current_limit = read[1], in_flight = read[2], blocked_until = read[3], success_streak = read[4],
     waiters = read[5], rate_limit_ceiling = read[6], consecutive_429s = read[7], rampup_started_at = read[8],

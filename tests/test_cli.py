@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import shlex
 import subprocess
 import sys
 import threading
@@ -272,14 +271,40 @@ def test_a_refused_default_url_points_to_url_and_redis_url(
     assert "$REDIS_URL" in err
 
 
+def _redis_cli_split(line: str) -> list[bytes]:
+    """A line split as redis-cli splits it (sdssplitargs): words, or double-quoted
+    strings with backslash escapes."""
+    escapes = {"n": b"\n", "r": b"\r", "t": b"\t", "b": b"\b", "a": b"\a", "\\": b"\\", '"': b'"'}
+    words, i = [], 0
+    while i < len(line):
+        if line[i] == " ":
+            i += 1
+        elif line[i] == '"':
+            word, i = b"", i + 1
+            while line[i] != '"':
+                if line[i] == "\\" and line[i + 1] == "x":
+                    word, i = word + bytes([int(line[i + 2 : i + 4], 16)]), i + 4
+                elif line[i] == "\\":
+                    word, i = word + escapes[line[i + 1]], i + 2
+                else:
+                    word, i = word + line[i].encode(), i + 1
+            words.append(word)
+            i += 1
+        else:
+            end = line.find(" ", i) if " " in line[i:] else len(line)
+            words.append(line[i:end].encode())
+            i = end
+    return words
+
+
 def test_acl_quotes_what_redis_cli_would_split_and_says_to_replace_the_placeholder(
     capsys: pytest.CaptureFixture[str], real_redis: redis.Redis, real_redis_url: str
 ) -> None:
-    password = 'two words"quoted'
+    password = 'two words"quoted\\back\nline\x01é'
     assert main(["acl", "--user", "spaced", "--password", password]) == 0
     line = capsys.readouterr().out.strip()
-    # Read back as redis-cli reads a line (double quotes, backslash escapes), then run.
-    real_redis.execute_command(*shlex.split(line))
+    assert "\n" not in line  # one line, as redis-cli reads a command
+    real_redis.execute_command(*_redis_cli_split(line))
     host = real_redis_url.split("://", 1)[1].split("@")[-1]
     as_user = redis.Redis.from_url(f"redis://{host}", username="spaced", password=password)
     assert as_user.ping()

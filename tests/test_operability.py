@@ -122,6 +122,8 @@ def test_in_flight_is_recounted_from_the_leases(make_throttle: MakeThrottle, cli
         ("current_limit", "0x3"),
         ("blocked_until", "1e300"),
         ("total_429s", "1e16"),
+        ("current_limit", "10000000000000000"),
+        ("in_flight", "100000000000000000000"),
     ],
 )
 def test_a_garbage_field_is_a_clear_error_and_writes_nothing(

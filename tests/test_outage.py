@@ -167,3 +167,22 @@ def test_a_report_and_next_slot_cut_off_mid_call_leaves_no_slot_taken(paused_ser
     # holds); the client gives that slot back by its id and reports again.
     wait_until(lambda: t.domain_state(P, M, "chat").in_flight == 0, "a slot stayed taken", 10)  # type: ignore[union-attr]
     t.close()
+
+
+def test_the_worker_loop_fails_open_too(paused_server: EmbeddedRedis) -> None:
+    t = Throttle(paused_server.url, socket_timeout=0.3, fail_open=FailOpen(concurrency=2))
+    reg(t, 4)
+    lease = t.acquire(**TARGET, timeout=0)
+    paused_server.pause()
+    try:
+        started = time.monotonic()
+        local = lease.success_and_acquire(timeout=5)
+        assert local.local is not None  # a slot of this process's own limit
+        assert time.monotonic() - started < 2 * 0.3 + 0.5  # one timeout, no second wait for the give-back
+    finally:
+        paused_server.resume()
+    local.success()
+    # The success, and the give-back of a next slot the cut-off call may have
+    # taken, reach Redis once it answers again.
+    wait_until(lambda: t.domain_state(P, M, "chat").in_flight == 0, "a slot stayed taken", 10)  # type: ignore[union-attr]
+    t.close()

@@ -26,21 +26,19 @@ class Periodic:
         self._name = name
         # Never held across a wait: it only keeps two starts from racing.
         self._lock = threading.Lock()
-        self._stopping = Event()
         self._worker: Worker | None = None
 
     def start(self) -> None:
         with self._lock:
             if self._worker is None or not self._worker.alive():
-                self._stopping = Event()
-                self._worker = Worker(self._loop, self._name, self._stopping)
+                stopping = Event()  # this worker's own: a later start makes another
+                self._worker = Worker(lambda: self._loop(stopping), self._name, stopping)
 
     @property
     def running(self) -> bool:
         return self._worker is not None and self._worker.alive()
 
-    def _loop(self) -> None:
-        stopping = self._stopping
+    def _loop(self, stopping: Event) -> None:
         while not stopping.wait(self._interval):
             try:
                 self._job()

