@@ -1,7 +1,7 @@
 """The OpenAI SDK behind the shared limit, against the local cold server.
 
-    pip install -e '.[demo]' openai
-    python examples/openai_sdk.py [--url redis://...]
+    .venv/bin/pip install -e '.[demo]' openai
+    .venv/bin/python examples/openai_sdk.py [--url redis://...]
 
 Sixteen threads share one ``openai.OpenAI`` client whose httpx transport
 takes a fleet-wide slot for every request. The server starts cold (one
