@@ -387,8 +387,7 @@ class Core:
         self._log(ref.provider_name, ref.model_id, events)
         state = state_from_text(state_text)
         if status == "granted":
-            expires_at = float(as_str(value))
-            return Grant(ref=ref, expires_at=expires_at, state=state, granted_at=expires_at - self._lease_ttl_s)
+            return self._granted(ref, value, state)
         if status == "cooldown":
             return Denied(reason="cooldown", retry_in=float(as_str(value)), state=state)
         if status == "queued":
@@ -446,11 +445,14 @@ class Core:
         """The next lease a release call took (``next_ref``), or None when no
         slot was free for it."""
         _released, state_text, _events, _registered, expiry = reply
-        if not (expiry := as_str(expiry)):
+        if not as_str(expiry):
             return None
-        expires_at = float(expiry)
-        state = state_from_text(state_text)
-        return Grant(ref=next_ref, expires_at=expires_at, state=state, granted_at=expires_at - self._lease_ttl_s)
+        return self._granted(next_ref, expiry, state_from_text(state_text))
+
+    def _granted(self, ref: LeaseRef, expiry: Any, state: DomainState) -> Grant:
+        """A lease a script has just granted for a whole lease ttl."""
+        expires_at = float(as_str(expiry))
+        return Grant(ref=ref, expires_at=expires_at, state=state, granted_at=expires_at - self._lease_ttl_s)
 
     def renew_call(self, refs: Sequence[LeaseRef], now: float | None) -> Call:
         """Renew leases of one model (any of its domains) in one call."""

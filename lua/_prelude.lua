@@ -232,6 +232,19 @@ local function live_leases(leases_key)
   return redis.call('ZCARD', leases_key) - redis.call('ZCOUNT', leases_key, '-inf', '(0')
 end
 
+-- Grants lease id until expiry_text and counts it in d.in_flight; false when
+-- the id's tombstone was there (its acquire was given up before it ran),
+-- which has then done its job and goes.
+local function take_lease(d, leases_key, id, expiry_text, idle_ms)
+  if redis.call('ZADD', leases_key, 'NX', expiry_text, id) == 1 then
+    if d.in_flight == 0 then expire_new(idle_ms, leases_key) end
+    d.in_flight = d.in_flight + 1
+    return true
+  end
+  redis.call('ZREM', leases_key, id)
+  return false
+end
+
 -- Drops leases whose holders stopped renewing them; their slots come back.
 local function reap(domain, d, leases_key, now)
   local n = redis.call('ZREMRANGEBYSCORE', leases_key, 0, now)

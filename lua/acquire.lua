@@ -99,12 +99,9 @@ if not status then
       status = 'at_capacity'
     else
       value, value_text = now + lease_ttl, expiry_text
-      if redis.call('ZADD', KEYS[3], 'NX', expiry_text, id) == 1 then
-        if d.in_flight == 0 then expire_new(idle_ms, KEYS[3]) end
-        d.in_flight = d.in_flight + 1
+      if take_lease(d, KEYS[3], id, expiry_text, idle_ms) then
         status = 'granted'
       else
-        redis.call('ZREM', KEYS[3], id)  -- the tombstone has done its job
         status, value = 'abandoned', 0
       end
     end

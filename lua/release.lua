@@ -79,9 +79,9 @@ local q = queue_of(KEYS[6], KEYS[7], KEYS[8], KEYS[3], wake_prefix, publish, idl
 local released, granted_at = 0, nil
 if d then reap(domain, d, KEYS[3], now) end
 -- The lease's score is its expiry (a live lease), or minus the expiry of a
--- tombstone.
--- A live lease is freed even when the domain hash is gone (evicted, deleted):
--- left in the zset, it would hold a slot of the domain acquire re-creates.
+-- tombstone. A live lease is freed even when the domain hash is gone
+-- (evicted, deleted): left in the zset, it would hold a slot of the domain
+-- acquire re-creates.
 local score = tonumber(redis.call('ZSCORE', KEYS[3], lease_id))
 if score and score > 0 then
   released = redis.call('ZREM', KEYS[3], lease_id)
@@ -133,15 +133,9 @@ d.waiters = queued
 local next_expiry = ''
 if next_id ~= '' and registered and queued == 0 and now >= d.blocked_until then
   rules.ramp(domain, d, now, emax, cfg.rampup_seconds)
-  if d.in_flight < d.current_limit then
-    local expiry = fmt(now + cfg.lease_ttl)
-    if redis.call('ZADD', KEYS[3], 'NX', expiry, next_id) == 1 then
-      if d.in_flight == 0 then expire_new(idle_ms, KEYS[3]) end
-      d.in_flight = d.in_flight + 1
-      next_expiry = expiry
-    else
-      redis.call('ZREM', KEYS[3], next_id)  -- the tombstone of a give-back that came first
-    end
+  local expiry = fmt(now + cfg.lease_ttl)
+  if d.in_flight < d.current_limit and take_lease(d, KEYS[3], next_id, expiry, idle_ms) then
+    next_expiry = expiry
   end
 end
 save_domain(KEYS[2], d)
