@@ -17,6 +17,7 @@ from aimd_redis.errors import (
     RedisOutOfMemoryError,
     RedisPermissionError,
     RedisUnavailableError,
+    RequestTooLargeError,
 )
 from aimd_redis.structs import Denied, DomainState, LimitEvent, ReleaseResult
 
@@ -44,6 +45,7 @@ __all__ = [
     "RedisPermissionError",
     "RedisUnavailableError",
     "ReleaseResult",
+    "RequestTooLargeError",
     "Slot",
     "Throttle",
     "ThrottleConfig",

@@ -1,6 +1,7 @@
 """What the httpx transports share, sync or asyncio: routing a request to a
-(provider, model, domain), reading the server's Retry-After, and judging a
-response's outcome. Public through ``aimd_redis.httpx``."""
+(provider, model, domain), reading the server's Retry-After and the usage a
+response reports, and judging a response's outcome. Public through
+``aimd_redis.httpx``."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import email.utils
 import json
 import math
 import time
+import zlib
 from collections.abc import Callable, Collection
 from typing import NamedTuple
 
 import httpx
 
+from aimd_redis._provider import StreamUsage, usage_tokens
 from aimd_redis.errors import InvalidArgumentError
 
 
@@ -103,3 +106,47 @@ def outcome_of(status_code: int, rate_limited: frozenset[int]) -> str:
     if status_code >= 500:
         return "failure"
     return "success"
+
+
+class UsageReader:
+    """The tokens a response body says its request used, read as the body
+    streams past the caller: the ``usage`` of a JSON answer, or of a stream's
+    events. None when it says nothing (or is too big or encoded in a way
+    this does not undo: only gzip and deflate are)."""
+
+    #: A JSON answer longer than this is not kept to be read.
+    MAX_BODY = 8 * 1024 * 1024
+
+    def __init__(self, headers: httpx.Headers) -> None:
+        self._events = StreamUsage() if "text/event-stream" in headers.get("content-type", "") else None
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        self._decoder: zlib._Decompress | None = None
+        self._unreadable = encoding not in ("identity", "", "gzip", "deflate")
+        if encoding in ("gzip", "deflate"):
+            self._decoder = zlib.decompressobj(32 + zlib.MAX_WBITS)  # either header
+        self._body = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        if self._unreadable:
+            return
+        if self._decoder is not None:
+            try:
+                chunk = self._decoder.decompress(chunk)
+            except zlib.error:
+                self._unreadable = True
+                return
+        if self._events is not None:
+            self._events.feed(chunk)
+        elif len(self._body) + len(chunk) > self.MAX_BODY:
+            self._unreadable = True
+            self._body.clear()
+        else:
+            self._body += chunk
+
+    @property
+    def tokens(self) -> int | None:
+        if self._unreadable:
+            return None
+        if self._events is not None:
+            return self._events.tokens
+        return usage_tokens(bytes(self._body)) if self._body else None

@@ -9,9 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from aimd_redis.errors import ArgumentTypeError, ConfigError, InvalidArgumentError
 
-#: The longest cooldown a single 429 can impose. A Retry-After of a day is
-#: almost always a misparsed header; an hour still honours real quota resets
-#: while bounding how long a bad value can stall a fleet.
+#: The longest cooldown a single 429 can impose unless configured otherwise
+#: (``max_cooldown_seconds``). A Retry-After of a day is almost always a
+#: misparsed header; an hour still honours real quota resets while bounding
+#: how long a bad value can stall a fleet.
 MAX_RETRY_AFTER_SECONDS = 3600.0
 
 
@@ -64,6 +65,10 @@ class ThrottleConfig(_Settings):
     should a wake-up be lost); a waiter silent for three of these is dropped."""
     idle_ttl_seconds: float = Field(600.0, ge=0, allow_inf_nan=False)
     """A model untouched for this long expires from Redis; 0 keeps it."""
+    max_cooldown_seconds: float = Field(MAX_RETRY_AFTER_SECONDS, gt=0, allow_inf_nan=False)
+    """The longest cooldown one 429 imposes on the fleet, whatever its
+    Retry-After says: a server that always answers a long Retry-After
+    cannot freeze the fleet for longer than this."""
 
     @model_validator(mode="after")
     def _idle_outlasts_leases(self) -> ThrottleConfig:
@@ -77,12 +82,12 @@ class ThrottleConfig(_Settings):
     def cooldown_for(self, retry_after: float | None) -> float:
         """The cooldown a 429 imposes, from the server's Retry-After if usable."""
         if retry_after is None:
-            return self.cooldown_seconds
+            return min(self.cooldown_seconds, self.max_cooldown_seconds)
         if isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)):
             raise ArgumentTypeError(f"retry_after must be a number of seconds or None, not {retry_after!r}")
         if math.isnan(retry_after) or math.isinf(retry_after) or retry_after <= 0:
-            return self.cooldown_seconds
-        return min(float(retry_after), MAX_RETRY_AFTER_SECONDS)
+            return min(self.cooldown_seconds, self.max_cooldown_seconds)
+        return min(float(retry_after), self.max_cooldown_seconds)
 
 
 class FailOpen(_Settings):

@@ -13,8 +13,9 @@ import secrets
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple, Protocol
 
+from aimd_redis._provider import Heard
 from aimd_redis.config import ThrottleConfig
-from aimd_redis.errors import ArgumentTypeError, CorruptStateError, InvalidArgumentError
+from aimd_redis.errors import ArgumentTypeError, CorruptStateError, InvalidArgumentError, RequestTooLargeError
 from aimd_redis.keys import ModelKeys, check_alias, check_domain, check_namespace, model_keys
 from aimd_redis.schema import DomainRecord, parse_domain
 from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, LimitEvent, Queued, ReleaseResult
@@ -31,11 +32,19 @@ CAPACITY_POLL_SECONDS = 0.05
 #: Upper bound on max_parallel_requests: far above any real endpoint, low
 #: enough that a typo (an extra zero or six) is caught.
 MAX_PARALLEL_LIMIT = 1_000_000
+#: Upper bound on a budget per minute and on one request's tokens, for the same reason.
+MAX_BUDGET = 10**12
 #: A register retries while domains are being created under it; each try
 #: passes every domain the previous one saw, so this is never reached in practice.
 REGISTER_ATTEMPTS = 16
 # Changes that happen often in a healthy run; logged at DEBUG, the rest at INFO.
 _QUIET_EVENTS = frozenset({"cooldown", "created", "ramp"})
+
+
+def tokens_of(lease_id: str) -> int:
+    """The tokens a lease reserved (see :meth:`Core.new_lease_id`)."""
+    _, marked, count = lease_id.rpartition(".t")
+    return int(count) if marked and count.isdigit() else 0
 
 
 class Call(NamedTuple):
@@ -57,6 +66,8 @@ class RegisterArgs(NamedTuple):
     max_parallel: str
     idle_ms: str
     events_maxlen: str
+    rpm: str
+    tpm: str
 
 
 class AcquireArgs(NamedTuple):
@@ -97,6 +108,11 @@ class ReleaseArgs(NamedTuple):
     claim_ttl: str
     granted_at: str
     next_id: str
+    tokens: str
+    heard_rpm: str
+    heard_tpm: str
+    heard_requests: str
+    heard_tokens: str
 
 
 class RenewArgs(NamedTuple):
@@ -208,6 +224,29 @@ def check_max_parallel(value: object) -> int:
     return value
 
 
+def check_budget(name: str, value: object) -> str:
+    """A requests or tokens per minute argument as the scripts take it ('' for none)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArgumentTypeError(f"{name} must be an int or None, not {value!r}")
+    if not 1 <= value <= MAX_BUDGET:
+        raise InvalidArgumentError(f"{name} must be between 1 and {MAX_BUDGET}, or None, not {value}")
+    return str(value)
+
+
+def check_tokens(value: object, what: str = "tokens") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArgumentTypeError(f"{what} must be an int, not {value!r}")
+    if not 0 <= value <= MAX_BUDGET:
+        raise InvalidArgumentError(f"{what} must be between 0 and {MAX_BUDGET}, not {value}")
+    return value
+
+
+def _heard(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
 def parse_state(key: str, fields: dict[Any, Any]) -> DomainState | None:
     """A DomainState from a domain hash's fields (None when it has none),
     judged as the scripts judge them (CorruptStateError otherwise)."""
@@ -312,6 +351,11 @@ class Core:
             claim_ttl=claim_ttl,
             granted_at="",
             next_id="",
+            tokens="",
+            heard_rpm="",
+            heard_tpm="",
+            heard_requests="",
+            heard_tokens="",
         )
 
     def keys(self, provider_name: str, model_id: str) -> ModelKeys:
@@ -320,7 +364,7 @@ class Core:
     def _domain_keys(self, provider_name: str, model_id: str, domain: str) -> list[str]:
         mk = self.keys(provider_name, model_id)
         check_domain(domain)
-        return [mk.cap, mk.domain(domain), mk.leases(domain), mk.index, mk.events, *mk.queue(domain)]
+        return [mk.cap, mk.domain(domain), mk.leases(domain), mk.index, mk.events, *mk.queue(domain), mk.budget]
 
     # -- register -----------------------------------------------------------
 
@@ -332,11 +376,21 @@ class Core:
         max_parallel_requests: int,
         now: float | None,
         domains: Sequence[str] = (),
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
     ) -> Call:
         mk = self.keys(provider_name, model_id)
         check_alias(alias)
         check_max_parallel(max_parallel_requests)
-        args = RegisterArgs(check_now(now), alias, str(max_parallel_requests), self._idle_ms, self._maxlen)
+        args = RegisterArgs(
+            check_now(now),
+            alias,
+            str(max_parallel_requests),
+            self._idle_ms,
+            self._maxlen,
+            check_budget("requests_per_minute", requests_per_minute),
+            check_budget("tokens_per_minute", tokens_per_minute),
+        )
         return Call("register", [mk.cap, mk.index, mk.events, *(mk.domain(d) for d in domains)], [*args, *domains])
 
     def parse_register(self, provider_name: str, model_id: str, reply: Sequence[Any]) -> int | list[str]:
@@ -349,9 +403,12 @@ class Core:
     # -- acquire ------------------------------------------------------------
 
     @staticmethod
-    def new_lease_id(client_id: str) -> str:
-        """'<client>.<token>': the client part names the process's wake channel."""
-        return f"{client_id}.{secrets.token_hex(8)}"
+    def new_lease_id(client_id: str, tokens: int = 0) -> str:
+        """'<client>.<token>': the client part names the process's wake channel.
+        A lease that reserves tokens of the model's budget says how many at its
+        end ('.t<n>'), which is how the scripts know a waiter's reservation."""
+        lease_id = f"{client_id}.{secrets.token_hex(8)}"
+        return f"{lease_id}.t{check_tokens(tokens)}" if tokens else lease_id
 
     def acquire_call(
         self,
@@ -384,6 +441,11 @@ class Core:
         status = as_str(status)
         if status == "abandoned":
             raise RuntimeError(f"lease {ref.lease_id} was abandoned before its acquire ran")
+        if status == "oversize":
+            raise RequestTooLargeError(
+                f"a request of {tokens_of(ref.lease_id)} tokens can never fit {ref.provider_name}/{ref.model_id}'s "
+                f"budget of {as_str(value)} tokens per minute"
+            )
         self._log(ref.provider_name, ref.model_id, events)
         state = state_from_text(state_text)
         if status == "granted":
@@ -392,6 +454,8 @@ class Core:
             return Denied(reason="cooldown", retry_in=float(as_str(value)), state=state)
         if status == "queued":
             return Queued(retry_in=float(as_str(value)), state=state)
+        if status == "budget":
+            return Denied(reason="budget", retry_in=float(as_str(value)), state=state)
         return Denied(reason="at_capacity", retry_in=CAPACITY_POLL_SECONDS * (0.5 + random.random()), state=state)
 
     # -- release and renew --------------------------------------------------
@@ -404,10 +468,14 @@ class Core:
         now: float | None,
         granted_at: float | None = None,
         next_id: str = "",
+        tokens: int | None = None,
+        heard: Heard | None = None,
     ) -> Call:
         """``granted_at``: when Redis granted the lease (Grant.granted_at), if
         known. ``next_id``: a new lease of the same domain to take in the same
-        call when a slot is free for it (see :meth:`parse_next`)."""
+        call when a slot is free for it (see :meth:`parse_next`). ``tokens``:
+        what the request used, if known; ``heard``: what the provider's
+        headers said of its limits."""
         cooldown = self.config.cooldown_for(retry_after)
         keys = self._domain_keys(ref.provider_name, ref.model_id, ref.domain)
         args = self._release_args._replace(
@@ -419,7 +487,15 @@ class Core:
             granted_at="" if granted_at is None else _seconds(granted_at),
             next_id=next_id,
             wake_prefix=self.keys(ref.provider_name, ref.model_id).wake_prefix,
+            tokens="" if tokens is None else str(check_tokens(tokens)),
         )
+        if heard is not None:
+            args = args._replace(
+                heard_rpm=_heard(heard.requests_limit),
+                heard_tpm=_heard(heard.tokens_limit),
+                heard_requests=_heard(heard.requests_remaining),
+                heard_tokens=_heard(heard.tokens_remaining),
+            )
         return Call("release", keys, list(args))
 
     def parse_wake(self, ref: LeaseRef, message: str) -> Grant | float:

@@ -24,6 +24,11 @@ class ConfigError(InvalidArgumentError):
     """A ThrottleConfig or FailOpen setting out of range; the message names it."""
 
 
+class RequestTooLargeError(AimdRedisError, ValueError):
+    """A request whose tokens exceed the model's whole budget per minute: it
+    could never be granted, so it is refused at once instead of waiting."""
+
+
 class NotRegisteredError(AimdRedisError, RuntimeError):
     """Acquire on a model no alias has registered."""
 

@@ -79,6 +79,12 @@ class ModelKeys:
         return [f"{self.tag}:{domain}:queue", f"{self.tag}:{domain}:beats", f"{self.tag}:{domain}:tickets"]
 
     @property
+    def budget(self) -> str:
+        """The model's request and token buckets (what is left, and when);
+        named under ``cap`` so that it cannot be a domain's key."""
+        return f"{self.cap}:budget"
+
+    @property
     def wake_prefix(self) -> str:
         """Prefix of the processes' wake channels (with the model's hash tag)."""
         return f"{self.tag}:wake:"

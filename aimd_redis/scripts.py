@@ -8,8 +8,8 @@ forms Redis runs them:
   had (Redis before 7, an ACL without them) or cost a round trip of their
   own (redis-py's cluster client asks the server for an ``FCALL``'s keys).
 
-Both are made from the same files: ``_prelude.lua`` and ``_rules.lua`` in
-front of each operation's body.
+Both are made from the same files: ``_prelude.lua``, ``_budget.lua`` and
+``_rules.lua`` in front of each operation's body.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 NAMES = ("register", "acquire", "release", "renew", "set_limit", "reset")
-#: Shared code put in front of every operation: the plumbing's helpers, then
-#: the loop's rules.
-LIBRARY = ("_prelude", "_rules")
+#: Shared code put in front of every operation: the plumbing's helpers, the
+#: budgets, then the loop's rules.
+LIBRARY = ("_prelude", "_budget", "_rules")
 
 
 def _lua_dir() -> Path:

@@ -36,9 +36,10 @@ class DomainState(msgspec.Struct, frozen=True, kw_only=True):
 class Denied(msgspec.Struct, frozen=True, kw_only=True):
     """A try_acquire that got no slot."""
 
-    reason: Literal["cooldown", "at_capacity"]
+    reason: Literal["cooldown", "at_capacity", "budget"]
     retry_in: float
-    """Seconds to wait: the cooldown left, or a short poll interval at capacity."""
+    """Seconds to wait: the cooldown left, a short poll interval at capacity,
+    or until the model's budget has room for the request."""
     state: DomainState
 
 

@@ -7,6 +7,10 @@
 -- Every script validates everything it reads before its first write, because
 -- Redis does not roll a script back when it errors half way.
 
+-- The budgets' helpers (_budget.lua fills this table); declared first so that
+-- the queue helpers below can use them.
+local budget = {}
+
 -- The domain hash's fields, in the order of the state reply, and their kinds
 -- (for validating what a person may have HSET by hand):
 --   pos: whole number >= 1, count: whole number >= 0, time: number >= 0, flag: 0 or 1
@@ -232,13 +236,15 @@ local function live_leases(leases_key)
   return redis.call('ZCARD', leases_key) - redis.call('ZCOUNT', leases_key, '-inf', '(0')
 end
 
--- Grants lease id until expiry_text and counts it in d.in_flight; false when
--- the id's tombstone was there (its acquire was given up before it ran),
--- which has then done its job and goes.
-local function take_lease(d, leases_key, id, expiry_text, idle_ms)
+-- Grants lease id until expiry_text, counts it in d.in_flight and takes its
+-- share of the model's budget b (if any); false when the id's tombstone was
+-- there (its acquire was given up before it ran), which has then done its
+-- job and goes.
+local function take_lease(d, leases_key, id, expiry_text, idle_ms, b)
   if redis.call('ZADD', leases_key, 'NX', expiry_text, id) == 1 then
     if d.in_flight == 0 then expire_new(idle_ms, leases_key) end
     d.in_flight = d.in_flight + 1
+    budget.take(b, budget.tokens_of(id))
     return true
   end
   redis.call('ZREM', leases_key, id)
@@ -313,10 +319,17 @@ local function promote(q, d, now, lease_ttl, self_id)
     local head = redis.call('ZRANGE', q.queue, 0, 0)[1]
     if not head then break end
     local beat = redis.call('ZSCORE', q.beats, head)
+    local alive, tokens = beat and tonumber(beat) > now, budget.tokens_of(head)
+    local fits = budget.fits(q.budget, tokens)
+    -- The first in line waits for the budget, and everyone behind it.
+    if alive and fits and budget.wait(q.budget, tokens) > 0 then break end
     leave(q, head)
-    if beat and tonumber(beat) > now and redis.call('ZADD', q.leases, 'NX', head == self_id and full or claim, head) == 1 then
+    if alive and not fits then
+      -- The budget shrank under it: dropped, and its re-check is refused.
+    elseif alive and redis.call('ZADD', q.leases, 'NX', head == self_id and full or claim, head) == 1 then
       if d.in_flight == 0 then expire_new(q.idle_ms, q.leases) end
       d.in_flight = d.in_flight + 1
+      budget.take(q.budget, tokens)
       if head == self_id then got_self = true else q.handed[#q.handed + 1] = head end
     elseif beat then
       redis.call('ZREM', q.leases, head)  -- a tombstone: that waiter gave up already
@@ -331,6 +344,8 @@ end
 local function first_in_line_wait(q, d, id, now)
   if redis.call('ZRANK', q.queue, id) ~= 0 then return 0 end
   if now < d.blocked_until then return d.blocked_until - now end
+  local short = budget.wait(q.budget, budget.tokens_of(id))
+  if short > 0 then return short end
   local first = redis.call('ZRANGEBYSCORE', q.leases, '(0', '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   if first[2] then return math.max(0.001, tonumber(first[2]) - now) end
   return 0

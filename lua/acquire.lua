@@ -10,10 +10,12 @@
 -- KEYS[6] queue zset     <ns>:{<provider>/<model>}:<domain>:queue (waiter id -> ticket)
 -- KEYS[7] beats zset     <ns>:{<provider>/<model>}:<domain>:beats (waiter id -> heartbeat deadline)
 -- KEYS[8] ticket counter <ns>:{<provider>/<model>}:<domain>:tickets
+-- KEYS[9] budget hash    <ns>:{<provider>/<model>}:cap:budget (see _budget.lua)
 --
 -- ARGV[1]  now               seconds, or '' for the server's TIME
 -- ARGV[2]  domain            the domain's name (for the index and the events)
--- ARGV[3]  lease_id          the lease to grant (for a waiter: its waiter id)
+-- ARGV[3]  lease_id          the lease to grant (for a waiter: its waiter id); an id
+--                            ending in '.t<n>' reserves n tokens of the model's budget
 -- ARGV[4]  lease_ttl         seconds
 -- ARGV[5]  rampup_seconds
 -- ARGV[6]  ceiling_ttl       seconds (0: never forget)
@@ -30,18 +32,23 @@
 --                            call creates (a domain keeps the policy it began with)
 --
 -- A newcomer never passes a queued waiter: while the queue is not empty, free
--- slots go to it in order (and its waiters are woken on their channels).
+-- slots go to it in order (and its waiters are woken on their channels). A
+-- grant takes a slot and the lease's share of the model's budget together;
+-- the first in line waits for the budget, and everyone behind it.
 --
 -- Reply: {status, value, state, events}
 --   status 'granted'     value = the lease's expiry time
 --          'cooldown'    value = seconds until the cooldown ends
 --          'at_capacity' value = 0
+--          'budget'      value = seconds until the budget has room for this request
 --          'queued'      value = for the first in line, seconds until the cooldown
 --                        ends or the next lease expires (it should ask again
 --                        then: nothing else would wake it); else 0 (it will be
 --                        woken when a slot is handed to it)
 --          'abandoned'   value = 0: the caller gave up on this acquire before it
 --                        ran (its give-back reached Redis first); nothing granted
+--          'oversize'    value = the model's tokens per minute, which this request's
+--                        tokens exceed: it could never be granted (state '')
 --   state  the domain's nine public fields, in order, joined by commas
 --   events flat list of (domain, event, from, to) quadruples
 -- Errors: 'AIMD_NOT_REGISTERED <cap key>', 'AIMD_CORRUPT <key> field <name> holds <value>'
@@ -54,8 +61,15 @@ local waiting, beat = ARGV[9] == 'wait', tonumber(ARGV[10])
 local wake_prefix, publish, recheck = ARGV[11], ARGV[12], ARGV[13] == '1'
 local claim_ttl, policy = tonumber(ARGV[14]), ARGV[15]
 
-local emax, err = registered_max(KEYS[1])
+local cap, err = budget.read_cap(KEYS[1])
 if err then return redis.error_reply(err) end
+local emax = cap.effective_max
+if not emax then return redis.error_reply('AIMD_NOT_REGISTERED ' .. KEYS[1]) end
+local b
+b, err = budget.load(cap, KEYS[9], now)
+if err then return redis.error_reply(err) end
+local tokens = budget.tokens_of(id)
+if not budget.fits(b, tokens) then return {'oversize', fmt(b.tpm), '', {}} end
 
 local d
 d, err = load_domain(KEYS[2])
@@ -68,6 +82,7 @@ if not d then
 end
 
 local q = queue_of(KEYS[6], KEYS[7], KEYS[8], KEYS[3], wake_prefix, publish, idle_ms, claim_ttl)
+q.budget = b
 reap(domain, d, KEYS[3], now)
 d.in_flight = live_leases(KEYS[3])
 d.rampup_seconds = rampup_seconds
@@ -97,15 +112,17 @@ if not status then
       status, value = 'cooldown', d.blocked_until - now
     elseif d.in_flight >= d.current_limit then
       status = 'at_capacity'
+    elseif budget.wait(b, tokens) > 0 then
+      status, value = 'budget', budget.wait(b, tokens)
     else
       value, value_text = now + lease_ttl, expiry_text
-      if take_lease(d, KEYS[3], id, expiry_text, idle_ms) then
+      if take_lease(d, KEYS[3], id, expiry_text, idle_ms, b) then
         status = 'granted'
       else
         status, value = 'abandoned', 0
       end
     end
-    if waiting and (status == 'cooldown' or status == 'at_capacity') then
+    if waiting and (status == 'cooldown' or status == 'at_capacity' or status == 'budget') then
       enqueue(q, id, now + beat)
       status, value = 'queued', first_in_line_wait(q, d, id, now)
     end
@@ -122,6 +139,8 @@ if not status then
       status, value = 'queued', first_in_line_wait(q, d, id, now)
     elseif now < d.blocked_until then
       status, value = 'cooldown', d.blocked_until - now
+    elseif d.in_flight < d.current_limit and budget.wait(b, tokens) > 0 then
+      status, value = 'budget', budget.wait(b, tokens)
     else
       status = 'at_capacity'
     end
@@ -130,7 +149,8 @@ end
 
 if queued > 0 or status == 'queued' then d.waiters = redis.call('ZCARD', q.queue) else d.waiters = 0 end
 save_domain(KEYS[2], d)
+budget.save(b, idle_ms)
 publish_handoffs(q, d, handoff_expiry)
 local flat_events = flush_events(KEYS[5], now, events_maxlen, idle_ms)
-touch(idle_ms, KEYS[2], KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
+touch(idle_ms, KEYS[2], KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], b and KEYS[9])
 return {status, value_text or fmt(value), state_text(d), flat_events}

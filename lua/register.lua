@@ -1,6 +1,7 @@
--- register: record an alias's max_parallel_requests for a model, recompute
--- the model's effective max (the minimum over its aliases) and clamp every
--- existing domain of the model down to it (never up).
+-- register: record an alias's max_parallel_requests (and its budget, if it
+-- sets one) for a model, recompute the model's effective max (the minimum
+-- over its aliases) and clamp every existing domain of the model down to it
+-- (never up), and recompute the budget in force (see _budget.lua).
 --
 -- KEYS[1]    cap hash       <ns>:{<provider>/<model>}:cap
 -- KEYS[2]    domain index   <ns>:{<provider>/<model>}:domains
@@ -12,7 +13,9 @@
 -- ARGV[3]    max_parallel      the alias's max_parallel_requests
 -- ARGV[4]    idle_ms           idle expiry in milliseconds (0: never expire)
 -- ARGV[5]    events_maxlen     the event stream's approximate MAXLEN
--- ARGV[5+i]  name of the domain in KEYS[3+i]
+-- ARGV[6]    rpm               the alias's requests per minute, or '' for none
+-- ARGV[7]    tpm               the alias's tokens per minute, or '' for none
+-- ARGV[7+i]  name of the domain in KEYS[3+i]
 --
 -- Reply: {'ok', effective_max, events}
 --        {'stale', names...} when the index holds domains the caller did not
@@ -22,10 +25,12 @@
 local now = clock(ARGV[1])
 local alias, max_parallel = ARGV[2], ARGV[3]
 local idle_ms, events_maxlen = tonumber(ARGV[4]), ARGV[5]
+local alias_budget = {rpm = ARGV[6], tpm = ARGV[7]}
 local alias_field = 'alias:' .. alias
+local ARGS = 7
 
 local passed = {}
-for i = 6, #ARGV do passed[ARGV[i]] = true end
+for i = ARGS + 1, #ARGV do passed[ARGV[i]] = true end
 local members = redis.call('SMEMBERS', KEYS[2])
 for _, name in ipairs(members) do
   if not passed[name] then
@@ -37,12 +42,26 @@ end
 local flat = redis.call('HGETALL', KEYS[1])
 local old_max = nil
 local emax = tonumber(max_parallel)
+-- The least budget over the aliases, this one's new value included.
+local least = {rpm = tonumber(alias_budget.rpm), tpm = tonumber(alias_budget.tpm)}
+local cap = {}
 for i = 1, #flat, 2 do
   local field, raw = flat[i], flat[i + 1]
-  if field == 'effective_max' or (string.sub(field, 1, 6) == 'alias:' and field ~= alias_field) then
+  local prefix, name = string.match(field, '^(%l+):(.*)$')
+  local budget_field = (prefix == 'rpm' or prefix == 'tpm') and name ~= alias
+  if field == 'effective_max' or (prefix == 'alias' and name ~= alias) or budget_field
+      or string.find(field, '^[rt]pm_heard$') or field == 'rpm' or field == 'tpm' then
     local v, err = parse(KEYS[1], field, raw, 'pos')
     if not v then return redis.error_reply(err) end
-    if field == 'effective_max' then old_max = v else emax = math.min(emax, v) end
+    if field == 'effective_max' then
+      old_max = v
+    elseif prefix == 'alias' then
+      emax = math.min(emax, v)
+    elseif budget_field then
+      least[prefix] = math.min(least[prefix] or v, v)
+    else
+      cap[field] = v
+    end
   end
 end
 
@@ -55,8 +74,22 @@ end
 
 redis.call('HSET', KEYS[1], alias_field, max_parallel, 'effective_max', fmt(emax))
 if old_max ~= emax then emit('*', 'effective_max', old_max or 0, emax) end
+for _, name in ipairs({'rpm', 'tpm'}) do
+  if alias_budget[name] ~= '' then
+    redis.call('HSET', KEYS[1], name .. ':' .. alias, alias_budget[name])
+  else
+    redis.call('HDEL', KEYS[1], name .. ':' .. alias)
+  end
+  if least[name] then
+    redis.call('HSET', KEYS[1], name .. '_registered', fmt(least[name]))
+  else
+    redis.call('HDEL', KEYS[1], name .. '_registered')
+  end
+  cap[name .. '_registered'] = least[name]
+end
+budget.settle_limits(KEYS[1], cap)
 for i = 4, #KEYS do
-  local name, d = ARGV[i + 2], domains[i]
+  local name, d = ARGV[i + ARGS - 3], domains[i]
   if not d then
     redis.call('SREM', KEYS[2], name)
   elseif d.current_limit > emax then

@@ -8,6 +8,7 @@
 -- KEYS[6] queue zset     <ns>:{<provider>/<model>}:<domain>:queue
 -- KEYS[7] beats zset     <ns>:{<provider>/<model>}:<domain>:beats
 -- KEYS[8] ticket counter <ns>:{<provider>/<model>}:<domain>:tickets
+-- KEYS[9] budget hash    <ns>:{<provider>/<model>}:cap:budget (see _budget.lua)
 --
 -- ARGV[1]  now               seconds, or '' for the server's TIME
 -- ARGV[2]  domain            the domain's name
@@ -37,11 +38,25 @@
 --                            lease_ttl serves, unless a renewal moved it)
 -- ARGV[19] next_id           a new lease id to take the next slot with, in the same
 --                            call (a worker's loop: one round trip per request), or ''
+-- ARGV[20] tokens            tokens the request used (a success), or '' for what the
+--                            lease reserved (its id's '.t<n>')
+-- ARGV[21] heard_rpm         the provider's limits and what it said is left, from
+-- ARGV[22] heard_tpm         the response's headers; '' for what it did not say
+-- ARGV[23] heard_requests
+-- ARGV[24] heard_tokens
 --
 -- A slot given back goes to the longest waiting live waiter, who is woken on
 -- its process's channel; during a cooldown the first waiter is told when it
 -- ends instead. The next slot (next_id) is taken as a 'try' acquire would:
--- only when nobody waits, outside a cooldown, under the limit.
+-- only when nobody waits, outside a cooldown, under the limit and the budget.
+--
+-- The reservation of a released lease is settled: a success gives back what
+-- it reserved beyond what it used (or is charged the excess); a 429 gives its
+-- tokens back (a refused request used none) and keeps its request (providers
+-- count refused requests); a failure keeps both (it may have been served in
+-- part); a give-back ('abandon') returns both. The heard limits become the
+-- budget in force when they are lower than the registered one; what the
+-- provider says is left corrects the buckets down.
 --
 -- Reply: {released, state, events, registered, next}
 --   released 1 when this call gave the slot back; 0 when the lease was already
@@ -65,17 +80,36 @@ local cfg = {
 local idle_ms, events_maxlen = tonumber(ARGV[12]), ARGV[13]
 local wake_prefix, publish, claim_ttl = ARGV[15], ARGV[16], tonumber(ARGV[17])
 local granted_when = tonumber(ARGV[18])
-local next_id = ARGV[19]
+local next_id, used = ARGV[19], tonumber(ARGV[20])
+local heard = {rpm = tonumber(ARGV[21]), tpm = tonumber(ARGV[22])}
+local heard_requests, heard_tokens = tonumber(ARGV[23]), tonumber(ARGV[24])
 
-local emax, err = read_max(KEYS[1])
+local cap, err = budget.read_cap(KEYS[1])
 if err then return redis.error_reply(err) end
+local emax = cap.effective_max
 local registered = emax ~= nil
+local b
+b, err = budget.load(cap, KEYS[9], now, heard.rpm or heard.tpm)
+if err then return redis.error_reply(err) end
 
 local d
 d, err = load_domain(KEYS[2])
 if err then return redis.error_reply(err) end
 
+if registered and (heard.rpm or heard.tpm) then  -- a budget learned belongs with a registration
+  for _, name in ipairs({'rpm', 'tpm'}) do
+    local field = name .. '_heard'
+    if heard[name] and heard[name] ~= cap[field] then
+      redis.call('HSET', KEYS[1], field, fmt(heard[name]))
+      cap[field] = heard[name]
+    end
+  end
+  budget.settle_limits(KEYS[1], cap)
+end
+b = budget.limits(b, cap, now)
+
 local q = queue_of(KEYS[6], KEYS[7], KEYS[8], KEYS[3], wake_prefix, publish, idle_ms, claim_ttl)
+q.budget = b
 local released, granted_at = 0, nil
 if d then reap(domain, d, KEYS[3], now) end
 -- The lease's score is its expiry (a live lease), or minus the expiry of a
@@ -95,7 +129,21 @@ if outcome == 'abandon' then
     expire_new(idle_ms, KEYS[3])
   end
 end
-if not d then return {released, '', {}, registered and 1 or 0, ''} end
+if released == 1 then
+  local reserved = budget.tokens_of(lease_id)
+  if outcome == 'abandon' then
+    budget.give(b, 1, reserved)
+  elseif outcome == 'rate_limited' then
+    budget.give(b, 0, reserved)
+  elseif outcome == 'success' and used then
+    budget.give(b, 0, reserved - used)
+  end
+end
+budget.heard_left(domain, b, heard_requests, heard_tokens)
+if not d then
+  budget.save(b, idle_ms)
+  return {released, '', flush_events(KEYS[5], now, events_maxlen, idle_ms), registered and 1 or 0, ''}
+end
 -- A registration Redis lost (deleted, evicted) is unknown, not 1: the limit
 -- stays where it is, and only a 429 moves it (down), until the client that
 -- reads this reply registers again.
@@ -133,16 +181,18 @@ d.waiters = queued
 local next_expiry = ''
 if next_id ~= '' and registered and queued == 0 and now >= d.blocked_until then
   rules.ramp(domain, d, now, emax, cfg.rampup_seconds)
-  local expiry = fmt(now + cfg.lease_ttl)
-  if d.in_flight < d.current_limit and take_lease(d, KEYS[3], next_id, expiry, idle_ms) then
+  local expiry, tokens = fmt(now + cfg.lease_ttl), budget.tokens_of(next_id)
+  if d.in_flight < d.current_limit and budget.fits(b, tokens) and budget.wait(b, tokens) == 0
+      and take_lease(d, KEYS[3], next_id, expiry, idle_ms, b) then
     next_expiry = expiry
   end
 end
 save_domain(KEYS[2], d)
+budget.save(b, idle_ms)
 if handoff_expiry then
   publish_handoffs(q, d, handoff_expiry)
   notify_head_of_cooldown(q, d, now)
 end
 local flat_events = flush_events(KEYS[5], now, events_maxlen, idle_ms)
-touch(idle_ms, KEYS[2], KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
+touch(idle_ms, KEYS[2], KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], b and KEYS[9])
 return {released, state_text(d), flat_events, registered and 1 or 0, next_expiry}

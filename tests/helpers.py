@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import redis
 
-from aimd_redis import Denied, DomainState, Lease, Throttle
+from aimd_redis import Denied, DomainState, Lease, LimitEvent, Throttle
 
 P, M = "openai", "gpt-4o"
 
@@ -79,3 +79,18 @@ async def wait_until_async(
     while not await condition():
         assert time.monotonic() < deadline, what
         await asyncio.sleep(0.01)
+
+
+def events_of(client: redis.Redis, model: str = M) -> list[LimitEvent]:
+    """The model's event stream, oldest first."""
+    return [
+        LimitEvent(
+            provider_name=P,
+            model_id=model,
+            domain=f[b"domain"].decode(),
+            event=f[b"event"].decode(),
+            old=float(f[b"from"]),
+            new=float(f[b"to"]),
+        )
+        for _, f in client.xrange(f"aimd:{{{P}/{model}}}:events")
+    ]

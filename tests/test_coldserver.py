@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import email.utils
+import json
+import re
 import subprocess
 import sys
 import time
 
 import httpx
 import pytest
+from aiohttp import web
 
-from aimd_redis.demo.coldserver import ColdServer, ServerSettings, _State
+from aimd_redis.demo.coldserver import (
+    ColdServer,
+    ServerSettings,
+    _chat_prompt_tokens,
+    _input_tokens,
+    _most_completion_tokens,
+    _State,
+    go_duration,
+)
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -52,6 +64,10 @@ def test_a_raised_peak_applies_during_and_after_the_warm_up() -> None:
         {"service_seconds": float("nan")},
         {"error_rate": 2},
         {"retry_after_form": "x"},
+        {"requests_per_minute": 0},
+        {"tokens_per_minute": 0},
+        {"completion_tokens": 0},
+        {"rate_limit_headers": "x"},
     ],
 )
 def test_settings_are_checked(bad: dict[str, object]) -> None:
@@ -139,3 +155,262 @@ def test_the_cold_server_command() -> None:
     bad = subprocess.run([*command[:3], "cold-server", "--peak", "0"], capture_output=True, text=True)
     assert bad.returncode == 1
     assert "peak must be at least 1" in bad.stderr
+
+
+# -- budgets -------------------------------------------------------------------
+
+
+def _wait(state: _State, cost: int, now: float) -> tuple[str, object]:
+    """What holds a request back, and for how long (typed for comparing with approx)."""
+    over = state.over_budget(cost, now)
+    assert over is not None
+    return over
+
+
+def _remaining(state: _State, now: float) -> tuple[str, str]:
+    headers = state.rate_limit_headers(now)
+    return headers["x-ratelimit-remaining-requests"], headers["x-ratelimit-remaining-tokens"]
+
+
+def test_a_budget_refills_continuously_up_to_one_minutes_worth() -> None:
+    state = _State(ServerSettings(requests_per_minute=60, tokens_per_minute=600))  # 1 and 10 a second
+    assert state.over_budget(600, 0.0) is None  # starts full
+    state.charge(600, 0.0)
+    assert _remaining(state, 0.0) == ("59", "0")
+    assert state.over_budget(10, 0.0) == ("tokens", 1.0)
+    assert _wait(state, 10, 0.5) == ("tokens", pytest.approx(0.5))
+    assert _remaining(state, 0.75) == ("59", "7")  # 7.5 tokens back: whole ones count
+    assert state.over_budget(10, 1.0) is None
+    assert _remaining(state, 1000.0) == ("60", "600")  # never more than a minute's worth
+    assert state.rate_limit_headers(1000.0)["x-ratelimit-reset-tokens"] == "0s"
+    assert state.tokens_served == 600
+
+
+def test_a_request_waits_for_the_budget_that_holds_it_back_longest() -> None:
+    state = _State(ServerSettings(requests_per_minute=2, tokens_per_minute=1200))  # 1 per 30 s; 20 tokens a second
+    state.charge(10, 0.0)
+    state.charge(10, 0.0)
+    assert state.over_budget(10, 0.0) == ("requests", 30.0)
+    headers = state.rate_limit_headers(15.0)
+    assert (headers["x-ratelimit-reset-requests"], headers["x-ratelimit-reset-tokens"]) == ("45s", "0s")
+    assert _wait(state, 1190, 29.0) == ("requests", pytest.approx(1.0))
+    assert state.over_budget(1190, 30.0) is None
+    assert state.over_budget(1201, 1000.0) == ("tokens", float("inf"))  # more than a minute's worth: never
+
+
+def test_budgets_can_be_changed() -> None:
+    state = _State(ServerSettings(tokens_per_minute=600))
+    assert "x-ratelimit-limit-requests" not in state.rate_limit_headers(0.0)
+    state.set_budget(10.0, tokens_per_minute=60)  # a lower limit caps what is left
+    assert state.limits() == {"requests_per_minute": None, "tokens_per_minute": 60}
+    assert state.rate_limit_headers(10.0)["x-ratelimit-remaining-tokens"] == "60"
+    state.charge(60, 10.0)
+    state.set_budget(10.0, requests_per_minute=5, tokens_per_minute=6000)  # a higher one refills faster, from here
+    assert _remaining(state, 10.5) == ("5", "50")  # the new requests budget starts full
+    state.set_budget(11.0, requests_per_minute=None)
+    assert state.limits() == {"requests_per_minute": None, "tokens_per_minute": 6000}
+
+
+def test_an_answer_is_between_half_and_all_of_its_maximum_and_the_same_per_seed() -> None:
+    def draws(seed: int) -> list[int]:
+        state = _State(ServerSettings(seed=seed))
+        return [state.completion_tokens(most) for most in (1, 2, 3, 100, 100, 100, 0)]
+
+    assert draws(5) == draws(5) != draws(6)
+    ones, twos, threes, *hundreds, none = draws(5)
+    assert (ones, none) == (1, 0)
+    assert 1 <= twos <= 2
+    assert 2 <= threes <= 3
+    assert all(50 <= n <= 100 for n in hundreds)
+
+
+def test_a_requests_tokens_are_counted_four_characters_a_token() -> None:
+    messages = [
+        {"role": "system", "content": "x" * 10},
+        {"role": "user", "content": [{"type": "text", "text": "y" * 5}, {"type": "image_url", "image_url": {}}]},
+        {"role": "assistant", "content": None},
+    ]
+    assert _chat_prompt_tokens(messages) == 4  # 15 characters
+    assert (_chat_prompt_tokens([]), _chat_prompt_tokens("nonsense")) == (0, 0)
+    assert [_input_tokens(x) for x in ("abcde", ["abcd", "e"], "", [1, 2, 3], [[1, 2], [3]])] == [2, 2, 0, 3, 3]
+    assert _most_completion_tokens({"max_tokens": 9, "max_completion_tokens": 7}, 64) == 7
+    assert (_most_completion_tokens({"max_tokens": 9}, 64), _most_completion_tokens({}, 64)) == (9, 64)
+    with pytest.raises(web.HTTPBadRequest):
+        _most_completion_tokens({"max_tokens": 0}, 64)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (0.0004, "0s"),
+        (0.12, "120ms"),
+        (0.9994, "999ms"),
+        (1, "1s"),
+        (17.28, "17.28s"),
+        (59.9996, "1m0s"),
+        (90.5, "1m30.5s"),
+        (360, "6m0s"),
+        (3600, "1h0m0s"),
+        (3723.25, "1h2m3.25s"),
+    ],
+)
+def test_durations_are_written_as_go_writes_them(seconds: float, text: str) -> None:
+    assert go_duration(seconds) == text
+
+
+def _chat(max_tokens: int, chars: int = 40, **extra: object) -> dict[str, object]:
+    return {"model": "m", "messages": [{"role": "user", "content": "x" * chars}], "max_tokens": max_tokens, **extra}
+
+
+def test_openai_rate_limit_headers_and_usage() -> None:
+    settings = ServerSettings(warmup_seconds=0, service_seconds=0.01, requests_per_minute=10, tokens_per_minute=1000)
+    with ColdServer(settings) as server, httpx.Client(base_url=server.url) as client:
+        answer = client.post("/v1/chat/completions", json=_chat(20))  # 10 tokens of prompt
+        usage = answer.json()["usage"]
+        assert usage["prompt_tokens"] == 10
+        assert 10 <= usage["completion_tokens"] <= 20
+        assert usage["total_tokens"] == 10 + usage["completion_tokens"]
+        # The buckets were full: what is left after the charge is exact.
+        assert {k: v for k, v in answer.headers.items() if k.startswith("x-ratelimit")} == {
+            "x-ratelimit-limit-requests": "10",
+            "x-ratelimit-remaining-requests": "9",
+            "x-ratelimit-reset-requests": "6s",
+            "x-ratelimit-limit-tokens": "1000",
+            "x-ratelimit-remaining-tokens": str(1000 - usage["total_tokens"]),
+            "x-ratelimit-reset-tokens": go_duration(usage["total_tokens"] * 60 / 1000),
+        }
+
+        with client.stream(
+            "POST", "/v1/chat/completions", json=_chat(8, stream=True, stream_options={"include_usage": True})
+        ) as s:
+            assert s.headers["x-ratelimit-remaining-requests"] == "8"
+            events = [line.removeprefix("data: ") for line in s.iter_lines() if line]
+        *chunks, last, done = events
+        assert done == "[DONE]"
+        final = json.loads(last)
+        assert (final["choices"], final["usage"]["prompt_tokens"]) == ([], 10)
+        assert 4 <= final["usage"]["completion_tokens"] <= 8
+        assert all(json.loads(c)["usage"] is None for c in chunks)
+        with client.stream("POST", "/v1/chat/completions", json=_chat(8, stream=True)) as s:
+            plain = [json.loads(line[6:]) for line in s.iter_lines() if line and line != "data: [DONE]"]
+        assert plain
+        assert all("usage" not in c and c["choices"] for c in plain)
+
+        embedded = client.post("/v1/embeddings", json={"model": "e", "input": ["abcd", "efghi"]}).json()
+        assert embedded["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
+
+    records = server.records()
+    assert records[0].tokens == usage["total_tokens"]
+    assert records[1].tokens == final["usage"]["total_tokens"]
+    assert server.stats().tokens_served == sum(r.tokens for r in records)
+
+
+def test_a_burst_above_the_rpm_gets_429s_that_say_when_to_retry() -> None:
+    settings = ServerSettings(warmup_seconds=0, service_seconds=0.01, requests_per_minute=3)  # 1 per 20 s
+    with ColdServer(settings) as server, httpx.Client(base_url=server.url) as client:
+        answers = [client.post("/v1/chat/completions", json=CHAT) for _ in range(5)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429, 429]
+    assert [a.headers["x-ratelimit-remaining-requests"] for a in answers] == ["2", "1", "0", "0", "0"]
+    refused = answers[3]
+    assert 19_000 < int(refused.headers["retry-after-ms"]) <= 20_000  # one request back in 20 s
+    assert refused.headers["retry-after"] == "20"
+    assert re.fullmatch(r"59\.\d+s|1m0s", refused.headers["x-ratelimit-reset-requests"])
+    assert "x-ratelimit-limit-tokens" not in refused.headers
+    error = refused.json()["error"]
+    assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
+    assert "Limit 3, Used 3" in error["message"]
+    stats = server.stats()
+    assert (stats.served, stats.rejected, stats.budget_refusals, stats.max_concurrency) == (3, 2, 2, 1)
+    assert [r.tokens > 0 for r in server.records()] == [True, True, True, False, False]
+
+
+def test_a_request_that_waits_as_told_then_fits() -> None:
+    settings = ServerSettings(warmup_seconds=0, embedding_seconds=0.01, tokens_per_minute=60_000)  # 1000 a second
+    with ColdServer(settings) as server, httpx.Client(base_url=server.url) as client:
+
+        def embed(tokens: int) -> httpx.Response:
+            return client.post("/v1/embeddings", json={"model": "e", "input": "x" * (4 * tokens)})
+
+        assert embed(59_900).status_code == 200  # 100 tokens left
+        refused = embed(200)  # 100 short: 0.1 s
+        assert refused.status_code == 429
+        assert refused.json()["error"]["type"] == "tokens"
+        wait = int(refused.headers["retry-after-ms"]) / 1000
+        assert 0.05 < wait <= 0.1
+        time.sleep(wait)
+        assert embed(200).status_code == 200
+        too_large = embed(60_001)
+        assert (too_large.status_code, too_large.headers["retry-after-ms"]) == (429, "60000")
+        assert "Request too large" in too_large.json()["error"]["message"]
+        assert server.stats().budget_refusals == 2
+
+
+def test_anthropic_rate_limit_headers() -> None:
+    settings = ServerSettings(
+        warmup_seconds=0,
+        service_seconds=0.01,
+        requests_per_minute=1,
+        tokens_per_minute=100,
+        rate_limit_headers="anthropic",
+    )
+    with ColdServer(settings) as server, httpx.Client(base_url=server.url) as client:
+        served = client.post("/v1/chat/completions", json=_chat(10))
+        refused = client.post("/v1/chat/completions", json=_chat(10))
+    assert (served.status_code, refused.status_code) == (200, 429)
+    total = served.json()["usage"]["total_tokens"]
+    for answer in (served, refused):
+        h = answer.headers
+        assert not any(k.startswith("x-ratelimit") for k in h)
+        assert (h["anthropic-ratelimit-requests-limit"], h["anthropic-ratelimit-requests-remaining"]) == ("1", "0")
+        assert h["anthropic-ratelimit-tokens-limit"] == "100"
+        reset = datetime.datetime.fromisoformat(h["anthropic-ratelimit-requests-reset"].replace("Z", "+00:00"))
+        assert reset.timestamp() - time.time() == pytest.approx(60, abs=2)
+    assert served.headers["anthropic-ratelimit-tokens-remaining"] == str(100 - total)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", served.headers["anthropic-ratelimit-tokens-reset"])
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ServerSettings(warmup_seconds=0, service_seconds=0.01),
+        ServerSettings(warmup_seconds=0, service_seconds=0.01, requests_per_minute=1, rate_limit_headers="none"),
+    ],
+    ids=["no budget", "no headers"],
+)
+def test_no_rate_limit_headers(settings: ServerSettings) -> None:
+    with ColdServer(settings) as server, httpx.Client(base_url=server.url) as client:
+        answers = [client.post("/v1/chat/completions", json=CHAT) for _ in range(2)]
+    budgeted = settings.requests_per_minute is not None
+    assert [a.status_code for a in answers] == [200, 429 if budgeted else 200]
+    assert not [k for a in answers for k in a.headers if "ratelimit" in k]
+
+
+def test_a_capacity_refusal_tells_the_budget_but_does_not_charge_it() -> None:
+    settings = ServerSettings(peak=1, warmup_seconds=0, service_seconds=0.3, requests_per_minute=10)
+    with (
+        ColdServer(settings) as server,
+        httpx.Client(base_url=server.url) as client,
+        client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}),
+    ):
+        refused = client.post("/v1/chat/completions", json=CHAT)
+    assert refused.status_code == 429
+    assert (refused.headers["retry-after-ms"], refused.headers["x-ratelimit-remaining-requests"]) == ("500", "9")
+    stats = server.stats()
+    assert (stats.rejected, stats.budget_refusals) == (1, 0)
+
+
+def test_the_budget_can_be_changed_over_http() -> None:
+    settings = ServerSettings(warmup_seconds=0, service_seconds=0.01)
+    with ColdServer(settings) as server, httpx.Client(base_url=server.url) as client:
+        changed = client.post("/admin/budget", json={"requests_per_minute": 1})
+        assert changed.json() == {"requests_per_minute": 1, "tokens_per_minute": None}
+        assert [client.post("/v1/chat/completions", json=CHAT).status_code for _ in range(2)] == [200, 429]
+        client.post("/admin/budget", json={"requests_per_minute": None, "tokens_per_minute": 1000})
+        answer = client.post("/v1/chat/completions", json=CHAT)
+        assert (answer.status_code, answer.headers["x-ratelimit-limit-tokens"]) == (200, "1000")
+        assert "x-ratelimit-limit-requests" not in answer.headers
+        for bad in ({"requests_per_minute": 0}, {"tokens_per_minute": "5"}, {"rpm": 5}):
+            assert client.post("/admin/budget", json=bad).status_code == 400
+        with pytest.raises(ValueError, match="tokens_per_minute"):
+            server.set_budget(tokens_per_minute=0)

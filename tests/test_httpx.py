@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import email.utils
+import gzip
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import pytest
 import redis
 
 from aimd_redis import AsyncThrottle, DomainState, InvalidArgumentError, Throttle, ThrottleConfig
+from aimd_redis._http import UsageReader
 from aimd_redis.demo.coldserver import ColdServer, RetryAfterForm, ServerSettings
 from aimd_redis.demo.embedded import _free_port
 from aimd_redis.httpx import AimdTransport, AsyncAimdTransport, openai_router, retry_after_seconds
@@ -250,3 +254,77 @@ def test_without_httpx_the_import_names_the_extra_to_install() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "pip install 'aimd-redis[httpx]'" in done.stderr
+
+
+def _budget_left(r: redis.Redis) -> dict[str, float]:
+    return {k.decode(): float(v) for k, v in r.hgetall(f"aimd:{{local/{MODEL}}}:cap:budget").items()}
+
+
+def test_the_transport_learns_the_budget_from_the_headers(throttle: Throttle, real_redis: redis.Redis) -> None:
+    with cold_server(tokens_per_minute=6000, requests_per_minute=60) as s, _client(throttle, s.url) as client:
+        assert client.post("/v1/chat/completions", json={**BODY, "max_tokens": 100}).status_code == 200
+        served = s.stats().tokens_served
+    cap = {k.decode(): v.decode() for k, v in real_redis.hgetall(f"aimd:{{local/{MODEL}}}:cap").items()}
+    assert (cap["rpm"], cap["tpm"], cap["rpm_heard"], cap["tpm_heard"]) == ("60", "6000", "60", "6000")
+    left = _budget_left(real_redis)
+    # Corrected down to what the server said was left after this request
+    # (plus the refill since: 100 tokens a second).
+    assert 6000 - served <= left["tokens"] < 6000 - served + 50
+    assert left["requests"] == pytest.approx(59, abs=0.1)
+
+
+@pytest.mark.parametrize(
+    ("stream", "include_usage"), [(False, False), (True, True), (True, False)], ids=["json", "stream", "no-usage"]
+)
+def test_the_answers_usage_settles_the_reservation(
+    throttle: Throttle, monkeypatch: pytest.MonkeyPatch, stream: bool, include_usage: bool
+) -> None:
+    settled: list[int | None] = []
+    release_call = throttle._core.release_call
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        settled.append(args[6] if len(args) > 6 else kwargs.get("tokens"))
+        return release_call(*args, **kwargs)
+
+    monkeypatch.setattr(throttle._core, "release_call", spy)
+    body = {**BODY, "max_tokens": 100, "stream": stream, "stream_options": {"include_usage": include_usage}}
+    with (
+        cold_server() as s,
+        _client(throttle, s.url) as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        text = response.read()
+    used = None
+    if not stream:
+        used = json.loads(text)["usage"]["total_tokens"]
+    elif include_usage:
+        last = [line for line in text.split(b"\n") if line.startswith(b"data: {")][-1]
+        used = json.loads(last[6:])["usage"]["total_tokens"]
+    assert settled == [used]  # no usage in the answer: the estimate stands as used
+    if stream and include_usage:
+        assert used is not None
+
+
+def test_a_request_above_the_learned_budget_waits_for_it(throttle: Throttle) -> None:
+    small = {**BODY, "max_tokens": 50}
+    with cold_server(tokens_per_minute=600) as s, _client(throttle, s.url) as client:
+        assert client.post("/v1/chat/completions", json=small).status_code == 200
+        # The fleet knows the budget now: a request that cannot fit in a minute is refused before it is sent.
+        with pytest.raises(Exception, match="can never fit"):
+            client.post("/v1/chat/completions", json={**BODY, "max_tokens": 700})
+        assert s.stats().requests == 1
+
+
+def test_usage_is_read_through_gzip_but_not_from_an_unknown_encoding() -> None:
+    answer = b'{"usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}'
+    packed = gzip.compress(answer)
+    reader = UsageReader(httpx.Headers({"content-encoding": "gzip", "content-type": "application/json"}))
+    for i in range(0, len(packed), 3):
+        reader.feed(packed[i : i + 3])
+    assert reader.tokens == 12
+    unknown = UsageReader(httpx.Headers({"content-encoding": "br"}))
+    unknown.feed(answer)
+    assert unknown.tokens is None
+    broken = UsageReader(httpx.Headers({"content-encoding": "gzip"}))
+    broken.feed(answer)  # not gzip at all
+    assert broken.tokens is None

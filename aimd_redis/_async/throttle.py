@@ -10,8 +10,9 @@ import logging
 import secrets
 import time
 import warnings
+from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import redis.exceptions
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -22,6 +23,7 @@ from aimd_redis._async.background import Periodic
 from aimd_redis._async.fallback import LocalLimit
 from aimd_redis._async.synchronization import blocking_a_running_loop, run_to_the_end, sleep
 from aimd_redis._async.waker import CONFIRM_SECONDS, Waker
+from aimd_redis._provider import read_rate_limit_headers
 from aimd_redis.config import FailOpen, ThrottleConfig
 from aimd_redis.core import (
     REGISTER_ATTEMPTS,
@@ -34,6 +36,7 @@ from aimd_redis.core import (
     parse_effective_max,
     parse_state,
     socket_timeout_of,
+    tokens_of,
 )
 from aimd_redis.errors import (
     AcquireTimeout,
@@ -76,6 +79,12 @@ RESEND_SECONDS = 1.0
 #: Connections a client built from a URL opens at most (its wake-up channel
 #: included); more calls at once wait their turn.
 MAX_CONNECTIONS = 32
+
+
+class _Registration(NamedTuple):
+    max_parallel: int
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
 
 
 class AsyncThrottle:
@@ -140,7 +149,7 @@ class AsyncThrottle:
         self._functions = not cluster
         # What this process registered, to register again when Redis forgot
         # the model (idle expiry, or a restart that lost the data).
-        self._registrations: dict[tuple[str, str], dict[str, int]] = {}
+        self._registrations: dict[tuple[str, str], dict[str, _Registration]] = {}
         # Leases this process holds, renewed in the background every third of
         # their ttl, so only a dead process's slots ever expire.
         self._held: dict[str, AsyncLease] = {}
@@ -212,23 +221,31 @@ class AsyncThrottle:
         model_id: str,
         alias: str,
         max_parallel_requests: int,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
         now: float | None = None,
     ) -> int:
-        """Record ``alias``'s max for the model; return the model's effective max.
+        """Record ``alias``'s max (and budget, if it sets one) for the model;
+        return the model's effective max.
 
         The effective max is the minimum over the model's aliases; a lower
-        value clamps the model's existing domains down at once.
+        value clamps the model's existing domains down at once. The model's
+        budget is the least over the aliases that set one, shared by all its
+        domains (and lowered further by what the provider's headers say).
         """
-        emax = await self._register(provider_name, model_id, alias, max_parallel_requests, now)
-        self._registrations.setdefault((provider_name, model_id), {})[alias] = max_parallel_requests
+        registration = _Registration(max_parallel_requests, requests_per_minute, tokens_per_minute)
+        emax = await self._register(provider_name, model_id, alias, registration, now)
+        self._registrations.setdefault((provider_name, model_id), {})[alias] = registration
         return emax
 
     async def _register(
-        self, provider_name: str, model_id: str, alias: str, max_parallel: int, now: float | None
+        self, provider_name: str, model_id: str, alias: str, registration: _Registration, now: float | None
     ) -> int:
         domains: list[str] = []
         for _ in range(REGISTER_ATTEMPTS):
-            call = self._core.register_call(provider_name, model_id, alias, max_parallel, now, domains)
+            call = self._core.register_call(
+                provider_name, model_id, alias, registration.max_parallel, now, domains, *registration[1:]
+            )
             result = self._core.parse_register(provider_name, model_id, await self._run(call))
             if isinstance(result, int):
                 return result
@@ -240,8 +257,8 @@ class AsyncThrottle:
         if not aliases:
             return False
         logger.info("%s/%s: Redis has no registration (expired or lost); registering again", provider_name, model_id)
-        for alias, max_parallel in aliases.items():
-            await self._register(provider_name, model_id, alias, max_parallel, now)
+        for alias, registration in aliases.items():
+            await self._register(provider_name, model_id, alias, registration, now)
         return True
 
     async def _restore_quietly(self, ref: LeaseRef) -> None:
@@ -269,13 +286,15 @@ class AsyncThrottle:
         return parse_state(key, fields)
 
     async def try_acquire(
-        self, *, provider_name: str, model_id: str, domain: str, now: float | None = None
+        self, *, provider_name: str, model_id: str, domain: str, tokens: int = 0, now: float | None = None
     ) -> AsyncLease | Denied:
         """Take a slot if one is free now, else say why not and how long to wait.
 
-        Never queues, and never takes a slot a queued waiter is owed."""
+        Never queues, and never takes a slot a queued waiter is owed. With a
+        budget, the slot comes with one request and ``tokens`` (the request's
+        estimate) of the model's budget, or not at all."""
         call, ref = self._core.acquire_call(
-            provider_name, model_id, domain, now, self._core.new_lease_id(self._client_id)
+            provider_name, model_id, domain, now, self._core.new_lease_id(self._client_id, tokens)
         )
         try:
             result = await self._acquire_once(call, ref, now)
@@ -382,7 +401,7 @@ class AsyncThrottle:
             )
 
     async def acquire(
-        self, *, provider_name: str, model_id: str, domain: str, timeout: float | None = None
+        self, *, provider_name: str, model_id: str, domain: str, tokens: int = 0, timeout: float | None = None
     ) -> AsyncLease:
         """Wait for a slot; ``timeout=None`` waits for ever, ``0`` fails at once.
 
@@ -390,16 +409,21 @@ class AsyncThrottle:
         is handed to the longest waiting one, which is woken on its process's
         channel. Raises AcquireTimeout when no slot came in time; never sleeps
         past the deadline, and leaves the queue on timeout or cancellation.
+        ``tokens`` are reserved with the slot as in ``try_acquire``; a request
+        larger than the model's whole budget per minute raises
+        RequestTooLargeError at once.
         """
         limit = check_timeout(timeout)
         if limit == 0:
-            result = await self.try_acquire(provider_name=provider_name, model_id=model_id, domain=domain)
+            result = await self.try_acquire(
+                provider_name=provider_name, model_id=model_id, domain=domain, tokens=tokens
+            )
             if isinstance(result, Denied):
                 raise self._timed_out(timeout, provider_name, model_id, domain, result.reason, result.state)
             return result
         started = time.monotonic()
         try:
-            lease = await self._wait_in_queue(provider_name, model_id, domain, timeout, limit, started)
+            lease = await self._wait_in_queue(provider_name, model_id, domain, tokens, timeout, limit, started)
         except RedisUnavailableError as exc:
             left = None if limit is None else max(0.0, limit - (time.monotonic() - started))
             got = await self._open_fallback(provider_name, model_id, domain, left, exc)
@@ -411,10 +435,17 @@ class AsyncThrottle:
         return lease
 
     async def _wait_in_queue(
-        self, provider_name: str, model_id: str, domain: str, timeout: float | None, limit: float | None, started: float
+        self,
+        provider_name: str,
+        model_id: str,
+        domain: str,
+        tokens: int,
+        timeout: float | None,
+        limit: float | None,
+        started: float,
     ) -> AsyncLease:
         deadline = None if limit is None else started + limit
-        lease_id = self._core.new_lease_id(self._client_id)
+        lease_id = self._core.new_lease_id(self._client_id, tokens)
         # Built (and the names checked) first: a bad name has nothing to give back.
         call, ref = self._core.acquire_call(provider_name, model_id, domain, None, lease_id, wait=True)
         if self._waker is not None:
@@ -484,13 +515,21 @@ class AsyncThrottle:
             f"({why}, limit {state.current_limit}, in flight {state.in_flight}, waiters {state.waiters})"
         )
 
-    def slot(self, *, provider_name: str, model_id: str, domain: str, timeout: float | None = None) -> AsyncSlot:
+    def slot(
+        self, *, provider_name: str, model_id: str, domain: str, tokens: int = 0, timeout: float | None = None
+    ) -> AsyncSlot:
         """Context manager around acquire: leaving the block reports success,
         unless an outcome was already reported; an exception reports failure."""
-        return AsyncSlot(self, provider_name, model_id, domain, timeout)
+        return AsyncSlot(self, provider_name, model_id, domain, tokens, timeout)
 
     async def _release(
-        self, lease: AsyncLease, outcome: Outcome, retry_after: float | None, now: float | None
+        self,
+        lease: AsyncLease,
+        outcome: Outcome,
+        retry_after: float | None,
+        now: float | None,
+        tokens: int | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> ReleaseResult:
         if lease.local is not None:  # taken while failing open: nothing to tell Redis
             if not lease.reported:
@@ -498,7 +537,7 @@ class AsyncThrottle:
                 lease.local.give()
                 return ReleaseResult(released=True, state=local_state(lease.local))
             return ReleaseResult(released=False, state=local_state(lease.local))
-        result, _ = await self._report(lease, outcome, retry_after, now, None)
+        result, _ = await self._report(lease, outcome, retry_after, now, None, tokens, headers)
         return result
 
     async def _report(
@@ -508,11 +547,15 @@ class AsyncThrottle:
         retry_after: float | None,
         now: float | None,
         next_ref: LeaseRef | None,
+        tokens: int | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[ReleaseResult, Grant | None]:
-        """Report the outcome; with ``next_ref``, take that next lease in the
+        """Report the outcome (with the tokens used and the response's
+        headers, if known); with ``next_ref``, take that next lease in the
         same call if a slot is free for it."""
         next_id = "" if next_ref is None else next_ref.lease_id
-        call = self._core.release_call(lease.ref, outcome, retry_after, now, lease.granted_at, next_id)
+        heard = None if headers is None else read_rate_limit_headers(headers)
+        call = self._core.release_call(lease.ref, outcome, retry_after, now, lease.granted_at, next_id, tokens, heard)
         self._held.pop(lease.id, None)  # reported: never renewed again, whatever comes of the call
         try:
             reply = await self._run(call)
@@ -525,7 +568,7 @@ class AsyncThrottle:
             plain = (
                 call
                 if next_ref is None
-                else self._core.release_call(lease.ref, outcome, retry_after, now, lease.granted_at)
+                else self._core.release_call(lease.ref, outcome, retry_after, now, lease.granted_at, "", tokens, heard)
             )
             self._keep_unsent(plain, lease.ref, exc)
             if next_ref is not None and not isinstance(exc, REFUSED_BEFORE_RUNNING):
@@ -542,7 +585,9 @@ class AsyncThrottle:
             await self._restore_quietly(lease.ref)
         return result, None if next_ref is None else self._core.parse_next(next_ref, reply)
 
-    async def _success_and_acquire(self, lease: AsyncLease, timeout: float | None) -> AsyncLease:
+    async def _success_and_acquire(
+        self, lease: AsyncLease, timeout: float | None, tokens: int | None, next_tokens: int
+    ) -> AsyncLease:
         check_timeout(timeout)
         ref = lease.ref
         if lease.local is None:
@@ -550,10 +595,10 @@ class AsyncThrottle:
                 provider_name=ref.provider_name,
                 model_id=ref.model_id,
                 domain=ref.domain,
-                lease_id=self._core.new_lease_id(self._client_id),
+                lease_id=self._core.new_lease_id(self._client_id, next_tokens),
             )
             try:
-                _, grant = await self._report(lease, "success", None, None, next_ref)
+                _, grant = await self._report(lease, "success", None, None, next_ref, tokens)
             except RedisUnavailableError:
                 if self._fail_open is None:
                     raise
@@ -564,7 +609,11 @@ class AsyncThrottle:
         else:
             await self._release(lease, "success", None, None)
         return await self.acquire(
-            provider_name=ref.provider_name, model_id=ref.model_id, domain=ref.domain, timeout=timeout
+            provider_name=ref.provider_name,
+            model_id=ref.model_id,
+            domain=ref.domain,
+            tokens=next_tokens,
+            timeout=timeout,
         )
 
     async def _renew_held(self) -> None:
@@ -660,25 +709,45 @@ class AsyncLease:
     def id(self) -> str:
         return self.ref.lease_id
 
-    async def success(self, now: float | None = None) -> ReleaseResult:
-        return await self._throttle._release(self, "success", None, now)
+    @property
+    def tokens(self) -> int:
+        """The tokens this lease reserved of the model's budget."""
+        return tokens_of(self.ref.lease_id)
 
-    async def success_and_acquire(self, *, timeout: float | None = None) -> AsyncLease:
-        """Report success and take the next slot of the same domain.
+    async def success(
+        self, now: float | None = None, *, tokens: int | None = None, headers: Mapping[str, str] | None = None
+    ) -> ReleaseResult:
+        """Report success. ``tokens``: what the request used (the response's
+        usage); the difference from the reservation goes back to the budget,
+        or is charged. ``headers``: the response's, whose rate-limit headers
+        teach the fleet the provider's budget and what is left of it."""
+        return await self._throttle._release(self, "success", None, now, tokens, headers)
+
+    async def success_and_acquire(
+        self, *, timeout: float | None = None, tokens: int | None = None, next_tokens: int = 0
+    ) -> AsyncLease:
+        """Report success (``tokens`` used, as ``success`` takes them) and take
+        the next slot of the same domain (reserving ``next_tokens``).
 
         In a worker's loop this is one round trip per request: the next slot
         comes back with the report when one is free and nobody is waiting
         (a queued waiter is always served first). Otherwise it waits as
         ``acquire(timeout=...)`` does; the success is reported either way."""
-        return await self._throttle._success_and_acquire(self, timeout)
+        return await self._throttle._success_and_acquire(self, timeout, tokens, next_tokens)
 
-    async def rate_limited(self, retry_after: float | None = None, now: float | None = None) -> ReleaseResult:
+    async def rate_limited(
+        self, retry_after: float | None = None, now: float | None = None, *, headers: Mapping[str, str] | None = None
+    ) -> ReleaseResult:
         """Report a 429. ``retry_after`` in seconds sets the cooldown; a
-        missing, non-positive or non-finite value means ``cooldown_seconds``."""
-        return await self._throttle._release(self, "rate_limited", retry_after, now)
+        missing, non-positive or non-finite value means ``cooldown_seconds``
+        (at most ``max_cooldown_seconds``). The reserved tokens go back to the
+        budget (a refused request used none); its request stays counted."""
+        return await self._throttle._release(self, "rate_limited", retry_after, now, None, headers)
 
-    async def failure(self, now: float | None = None) -> ReleaseResult:
-        return await self._throttle._release(self, "failure", None, now)
+    async def failure(self, now: float | None = None, *, headers: Mapping[str, str] | None = None) -> ReleaseResult:
+        """Report a failure (an error, a broken connection). The reservation
+        stays counted: the request may have been served in part."""
+        return await self._throttle._release(self, "failure", None, now, None, headers)
 
     async def renew(self, now: float | None = None) -> bool:
         """Push the expiry back by ``lease_ttl_seconds``; False if the lease is gone."""
@@ -693,17 +762,24 @@ class AsyncSlot:
     """What ``AsyncThrottle.slot`` returns."""
 
     def __init__(
-        self, throttle: AsyncThrottle, provider_name: str, model_id: str, domain: str, timeout: float | None
+        self,
+        throttle: AsyncThrottle,
+        provider_name: str,
+        model_id: str,
+        domain: str,
+        tokens: int,
+        timeout: float | None,
     ) -> None:
         self._throttle = throttle
         self._target = (provider_name, model_id, domain)
+        self._tokens = tokens
         self._timeout = timeout
         self._lease: AsyncLease | None = None
 
     async def __aenter__(self) -> AsyncLease:
         provider_name, model_id, domain = self._target
         self._lease = await self._throttle.acquire(
-            provider_name=provider_name, model_id=model_id, domain=domain, timeout=self._timeout
+            provider_name=provider_name, model_id=model_id, domain=domain, tokens=self._tokens, timeout=self._timeout
         )
         return self._lease
 

@@ -9,18 +9,29 @@ would exceed the capacity is answered at once with 429 and both
 ``retry-after-ms`` and ``Retry-After`` (as OpenAI does; other forms can be
 chosen). Every request is recorded.
 
-    with ColdServer(ServerSettings(peak=16, warmup_seconds=10)) as server:
+Like a hosted API it can also hold budgets, ``requests_per_minute`` and
+``tokens_per_minute``: token buckets of one minute's worth, refilled
+continuously. A request's tokens (its prompt at 4 characters a token, plus its
+answer's length) are charged at admission and reported in ``usage``; one that
+does not fit gets a 429 saying when it would, before the capacity is asked.
+A budgeted server's answers carry OpenAI's ``x-ratelimit-*`` headers (or
+Anthropic's ``anthropic-ratelimit-*``).
+
+    with ColdServer(ServerSettings(peak=16, warmup_seconds=10, tokens_per_minute=20_000)) as server:
         httpx.post(f"{server.url}/v1/chat/completions", json={"model": "m", "messages": []})
         server.set_peak(24)        # scale out mid-run
+        server.set_budget(tokens_per_minute=40_000)
         server.records()           # one Record per request
 
-Admin endpoints: ``GET /admin/stats`` and ``POST /admin/peak {"peak": N}``.
+Admin endpoints: ``GET /admin/stats``, ``POST /admin/peak {"peak": N}`` and
+``POST /admin/budget {"requests_per_minute": N|null, "tokens_per_minute": N|null}``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import datetime
 import email.utils
 import math
 import random
@@ -29,7 +40,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
+from types import EllipsisType, TracebackType
 from typing import Literal
 
 import msgspec
@@ -39,9 +50,28 @@ from aiohttp import web
 #: ``Retry-After`` in whole seconds), ``Retry-After`` alone as seconds or as
 #: an HTTP date, or nothing.
 RetryAfterForm = Literal["openai", "seconds", "date", "none"]
-#: Serves an admitted request that takes ``seconds``; ``fail`` makes it a
-#: server error (a 500, or a stream that breaks off after its first chunks).
-Responder = Callable[[web.Request, float, bool], Awaitable[web.StreamResponse]]
+#: How a budgeted server's answers tell what is left: OpenAI's
+#: ``x-ratelimit-*``, Anthropic's ``anthropic-ratelimit-*``, or not at all.
+RateLimitHeaderForm = Literal["openai", "anthropic", "none"]
+BudgetKind = Literal["requests", "tokens"]
+
+
+@dataclass(frozen=True)
+class _Turn:
+    """How an admitted request is to be answered."""
+
+    seconds: float
+    fail: bool
+    """A server error: a 500, or a stream that breaks off after its first chunks."""
+    prompt_tokens: int
+    completion_tokens: int
+    """The answer's length, decided (and charged) at admission."""
+    headers: dict[str, str]
+    """The rate-limit headers, as they stand after this request's charge."""
+
+
+#: Serves an admitted request.
+Responder = Callable[[web.Request, _Turn], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True)
@@ -66,6 +96,14 @@ class ServerSettings:
     """Fraction of admitted requests that fail: a 500, or a stream that breaks off."""
     reject_rate: float = 0.0
     """Fraction of requests within capacity refused with 429 anyway (a quota, not a capacity, ran out)."""
+    requests_per_minute: int | None = None
+    """A budget of requests: a bucket of one minute's worth, refilled continuously; None: no such limit."""
+    tokens_per_minute: int | None = None
+    """A budget of tokens (prompt plus answer, charged at admission), kept like ``requests_per_minute``."""
+    rate_limit_headers: RateLimitHeaderForm = "openai"
+    """How a budgeted server's answers (200 and 429) tell its budgets."""
+    completion_tokens: int = 64
+    """The most tokens a chat answer has when the request sets no ``max_completion_tokens``/``max_tokens``."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -82,6 +120,14 @@ class ServerSettings:
         for name in ("error_rate", "reject_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be within [0, 1], not {getattr(self, name)!r}")
+        for name in ("requests_per_minute", "tokens_per_minute"):
+            limit = getattr(self, name)
+            if limit is not None and limit < 1:
+                raise ValueError(f"{name} must be at least 1 (or None for no limit), not {limit!r}")
+        if self.rate_limit_headers not in ("openai", "anthropic", "none"):
+            raise ValueError(f"rate_limit_headers must be openai, anthropic or none, not {self.rate_limit_headers!r}")
+        if self.completion_tokens < 1:
+            raise ValueError(f"completion_tokens must be at least 1, not {self.completion_tokens!r}")
 
 
 class Record(msgspec.Struct, frozen=True, array_like=True):
@@ -94,6 +140,8 @@ class Record(msgspec.Struct, frozen=True, array_like=True):
     """Requests in service counting this one, had it been admitted."""
     capacity: int
     status: int
+    tokens: int = 0
+    """The tokens charged to an admitted request (prompt plus answer); 0 for a refused one."""
 
 
 class ServerStats(msgspec.Struct, frozen=True):
@@ -106,10 +154,40 @@ class ServerStats(msgspec.Struct, frozen=True):
     rejected: int
     errors: int
     max_concurrency: int
+    tokens_served: int
+    """Tokens charged to admitted requests, finished or not."""
+    budget_refusals: int
+    """The 429s the budgets gave (counted in ``rejected`` too)."""
+
+
+@dataclass
+class _Bucket:
+    """A budget: holds one minute's worth (``limit``) and refills at ``limit``/60 a second."""
+
+    limit: int
+    level: float
+    at: float
+    """When ``level`` was last brought up to date (server clock)."""
+
+    def refill(self, now: float) -> None:
+        if now > self.at:
+            self.level = min(float(self.limit), self.level + (now - self.at) * self.limit / 60)
+            self.at = now
+
+    def wait(self, need: int) -> float:
+        """Seconds until ``need`` fits, counted from the last refill; inf if it never can."""
+        if need > self.limit:
+            return math.inf
+        return max(0.0, (need - self.level) * 60 / self.limit)
+
+    def reset(self) -> float:
+        """Seconds until full again."""
+        return (self.limit - self.level) * 60 / self.limit
 
 
 class _State:
-    """Lives on the server's event loop; other threads only read it."""
+    """Lives on the server's event loop; other threads only read it (the budgets they may also set,
+    under ``budget_lock``)."""
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
@@ -122,6 +200,15 @@ class _State:
         self.records: list[Record] = []
         self.by_status: collections.Counter[int] = collections.Counter()  # so stats need not walk the records
         self.rng = random.Random(settings.seed)
+        # Answers' lengths draw apart, so the other draws (and runs without budgets) stay as they were.
+        self.completion_rng = random.Random(f"completion-{settings.seed}")
+        # Admission and set_budget (possibly from another thread) must not interleave; the
+        # methods below leave the locking to their callers.
+        self.budget_lock = threading.Lock()
+        self.budgets: dict[BudgetKind, _Bucket] = {}
+        self.set_budget(0.0, settings.requests_per_minute, settings.tokens_per_minute)
+        self.tokens_served = 0
+        self.budget_refusals = 0
 
     def clock(self) -> float:
         return time.monotonic() - self.started
@@ -153,6 +240,101 @@ class _State:
         concurrency = self.in_service + 1
         self.max_concurrency = max(self.max_concurrency, concurrency)
         return concurrency, self.capacity(now)
+
+    # -- budgets -------------------------------------------------------------
+
+    def set_budget(
+        self,
+        now: float,
+        requests_per_minute: int | EllipsisType | None = ...,
+        tokens_per_minute: int | EllipsisType | None = ...,
+    ) -> None:
+        """Set the limits (None: none; ``...``: unchanged). A new budget starts full; a lower one caps the level."""
+        limits: tuple[tuple[BudgetKind, int | EllipsisType | None], ...] = (
+            ("requests", requests_per_minute),
+            ("tokens", tokens_per_minute),
+        )
+        for kind, limit in limits:
+            if isinstance(limit, EllipsisType):
+                continue
+            bucket = self.budgets.get(kind)
+            if limit is None:
+                self.budgets.pop(kind, None)
+            elif bucket is None:
+                self.budgets[kind] = _Bucket(limit, float(limit), now)
+            else:
+                bucket.refill(now)  # what accrued so far accrued at the old rate
+                bucket.limit, bucket.level = limit, min(bucket.level, limit)
+
+    def limits(self) -> dict[str, int | None]:
+        return {f"{kind}_per_minute": b.limit if (b := self.budgets.get(kind)) else None for kind in _KINDS}
+
+    def _refilled(self, now: float) -> list[tuple[BudgetKind, _Bucket]]:
+        out = [(kind, b) for kind in _KINDS if (b := self.budgets.get(kind)) is not None]
+        for _, b in out:
+            b.refill(now)
+        return out
+
+    def completion_tokens(self, most: int) -> int:
+        """An answer's length: between half and all of ``most`` (0: no answer, as for embeddings)."""
+        return self.completion_rng.randint((most + 1) // 2, most) if most else 0
+
+    def over_budget(self, cost: int, now: float) -> tuple[BudgetKind, float] | None:
+        """None if a request costing ``cost`` tokens fits every budget at ``now``; else the budget
+        that holds it back longest and the seconds until it would fit (inf: it never can)."""
+        worst: tuple[BudgetKind, float] | None = None
+        for kind, b in self._refilled(now):
+            wait = b.wait(1 if kind == "requests" else cost)
+            if wait > 0 and (worst is None or wait > worst[1]):
+                worst = (kind, wait)
+        return worst
+
+    def charge(self, cost: int, now: float) -> None:
+        """Admit a request costing ``cost`` tokens."""
+        for kind, b in self._refilled(now):
+            b.level -= 1 if kind == "requests" else cost
+        self.tokens_served += cost
+
+    def rate_limit_headers(self, now: float) -> dict[str, str]:
+        """What is left, in ``settings.rate_limit_headers``' form; nothing without budgets."""
+        form = self.settings.rate_limit_headers
+        headers: dict[str, str] = {}
+        for kind, b in self._refilled(now):
+            limit, remaining, reset = str(b.limit), str(max(0, math.floor(b.level))), b.reset()
+            if form == "openai":
+                headers[f"x-ratelimit-limit-{kind}"] = limit
+                headers[f"x-ratelimit-remaining-{kind}"] = remaining
+                headers[f"x-ratelimit-reset-{kind}"] = go_duration(reset)
+            elif form == "anthropic":
+                headers[f"anthropic-ratelimit-{kind}-limit"] = limit
+                headers[f"anthropic-ratelimit-{kind}-remaining"] = remaining
+                headers[f"anthropic-ratelimit-{kind}-reset"] = _rfc3339(time.time() + reset)
+        return headers
+
+
+_KINDS: tuple[BudgetKind, ...] = ("requests", "tokens")
+
+
+def go_duration(seconds: float) -> str:
+    """``seconds`` as Go prints a duration (OpenAI's ``x-ratelimit-reset-*`` are in this form), to the
+    millisecond: ``0s``, ``120ms``, ``1s``, ``1m30.5s``, ``6m0s``, ``1h0m0s``."""
+    ms = round(seconds * 1000)
+    if ms <= 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, ms = divmod(ms, 3_600_000)
+    minutes, ms = divmod(ms, 60_000)
+    text = f"{ms // 1000}.{ms % 1000:03d}".rstrip("0").rstrip(".") + "s"
+    if hours or minutes:
+        text = f"{minutes}m{text}"
+    return f"{hours}h{text}" if hours else text
+
+
+def _rfc3339(wall: float) -> str:
+    """A wall-clock time as Anthropic's resets are given, rounded up to the second (never early)."""
+    when = datetime.datetime.fromtimestamp(math.ceil(wall), tz=datetime.timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ColdServer:
@@ -204,6 +386,7 @@ class ColdServer:
                 web.get("/v1/models", self._models),
                 web.get("/admin/stats", self._stats),
                 web.post("/admin/peak", self._set_peak),
+                web.post("/admin/budget", self._set_budget),
             ]
         )
         # A caller that hangs up cancels its request, as inference servers abort a
@@ -250,6 +433,21 @@ class ColdServer:
             raise ValueError(f"peak must be at least 1, not {peak}")
         self._state.peak = peak
 
+    def set_budget(
+        self,
+        *,
+        requests_per_minute: int | EllipsisType | None = ...,
+        tokens_per_minute: int | EllipsisType | None = ...,
+    ) -> None:
+        """Change the budgets mid-run: None lifts a limit, one left out stays. A new budget starts
+        full; a lower one caps what is left."""
+        for name, limit in (("requests_per_minute", requests_per_minute), ("tokens_per_minute", tokens_per_minute)):
+            if isinstance(limit, int) and limit < 1:
+                raise ValueError(f"{name} must be at least 1 (or None for no limit), not {limit}")
+        s = self._state
+        with s.budget_lock:
+            s.set_budget(s.clock(), requests_per_minute, tokens_per_minute)
+
     def records(self) -> list[Record]:
         return list(self._state.records)
 
@@ -268,54 +466,103 @@ class ColdServer:
             rejected=sum(n for status, n in counts.items() if status in refusals),
             errors=sum(n for status, n in counts.items() if status >= 500 and status not in refusals),
             max_concurrency=s.max_concurrency,
+            tokens_served=s.tokens_served,
+            budget_refusals=s.budget_refusals,
         )
 
     # -- handlers ----------------------------------------------------------
 
-    def _too_many(self, status: int = 429) -> web.Response:
-        wait = self.settings.retry_after_seconds
+    def _too_many(
+        self,
+        status: int = 429,
+        *,
+        wait: float | None = None,
+        error: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> web.Response:
+        """A refusal asking to wait ``wait`` (default: the fixed ``retry_after_seconds``)."""
+        wait = self.settings.retry_after_seconds if wait is None else wait
         form = self.settings.retry_after_form
-        headers: dict[str, str] = {}
+        headers = dict(headers or {})
         if form == "openai":
-            headers = {"retry-after-ms": str(round(wait * 1000)), "Retry-After": str(math.ceil(wait))}
+            headers |= {"retry-after-ms": str(round(wait * 1000)), "Retry-After": str(math.ceil(wait))}
         elif form == "seconds":
-            headers = {"Retry-After": f"{wait:g}"}
+            headers["Retry-After"] = f"{wait:g}"
         elif form == "date":
-            headers = {"Retry-After": email.utils.formatdate(time.time() + wait, usegmt=True)}
-        if status == 429:
+            headers["Retry-After"] = email.utils.formatdate(time.time() + wait, usegmt=True)
+        if error is None and status == 429:
             error = {"message": "Too many requests, retry later", "type": "rate_limit_error", "code": 429}
-        else:
+        elif error is None:
             error = {"message": "The server is overloaded, retry later", "type": "overloaded_error", "code": status}
         return web.json_response({"error": error}, status=status, headers=headers)
 
-    async def _serve(self, request: web.Request, mean_seconds: float, respond: Responder) -> web.StreamResponse:
+    def _over_budget(self, kind: BudgetKind, wait: float, cost: int, now: float) -> web.Response:
+        """A 429 from a budget, worded as OpenAI's, asking to wait until the request fits."""
+        bucket = self._state.budgets[kind]
+        what = "requests per min (RPM)" if kind == "requests" else "tokens per min (TPM)"
+        requested = 1 if kind == "requests" else cost
+        if math.isinf(wait):
+            wait = 60.0  # it never fits; OpenAI errors, and a minute is as long as a budget remembers
+            message = (
+                f"Request too large on {what}: Limit {bucket.limit}, Requested {requested}. "
+                "The input or output tokens must be reduced."
+            )
+        else:
+            wait = math.ceil(wait * 1000) / 1000  # to the millisecond, rounded up: a retry then fits
+            used = bucket.limit - max(0, math.floor(bucket.level))
+            message = (
+                f"Rate limit reached on {what}: Limit {bucket.limit}, Used {used}, Requested {requested}. "
+                f"Please try again in {go_duration(wait)}."
+            )
+        error: dict[str, object] = {"message": message, "type": kind, "param": None, "code": "rate_limit_exceeded"}
+        return self._too_many(429, wait=wait, error=error, headers=self._state.rate_limit_headers(now))
+
+    async def _serve(
+        self, request: web.Request, mean_seconds: float, prompt_tokens: int, most_completion: int, respond: Responder
+    ) -> web.StreamResponse:
         s = self._state
-        arrived = s.clock()
-        concurrency, capacity = s.arrive(arrived)
-        if concurrency > capacity:
-            status = self.settings.refusal_status
-            s.record(Record(arrived, arrived, request.path, concurrency, capacity, status))
-            return self._too_many(status)
-        if self.settings.reject_rate and s.rng.random() < self.settings.reject_rate:
-            s.record(Record(arrived, arrived, request.path, concurrency, capacity, 429))
-            return self._too_many()
-        s.in_service += 1
-        status = 500 if s.rng.random() < self.settings.error_rate else 200
-        try:
+        with s.budget_lock:  # no awaits inside: admission is one step
+            arrived = s.clock()
+            completion_tokens = s.completion_tokens(most_completion)
+            cost = prompt_tokens + completion_tokens
+            over = s.over_budget(cost, arrived)
+            if over is not None:
+                # The budgets stand in front of the servers, as a hosted API's gateway does: this
+                # request neither reaches (nor warms) them nor counts toward their concurrency.
+                s.budget_refusals += 1
+                s.record(Record(arrived, arrived, request.path, s.in_service + 1, s.capacity(arrived), 429))
+                return self._over_budget(*over, cost, arrived)
+            concurrency, capacity = s.arrive(arrived)
+            refused: int | None = None
+            if concurrency > capacity:
+                refused = self.settings.refusal_status
+            elif self.settings.reject_rate and s.rng.random() < self.settings.reject_rate:
+                refused = 429
+            if refused is not None:
+                s.record(Record(arrived, arrived, request.path, concurrency, capacity, refused))
+                return self._too_many(refused, headers=s.rate_limit_headers(arrived))
+            s.charge(cost, arrived)
+            headers = s.rate_limit_headers(arrived)
+            s.in_service += 1
+            status = 500 if s.rng.random() < self.settings.error_rate else 200
             seconds = mean_seconds * s.rng.uniform(0.8, 1.2)
-            return await respond(request, seconds, status == 500)
+        try:
+            return await respond(request, _Turn(seconds, status == 500, prompt_tokens, completion_tokens, headers))
         finally:
             s.in_service -= 1
             s.last_activity = s.clock()
-            s.record(Record(arrived, s.last_activity, request.path, concurrency, capacity, status))
+            s.record(Record(arrived, s.last_activity, request.path, concurrency, capacity, status, cost))
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await _json(request)
-        return await self._serve(request, self.settings.service_seconds, _chat_responder(body))
+        prompt = _chat_prompt_tokens(body.get("messages"))
+        most = _most_completion_tokens(body, self.settings.completion_tokens)
+        return await self._serve(request, self.settings.service_seconds, prompt, most, _chat_responder(body))
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         body = await _json(request)
-        return await self._serve(request, self.settings.embedding_seconds, _embedding_responder(body))
+        prompt = _input_tokens(body.get("input", ""))
+        return await self._serve(request, self.settings.embedding_seconds, prompt, 0, _embedding_responder(body))
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "cold-model", "object": "model"}]})
@@ -330,9 +577,25 @@ class ColdServer:
         self.set_peak(peak)
         return await self._stats(request)
 
+    async def _set_budget(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        changes: dict[str, int | None] = {}
+        for name in ("requests_per_minute", "tokens_per_minute"):
+            if name in body:
+                limit = body[name]
+                if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+                    raise web.HTTPBadRequest(text=f'expected {{"{name}": <int >= 1, or null for no limit>}}')
+                changes[name] = limit
+        if not changes:
+            raise web.HTTPBadRequest(text='expected {"requests_per_minute": N|null, "tokens_per_minute": N|null}')
+        self.set_budget(**changes)
+        return web.json_response(self._state.limits())
 
-def _server_error() -> web.Response:
-    return web.json_response({"error": {"message": "internal error", "type": "server_error"}}, status=500)
+
+def _server_error(headers: dict[str, str]) -> web.Response:
+    return web.json_response(
+        {"error": {"message": "internal error", "type": "server_error"}}, status=500, headers=headers
+    )
 
 
 async def _json(request: web.Request) -> dict[str, object]:
@@ -345,16 +608,65 @@ async def _json(request: web.Request) -> dict[str, object]:
     return body
 
 
+def _tokens(chars: int) -> int:
+    return -(-chars // 4)  # OpenAI's rule of thumb: 4 characters a token, rounded up
+
+
+def _chat_prompt_tokens(messages: object) -> int:
+    """A chat prompt's tokens: of every message's ``content``, a string or text parts."""
+    chars = 0
+    for message in messages if isinstance(messages, list) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            chars += sum(len(p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return _tokens(chars)
+
+
+def _input_tokens(raw: object) -> int:
+    """An embeddings ``input``'s tokens: strings by their length, token arrays as they are."""
+    chars = given = 0
+    for item in raw if isinstance(raw, list) else [raw]:
+        if isinstance(item, str):
+            chars += len(item)
+        elif isinstance(item, int):
+            given += 1
+        elif isinstance(item, list):
+            given += len(item)
+    return given + _tokens(chars)
+
+
+def _most_completion_tokens(body: dict[str, object], default: int) -> int:
+    """The longest answer a chat request allows: its ``max_completion_tokens`` (or older ``max_tokens``)."""
+    for name in ("max_completion_tokens", "max_tokens"):
+        most = body.get(name)
+        if most is None:
+            continue
+        if not isinstance(most, int) or isinstance(most, bool) or most < 1:
+            raise web.HTTPBadRequest(text=f"{name} must be an integer >= 1")
+        return most
+    return default
+
+
 def _chat_responder(body: dict[str, object]) -> Responder:
     model = str(body.get("model", "cold-model"))
     created = int(time.time())
     words = ["The", " server", " is", " warm", " now."]
+    options = body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
 
-    async def respond(request: web.Request, seconds: float, fail: bool) -> web.StreamResponse:
+    async def respond(request: web.Request, turn: _Turn) -> web.StreamResponse:
+        # The usage says the length charged at admission; the text itself may be shorter.
+        usage = {
+            "prompt_tokens": turn.prompt_tokens,
+            "completion_tokens": turn.completion_tokens,
+            "total_tokens": turn.prompt_tokens + turn.completion_tokens,
+        }
         if not body.get("stream"):
-            await asyncio.sleep(seconds)
-            if fail:
-                return _server_error()
+            await asyncio.sleep(turn.seconds)
+            if turn.fail:
+                return _server_error(turn.headers)
             message = {"role": "assistant", "content": "".join(words)}
             return web.json_response(
                 {
@@ -363,25 +675,25 @@ def _chat_responder(body: dict[str, object]) -> Responder:
                     "created": created,
                     "model": model,
                     "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 8, "completion_tokens": len(words), "total_tokens": 8 + len(words)},
-                }
+                    "usage": usage,
+                },
+                headers=turn.headers,
             )
-        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", **turn.headers})
         await stream.prepare(request)
+        head = {"id": "chatcmpl-cold", "object": "chat.completion.chunk", "created": created, "model": model}
         for i, word in enumerate(words):
-            await asyncio.sleep(seconds / len(words))
-            if fail and i == 2:
+            await asyncio.sleep(turn.seconds / len(words))
+            if turn.fail and i == 2:
                 assert request.transport is not None
                 request.transport.close()  # the status line said 200; the body just stops
                 return stream
-            chunk = {
-                "id": "chatcmpl-cold",
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}],
-            }
+            chunk = {**head, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+            if include_usage:
+                chunk["usage"] = None  # as OpenAI's: every chunk has the field, only the last fills it
             await stream.write(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
+        if include_usage:
+            await stream.write(b"data: " + msgspec.json.encode({**head, "choices": [], "usage": usage}) + b"\n\n")
         await stream.write(b"data: [DONE]\n\n")
         await stream.write_eof()
         return stream
@@ -394,16 +706,15 @@ def _embedding_responder(body: dict[str, object]) -> Responder:
     raw = body.get("input", "")
     inputs = raw if isinstance(raw, list) else [raw]
 
-    async def respond(request: web.Request, seconds: float, fail: bool) -> web.StreamResponse:
-        await asyncio.sleep(seconds)
-        if fail:
-            return _server_error()
+    async def respond(request: web.Request, turn: _Turn) -> web.StreamResponse:
+        await asyncio.sleep(turn.seconds)
+        if turn.fail:
+            return _server_error(turn.headers)
         data = [
             {"object": "embedding", "index": i, "embedding": [round(math.sin(i + k), 6) for k in range(8)]}
             for i in range(len(inputs))
         ]
-        return web.json_response(
-            {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": 1, "total_tokens": 1}}
-        )
+        usage = {"prompt_tokens": turn.prompt_tokens, "total_tokens": turn.prompt_tokens}
+        return web.json_response({"object": "list", "data": data, "model": model, "usage": usage}, headers=turn.headers)
 
     return respond

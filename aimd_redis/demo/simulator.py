@@ -15,7 +15,11 @@ callers, the network and the server are modelled:
   request after its Retry-After;
 - one-way network latency, the wake-up latency of a hand-over, and an
   optional lag between a response reaching the caller and the server freeing
-  its slot (the release/refusal race of servers that clean up after replying).
+  its slot (the release/refusal race of servers that clean up after replying);
+- optionally, request and token budgets per minute on the server (token
+  buckets, as hosted APIs keep them, charged at admission; a request that does
+  not fit is refused with a Retry-After of when it would), which the fleet
+  registers, learns from the rate-limit headers of each answer, or ignores.
 
 ``benchmarks/control.py`` runs every scenario under both policies.
 """
@@ -28,10 +32,11 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
+from aimd_redis._provider import Heard
 from aimd_redis.config import ThrottleConfig
 from aimd_redis.core import Call, Core, as_str, check_now
 from aimd_redis.scripts import sources
@@ -119,6 +124,18 @@ class Scenario:
     config: dict[str, Any] = field(default_factory=dict)
     """ThrottleConfig settings beyond the policy and the ramp."""
     seed: int = 1
+    server_rpm: int | None = None
+    """The server's request budget per minute (None: none)."""
+    server_tpm: int | None = None
+    """The server's token budget per minute (None: none)."""
+    budget: Literal["registered", "learned", "ignored"] = "ignored"
+    """How the fleet knows the server's budget: registered with it, learned
+    from the rate-limit headers of the answers, or not at all (the
+    concurrency loop alone, learning only from 429s)."""
+    prompt_tokens: int = 400
+    max_tokens: int = 400
+    """Each request's prompt and output limit: its estimate is their sum; the
+    answer's length is between half and all of max_tokens."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +153,8 @@ class Request(msgspec.Struct, array_like=True):
     concurrency: int
     """Requests in service counting this one, had it been admitted."""
     capacity: int
+    tokens: int = 0
+    """What the server charged an admitted request."""
 
     @property
     def over_capacity(self) -> bool:
@@ -165,7 +184,7 @@ class SimRun(msgspec.Struct):
 
 
 class _Task:
-    __slots__ = ("call", "granted_at", "job_started", "process", "queued", "recheck", "ref", "token")
+    __slots__ = ("call", "granted_at", "job_started", "process", "queued", "recheck", "ref", "token", "used")
 
     def __init__(self, process: str) -> None:
         self.process = process
@@ -176,6 +195,7 @@ class _Task:
         self.ref: LeaseRef | None = None
         self.job_started = 0.0
         self.granted_at: float | None = None
+        self.used = 0
 
 
 class Simulation:
@@ -219,14 +239,19 @@ class Simulation:
         self._pubsub = client.pubsub()
         self._pubsub.psubscribe(keys.wake_prefix + "*")
         self._pubsub.get_message(timeout=5)  # the subscription's confirmation
+        # The server's buckets: what is left, as of when.
+        self._left = {"requests": float(scenario.server_rpm or 0), "tokens": float(scenario.server_tpm or 0)}
+        self._left_at = 0.0
 
     # -- running ---------------------------------------------------------------
 
     def run(self) -> SimRun:
         keys = self.core.keys(PROVIDER, MODEL)
-        self.client.delete(keys.cap, keys.index, keys.events, keys.domain(DOMAIN), keys.leases(DOMAIN))
+        self.client.delete(keys.cap, keys.index, keys.events, keys.domain(DOMAIN), keys.leases(DOMAIN), keys.budget)
         self.client.delete(*keys.queue(DOMAIN))
-        self._script(self.core.register_call(PROVIDER, MODEL, "sim", self.s.peak, EPOCH))
+        registered = self.s.budget == "registered"
+        rpm, tpm = (self.s.server_rpm, self.s.server_tpm) if registered else (None, None)
+        self._script(self.core.register_call(PROVIDER, MODEL, "sim", self.s.peak, EPOCH, (), rpm, tpm))
         self._add_processes(self.s.processes, 0.0)
         for at, processes in self.s.scale:
             self._at(at, self._scale_to, processes)
@@ -293,7 +318,8 @@ class Simulation:
         self._acquire(task)
 
     def _acquire(self, task: _Task) -> None:
-        lease_id = self.core.new_lease_id(task.process)
+        estimate = self.s.prompt_tokens + self.s.max_tokens if self.s.budget != "ignored" else 0
+        lease_id = self.core.new_lease_id(task.process, estimate)
         task.call, task.ref = self.core.acquire_call(PROVIDER, MODEL, DOMAIN, EPOCH + self.now, lease_id, wait=True)
         task.recheck = False
         self._by_id[lease_id] = task
@@ -369,12 +395,52 @@ class Simulation:
 
     # -- the server --------------------------------------------------------------
 
+    def _refill(self) -> None:
+        elapsed, self._left_at = (self.now - self._left_at) / 60, self.now
+        for name, limit in (("requests", self.s.server_rpm), ("tokens", self.s.server_tpm)):
+            if limit is not None:
+                self._left[name] = min(limit, self._left[name] + limit * elapsed)
+
+    def _over_budget(self, cost: int) -> float | None:
+        """Seconds until a request of ``cost`` tokens fits the server's
+        budgets, or None when it fits (and is charged)."""
+        s = self.s
+        if s.server_rpm is None and s.server_tpm is None:
+            return None
+        self._refill()
+        wait = 0.0
+        if s.server_rpm is not None and self._left["requests"] < 1:
+            wait = (1 - self._left["requests"]) * 60 / s.server_rpm
+        if s.server_tpm is not None and self._left["tokens"] < cost:
+            wait = max(wait, (cost - self._left["tokens"]) * 60 / s.server_tpm)
+        if wait > 0:
+            return wait
+        self._left["requests"] -= 1
+        self._left["tokens"] -= cost
+        return None
+
+    def _heard(self) -> Heard | None:
+        """The rate-limit headers of an answer sent now, if the fleet reads them."""
+        if self.s.budget != "learned":
+            return None
+        self._refill()
+        rpm, tpm = self.s.server_rpm, self.s.server_tpm
+        return Heard(
+            requests_limit=rpm,
+            requests_remaining=None if rpm is None else max(0, math.floor(self._left["requests"])),
+            tokens_limit=tpm,
+            tokens_remaining=None if tpm is None else max(0, math.floor(self._left["tokens"])),
+        )
+
     def _arrive(self, task: _Task) -> None:
         s, now = self.s, self.now
         concurrency, capacity = self._in_service + 1, s.capacity(now)
+        cost = s.prompt_tokens + self._rng.randint(s.max_tokens // 2, s.max_tokens)
         refusal: tuple[int, float | None] | None = None
         if self._forced and now >= self._forced[0][0]:
             refusal = (429, self._forced.pop(0)[1])
+        elif (wait := self._over_budget(cost)) is not None:
+            refusal = (429, wait)
         elif concurrency > capacity:
             refusal = (s.refusal_status, s.retry_after)
         elif s.random_refusals and self._rng.random() < s.random_refusals:
@@ -385,7 +451,8 @@ class Simulation:
             return
         self._in_service += 1
         seconds = s.service(self._rng)
-        self.requests.append(Request(now, now + seconds, 200, concurrency, capacity))
+        self.requests.append(Request(now, now + seconds, 200, concurrency, capacity, cost))
+        task.used = cost
         self._at(now + seconds + self.latency.network, self._served, task)
         self._at(now + seconds + s.release_lag, self._free, None)
 
@@ -409,7 +476,16 @@ class Simulation:
     def _release(self, task: _Task, outcome: str, retry_after: float | None) -> None:
         assert task.ref is not None
         self._by_id.pop(task.ref.lease_id, None)
-        call = self.core.release_call(task.ref, outcome, retry_after, EPOCH + self.now, task.granted_at)  # type: ignore[arg-type]
+        used = task.used if outcome == "success" and self.s.budget != "ignored" else None
+        call = self.core.release_call(
+            task.ref,
+            outcome,  # type: ignore[arg-type]
+            retry_after,
+            EPOCH + self.now,
+            task.granted_at,
+            tokens=used,
+            heard=self._heard(),
+        )
         result, _ = self.core.parse_release(task.ref, self._script(call))
         if result.state is not None:
             self._state = result.state
@@ -440,6 +516,9 @@ class Figures(msgspec.Struct, frozen=True):
     max_concurrency: int
     count_share: float
     """Requests served / (usable capacity x time / mean service): ``benchmarks/fleet.py``'s measure."""
+    budget_share: float | None = None
+    """In the steady window, what the server admitted of its budget (tokens,
+    or requests where it has no token budget): the budget-bound scenarios' goodput."""
 
 
 def figures(run: SimRun, s: Scenario) -> Figures:
@@ -466,6 +545,14 @@ def figures(run: SimRun, s: Scenario) -> Figures:
     def refused_share(t0: float, t1: float) -> float | None:
         sent = [r for r in requests if t0 <= r.arrived < t1]
         return sum(1 for r in sent if r.status != 200) / len(sent) if sent else None
+
+    def budget_share(t0: float, t1: float) -> float | None:
+        admitted = [r for r in requests if r.status == 200 and t0 <= r.arrived < t1]
+        if s.server_tpm is not None:
+            return sum(r.tokens for r in admitted) / (s.server_tpm * (t1 - t0) / 60)
+        if s.server_rpm is not None:
+            return len(admitted) / (s.server_rpm * (t1 - t0) / 60)
+        return None
 
     served = sum(1 for r in requests if r.status == 200 and r.finished <= end)
     refused = sum(1 for r in requests if r.status != 200)
@@ -500,6 +587,7 @@ def figures(run: SimRun, s: Scenario) -> Figures:
         to_90=to_90,
         max_concurrency=max((r.concurrency for r in requests), default=0),
         count_share=served / (usable(0.0, end) / s.mean_service),
+        budget_share=budget_share(*s.steady) if s.steady is not None and s.steady[1] <= end else None,
     )
 
 
@@ -686,5 +774,41 @@ SCENARIOS: Sequence[Scenario] = (
         goal=0.85,
     ),
 )
+
+# Bound by a budget, not by concurrency: the server could serve 64 at once,
+# and the fleet's 64 tasks would send several times its budget.
+_TPM = Scenario(
+    name="tpm-registered",
+    about="budget 60,000 tokens/min (requests of 400 + up to 400 tokens, served in 1 s), registered by the fleet",
+    seconds=240,
+    capacity=steps(64),
+    service=uniform(1.0),
+    mean_service=1.0,
+    peak=64,
+    rampup_seconds=10,
+    steady=(60, 240),
+    server_tpm=60_000,
+    budget="registered",
+)
+_RPM = with_(
+    _TPM,
+    name="rpm-registered",
+    about="budget 120 requests/min (served in 1 s), registered by the fleet",
+    server_tpm=None,
+    server_rpm=120,
+)
+BUDGETED: Sequence[Scenario] = (
+    _TPM,
+    with_(_TPM, name="tpm-learned", about="the same token budget, learned from the answers' headers", budget="learned"),
+    with_(_TPM, name="tpm-ignored", about="the same token budget, unknown to the fleet (429s only)", budget="ignored"),
+    _RPM,
+    with_(
+        _RPM, name="rpm-learned", about="the same request budget, learned from the answers' headers", budget="learned"
+    ),
+    with_(
+        _RPM, name="rpm-ignored", about="the same request budget, unknown to the fleet (429s only)", budget="ignored"
+    ),
+)
+SCENARIOS = (*SCENARIOS, *BUDGETED)
 
 BY_NAME = {s.name: s for s in SCENARIOS}

@@ -92,7 +92,6 @@ def _worker(index: int, redis_url: str, server_url: str, s: SoakSettings, counts
 
 async def _work(index: int, redis_url: str, server_url: str, s: SoakSettings, counts: Any, stop: Any) -> None:
     throttle = AsyncThrottle(redis_url, config=s.config(), namespace=s.namespace, socket_timeout=1.0)
-    target = {"provider_name": PROVIDER, "model_id": MODEL, "domain": DOMAIN}
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
     def count(name: str) -> None:
@@ -112,7 +111,9 @@ async def _work(index: int, redis_url: str, server_url: str, s: SoakSettings, co
                         await asyncio.gather(request, return_exceptions=True)
                         count("cancelled")
                     elif roll < 0.10:  # an impatient acquire
-                        lease = await throttle.acquire(**target, timeout=rng.uniform(0, 0.02))
+                        lease = await throttle.acquire(
+                            provider_name=PROVIDER, model_id=MODEL, domain=DOMAIN, timeout=rng.uniform(0, 0.02)
+                        )
                         await lease.success()
                         count("ok")
                     else:

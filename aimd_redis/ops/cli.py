@@ -17,7 +17,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from aimd_redis.errors import AimdRedisError, RedisUnavailableError, translate
-from aimd_redis.ops.inspect import DomainReport, SyncClient, problems, report
+from aimd_redis.ops.inspect import Budget, DomainReport, SyncClient, problems, report
 
 DEFAULT_URL = "redis://localhost:6379/0"
 EXIT_PROBLEM, EXIT_UNREACHABLE = 1, 2
@@ -81,13 +81,40 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def _budget_cell(budget: Budget | None) -> str:
+    """'rpm 37/60 tpm 12000/30000': what is left of each budget per minute."""
+    if budget is None:
+        return "-"
+    cells = [
+        f"{what} {left:.0f}/{limit}"
+        for what, left, limit in (
+            ("rpm", budget.requests_left, budget.requests_per_minute),
+            ("tpm", budget.tokens_left, budget.tokens_per_minute),
+        )
+        if limit is not None and left is not None
+    ]
+    return " ".join(cells)
+
+
 def status_table(reports: list[DomainReport]) -> str:
-    header = ["MODEL", "DOMAIN", "MAX", "LIMIT", "IN FLIGHT", "WAITERS", "COOLDOWN", "CEILING", "RAMP", "LAST CHANGE"]
+    header = [
+        "MODEL",
+        "DOMAIN",
+        "MAX",
+        "LIMIT",
+        "IN FLIGHT",
+        "WAITERS",
+        "COOLDOWN",
+        "CEILING",
+        "RAMP",
+        "BUDGET LEFT",
+        "LAST CHANGE",
+    ]
     rows = [header]
     for r in reports:
         aliases = ",".join(f"{a}={v}" for a, v in sorted(r.aliases.items()))
         if r.problem is not None:
-            rows.append([f"{r.provider_name}/{r.model_id}", r.domain, *["?"] * 7, f"UNREADABLE: {r.problem}"])
+            rows.append([f"{r.provider_name}/{r.model_id}", r.domain, *["?"] * 8, f"UNREADABLE: {r.problem}"])
             continue
         ramp = "-" if r.ramp_percent is None else f"{r.ramp_percent:.0f}% ({_age(r.ramp_left)} left)"
         ceiling = "-" if not r.rate_limit_ceiling else f"{r.rate_limit_ceiling} ({_age(r.ceiling_age)} ago)"
@@ -103,6 +130,7 @@ def status_table(reports: list[DomainReport]) -> str:
                 "-" if r.cooldown_left <= 0 else f"{r.cooldown_left:.1f}s",
                 ceiling,
                 ramp,
+                _budget_cell(r.budget),
                 last,
             ]
         )
@@ -255,15 +283,22 @@ def cmd_cold_server(args: argparse.Namespace) -> int:
         retry_after_seconds=args.retry_after,
         cold_after_seconds=args.cold_after,
         error_rate=args.error_rate,
+        requests_per_minute=args.rpm,
+        tokens_per_minute=args.tpm,
+        rate_limit_headers=args.rate_limit_headers,
     )
     with ColdServer(settings, host=args.host, port=args.port) as server:
-        print(f"cold server on {server.url}/v1 (Ctrl-C to stop); GET /admin/stats, POST /admin/peak", flush=True)
+        print(
+            f"cold server on {server.url}/v1 (Ctrl-C to stop); GET /admin/stats, POST /admin/peak, POST /admin/budget",
+            flush=True,
+        )
         while True:
             time.sleep(args.report)
             st = server.stats()
             print(
                 f"{st.elapsed:7.0f}s  capacity {st.capacity}/{st.peak}  in service {st.in_service}  "
-                f"served {st.served}  429s {st.rejected}  errors {st.errors}",
+                f"served {st.served}  tokens {st.tokens_served}  429s {st.rejected} "
+                f"({st.budget_refusals} on the budget)  errors {st.errors}",
                 flush=True,
             )
 
@@ -368,6 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
     cold.add_argument("--retry-after", type=float, default=0.5, help="seconds a 429 asks to wait")
     cold.add_argument("--cold-after", type=float, help="scale to zero after this many idle seconds")
     cold.add_argument("--error-rate", type=float, default=0.0, help="fraction of requests that fail")
+    cold.add_argument("--rpm", type=int, help="requests per minute it admits (default: no such budget)")
+    cold.add_argument("--tpm", type=int, help="tokens per minute it admits (default: no such budget)")
+    cold.add_argument(
+        "--rate-limit-headers",
+        choices=("openai", "anthropic", "none"),
+        default="openai",
+        help="how a budgeted server tells its budget",
+    )
     cold.add_argument("--report", type=float, default=5.0, help="print counts every this many seconds")
 
     status = with_redis(add("status", cmd_status, "show every model and domain (read-only)"))

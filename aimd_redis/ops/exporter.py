@@ -35,12 +35,27 @@ class ThrottleCollector(Collector):
             "429s": CounterMetricFamily("aimd_rate_limited", "429s reported", labels=LABELS),
             "reclaimed": CounterMetricFamily("aimd_reclaimed_leases", "Leases reclaimed on expiry", labels=LABELS),
         }
+        model_labels = ["provider", "model", "kind"]
+        budget = GaugeMetricFamily(
+            "aimd_budget_per_minute", "The model's budget in force (kind: requests or tokens)", labels=model_labels
+        )
+        budget_left = GaugeMetricFamily("aimd_budget_left", "What is left of the model's budget", labels=model_labels)
+        seen: set[tuple[str, str]] = set()
         unreadable = GaugeMetricFamily(
             "aimd_unreadable", "1 when the domain's hash holds a value the scripts refuse", labels=LABELS
         )
         for r in report(self.client, self.namespace):
             labels = [r.provider_name, r.model_id, r.domain]
             unreadable.add_metric(labels, 0 if r.problem is None else 1)
+            if r.budget is not None and (r.provider_name, r.model_id) not in seen:  # once per model
+                seen.add((r.provider_name, r.model_id))
+                for kind, limit, left in (
+                    ("requests", r.budget.requests_per_minute, r.budget.requests_left),
+                    ("tokens", r.budget.tokens_per_minute, r.budget.tokens_left),
+                ):
+                    if limit is not None and left is not None:
+                        budget.add_metric([r.provider_name, r.model_id, kind], limit)
+                        budget_left.add_metric([r.provider_name, r.model_id, kind], left)
             if r.problem is not None:
                 continue
             gauges["limit"].add_metric(labels, r.current_limit)
@@ -53,6 +68,8 @@ class ThrottleCollector(Collector):
             counters["reclaimed"].add_metric(labels, r.total_reclaimed)
         yield from gauges.values()
         yield from counters.values()
+        yield budget
+        yield budget_left
         yield unreadable
 
 

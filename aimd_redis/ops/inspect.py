@@ -26,6 +26,34 @@ _LAST_CHANGE_SCAN = 500
 SyncClient = Any
 
 
+class Budget(msgspec.Struct, kw_only=True):
+    """A model's budget in force and what is left of it now (shared by its domains)."""
+
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    requests_left: float | None
+    tokens_left: float | None
+
+
+def read_budget(client: SyncClient, cap: dict[str, str], budget_key: str, now: float) -> Budget | None:
+    """The budget as the scripts would see it at ``now`` (refilled), or None."""
+    limits = {name: int(cap[name]) if cap.get(name, "").isdigit() else None for name in ("rpm", "tpm")}
+    if limits["rpm"] is None and limits["tpm"] is None:
+        return None
+    raw = {as_str(k): as_str(v) for k, v in client.hgetall(budget_key).items()}
+    elapsed = max(0.0, now - _num(raw, "refilled_at")) / 60 if raw else 0.0
+    left: dict[str, float | None] = {}
+    for name, field in (("rpm", "requests"), ("tpm", "tokens")):
+        limit = limits[name]
+        left[field] = None if limit is None else min(limit, _num(raw, field) + limit * elapsed if raw else limit)
+    return Budget(
+        requests_per_minute=limits["rpm"],
+        tokens_per_minute=limits["tpm"],
+        requests_left=left["requests"],
+        tokens_left=left["tokens"],
+    )
+
+
 class DomainReport(msgspec.Struct, kw_only=True):
     """One domain as an operator wants to see it; times in seconds."""
 
@@ -48,6 +76,8 @@ class DomainReport(msgspec.Struct, kw_only=True):
     total_429s: int
     total_reclaimed: int
     policy: str = "classic"
+    budget: Budget | None = None
+    """The model's budget (the same for each of its domains)."""
     problem: str | None = None
     """Why the domain cannot be read (a field the scripts refuse); the other
     numbers are then 0."""
@@ -109,6 +139,7 @@ def report(
         cap = {as_str(k): as_str(v) for k, v in client.hgetall(mk.cap).items()}
         emax = int(cap["effective_max"]) if cap.get("effective_max", "").isdigit() else None
         aliases = {k[len("alias:") :]: int(v) for k, v in cap.items() if k.startswith("alias:") and v.isdigit()}
+        budget = read_budget(client, cap, mk.budget, now)
         names = sorted(as_str(n) for n in client.smembers(mk.index))
         changes = _last_changes(client, mk.events, now)
         for name in names:
@@ -150,6 +181,7 @@ def report(
                     total_429s=record.total_429s,
                     total_reclaimed=record.total_reclaimed,
                     policy=record.policy,
+                    budget=budget,
                 )
             )
     return out
