@@ -2,9 +2,9 @@
 two-script hash counter (one EVALSHA each way) measured in the same run
 against the same server: as try_acquire + success pairs (two calls per
 request), and as a worker's loop of Lease.success_and_acquire (one call per
-request). Then Redis's own time per call (INFO commandstats) for ours and
-for the minimal script as EVALSHA and as a function (FCALL), and the
-client's own cost per pair.
+request). Then Redis's own time per call (INFO commandstats) for ours,
+without and with a request and token budget, and for the minimal script as
+EVALSHA and as a function (FCALL), and the client's own cost per pair.
 
     python benchmarks/bench_core.py [--url redis://...] [--pairs 3000] [--rounds 7]
 
@@ -63,6 +63,9 @@ def redis_time(client: redis.Redis, throttle: Throttle, pairs: int) -> dict[str,
     ours(throttle, pairs)
     out["aimd-redis (per script call)"] = usec_per_call(client)
     client.config_resetstat()
+    ours(throttle, pairs, model="budgeted", tokens=100)
+    out["aimd-redis with a budget"] = usec_per_call(client)
+    client.config_resetstat()
     loop(throttle, pairs)
     out["aimd-redis success_and_acquire"] = usec_per_call(client)
     client.config_resetstat()
@@ -98,12 +101,12 @@ def client_cost(throttle: Throttle, pairs: int) -> float:
     return (time.perf_counter() - started) / pairs * 1e6
 
 
-def ours(throttle: Throttle, pairs: int) -> float:
+def ours(throttle: Throttle, pairs: int, model: str = "m", tokens: int = 0) -> float:
     started = time.perf_counter()
     for _ in range(pairs):
-        lease = throttle.try_acquire(provider_name="bench", model_id="m", domain="chat")
+        lease = throttle.try_acquire(provider_name="bench", model_id=model, domain="chat", tokens=tokens)
         assert isinstance(lease, Lease)
-        lease.success()
+        lease.success(tokens=tokens // 2 if tokens else None)
     return pairs / (time.perf_counter() - started)
 
 
@@ -131,6 +134,15 @@ def main() -> int:
         client = redis.Redis.from_url(url)
         throttle = Throttle(client, config=ThrottleConfig(), namespace="bench")
         throttle.register(provider_name="bench", model_id="m", alias="bench", max_parallel_requests=64)
+        # A budget that never runs short: what it costs, not what it refuses.
+        throttle.register(
+            provider_name="bench",
+            model_id="budgeted",
+            alias="bench",
+            max_parallel_requests=64,
+            requests_per_minute=10**9,
+            tokens_per_minute=10**12,
+        )
         runners: dict[str, Callable[[int], float]] = {
             "baseline (2-script hash counter)": lambda n: baseline(client, n),
             "aimd-redis try_acquire+success": lambda n: ours(throttle, n),
@@ -162,6 +174,8 @@ def main() -> int:
             print(f"  {name:<34} {usec:>8.1f} us")
         for base in ("minimal script, EVALSHA", "minimal script, FCALL"):
             print(f"  {'aimd-redis / ' + base:<34} {times['aimd-redis (per script call)'] / times[base]:>8.1f} x")
+        with_budget = times["aimd-redis with a budget"] / times["minimal script, FCALL"]
+        print(f"  {'with a budget / minimal FCALL':<34} {with_budget:>8.1f} x")
         print(f"\nThe client's own cost: {client_cost(throttle, args.pairs):.1f} us per pair (target < 15)")
         return 0 if ratio >= args.min_ratio else 1
     finally:

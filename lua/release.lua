@@ -56,7 +56,8 @@
 -- count refused requests); a failure keeps both (it may have been served in
 -- part); a give-back ('abandon') returns both. The heard limits become the
 -- budget in force when they are lower than the registered one; what the
--- provider says is left corrects the buckets down.
+-- provider says is left corrects the buckets down, and a 429 empties those
+-- it says nothing of.
 --
 -- Reply: {released, state, events, registered, next}
 --   released 1 when this call gave the slot back; 0 when the lease was already
@@ -138,6 +139,12 @@ if released == 1 then
   elseif outcome == 'success' and used then
     budget.give(b, 0, reserved - used)
   end
+end
+if released == 1 and outcome == 'rate_limited' then
+  -- The provider refused: whatever the buckets thought, it had nothing left
+  -- (unless its headers say what it had). A bucket that trusted estimates
+  -- too low would otherwise keep admitting what the provider refuses.
+  heard_requests, heard_tokens = heard_requests or 0, heard_tokens or 0
 end
 budget.heard_left(domain, b, heard_requests, heard_tokens)
 if not d then

@@ -78,7 +78,8 @@ def test_the_release_settles_the_reservation(make_throttle: MakeThrottle, client
     _register(t, requests_per_minute=60, tokens_per_minute=6000)
     assert _grant(t, 0.0, tokens=1000).success(now=0.0, tokens=250).released
     assert _left(client) == (pytest.approx(59), pytest.approx(5750))  # 750 of 1000 came back
-    assert _grant(t, 0.0, tokens=1000).rate_limited(now=0.0).released
+    plenty = {"x-ratelimit-remaining-requests": "999", "x-ratelimit-remaining-tokens": "99999"}
+    assert _grant(t, 0.0, tokens=1000).rate_limited(now=0.0, headers=plenty).released
     assert _left(client) == (pytest.approx(58), pytest.approx(5750))  # a refused request used no tokens
     assert _grant(t, 0.0, tokens=1000).failure(now=0.0).released
     assert _left(client) == (pytest.approx(57), pytest.approx(4750))  # a failure may have been served
@@ -95,6 +96,21 @@ def test_the_release_settles_the_reservation(make_throttle: MakeThrottle, client
     before = _left(client)
     assert not lease.success(now=10.0, tokens=0).released
     assert _left(client) == before
+
+
+def test_a_429_empties_the_buckets_the_provider_says_nothing_of(make_throttle: MakeThrottle, client: Any) -> None:
+    t = make_throttle(policy="adaptive")
+    _register(t, requests_per_minute=60, tokens_per_minute=6000)
+    # Estimates too low let more through than the provider takes: its 429 says what is left.
+    assert _grant(t, 0.0, tokens=10).rate_limited(now=0.0, headers={"x-ratelimit-remaining-requests": "7"}).released
+    assert _left(client) == (pytest.approx(7), pytest.approx(0))
+    denied = _take(t, 0.0, tokens=100)
+    assert isinstance(denied, Denied)
+    assert (denied.reason, denied.retry_in) == ("budget", pytest.approx(1.0))  # 100 tokens at 100 a second
+    assert [(e.event, e.old, e.new) for e in events_of(client) if e.event.endswith("_corrected")] == [
+        ("requests_corrected", 59, 7),
+        ("tokens_corrected", 6000, 0),
+    ]
 
 
 def test_the_budget_is_the_least_over_the_aliases_that_set_one(make_throttle: MakeThrottle, client: Any) -> None:

@@ -57,6 +57,12 @@ class FleetSettings:
     """Stop once this many requests have succeeded; None runs until stopped."""
     config: ThrottleConfig = field(default_factory=ThrottleConfig)
     namespace: str = "aimd-fleet"
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    """A budget every process registers (None: none; the throttle may still
+    learn the server's from its headers)."""
+    max_tokens: int | None = None
+    """The output limit each request sets (None: none)."""
 
     def __post_init__(self) -> None:
         for name in ("processes", "tasks", "peak"):
@@ -170,21 +176,32 @@ async def _worker(index: int, redis_url: str, server_url: str, s: FleetSettings,
     else:
         namespace = s.namespaces()[0 if s.strategy == "shared" else index]
         throttle = AsyncThrottle(redis_url, namespace=namespace, config=s.config)
-        await throttle.register(provider_name=PROVIDER, model_id=MODEL, alias="fleet", max_parallel_requests=s.peak)
+        await throttle.register(
+            provider_name=PROVIDER,
+            model_id=MODEL,
+            alias="fleet",
+            max_parallel_requests=s.peak,
+            requests_per_minute=s.requests_per_minute,
+            tokens_per_minute=s.tokens_per_minute,
+        )
         transport = AsyncAimdTransport(throttle, router=openai_router(PROVIDER))
     try:
         async with httpx.AsyncClient(transport=transport, base_url=server_url, timeout=60) as client:
             with control.ready.get_lock():
                 control.ready.value += 1
             await asyncio.to_thread(control.go.wait)
-            await asyncio.gather(*(_task(client, gate, control) for _ in range(s.tasks)))
+            await asyncio.gather(*(_task(client, gate, control, s.max_tokens) for _ in range(s.tasks)))
     finally:
         if throttle is not None:
             await throttle.aclose()
 
 
-async def _task(client: httpx.AsyncClient, gate: asyncio.Semaphore | None, control: Control) -> None:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Say something."}]}
+async def _task(
+    client: httpx.AsyncClient, gate: asyncio.Semaphore | None, control: Control, max_tokens: int | None
+) -> None:
+    body: dict[str, object] = {"model": MODEL, "messages": [{"role": "user", "content": "Say something."}]}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
     while not control.stop.is_set():
         await asyncio.to_thread(control.running.wait)  # while the fleet is idle
         if control.stop.is_set() or not control.take_job():

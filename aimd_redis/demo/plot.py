@@ -185,3 +185,38 @@ def plot_control(scenarios: Sequence[tuple[Any, Sequence[tuple[str, Any]]]], pat
     fig.savefig(path, dpi=60)
     plt.close(fig)
     return path
+
+
+def plot_budget(runs: Sequence[tuple[str, FleetRun]], tokens_per_minute: int, path: Path) -> Path:
+    """Tokens the server admitted per second (5 s windows) and 429s per second,
+    one column per run, against the budget's refill rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(runs), figsize=(5 * len(runs), 6), sharex=True, squeeze=False)
+    rate = tokens_per_minute / 60
+    for col, (name, run) in enumerate(runs):
+        end = max((r.arrived - run.started for r in run.records), default=0.0)
+        windows = [0] * (int(end // 5) + 1)
+        for r in run.records:
+            if r.status == 200:
+                windows[max(0, int((r.arrived - run.started) // 5))] += r.tokens
+        top, bottom = axes[0][col], axes[1][col]
+        top.step(
+            [5 * i for i in range(len(windows))], [w / 5 for w in windows], where="post", color=COLORS["in_flight"]
+        )
+        top.axhline(rate, color=COLORS["limit"], linestyle="--", label="budget's refill")
+        top.set_title(name)
+        top.set_ylabel("tokens admitted / s")
+        top.legend(loc="upper right")
+        seconds, refused = _rejections_per_second(run, end)
+        bottom.bar(seconds, refused, width=1.0, color=COLORS["429"])
+        bottom.set_ylabel("429s / s")
+        bottom.set_xlabel("seconds")
+    fig.suptitle(f"A fleet of 64 against a budget of {tokens_per_minute:,} tokens a minute")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

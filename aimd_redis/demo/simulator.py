@@ -136,6 +136,9 @@ class Scenario:
     max_tokens: int = 400
     """Each request's prompt and output limit: its estimate is their sum; the
     answer's length is between half and all of max_tokens."""
+    estimate: int | None = None
+    """What the fleet reserves per request instead (a request that sets no
+    output limit is estimated low)."""
 
 
 @dataclass(frozen=True)
@@ -318,7 +321,9 @@ class Simulation:
         self._acquire(task)
 
     def _acquire(self, task: _Task) -> None:
-        estimate = self.s.prompt_tokens + self.s.max_tokens if self.s.budget != "ignored" else 0
+        estimate = 0
+        if self.s.budget != "ignored":
+            estimate = self.s.estimate or self.s.prompt_tokens + self.s.max_tokens
         lease_id = self.core.new_lease_id(task.process, estimate)
         task.call, task.ref = self.core.acquire_call(PROVIDER, MODEL, DOMAIN, EPOCH + self.now, lease_id, wait=True)
         task.recheck = False
@@ -801,6 +806,19 @@ BUDGETED: Sequence[Scenario] = (
     _TPM,
     with_(_TPM, name="tpm-learned", about="the same token budget, learned from the answers' headers", budget="learned"),
     with_(_TPM, name="tpm-ignored", about="the same token budget, unknown to the fleet (429s only)", budget="ignored"),
+    with_(
+        _TPM,
+        name="tpm-low-estimate",
+        about="the registered token budget, but each request reserves 400 tokens and uses 600 to 800",
+        estimate=400,
+    ),
+    with_(
+        _TPM,
+        name="tpm-low-learned",
+        about="the same low estimates, the budget learned from the headers",
+        estimate=400,
+        budget="learned",
+    ),
     _RPM,
     with_(
         _RPM, name="rpm-learned", about="the same request budget, learned from the answers' headers", budget="learned"
