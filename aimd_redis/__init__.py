@@ -1,6 +1,7 @@
 """One adaptive concurrency limit per upstream API, shared by a fleet through Redis."""
 
 from aimd_redis._async.throttle import AsyncLease, AsyncSlot, AsyncThrottle
+from aimd_redis._provider import Heard, estimate_tokens, read_rate_limit_headers, usage_tokens
 from aimd_redis._sync.throttle import Lease, Slot, Throttle
 from aimd_redis.config import MAX_RETRY_AFTER_SECONDS, FailOpen, ThrottleConfig
 from aimd_redis.errors import (
@@ -34,6 +35,7 @@ __all__ = [
     "Denied",
     "DomainState",
     "FailOpen",
+    "Heard",
     "InvalidArgumentError",
     "Lease",
     "LimitEvent",
@@ -49,4 +51,7 @@ __all__ = [
     "Slot",
     "Throttle",
     "ThrottleConfig",
+    "estimate_tokens",
+    "read_rate_limit_headers",
+    "usage_tokens",
 ]

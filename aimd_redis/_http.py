@@ -9,11 +9,11 @@ import email.utils
 import json
 import math
 import time
-import zlib
 from collections.abc import Callable, Collection
 from typing import NamedTuple
 
 import httpx
+from httpx._decoders import SUPPORTED_DECODERS  # what this httpx asks for, and undoes
 
 from aimd_redis._provider import StreamUsage, usage_tokens
 from aimd_redis.errors import InvalidArgumentError
@@ -111,30 +111,29 @@ def outcome_of(status_code: int, rate_limited: frozenset[int]) -> str:
 class UsageReader:
     """The tokens a response body says its request used, read as the body
     streams past the caller: the ``usage`` of a JSON answer, or of a stream's
-    events. None when it says nothing (or is too big or encoded in a way
-    this does not undo: only gzip and deflate are)."""
+    events. None when it says nothing, or is too big, or is encoded in a way
+    httpx cannot undo here (it undoes what it asked for: gzip and deflate,
+    and br or zstd when their packages are installed)."""
 
     #: A JSON answer longer than this is not kept to be read.
     MAX_BODY = 8 * 1024 * 1024
 
     def __init__(self, headers: httpx.Headers) -> None:
         self._events = StreamUsage() if "text/event-stream" in headers.get("content-type", "") else None
-        encoding = headers.get("content-encoding", "identity").strip().lower()
-        self._decoder: zlib._Decompress | None = None
-        self._unreadable = encoding not in ("identity", "", "gzip", "deflate")
-        if encoding in ("gzip", "deflate"):
-            self._decoder = zlib.decompressobj(32 + zlib.MAX_WBITS)  # either header
+        encoding = headers.get("content-encoding", "").strip().lower() or "identity"
+        decoder = SUPPORTED_DECODERS.get(encoding)
+        self._decode = None if decoder is None else decoder().decode
+        self._unreadable = decoder is None
         self._body = bytearray()
 
     def feed(self, chunk: bytes) -> None:
-        if self._unreadable:
+        if self._unreadable or self._decode is None:
             return
-        if self._decoder is not None:
-            try:
-                chunk = self._decoder.decompress(chunk)
-            except zlib.error:
-                self._unreadable = True
-                return
+        try:
+            chunk = self._decode(chunk)
+        except httpx.DecodingError:
+            self._unreadable = True
+            return
         if self._events is not None:
             self._events.feed(chunk)
         elif len(self._body) + len(chunk) > self.MAX_BODY:

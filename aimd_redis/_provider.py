@@ -38,9 +38,11 @@ class Heard(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # (field, OpenAI and Azure header, Anthropic headers in order of preference).
-# Anthropic's tokens-* is the most restrictive of its token limits in force;
-# without it, input-tokens-*: most of a typical request, and its output limit
-# is a separate, usually larger, budget.
+# Anthropic limits input and output tokens apart, and its tokens-* family
+# shows whichever has least left, often the (much smaller) output limit. One
+# budget counts a request's input and output together, so it follows the
+# input limit: most of a typical request, and counting the output against it
+# too errs on the safe side.
 _HEADERS = (
     ("requests_limit", "x-ratelimit-limit-requests", ("anthropic-ratelimit-requests-limit",)),
     ("requests_remaining", "x-ratelimit-remaining-requests", ("anthropic-ratelimit-requests-remaining",)),
@@ -48,17 +50,17 @@ _HEADERS = (
     (
         "tokens_limit",
         "x-ratelimit-limit-tokens",
-        ("anthropic-ratelimit-tokens-limit", "anthropic-ratelimit-input-tokens-limit"),
+        ("anthropic-ratelimit-input-tokens-limit", "anthropic-ratelimit-tokens-limit"),
     ),
     (
         "tokens_remaining",
         "x-ratelimit-remaining-tokens",
-        ("anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-input-tokens-remaining"),
+        ("anthropic-ratelimit-input-tokens-remaining", "anthropic-ratelimit-tokens-remaining"),
     ),
     (
         "tokens_reset",
         "x-ratelimit-reset-tokens",
-        ("anthropic-ratelimit-tokens-reset", "anthropic-ratelimit-input-tokens-reset"),
+        ("anthropic-ratelimit-input-tokens-reset", "anthropic-ratelimit-tokens-reset"),
     ),
 )
 _COUNT = re.compile(r"\d+(\.0*)?")
@@ -114,6 +116,8 @@ def read_rate_limit_headers(headers: Mapping[str, str], now: float | None = None
             if text is None:
                 continue
             value = _reset(text, clock) if name.endswith("_reset") else _count(text)
+            if name.endswith("_limit") and value == 0:
+                value = None  # a budget of nothing is no budget: a misread header
             if value is None:
                 logger.debug("ignored the malformed header %s: %r", header, text)
                 continue
@@ -182,8 +186,10 @@ def estimate_tokens(
             texts = _texts(message.get("content"))
             if isinstance(message.get("name"), str):
                 texts.append(message["name"])
-            for call in message.get("tool_calls") or []:
-                arguments = call.get("function", {}).get("arguments") if isinstance(call, dict) else None
+            calls = message.get("tool_calls")
+            for call in calls if isinstance(calls, list) else []:
+                function = call.get("function") if isinstance(call, dict) else None
+                arguments = function.get("arguments") if isinstance(function, dict) else None
                 if isinstance(arguments, str):
                     texts.append(arguments)
             prompt += MESSAGE_OVERHEAD + sum(counter(t) for t in texts)

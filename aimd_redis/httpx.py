@@ -12,6 +12,12 @@ server's ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date); a
 Servers that say "overloaded" otherwise (503, Anthropic's 529) can be
 counted as rate-limited too (``rate_limited_statuses``). The transports
 never retry a refused request themselves.
+
+Each request also reserves its estimated tokens of the model's budget
+(``estimate``, by default :func:`estimate_tokens`; for an exact count,
+``estimate=functools.partial(estimate_tokens, count=tiktoken_counter())``);
+the answer's ``usage`` settles them, and its rate-limit headers teach the
+fleet the provider's budget.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
 
 from aimd_redis._async.transport import AsyncAimdTransport
 from aimd_redis._http import OPENAI_DOMAINS, RATE_LIMITED_STATUSES, Router, Target, openai_router, retry_after_seconds
+from aimd_redis._provider import estimate_tokens, tiktoken_counter
 from aimd_redis._sync.transport import AimdTransport
 
 __all__ = [
@@ -32,6 +39,8 @@ __all__ = [
     "AsyncAimdTransport",
     "Router",
     "Target",
+    "estimate_tokens",
     "openai_router",
     "retry_after_seconds",
+    "tiktoken_counter",
 ]

@@ -104,7 +104,8 @@ def main() -> int:
             ]
             steady_share, steady_429 = share(records, args.tpm, *steady)
             # Over the whole run the server could admit its full bucket plus the refill.
-            whole = sum(r.tokens for r in records if r.status == 200) / (args.tpm * (1 + args.seconds / 60))
+            admitted = sum(r.tokens for r in records if r.status == 200 and r.arrived < args.seconds)
+            whole = admitted / (args.tpm * (1 + args.seconds / 60))
             overall_429 = share(records, args.tpm, 0.0, args.seconds)[1]
             results[mode] = (steady_share, steady_429, whole, overall_429, run)
             print(

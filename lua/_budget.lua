@@ -14,6 +14,9 @@
 --                                            when a request used more than it
 --                                            reserved: a debt the refill pays)
 --                refilled_at                when they were last brought up to date
+--                claim, claim_tokens,       a queue's first waiter short of budget,
+--                claim_until                what it needs and until when (see
+--                                            budget.claim)
 -- A model with neither rpm nor tpm costs nothing here beyond one HMGET.
 --
 -- The table `budget` is declared in _prelude.lua, whose queue helpers use it.
@@ -51,64 +54,93 @@ local function level(key, name, text)
   return nil, 'AIMD_CORRUPT ' .. key .. ' field ' .. name .. ' holds "' .. text .. '"'
 end
 
+local BUDGET_FIELDS = {'requests', 'tokens', 'refilled_at', 'claim', 'claim_tokens', 'claim_until'}
+
 -- The model's buckets brought up to now, or nil when it has no budget. With
 -- `always`, the budget hash is read (and validated) even so, and returned as
 -- read: a caller that may set a budget later in the call validates before it
 -- writes, then calls budget.limits.
 function budget.load(cap, key, now, always)
   if not always and not cap.rpm and not cap.tpm then return nil end
-  local raw = redis.call('HMGET', key, 'requests', 'tokens', 'refilled_at')
+  local raw = redis.call('HMGET', key, unpack(BUDGET_FIELDS))
   local requests, err = level(key, 'requests', raw[1])
   if err then return nil, err end
   local tokens
   tokens, err = level(key, 'tokens', raw[2])
   if err then return nil, err end
-  local at = now
+  local at, claim_tokens, claim_until = now, 0, 0
   if raw[3] then
     at, err = parse(key, 'refilled_at', raw[3], 'time')
     if not at then return nil, err end
   end
-  local b = {key = key, requests = requests, tokens = tokens, at = at, dirty = not raw[3], new = not raw[3]}
+  if raw[4] then
+    claim_tokens, err = parse(key, 'claim_tokens', raw[5] or nil, 'count')
+    if not claim_tokens then return nil, err end
+    claim_until, err = parse(key, 'claim_until', raw[6] or nil, 'time')
+    if not claim_until then return nil, err end
+  end
+  local b = {key = key, requests = requests, tokens = tokens, at = math.min(at, now), new = not raw[3],
+             dirty = not raw[3], claimed = raw[4] ~= false}
+  -- A claim lasts as long as its waiter's heartbeat.
+  if raw[4] and claim_until > now then b.claim = {id = raw[4], tokens = claim_tokens, ends = claim_until} end
   if always then return b end
   return budget.limits(b, cap, now)
 end
 
 -- Applies the limits in force (cap.rpm, cap.tpm) and refills for the time
 -- since the last call (none backwards: an injected clock may lag the last
--- writer's), capped at a minute's worth. A bucket never seen starts full.
--- Returns b, or nil when no budget is in force.
+-- writer's), capped at a minute's worth (and a debt at one). A bucket never
+-- seen starts full. Returns b, or nil when no budget is in force.
 function budget.limits(b, cap, now)
   if not b or (not cap.rpm and not cap.tpm) then return nil end
   b.rpm, b.tpm = cap.rpm, cap.tpm
-  b.requests, b.tokens = b.requests or b.rpm or 0, b.tokens or b.tpm or 0
   local elapsed = math.max(0, now - b.at) / 60
-  if b.rpm then b.requests = math.min(b.rpm, b.requests + b.rpm * elapsed) end
-  if b.tpm then b.tokens = math.min(b.tpm, b.tokens + b.tpm * elapsed) end
+  if b.rpm then b.requests = math.max(-b.rpm, math.min(b.rpm, (b.requests or b.rpm) + b.rpm * elapsed)) end
+  if b.tpm then b.tokens = math.max(-b.tpm, math.min(b.tpm, (b.tokens or b.tpm) + b.tpm * elapsed)) end
   if now > b.at then b.at, b.dirty = now, true end
   return b
 end
 
--- Whether a request of `tokens` could ever fit: not when it is larger than a
--- whole minute's budget.
-function budget.fits(b, tokens)
-  return not (b and b.tpm and tokens > b.tpm)
+-- Whether lease id's request could ever fit: not when its tokens are more
+-- than a whole minute's budget.
+function budget.fits(b, id)
+  return not (b and b.tpm and budget.tokens_of(id) > b.tpm)
 end
 
--- Seconds until one request of `tokens` fits; 0 when it fits now (to within
--- a millionth: refills are sums of fractions).
-function budget.wait(b, tokens)
+-- Seconds until lease id's request fits; 0 when it fits now (to within a
+-- millionth: refills are sums of fractions). What a waiter of another domain
+-- has claimed (see budget.claim) is not there to take.
+function budget.wait(b, id)
   if not b then return 0 end
+  local requests, tokens = 1, budget.tokens_of(id)
+  if b.claim and b.claim.id ~= id then requests, tokens = 2, tokens + b.claim.tokens end
   local wait = 0
-  if b.rpm and b.requests < 1 - 1e-6 then wait = (1 - b.requests) * 60 / b.rpm end
+  if b.rpm and b.requests < requests - 1e-6 then wait = (requests - b.requests) * 60 / b.rpm end
   if b.tpm and b.tokens < tokens - 1e-6 then wait = math.max(wait, (tokens - b.tokens) * 60 / b.tpm) end
   return wait
 end
 
-function budget.take(b, tokens)
+-- A domain's first waiter short of budget claims what it needs until its
+-- heartbeat lapses: the budget is the model's, and without the claim the
+-- newcomers of its other domains (whose queues are empty) would take every
+-- refill before it. One claim at a time; the first to ask holds it.
+function budget.claim(b, id, ends)
+  if b and (not b.claim or b.claim.id == id) then
+    b.claim, b.dirty = {id = id, tokens = budget.tokens_of(id), ends = ends}, true
+  end
+end
+
+-- Takes lease id's request and tokens (its claim, if it held one, is done).
+function budget.take(b, id)
   if not b then return end
   if b.rpm then b.requests = b.requests - 1 end
-  if b.tpm then b.tokens = b.tokens - tokens end
+  if b.tpm then b.tokens = b.tokens - budget.tokens_of(id) end
+  budget.unclaim(b, id)
   b.dirty = true
+end
+
+function budget.unclaim(b, id)
+  if b and b.claim and b.claim.id == id then b.claim, b.dirty = nil, true end
 end
 
 -- A released request's reservation settled: `requests` and `tokens` are what
@@ -134,26 +166,40 @@ function budget.heard_left(domain, b, requests, tokens)
   end
 end
 
+-- Writes the buckets in force (a bucket without a limit is deleted, so that
+-- one set later starts full) and the claim.
 function budget.save(b, idle_ms)
-  if b and b.dirty then
-    redis.call('HSET', b.key, 'requests', fmt(b.requests), 'tokens', fmt(b.tokens), 'refilled_at', fmt(b.at))
-    if b.new then expire_new(idle_ms, b.key) end
+  if not (b and b.dirty) then return end
+  local set, gone = {'refilled_at', fmt(b.at)}, {}
+  for _, f in ipairs({{'requests', b.rpm}, {'tokens', b.tpm}}) do
+    if f[2] then
+      set[#set + 1], set[#set + 2] = f[1], fmt(b[f[1]])
+    else
+      gone[#gone + 1] = f[1]
+    end
   end
+  if b.claim then
+    set[#set + 1], set[#set + 2] = 'claim', b.claim.id
+    set[#set + 1], set[#set + 2] = 'claim_tokens', fmt(b.claim.tokens)
+    set[#set + 1], set[#set + 2] = 'claim_until', fmt(b.claim.ends)
+  elseif b.claimed then
+    gone[#gone + 1], gone[#gone + 2], gone[#gone + 3] = 'claim', 'claim_tokens', 'claim_until'
+  end
+  redis.call('HSET', b.key, unpack(set))
+  if #gone > 0 then redis.call('HDEL', b.key, unpack(gone)) end
+  if b.new then expire_new(idle_ms, b.key) end
 end
 
 -- The budget in force from what the aliases registered and what the provider
--- said: the least of the two. Writes it (an event when it changed); returns
--- whether it changed.
+-- said: the least of the two. Writes it, and an event when it changed.
 function budget.settle_limits(cap_key, cap)
-  local changed = false
   for _, name in ipairs({'rpm', 'tpm'}) do
     local registered, heard = cap[name .. '_registered'], cap[name .. '_heard']
     local limit = registered and heard and math.min(registered, heard) or registered or heard
     if limit ~= cap[name] then
       emit('*', name, cap[name] or 0, limit or 0)
       if limit then redis.call('HSET', cap_key, name, fmt(limit)) else redis.call('HDEL', cap_key, name) end
-      cap[name], changed = limit, true
+      cap[name] = limit
     end
   end
-  return changed
 end

@@ -244,7 +244,7 @@ local function take_lease(d, leases_key, id, expiry_text, idle_ms, b)
   if redis.call('ZADD', leases_key, 'NX', expiry_text, id) == 1 then
     if d.in_flight == 0 then expire_new(idle_ms, leases_key) end
     d.in_flight = d.in_flight + 1
-    budget.take(b, budget.tokens_of(id))
+    budget.take(b, id)
     return true
   end
   redis.call('ZREM', leases_key, id)
@@ -319,17 +319,19 @@ local function promote(q, d, now, lease_ttl, self_id)
     local head = redis.call('ZRANGE', q.queue, 0, 0)[1]
     if not head then break end
     local beat = redis.call('ZSCORE', q.beats, head)
-    local alive, tokens = beat and tonumber(beat) > now, budget.tokens_of(head)
-    local fits = budget.fits(q.budget, tokens)
-    -- The first in line waits for the budget, and everyone behind it.
-    if alive and fits and budget.wait(q.budget, tokens) > 0 then break end
+    local alive, fits = beat and tonumber(beat) > now, budget.fits(q.budget, head)
+    -- The first in line waits for the budget (claiming it), and everyone behind it.
+    if alive and fits and budget.wait(q.budget, head) > 0 then
+      budget.claim(q.budget, head, tonumber(beat))
+      break
+    end
     leave(q, head)
     if alive and not fits then
       -- The budget shrank under it: dropped, and its re-check is refused.
     elseif alive and redis.call('ZADD', q.leases, 'NX', head == self_id and full or claim, head) == 1 then
       if d.in_flight == 0 then expire_new(q.idle_ms, q.leases) end
       d.in_flight = d.in_flight + 1
-      budget.take(q.budget, tokens)
+      budget.take(q.budget, head)
       if head == self_id then got_self = true else q.handed[#q.handed + 1] = head end
     elseif beat then
       redis.call('ZREM', q.leases, head)  -- a tombstone: that waiter gave up already
@@ -344,8 +346,12 @@ end
 local function first_in_line_wait(q, d, id, now)
   if redis.call('ZRANK', q.queue, id) ~= 0 then return 0 end
   if now < d.blocked_until then return d.blocked_until - now end
-  local short = budget.wait(q.budget, budget.tokens_of(id))
-  if short > 0 then return short end
+  local short = budget.wait(q.budget, id)
+  if short > 0 then
+    local beat = redis.call('ZSCORE', q.beats, id)
+    if beat then budget.claim(q.budget, id, tonumber(beat)) end
+    return short
+  end
   local first = redis.call('ZRANGEBYSCORE', q.leases, '(0', '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   if first[2] then return math.max(0.001, tonumber(first[2]) - now) end
   return 0

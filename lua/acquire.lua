@@ -68,8 +68,7 @@ if not emax then return redis.error_reply('AIMD_NOT_REGISTERED ' .. KEYS[1]) end
 local b
 b, err = budget.load(cap, KEYS[9], now)
 if err then return redis.error_reply(err) end
-local tokens = budget.tokens_of(id)
-if not budget.fits(b, tokens) then return {'oversize', fmt(b.tpm), '', {}} end
+if not budget.fits(b, id) then return {'oversize', fmt(b.tpm), '', {}} end
 
 local d
 d, err = load_domain(KEYS[2])
@@ -112,8 +111,8 @@ if not status then
       status, value = 'cooldown', d.blocked_until - now
     elseif d.in_flight >= d.current_limit then
       status = 'at_capacity'
-    elseif budget.wait(b, tokens) > 0 then
-      status, value = 'budget', budget.wait(b, tokens)
+    elseif budget.wait(b, id) > 0 then
+      status, value = 'budget', budget.wait(b, id)
     else
       value, value_text = now + lease_ttl, expiry_text
       if take_lease(d, KEYS[3], id, expiry_text, idle_ms, b) then
@@ -139,8 +138,8 @@ if not status then
       status, value = 'queued', first_in_line_wait(q, d, id, now)
     elseif now < d.blocked_until then
       status, value = 'cooldown', d.blocked_until - now
-    elseif d.in_flight < d.current_limit and budget.wait(b, tokens) > 0 then
-      status, value = 'budget', budget.wait(b, tokens)
+    elseif d.in_flight < d.current_limit and budget.wait(b, id) > 0 then
+      status, value = 'budget', budget.wait(b, id)
     else
       status = 'at_capacity'
     end

@@ -83,6 +83,9 @@ local wake_prefix, publish, claim_ttl = ARGV[15], ARGV[16], tonumber(ARGV[17])
 local granted_when = tonumber(ARGV[18])
 local next_id, used = ARGV[19], tonumber(ARGV[20])
 local heard = {rpm = tonumber(ARGV[21]), tpm = tonumber(ARGV[22])}
+for name, v in pairs(heard) do  -- a limit below 1 (or not whole) says nothing usable
+  if v ~= v or v < 1 or v % 1 ~= 0 or v > MAX_COUNT then heard[name] = nil end
+end
 local heard_requests, heard_tokens = tonumber(ARGV[23]), tonumber(ARGV[24])
 
 local cap, err = budget.read_cap(KEYS[1])
@@ -124,6 +127,7 @@ if score and score > 0 then
 end
 if outcome == 'abandon' then
   leave(q, lease_id)
+  budget.unclaim(b, lease_id)  -- a waiter that gave up claims nothing more
   if not score then  -- the acquire has not run: it must grant nothing when it does
     redis.call('ZREMRANGEBYSCORE', KEYS[3], fmt(-now), '(0')  -- expired tombstones
     redis.call('ZADD', KEYS[3], fmt(-(now + cfg.lease_ttl)), lease_id)
@@ -188,8 +192,8 @@ d.waiters = queued
 local next_expiry = ''
 if next_id ~= '' and registered and queued == 0 and now >= d.blocked_until then
   rules.ramp(domain, d, now, emax, cfg.rampup_seconds)
-  local expiry, tokens = fmt(now + cfg.lease_ttl), budget.tokens_of(next_id)
-  if d.in_flight < d.current_limit and budget.fits(b, tokens) and budget.wait(b, tokens) == 0
+  local expiry = fmt(now + cfg.lease_ttl)
+  if d.in_flight < d.current_limit and budget.fits(b, next_id) and budget.wait(b, next_id) == 0
       and take_lease(d, KEYS[3], next_id, expiry, idle_ms, b) then
     next_expiry = expiry
   end

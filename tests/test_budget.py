@@ -11,6 +11,7 @@ import redis
 
 from aimd_redis import AsyncThrottle, Denied, Lease, RequestTooLargeError, Throttle
 from aimd_redis.errors import InvalidArgumentError
+from aimd_redis.structs import Grant
 
 from .conftest import MakeThrottle
 from .helpers import M, P, events_of, state, wait_until_async
@@ -260,3 +261,53 @@ def test_the_budget_hash_is_readable(make_throttle: MakeThrottle, client: redis.
     _grant(t, 12.5, tokens=10)
     fields = {k.decode(): v.decode() for k, v in client.hgetall(BUDGET).items()}
     assert fields == {"requests": "99", "tokens": "990", "refilled_at": "12.5"}
+
+
+def test_a_limit_of_nothing_in_the_headers_is_ignored(make_throttle: MakeThrottle, client: Any) -> None:
+    t = make_throttle()
+    _register(t)
+    zero = {"x-ratelimit-limit-requests": "0", "x-ratelimit-limit-tokens": "0"}
+    assert _grant(t, 0.0).success(now=0.0, headers=zero).released
+    assert "rpm" not in _cap(client)
+    assert isinstance(_take(t, 0.0), Lease)  # the model still works
+    _register(t, "other")  # and registers
+
+
+def test_a_budget_learned_later_starts_full(make_throttle: MakeThrottle, client: Any) -> None:
+    t = make_throttle()
+    _register(t, requests_per_minute=1000)
+    _grant(t, 0.0).success(now=0.0)
+    learned = {"x-ratelimit-limit-tokens": "60000", "x-ratelimit-remaining-tokens": "60000"}
+    assert _grant(t, 0.0).success(now=0.0, headers=learned).released
+    assert isinstance(_take(t, 0.0, tokens=6000), Lease)
+
+
+def test_a_waiter_short_of_budget_is_not_passed_by_another_domain(make_throttle: MakeThrottle) -> None:
+    """The budget is the model's and the queues are the domains': the first
+    waiter of one domain claims the budget it waits for, so that newcomers
+    of another domain (whose queue is empty) do not take every refill."""
+    t = make_throttle(wait_poll_seconds=30.0)  # the claim lasts the waiter's heartbeat, 90 s
+    _register(t, tokens_per_minute=600)  # 10 tokens a second
+    _grant(t, 0.0, tokens=600).success(now=0.0)
+    core = t._core
+    call, ref = core.acquire_call(P, M, "chat", 0.0, core.new_lease_id("a", 500), wait=True)
+    queued = core.parse_acquire(ref, t._run(call))
+    assert queued.retry_in == pytest.approx(50.0)
+    for now in (1.0, 20.0, 49.0):  # small requests of another domain would fit, but not beside the claim
+        other = t.try_acquire(provider_name=P, model_id=M, domain="embedding", tokens=10, now=now)
+        assert isinstance(other, Denied)
+        assert other.reason == "budget"
+    call, ref = core.acquire_call(P, M, "chat", 50.0, ref.lease_id, wait=True, recheck=True)
+    assert isinstance(core.parse_acquire(ref, t._run(call)), Grant)  # its turn came
+    assert isinstance(t.try_acquire(provider_name=P, model_id=M, domain="embedding", tokens=10, now=51.0), Lease)
+
+
+def test_a_waiter_that_gives_up_leaves_no_claim(make_throttle: MakeThrottle) -> None:
+    t = make_throttle(wait_poll_seconds=30.0)
+    _register(t, tokens_per_minute=600)
+    _grant(t, 0.0, tokens=600).success(now=0.0)
+    core = t._core
+    call, ref = core.acquire_call(P, M, "chat", 0.0, core.new_lease_id("a", 500), wait=True)
+    core.parse_acquire(ref, t._run(call))
+    t._run(core.release_call(ref, "abandon", None, 1.0))
+    assert isinstance(t.try_acquire(provider_name=P, model_id=M, domain="embedding", tokens=10, now=1.0), Lease)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -32,8 +33,12 @@ def fleet(real_redis: redis.Redis, real_redis_url: str) -> str:
     assert isinstance(lease, Lease)
     lease.success()
     plain = Throttle(real_redis)
-    plain.register(provider_name="vllm", model_id=LLAMA, alias="gen", max_parallel_requests=16)
-    first, second = (plain.try_acquire(provider_name="vllm", model_id=LLAMA, domain="embedding") for _ in range(2))
+    plain.register(
+        provider_name="vllm", model_id=LLAMA, alias="gen", max_parallel_requests=16, tokens_per_minute=100_000
+    )
+    first, second = (
+        plain.try_acquire(provider_name="vllm", model_id=LLAMA, domain="embedding", tokens=1_000) for _ in range(2)
+    )
     assert isinstance(first, Lease)
     assert isinstance(second, Lease)
     first.rate_limited(retry_after=90)
@@ -73,6 +78,15 @@ def test_status_json_field_by_field(fleet: str, capsys: pytest.CaptureFixture[st
     assert emb["last_change"] == "decrease 16 -> 12"
     assert (emb["total_429s"], emb["total_reclaimed"]) == (1, 0)
     assert emb["ramp_percent"] is None
+    assert chat["budget"] is None
+    budget = emb["budget"]
+    assert (budget["tokens_per_minute"], budget["requests_per_minute"], budget["requests_left"]) == (
+        100_000,
+        None,
+        None,
+    )
+    # The 429 emptied the bucket (no header said what was left); it refills at 1,667 tokens a second.
+    assert 0 <= budget["tokens_left"] < 15_000
 
 
 def test_status_filters_and_table(fleet: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -82,6 +96,7 @@ def test_status_filters_and_table(fleet: str, capsys: pytest.CaptureFixture[str]
     assert lines[0].split()[:4] == ["MODEL", "DOMAIN", "MAX", "LIMIT"]
     assert len(lines) == 2
     assert lines[1].startswith(f"vllm/{LLAMA}  embedding  16 [gen=16]")
+    assert re.search(r"  tpm \d+/100000  ", lines[1])
 
 
 def test_reading_commands_change_nothing(
@@ -184,7 +199,7 @@ def test_exporter_serves_every_domain(fleet: str, real_redis: redis.Redis) -> No
         server.shutdown()
         thread.join()
     samples = {
-        (s.name, s.labels["provider"], s.labels["domain"]): s.value
+        (s.name, s.labels["provider"], s.labels.get("domain") or s.labels["kind"]): s.value
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
@@ -196,6 +211,9 @@ def test_exporter_serves_every_domain(fleet: str, real_redis: redis.Redis) -> No
     assert 80 < samples[("aimd_cooldown_seconds", "vllm", "embedding")] <= 90
     assert samples[("aimd_rate_limited_total", "vllm", "embedding")] == 1
     assert samples[("aimd_reclaimed_leases_total", "openai", "chat")] == 0
+    assert samples[("aimd_budget_per_minute", "vllm", "tokens")] == 100_000
+    assert 0 <= samples[("aimd_budget_left", "vllm", "tokens")] < 15_000
+    assert ("aimd_budget_per_minute", "openai", "tokens") not in samples
 
 
 def test_status_watch_redraws_in_place(fleet: str) -> None:

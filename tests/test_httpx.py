@@ -328,3 +328,13 @@ def test_usage_is_read_through_gzip_but_not_from_an_unknown_encoding() -> None:
     broken = UsageReader(httpx.Headers({"content-encoding": "gzip"}))
     broken.feed(answer)  # not gzip at all
     assert broken.tokens is None
+
+
+def test_a_request_never_sent_gives_its_slot_and_budget_back(throttle: Throttle, real_redis: redis.Redis) -> None:
+    throttle.register(
+        provider_name="local", model_id=MODEL, alias="test", max_parallel_requests=8, requests_per_minute=60
+    )
+    with _client(throttle, f"http://127.0.0.1:{_free_port()}") as client, pytest.raises(httpx.ConnectError):
+        client.post("/v1/chat/completions", json=BODY)
+    assert _state(throttle).in_flight == 0
+    assert _budget_left(real_redis)["requests"] == pytest.approx(60, abs=0.01)  # nothing was sent

@@ -56,7 +56,6 @@ def test_anthropic_headers_with_rfc3339_resets() -> None:
         "anthropic-ratelimit-tokens-limit": "80000",
         "anthropic-ratelimit-tokens-remaining": "79000",
         "anthropic-ratelimit-tokens-reset": "2027-01-15T07:59:00+00:00",  # past: full already
-        "anthropic-ratelimit-input-tokens-remaining": "1",
     }
     heard = read_rate_limit_headers(headers, now=now)
     assert heard == Heard(
@@ -67,12 +66,18 @@ def test_anthropic_headers_with_rfc3339_resets() -> None:
         tokens_remaining=79000,
         tokens_reset=0.0,
     )
-    # Without the combined tokens-* family, the input-tokens one.
-    only_input = {"anthropic-ratelimit-input-tokens-limit": "40000", "anthropic-ratelimit-input-tokens-remaining": "7"}
-    assert read_rate_limit_headers(only_input) == Heard(tokens_limit=40000, tokens_remaining=7)
+    # The input-tokens family wins over the combined one (often the output limit's).
+    both = {
+        **headers,
+        "anthropic-ratelimit-input-tokens-limit": "400000",
+        "anthropic-ratelimit-input-tokens-remaining": "399000",
+        "anthropic-ratelimit-output-tokens-limit": "80000",
+    }
+    heard = read_rate_limit_headers(both, now=now)
+    assert (heard.tokens_limit, heard.tokens_remaining, heard.tokens_reset) == (400000, 399000, 0.0)
 
 
-@pytest.mark.parametrize("bad", ["", "lots", "-3", "nan", "inf", "1e3", "12.5", "0x10"])
+@pytest.mark.parametrize("bad", ["", "lots", "-3", "nan", "inf", "1e3", "12.5", "0x10", "0"])
 def test_malformed_values_are_ignored_with_one_debug_line(bad: str, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, logger="aimd_redis"):
         heard = read_rate_limit_headers(
@@ -134,6 +139,18 @@ def test_estimates_count_the_prompt_and_the_output_limit() -> None:
 @pytest.mark.parametrize("body", [b"", b"not json", b"[1, 2]", b"\xff\xfe", b"null"])
 def test_a_body_that_is_not_a_json_object_estimates_nothing(body: bytes) -> None:
     assert estimate_tokens(body) == 0
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"content": 5, "tool_calls": 5},
+        {"content": None, "tool_calls": [{"function": "x"}, 7, {"function": {"arguments": 3}}]},
+        {"content": [1, None, {"text": 3}], "name": 4},
+    ],
+)
+def test_a_malformed_body_is_estimated_without_raising(message: dict[str, object]) -> None:
+    assert estimate_tokens(_body(messages=[message], max_tokens=10)) == 4 + 10
 
 
 def test_tiktoken_is_used_when_it_loads(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,3 +40,21 @@ def test_the_adaptive_loop_uses_the_capacity_where_classic_leaves_it(real_redis:
     assert adaptive.steady_refused_share <= 0.01
     assert adaptive.goodput > classic.goodput + 0.1
     assert adaptive.max_concurrency <= 17  # never more than one over the capacity of 16
+
+
+def test_a_fleet_that_knows_the_token_budget_uses_it_without_429s(real_redis: redis.Redis) -> None:
+    """Estimates that run low (400 reserved, 600 to 800 used): the budget
+    registered or learned from the headers, against the concurrency loop alone."""
+    got = {}
+    for budget in ("registered", "learned", "ignored"):
+        s = with_(BY_NAME["tpm-low-estimate"], budget=budget, seconds=150.0, steady=(60.0, 150.0))
+        got[budget] = figures(simulate(real_redis, s, "adaptive"), s)
+    for budget in ("registered", "learned"):
+        f = got[budget]
+        assert f.budget_share is not None
+        assert f.steady_refused_share is not None
+        assert f.budget_share >= 0.9, budget
+        assert f.steady_refused_share <= 0.01, budget
+    ignored = got["ignored"].steady_refused_share
+    assert ignored is not None
+    assert ignored > 0.02  # learning only from 429s costs refusals

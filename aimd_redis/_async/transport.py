@@ -91,6 +91,10 @@ class AsyncAimdTransport(httpx.AsyncBaseTransport):
         lease = await self._throttle.acquire(**target._asdict(), tokens=tokens, timeout=self._timeout)
         try:
             response = await self._inner.handle_async_request(request)
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            # Never sent: the slot and its budget go back as if never taken.
+            await self._throttle._release(lease, "abandon", None, None)
+            raise
         except BaseException:
             await lease.failure()
             raise

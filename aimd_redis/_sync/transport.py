@@ -91,6 +91,10 @@ class AimdTransport(httpx.BaseTransport):
         lease = self._throttle.acquire(**target._asdict(), tokens=tokens, timeout=self._timeout)
         try:
             response = self._inner.handle_request(request)
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            # Never sent: the slot and its budget go back as if never taken.
+            self._throttle._release(lease, "abandon", None, None)
+            raise
         except BaseException:
             lease.failure()
             raise
