@@ -28,18 +28,21 @@ function budget.tokens_of(id)
   return tonumber(string.match(id, '%.t(%d+)$')) or 0
 end
 
-local CAP_FIELDS = {'effective_max', 'rpm', 'tpm', 'rpm_registered', 'tpm_registered', 'rpm_heard', 'tpm_heard'}
+local CAP_FIELDS = {'effective_max', 'rpm', 'tpm'}
+local CAP_SOURCES = {'effective_max', 'rpm', 'tpm', 'rpm_registered', 'tpm_registered', 'rpm_heard', 'tpm_heard'}
 
 -- The cap hash's numbers: effective_max (nil when nobody registered the
--- model), and the budget's limits (nil when not set); or nil and the error.
-function budget.read_cap(cap_key)
-  local raw = redis.call('HMGET', cap_key, unpack(CAP_FIELDS))
+-- model) and the budget in force (nil when not set), with `sources` also
+-- what it was made of; or nil and the error.
+function budget.read_cap(cap_key, sources)
+  local fields = sources and CAP_SOURCES or CAP_FIELDS
+  local raw = redis.call('HMGET', cap_key, unpack(fields))
   local out = {}
-  for i = 1, #CAP_FIELDS do
+  for i = 1, #fields do
     if raw[i] then
-      local v, err = parse(cap_key, CAP_FIELDS[i], raw[i], 'pos')
+      local v, err = parse(cap_key, fields[i], raw[i], 'pos')
       if not v then return nil, err end
-      out[CAP_FIELDS[i]] = v
+      out[fields[i]] = v
     end
   end
   return out

@@ -88,7 +88,7 @@ for name, v in pairs(heard) do  -- a limit below 1 (or not whole) says nothing u
 end
 local heard_requests, heard_tokens = tonumber(ARGV[23]), tonumber(ARGV[24])
 
-local cap, err = budget.read_cap(KEYS[1])
+local cap, err = budget.read_cap(KEYS[1], heard.rpm or heard.tpm)
 if err then return redis.error_reply(err) end
 local emax = cap.effective_max
 local registered = emax ~= nil
