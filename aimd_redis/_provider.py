@@ -1,20 +1,19 @@
 """What providers say about budgets and token use: their rate-limit headers,
 a request's token estimate, and the usage an answer reports. No I/O.
 
-Nothing here raises on what a provider sends: a malformed value is ignored
-with one debug line.
+Nothing here raises on what a provider sends: a malformed header is ignored
+with one debug line, a malformed body reads as nothing.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import math
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgspec
 
@@ -31,135 +30,240 @@ class Heard(msgspec.Struct, frozen=True, kw_only=True):
     tokens_limit: int | None = None
     tokens_remaining: int | None = None
     tokens_reset: float | None = None
+    """Seconds until the token budget is full again."""
 
     @property
     def empty(self) -> bool:
+        """True when the response said nothing of its budgets."""
         return all(getattr(self, name) is None for name in self.__struct_fields__)
 
 
-# (field, OpenAI and Azure header, Anthropic headers in order of preference).
-# Anthropic limits input and output tokens apart, and its tokens-* family
-# shows whichever has least left, often the (much smaller) output limit. One
-# budget counts a request's input and output together, so it follows the
-# input limit: most of a typical request, and counting the output against it
-# too errs on the safe side.
-_HEADERS = (
-    ("requests_limit", "x-ratelimit-limit-requests", ("anthropic-ratelimit-requests-limit",)),
-    ("requests_remaining", "x-ratelimit-remaining-requests", ("anthropic-ratelimit-requests-remaining",)),
-    ("requests_reset", "x-ratelimit-reset-requests", ("anthropic-ratelimit-requests-reset",)),
-    (
-        "tokens_limit",
-        "x-ratelimit-limit-tokens",
-        ("anthropic-ratelimit-input-tokens-limit", "anthropic-ratelimit-tokens-limit"),
-    ),
-    (
-        "tokens_remaining",
-        "x-ratelimit-remaining-tokens",
-        ("anthropic-ratelimit-input-tokens-remaining", "anthropic-ratelimit-tokens-remaining"),
-    ),
-    (
-        "tokens_reset",
-        "x-ratelimit-reset-tokens",
-        ("anthropic-ratelimit-input-tokens-reset", "anthropic-ratelimit-tokens-reset"),
-    ),
+# -- rate-limit headers -------------------------------------------------------------
+
+# (field, OpenAI and Azure header, Anthropic header suffix); the Anthropic
+# token headers come from one family, chosen in read_rate_limit_headers.
+_FIELDS = (
+    ("requests_limit", "x-ratelimit-limit-requests", "requests-limit"),
+    ("requests_remaining", "x-ratelimit-remaining-requests", "requests-remaining"),
+    ("requests_reset", "x-ratelimit-reset-requests", "requests-reset"),
+    ("tokens_limit", "x-ratelimit-limit-tokens", "{family}-limit"),
+    ("tokens_remaining", "x-ratelimit-remaining-tokens", "{family}-remaining"),
+    ("tokens_reset", "x-ratelimit-reset-tokens", "{family}-reset"),
 )
-_COUNT = re.compile(r"\d+(\.0*)?")
+_ANTHROPIC = "anthropic-ratelimit-"
+_PREFIXES = ("x-ratelimit-", _ANTHROPIC)
+
+# A count: "1000" or "1000.0". Beyond 15 digits no budget is real (and Lua's
+# numbers stop being exact), so longer ones are malformed.
+_COUNT = re.compile(r"0*([0-9]{1,15})(?:\.0*)?")
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 # Go's time.Duration text, as OpenAI sends it: 6m0s, 1h2m3.5s, 120ms, 2m.
-_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?")
-_MAX = 10**15
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(h|ms|m|s|us|\u00b5s|\u03bcs|ns)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ns": 1e-9}
+_RFC3339 = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?"
+    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
+)
 
 
 def _count(text: str) -> int | None:
-    text = text.strip()
-    if not _COUNT.fullmatch(text):
-        return None
-    value = int(float(text))
-    return value if value <= _MAX else None
+    match = _COUNT.fullmatch(text.strip())
+    return None if match is None else int(match[1])
 
 
 def duration_seconds(text: str) -> float | None:
     """``6m0s``, ``1h2m3.5s``, ``120ms``, or plain seconds; None when unreadable."""
     text = text.strip()
-    try:
+    if _SECONDS.fullmatch(text):
         seconds = float(text)
-    except ValueError:
-        match = _DURATION.fullmatch(text)
-        if not text or match is None:
-            return None
-        h, m, s, ms = (float(g) if g else 0.0 for g in match.groups())
-        seconds = 3600 * h + 60 * m + s + ms / 1000
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    else:
+        seconds, pos = 0.0, 0
+        while pos < len(text):
+            match = _DURATION_PART.match(text, pos)
+            if match is None:
+                return None
+            seconds += float(match[1]) * _UNIT_SECONDS[match[2]]
+            pos = match.end()
+        if pos == 0:
+            return None  # nothing at all
+    return seconds if math.isfinite(seconds) else None
+
+
+def _timestamp(text: str) -> float | None:
+    """An RFC 3339 time as a Unix timestamp (fromisoformat reads less of it
+    on Python 3.10)."""
+    match = _RFC3339.fullmatch(text.strip())
+    if match is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    fraction, sign, offset_h, offset_m = match.groups()[6:]
+    offset = 0 if sign is None else (1 if sign == "+" else -1) * (60 * int(offset_h) + int(offset_m))
+    try:
+        zone = datetime.timezone(datetime.timedelta(minutes=offset))
+        when = datetime.datetime(year, month, day, hour, minute, min(second, 59), tzinfo=zone)  # 60: a leap second
+        return when.timestamp() + (float(fraction) if fraction else 0.0)
+    except (ValueError, OverflowError):
+        return None
 
 
 def _reset(text: str, now: float) -> float | None:
+    """Seconds from ``now``: a duration (OpenAI) or a time (Anthropic); a time
+    already past is 0."""
     seconds = duration_seconds(text)
     if seconds is not None:
         return seconds
-    try:  # Anthropic: an RFC 3339 time
-        when = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
+    when = _timestamp(text)
+    return None if when is None else max(0.0, when - now)
 
 
 def read_rate_limit_headers(headers: Mapping[str, str], now: float | None = None) -> Heard:
-    """What OpenAI's, Azure's or Anthropic's rate-limit headers say (``now``:
-    the wall clock, for Anthropic's reset times)."""
-    lowered = {k.lower(): v for k, v in headers.items()}
+    """What OpenAI's, Azure's or Anthropic's rate-limit headers say, in any
+    letter case; ``now`` (default: the wall clock) turns Anthropic's reset
+    times into seconds.
+
+    Where both kinds are sent, OpenAI's wins field by field. Anthropic's
+    token fields come from its ``tokens-*`` headers when any is sent: the
+    most restrictive token limit in effect (a workspace's, else input and
+    output together, as one budget counts them). Without them, from its
+    ``input-tokens-*`` headers: input is most of a typical request, and the
+    output limit is a separate one. A malformed header is ignored with one
+    debug line.
+    """
+    # Lowered once, and only the headers read here: a plain dict is read
+    # case-insensitively too.
+    lowered = {
+        name.lower(): value
+        for name, value in headers.items()
+        if isinstance(name, str) and name.lower().startswith(_PREFIXES)
+    }
     clock = time.time() if now is None else now
+    combined = any(f"{_ANTHROPIC}tokens-{kind}" in lowered for kind in ("limit", "remaining", "reset"))
+    family = "tokens" if combined else "input-tokens"
     found: dict[str, Any] = {}
-    for name, openai, anthropic in _HEADERS:
-        for header in (openai, *anthropic):
+    for name, openai, suffix in _FIELDS:
+        # Every header present is read, so each malformed one logs, even
+        # where another wins.
+        for header in (openai, _ANTHROPIC + suffix.format(family=family)):
             text = lowered.get(header)
             if text is None:
                 continue
-            value = _reset(text, clock) if name.endswith("_reset") else _count(text)
-            if name.endswith("_limit") and value == 0:
-                value = None  # a budget of nothing is no budget: a misread header
+            value = _header_value(name, text, clock)
             if value is None:
                 logger.debug("ignored the malformed header %s: %r", header, text)
-                continue
-            found[name] = value
-            break
+            elif name not in found:
+                found[name] = value
     return Heard(**found)
+
+
+def _header_value(name: str, text: object, now: float) -> int | float | None:
+    if not isinstance(text, str):
+        return None
+    if name.endswith("_reset"):
+        return _reset(text, now)
+    value = _count(text)
+    if name.endswith("_limit") and value == 0:
+        return None  # a budget of nothing is no budget: a misread header
+    return value
 
 
 # -- estimates ----------------------------------------------------------------------
 
-#: Tokens counted for each message beyond its text (role and separators).
+#: Tokens counted for each message beyond its text (its role and separators).
 MESSAGE_OVERHEAD = 4
 DEFAULT_OUTPUT_TOKENS = 512
 
 
-def _chars_per_token(text: str) -> int:
-    return math.ceil(len(text) / 4)  # about four characters a token, for English and code
+def _decode(body: bytes) -> Any:
+    """The JSON in a body, or None when it holds none."""
+    try:
+        return msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deep
+        return None
+
+
+def _four_characters_a_token(text: str) -> int:
+    return math.ceil(len(text) / 4)  # about right for English and code
 
 
 def _texts(value: Any) -> list[str]:
-    """The text in a content value: a string, a list of parts (their ``text``),
-    or a list of strings."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list):
-        out: list[str] = []
-        for part in value:
-            if isinstance(part, str):
-                out.append(part)
-            elif isinstance(part, dict):
-                if isinstance(part.get("text"), str):
-                    out.append(part["text"])
-                elif "content" in part:
-                    out += _texts(part["content"])
-        return out
-    return []
+    """The text in a content value: a string, a list of strings, or a list of
+    parts (their ``text``, or the ``content`` they hold)."""
+    out: list[str] = []
+    stack = [value]
+    while stack:  # no recursion: the nesting is the sender's to choose
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, dict):
+            if isinstance(item.get("text"), str):
+                out.append(item["text"])
+            elif isinstance(item.get("input"), dict):  # Anthropic's tool_use: the arguments
+                out.append(msgspec.json.encode(item["input"]).decode())
+            elif "content" in item:
+                stack.append(item["content"])
+    return out
 
 
-def _output_limit(body: dict[str, Any]) -> int | None:
+def _message_texts(message: dict[str, Any]) -> list[str]:
+    """A message's text: its content, its name and the arguments of the tools
+    it calls (chat), or a Responses API item's arguments and output."""
+    texts = _texts(message.get("content"))
+    for name in ("name", "arguments", "output"):
+        if isinstance(message.get(name), str):
+            texts.append(message[name])
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else []:
+        function = call.get("function") if isinstance(call, dict) else None
+        arguments = function.get("arguments") if isinstance(function, dict) else None
+        if isinstance(arguments, str):
+            texts.append(arguments)
+    return texts
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _token_ids(value: Any) -> int | None:
+    """A prompt or input given as token ids ([1, 2] or [[1, 2], [3]]): their
+    number; None for anything else."""
+    if not isinstance(value, list) or not value:
+        return None
+    if all(_is_int(v) for v in value):
+        return len(value)
+    if all(isinstance(v, list) and all(_is_int(i) for i in v) for v in value):
+        return sum(len(v) for v in value)
+    return None
+
+
+def _prompt_tokens(data: dict[str, Any], count: Callable[[str], int]) -> int:
+    prompt = 0
+    messages = data.get("messages")
+    for message in messages if isinstance(messages, list) else []:
+        if isinstance(message, dict):
+            prompt += MESSAGE_OVERHEAD + sum(count(t) for t in _message_texts(message))
+    for name in ("prompt", "input", "system", "instructions"):
+        value = data.get(name)
+        ids = _token_ids(value) if name in ("prompt", "input") else None
+        if ids is not None:
+            prompt += ids
+        elif name == "input" and isinstance(value, list):  # Responses API: strings or message-like items
+            for item in value:
+                if isinstance(item, dict):
+                    prompt += MESSAGE_OVERHEAD + sum(count(t) for t in _message_texts(item))
+                elif isinstance(item, str):
+                    prompt += count(item)
+        else:
+            prompt += sum(count(t) for t in _texts(value))
+    return prompt
+
+
+def _output_limit(data: dict[str, Any]) -> int | None:
     for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = data.get(name)
+        if _is_int(value) and value >= 0:
             return value
     return None
 
@@ -168,51 +272,42 @@ def estimate_tokens(
     body: bytes, *, count: Callable[[str], int] | None = None, default_output_tokens: int = DEFAULT_OUTPUT_TOKENS
 ) -> int:
     """A request's tokens as a provider counts them at admission: its prompt
-    plus its output limit (``default_output_tokens`` when it sets none;
-    embeddings produce none). 0 for a body that is not a JSON object."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return 0
+    (``count`` per text, by default about four characters a token, plus
+    ``MESSAGE_OVERHEAD`` a message) and its output limit, times ``n``.
+
+    Without an output limit, ``default_output_tokens``; but an embeddings
+    request (``input`` with no ``messages``, ``prompt``, ``instructions`` or
+    output limit, and no message objects in it) produces none. 0 for a body
+    that is not a JSON object.
+    """
+    data = _decode(body)
     if not isinstance(data, dict):
         return 0
-    counter = count or _chars_per_token
-    prompt = 0
-    messages = data.get("messages")
-    if isinstance(messages, list):
-        for message in messages:
-            if not isinstance(message, dict):
-                continue
-            texts = _texts(message.get("content"))
-            if isinstance(message.get("name"), str):
-                texts.append(message["name"])
-            calls = message.get("tool_calls")
-            for call in calls if isinstance(calls, list) else []:
-                function = call.get("function") if isinstance(call, dict) else None
-                arguments = function.get("arguments") if isinstance(function, dict) else None
-                if isinstance(arguments, str):
-                    texts.append(arguments)
-            prompt += MESSAGE_OVERHEAD + sum(counter(t) for t in texts)
-    for name in ("prompt", "input", "system", "instructions"):
-        prompt += sum(counter(t) for t in _texts(data.get(name)))
+    prompt = _prompt_tokens(data, count or _four_characters_a_token)
     limit = _output_limit(data)
-    embedding = "messages" not in data and "prompt" not in data and "input" in data and "instructions" not in data
     if limit is None:
-        limit = 0 if embedding else default_output_tokens
+        value = data.get("input")
+        embeddings = (
+            value is not None
+            and all(data.get(name) is None for name in ("messages", "prompt", "instructions"))
+            and not (isinstance(value, list) and any(isinstance(item, dict) for item in value))
+        )
+        limit = 0 if embeddings else max(0, default_output_tokens)
     n = data.get("n")
-    choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+    choices = n if _is_int(n) and n > 1 else 1
     return max(0, prompt + limit * choices)
 
 
 def tiktoken_counter(encoding: str = "o200k_base") -> Callable[[str], int] | None:
-    """An exact counter from tiktoken when it is installed and its encoding
-    loads (it may need a download); None otherwise."""
+    """An exact counter for ``estimate_tokens`` when tiktoken is installed and
+    its encoding loads (it may need a download); None otherwise, to fall back
+    on the estimate."""
     try:
-        import tiktoken  # type: ignore[import-not-found]
+        import tiktoken  # type: ignore[import-not-found,unused-ignore]
 
         enc = tiktoken.get_encoding(encoding)
-    except Exception as exc:  # not installed, offline, unknown encoding
-        logger.debug("no tiktoken counter (%s); estimating four characters a token", exc)
+    except Exception as exc:  # not installed, offline, an unknown encoding
+        logger.debug("no tiktoken counter for %r (%r): estimating four characters a token", encoding, exc)
         return None
 
     def count(text: str) -> int:
@@ -225,89 +320,115 @@ def tiktoken_counter(encoding: str = "o200k_base") -> Callable[[str], int] | Non
 
 
 def _whole(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    return value if _is_int(value) and value >= 0 else None
 
 
 def _usage_total(usage: Any) -> int | None:
-    """Total tokens of a ``usage`` object: OpenAI's total_tokens, else input
-    plus output (Anthropic, the Responses API), else prompt plus completion.
-    Anthropic's cache reads are left out: its rate limits do not count them
-    for most models."""
+    """The tokens a ``usage`` object counts: OpenAI's total_tokens, else
+    input plus output (Anthropic, the Responses API), else prompt plus
+    completion; None when it has none of them or they are malformed.
+
+    Anthropic's cache writes are added: its input limits count them. Its
+    cache reads are not: for most models they count against no limit.
+    """
     if not isinstance(usage, dict):
         return None
     total = _whole(usage.get("total_tokens"))
     if total is not None:
         return total
-    for first, second in (("input_tokens", "output_tokens"), ("prompt_tokens", "completion_tokens")):
-        a, b = _whole(usage.get(first)), _whole(usage.get(second))
-        if a is not None or b is not None:
-            return (a or 0) + (b or 0)
+    for names in (
+        ("input_tokens", "output_tokens", "cache_creation_input_tokens"),
+        ("prompt_tokens", "completion_tokens"),
+    ):
+        values = [usage.get(name) for name in names]
+        if values[0] is None and values[1] is None:
+            continue
+        counts = [0 if value is None else _whole(value) for value in values]  # null: none of that kind
+        return None if None in counts else sum(c for c in counts if c is not None)
     return None
 
 
 def usage_tokens(body: bytes) -> int | None:
     """The tokens a JSON answer says its request used; None when it does not say."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
+    data = _decode(body)
     return _usage_total(data.get("usage")) if isinstance(data, dict) else None
 
 
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
 class StreamUsage:
-    """The usage a server-sent-events stream reports, fed chunk by chunk:
-    OpenAI's final chunk (with ``stream_options.include_usage``), the
+    """The usage a server-sent-events stream reports, fed chunk by chunk as it
+    arrives: OpenAI's last chunk (with ``stream_options.include_usage``), the
     Responses API's ``response.completed``, Anthropic's ``message_start`` and
-    ``message_delta``. Keeps only the line being read."""
+    ``message_delta``. Keeps only the line being read, and drops one longer
+    than ``MAX_LINE`` (no usage line is that long)."""
 
     MAX_LINE = 1024 * 1024
 
     def __init__(self) -> None:
-        self._partial = b""
+        self._partial = bytearray()
+        self._skipping = False  # in the rest of a line too long to keep
         self._total: int | None = None
         self._input: int | None = None
+        self._cache_writes: int | None = None
         self._output: int | None = None
 
     def feed(self, chunk: bytes) -> None:
-        lines = (self._partial + chunk).split(b"\n")
-        self._partial = lines.pop()
-        if len(self._partial) > self.MAX_LINE:
-            self._partial = b""  # no usage line is this long; drop it rather than grow
-        for line in lines:
-            self._line(line.strip())
+        start = 0
+        for match in _LINE_END.finditer(chunk):
+            if self._skipping:
+                self._skipping = False
+            else:
+                self._partial += chunk[start : match.start()]
+                self._line(bytes(self._partial))
+            self._partial.clear()
+            start = match.end()
+        if not self._skipping:
+            self._partial += chunk[start:]
+            if len(self._partial) > self.MAX_LINE:
+                self._partial.clear()
+                self._skipping = True
 
     def _line(self, line: bytes) -> None:
         if not line.startswith(b"data:"):
-            return
-        payload = line[5:].strip()
-        if not payload.startswith(b"{"):
-            return  # [DONE], or nothing
-        try:
-            event = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
-            return
+            return  # event:, id:, comments, the blank line between events
+        event = _decode(line[5:])  # [DONE] and malformed JSON come back None
         if not isinstance(event, dict):
             return
         kind = event.get("type")
         if kind == "message_start" and isinstance(event.get("message"), dict):  # Anthropic
-            usage = event["message"].get("usage")
-            if isinstance(usage, dict):
-                self._input = _whole(usage.get("input_tokens"))
-                self._output = _whole(usage.get("output_tokens"))
-        elif kind == "message_delta" and isinstance(event.get("usage"), dict):  # Anthropic, cumulative
-            output = _whole(event["usage"].get("output_tokens"))
-            if output is not None:
-                self._output = output
-        elif kind == "response.completed" and isinstance(event.get("response"), dict):  # Responses API
-            self._total = _usage_total(event["response"].get("usage"))
-        elif event.get("usage") is not None:  # OpenAI's last chunk
-            self._total = _usage_total(event["usage"])
+            self._anthropic(event["message"].get("usage"))
+        elif kind == "message_delta":  # Anthropic: counts so far, the latest wins
+            self._anthropic(event.get("usage"))
+        elif kind in ("response.completed", "response.incomplete", "response.failed"):  # Responses API
+            response = event.get("response")
+            total = _usage_total(response.get("usage")) if isinstance(response, dict) else None
+            if total is not None:
+                self._total = total
+        elif event.get("usage") is not None:  # OpenAI's last chunk; null on the others
+            total = _usage_total(event["usage"])
+            if total is not None:
+                self._total = total
+
+    def _anthropic(self, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        # A count left out (message_delta may send output alone) or malformed
+        # keeps what was heard before.
+        input_tokens, cache_writes, output_tokens = (
+            _whole(usage.get(name)) for name in ("input_tokens", "cache_creation_input_tokens", "output_tokens")
+        )
+        self._input = self._input if input_tokens is None else input_tokens
+        self._cache_writes = self._cache_writes if cache_writes is None else cache_writes
+        self._output = self._output if output_tokens is None else output_tokens
 
     @property
     def tokens(self) -> int | None:
-        """None when the stream said nothing of its usage."""
+        """The tokens the stream says its request used (as ``usage_tokens``
+        counts them); None when it said nothing of its usage."""
         if self._total is not None:
             return self._total
         if self._input is None and self._output is None:
             return None
-        return (self._input or 0) + (self._output or 0)
+        return (self._input or 0) + (self._cache_writes or 0) + (self._output or 0)

@@ -311,3 +311,14 @@ def test_a_waiter_that_gives_up_leaves_no_claim(make_throttle: MakeThrottle) -> 
     core.parse_acquire(ref, t._run(call))
     t._run(core.release_call(ref, "abandon", None, 1.0))
     assert isinstance(t.try_acquire(provider_name=P, model_id=M, domain="embedding", tokens=10, now=1.0), Lease)
+
+
+def test_one_retry_after_holds_the_fleet_no_longer_than_max_cooldown(make_throttle: MakeThrottle) -> None:
+    t = make_throttle(max_cooldown_seconds=30.0)
+    _register(t)
+    assert _grant(t, 100.0).rate_limited(retry_after=89.0, now=100.0).released
+    assert state(t).blocked_until == pytest.approx(130.0)
+    denied = _take(t, 129.0)
+    assert isinstance(denied, Denied)
+    assert denied.reason == "cooldown"
+    assert isinstance(_take(t, 130.0), Lease)

@@ -122,6 +122,8 @@ def test_config_must_be_a_throttle_config() -> None:
         ("lease_ttl_seconds", 0),
         ("ceiling_ttl_seconds", -5),
         ("idle_ttl_seconds", -1),
+        ("max_cooldown_seconds", 0),
+        ("max_cooldown_seconds", math.nan),
         ("no_such_setting", 1),
     ],
 )
