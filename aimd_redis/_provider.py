@@ -121,13 +121,14 @@ def read_rate_limit_headers(headers: Mapping[str, str], now: float | None = None
     letter case; ``now`` (default: the wall clock) turns Anthropic's reset
     times into seconds.
 
-    Where both kinds are sent, OpenAI's wins field by field. Anthropic's
-    token fields come from its ``tokens-*`` headers when any is sent: the
-    most restrictive token limit in effect (a workspace's, else input and
-    output together, as one budget counts them). Without them, from its
-    ``input-tokens-*`` headers: input is most of a typical request, and the
-    output limit is a separate one. A malformed header is ignored with one
-    debug line.
+    Where both kinds are sent, OpenAI's wins field by field. Anthropic
+    limits input and output tokens apart, and its ``tokens-*`` headers show
+    whichever limit in effect is most restrictive, which may be the (much
+    smaller) output one. One budget counts a request's input and output
+    together, so its token fields come from the ``input-tokens-*`` headers
+    when any is sent: input is most of a typical request, and counting the
+    output against that limit too errs on the safe side. Without them, from
+    ``tokens-*``. A malformed header is ignored with one debug line.
     """
     # Lowered once, and only the headers read here: a plain dict is read
     # case-insensitively too.
@@ -137,8 +138,8 @@ def read_rate_limit_headers(headers: Mapping[str, str], now: float | None = None
         if isinstance(name, str) and name.lower().startswith(_PREFIXES)
     }
     clock = time.time() if now is None else now
-    combined = any(f"{_ANTHROPIC}tokens-{kind}" in lowered for kind in ("limit", "remaining", "reset"))
-    family = "tokens" if combined else "input-tokens"
+    split = any(f"{_ANTHROPIC}input-tokens-{kind}" in lowered for kind in ("limit", "remaining", "reset"))
+    family = "input-tokens" if split else "tokens"
     found: dict[str, Any] = {}
     for name, openai, suffix in _FIELDS:
         # Every header present is read, so each malformed one logs, even

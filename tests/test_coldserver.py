@@ -143,13 +143,17 @@ def test_the_cold_server_command() -> None:
         "2",
         "--report",
         "0.2",
+        "--tpm",
+        "6000",
     ]
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None
             url = proc.stdout.readline().split()[3]  # "cold server on http://127.0.0.1:PORT/v1 ..."
-            assert httpx.post(f"{url}/chat/completions", json=CHAT).status_code == 200
-            assert "served 1" in next(line for line in proc.stdout if "served 1" in line)
+            answer = httpx.post(f"{url}/chat/completions", json=CHAT)
+            assert (answer.status_code, answer.headers["x-ratelimit-limit-tokens"]) == (200, "6000")
+            report = next(line for line in proc.stdout if "served 1" in line)
+            assert f"tokens {answer.json()['usage']['total_tokens']}" in report
         finally:
             proc.terminate()
     bad = subprocess.run([*command[:3], "cold-server", "--peak", "0"], capture_output=True, text=True)

@@ -10,6 +10,7 @@ import time
 import types
 
 import httpx
+import msgspec
 import pytest
 
 from aimd_redis._provider import (
@@ -45,13 +46,9 @@ def test_openai_headers() -> None:
         }
     )
     heard = read_rate_limit_headers(headers)
-    assert heard == Heard(
-        requests_limit=500,
-        requests_remaining=499,
-        requests_reset=pytest.approx(0.12),
-        tokens_limit=30000,
-        tokens_remaining=29000,
-        tokens_reset=360.0,
+    assert heard.requests_reset == pytest.approx(0.12)
+    assert msgspec.structs.replace(heard, requests_reset=None) == Heard(
+        requests_limit=500, requests_remaining=499, tokens_limit=30000, tokens_remaining=29000, tokens_reset=360.0
     )
     assert not heard.empty
 
@@ -87,39 +84,40 @@ def test_anthropic_headers_with_rfc3339_resets() -> None:
     )
 
 
-def test_anthropic_tokens_family_wins_over_input_tokens() -> None:
+def test_anthropic_input_tokens_family_wins_over_tokens() -> None:
+    """The combined family may show the output limit, far below the input one."""
     headers = {
-        "anthropic-ratelimit-tokens-limit": "48000",
-        "anthropic-ratelimit-tokens-remaining": "47000",
+        "anthropic-ratelimit-tokens-limit": "8000",
+        "anthropic-ratelimit-tokens-remaining": "7000",
         "anthropic-ratelimit-tokens-reset": "2027-01-15T08:00:02Z",
         "anthropic-ratelimit-input-tokens-limit": "40000",
         "anthropic-ratelimit-input-tokens-remaining": "39000",
         "anthropic-ratelimit-input-tokens-reset": "2027-01-15T08:00:01Z",
         "anthropic-ratelimit-output-tokens-limit": "8000",
-        "anthropic-ratelimit-output-tokens-remaining": "8000",
+        "anthropic-ratelimit-output-tokens-remaining": "7000",
     }
     heard = read_rate_limit_headers(headers, now=NOW)
-    assert (heard.tokens_limit, heard.tokens_remaining, heard.tokens_reset) == (48000, 47000, 2.0)
-    # The family is chosen as a whole: one tokens-* header rules out input-tokens-* for all three fields.
+    assert (heard.tokens_limit, heard.tokens_remaining, heard.tokens_reset) == (40000, 39000, 1.0)
+    # The family is chosen as a whole: one input-tokens-* header rules out tokens-* for all three fields.
     one = {
-        **{k: v for k, v in headers.items() if "input" in k or "output" in k},
-        "anthropic-ratelimit-tokens-limit": "1",
+        **{k: v for k, v in headers.items() if "input" not in k},
+        "anthropic-ratelimit-input-tokens-limit": "1",
     }
     heard = read_rate_limit_headers(one, now=NOW)
     assert (heard.tokens_limit, heard.tokens_remaining, heard.tokens_reset) == (1, None, None)
 
 
-def test_anthropic_input_tokens_without_the_tokens_family() -> None:
+def test_anthropic_tokens_without_the_input_tokens_family() -> None:
     headers = {
-        "anthropic-ratelimit-input-tokens-limit": "40000",
-        "anthropic-ratelimit-input-tokens-remaining": "7000",
-        "anthropic-ratelimit-input-tokens-reset": "2027-01-15T08:00:06.5Z",
+        "anthropic-ratelimit-tokens-limit": "40000",
+        "anthropic-ratelimit-tokens-remaining": "7000",
+        "anthropic-ratelimit-tokens-reset": "2027-01-15T08:00:06.5Z",
         "anthropic-ratelimit-output-tokens-limit": "8000",
         "anthropic-ratelimit-output-tokens-remaining": "3",
     }
-    assert read_rate_limit_headers(headers, now=NOW) == Heard(
-        tokens_limit=40000, tokens_remaining=7000, tokens_reset=pytest.approx(6.5)
-    )
+    heard = read_rate_limit_headers(headers, now=NOW)
+    assert heard.tokens_reset == pytest.approx(6.5)
+    assert msgspec.structs.replace(heard, tokens_reset=None) == Heard(tokens_limit=40000, tokens_remaining=7000)
 
 
 @pytest.mark.parametrize(
@@ -506,6 +504,7 @@ RESPONSES_STREAM = _events(
         (RESPONSES_STREAM, 10),
         (OPENAI_STREAM.replace(b"\n", b"\r\n"), 11),
         (ANTHROPIC_STREAM.replace(b"\n", b"\r\n"), 40),
+        (RESPONSES_STREAM.replace(b"\n", b"\r"), 10),  # SSE lines may end in CR alone
     ],
 )
 def test_stream_usage_split_anywhere(stream: bytes, tokens: int) -> None:
