@@ -742,7 +742,9 @@ class Lease:
         """Report a 429. ``retry_after`` in seconds sets the cooldown; a
         missing, non-positive or non-finite value means ``cooldown_seconds``
         (at most ``max_cooldown_seconds``). The reserved tokens go back to the
-        budget (a refused request used none); its request stays counted."""
+        budget (a refused request used none) and its request stays counted;
+        then the budget's buckets are emptied, unless ``headers`` say what the
+        provider has left: it refused, whatever the estimates said."""
         return self._throttle._release(self, "rate_limited", retry_after, now, None, headers)
 
     def failure(self, now: float | None = None, *, headers: Mapping[str, str] | None = None) -> ReleaseResult:
