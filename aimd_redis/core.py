@@ -235,11 +235,11 @@ def check_budget(name: str, value: object) -> str:
     return str(value)
 
 
-def check_tokens(value: object, what: str = "tokens") -> int:
+def check_tokens(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ArgumentTypeError(f"{what} must be an int, not {value!r}")
+        raise ArgumentTypeError(f"tokens must be an int, not {value!r}")
     if not 0 <= value <= MAX_BUDGET:
-        raise InvalidArgumentError(f"{what} must be between 0 and {MAX_BUDGET}, not {value}")
+        raise InvalidArgumentError(f"tokens must be between 0 and {MAX_BUDGET}, not {value}")
     return value
 
 
@@ -408,7 +408,7 @@ class Core:
         A lease that reserves tokens of the model's budget says how many at its
         end ('.t<n>'), which is how the scripts know a waiter's reservation."""
         lease_id = f"{client_id}.{secrets.token_hex(8)}"
-        return f"{lease_id}.t{check_tokens(tokens)}" if tokens else lease_id
+        return f"{lease_id}.t{tokens}" if check_tokens(tokens) else lease_id
 
     def acquire_call(
         self,

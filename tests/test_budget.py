@@ -322,3 +322,11 @@ def test_one_retry_after_holds_the_fleet_no_longer_than_max_cooldown(make_thrott
     assert isinstance(denied, Denied)
     assert denied.reason == "cooldown"
     assert isinstance(_take(t, 130.0), Lease)
+
+
+@pytest.mark.parametrize("bad", [None, 1.5, "10", True])
+def test_tokens_of_the_wrong_type_are_refused_before_redis(bad: object) -> None:
+    t = Throttle(redis.Redis(port=1))  # nothing listens: refused before any call
+    with pytest.raises(TypeError, match="tokens must be an int"):
+        t.try_acquire(**TARGET, tokens=bad, now=0.0)  # type: ignore[arg-type]
+    t.close()
