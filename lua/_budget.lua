@@ -155,6 +155,31 @@ function budget.give(b, requests, tokens)
   b.dirty = true
 end
 
+-- A reported lease's reservation settled by its outcome (only when this
+-- report released it: a resend settles nothing twice), then corrected by
+-- what the provider said is left. A success gives back what it reserved
+-- beyond what it used, or is charged the excess; a 429 gives its tokens
+-- back (a refused request used none) and keeps its request (providers count
+-- refused requests); a failure keeps both (it may have been served in
+-- part); a give-back ('abandon') returns both.
+function budget.settle(domain, b, released, outcome, id, used, requests_left, tokens_left)
+  if released then
+    local reserved = budget.tokens_of(id)
+    if outcome == 'abandon' then
+      budget.give(b, 1, reserved)
+    elseif outcome == 'rate_limited' then
+      budget.give(b, 0, reserved)
+      -- The provider refused: whatever the buckets thought, it had nothing
+      -- left (unless its headers say what it had). Buckets that trusted
+      -- estimates too low would otherwise keep admitting what it refuses.
+      requests_left, tokens_left = requests_left or 0, tokens_left or 0
+    elseif outcome == 'success' and used then
+      budget.give(b, 0, reserved - used)
+    end
+  end
+  budget.heard_left(domain, b, requests_left, tokens_left)
+end
+
 -- What the provider said is left: a bucket that thinks more is left is
 -- corrected down (never up: the provider's count lags the requests in
 -- flight). A correction of more than a twentieth of the budget is an event.
@@ -191,6 +216,19 @@ function budget.save(b, idle_ms)
   redis.call('HSET', b.key, unpack(set))
   if #gone > 0 then redis.call('HDEL', b.key, unpack(gone)) end
   if b.new then expire_new(idle_ms, b.key) end
+end
+
+-- The limits the provider's headers gave (heard.rpm, heard.tpm; nil for
+-- what they did not say), recorded, and the budget in force made anew.
+function budget.heard_limits(cap_key, cap, heard)
+  for _, name in ipairs({'rpm', 'tpm'}) do
+    local field = name .. '_heard'
+    if heard[name] and heard[name] ~= cap[field] then
+      redis.call('HSET', cap_key, field, fmt(heard[name]))
+      cap[field] = heard[name]
+    end
+  end
+  budget.settle_limits(cap_key, cap)
 end
 
 -- The budget in force from what the aliases registered and what the provider

@@ -83,20 +83,13 @@ local function clock(arg)
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
--- The model's effective max; nil when nobody registered the model.
-local function read_max(cap_key)
+-- The model's effective max, for scripts that refuse an unregistered model.
+local function registered_max(cap_key)
   local raw = redis.call('HGET', cap_key, 'effective_max')
-  if not raw then return nil end
+  if not raw then return nil, 'AIMD_NOT_REGISTERED ' .. cap_key end
   local v, err = parse(cap_key, 'effective_max', raw, 'pos')
   if not v then return nil, err end
   return v
-end
-
--- The model's effective max, for scripts that refuse an unregistered model.
-local function registered_max(cap_key)
-  local emax, err = read_max(cap_key)
-  if not err and not emax then err = 'AIMD_NOT_REGISTERED ' .. cap_key end
-  return emax, err
 end
 
 -- The numeric fields (all but the policy) as the scripts write them, joined

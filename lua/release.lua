@@ -50,14 +50,9 @@
 -- ends instead. The next slot (next_id) is taken as a 'try' acquire would:
 -- only when nobody waits, outside a cooldown, under the limit and the budget.
 --
--- The reservation of a released lease is settled: a success gives back what
--- it reserved beyond what it used (or is charged the excess); a 429 gives its
--- tokens back (a refused request used none) and keeps its request (providers
--- count refused requests); a failure keeps both (it may have been served in
--- part); a give-back ('abandon') returns both. The heard limits become the
--- budget in force when they are lower than the registered one; what the
--- provider says is left corrects the buckets down, and a 429 empties those
--- it says nothing of.
+-- The reservation of a released lease is settled, and the heard limits and
+-- what the provider says is left are applied, as _budget.lua's
+-- budget.settle and budget.heard_limits say.
 --
 -- Reply: {released, state, events, registered, next}
 --   released 1 when this call gave the slot back; 0 when the lease was already
@@ -88,28 +83,22 @@ for name, v in pairs(heard) do  -- a limit below 1 (or not whole) says nothing u
 end
 local heard_requests, heard_tokens = tonumber(ARGV[23]), tonumber(ARGV[24])
 
-local cap, err = budget.read_cap(KEYS[1], heard.rpm or heard.tpm)
+local learning = heard.rpm or heard.tpm
+
+local cap, err = budget.read_cap(KEYS[1], learning)
 if err then return redis.error_reply(err) end
 local emax = cap.effective_max
 local registered = emax ~= nil
 local b
-b, err = budget.load(cap, KEYS[9], now, heard.rpm or heard.tpm)
+b, err = budget.load(cap, KEYS[9], now, learning)
 if err then return redis.error_reply(err) end
 
 local d
 d, err = load_domain(KEYS[2])
 if err then return redis.error_reply(err) end
 
-if registered and (heard.rpm or heard.tpm) then  -- a budget learned belongs with a registration
-  for _, name in ipairs({'rpm', 'tpm'}) do
-    local field = name .. '_heard'
-    if heard[name] and heard[name] ~= cap[field] then
-      redis.call('HSET', KEYS[1], field, fmt(heard[name]))
-      cap[field] = heard[name]
-    end
-  end
-  budget.settle_limits(KEYS[1], cap)
-end
+-- A budget learned belongs with a registration.
+if registered and learning then budget.heard_limits(KEYS[1], cap, heard) end
 b = budget.limits(b, cap, now)
 
 local q = queue_of(KEYS[6], KEYS[7], KEYS[8], KEYS[3], wake_prefix, publish, idle_ms, claim_ttl)
@@ -134,23 +123,7 @@ if outcome == 'abandon' then
     expire_new(idle_ms, KEYS[3])
   end
 end
-if released == 1 then
-  local reserved = budget.tokens_of(lease_id)
-  if outcome == 'abandon' then
-    budget.give(b, 1, reserved)
-  elseif outcome == 'rate_limited' then
-    budget.give(b, 0, reserved)
-  elseif outcome == 'success' and used then
-    budget.give(b, 0, reserved - used)
-  end
-end
-if released == 1 and outcome == 'rate_limited' then
-  -- The provider refused: whatever the buckets thought, it had nothing left
-  -- (unless its headers say what it had). A bucket that trusted estimates
-  -- too low would otherwise keep admitting what the provider refuses.
-  heard_requests, heard_tokens = heard_requests or 0, heard_tokens or 0
-end
-budget.heard_left(domain, b, heard_requests, heard_tokens)
+budget.settle(domain, b, released == 1, outcome, lease_id, used, heard_requests, heard_tokens)
 if not d then
   budget.save(b, idle_ms)
   return {released, '', flush_events(KEYS[5], now, events_maxlen, idle_ms), registered and 1 or 0, ''}

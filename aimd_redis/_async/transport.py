@@ -102,12 +102,10 @@ class AsyncAimdTransport(httpx.AsyncBaseTransport):
         headers = response.headers
 
         async def report(broken: bool, used: int | None) -> None:
-            if broken:
+            if broken or outcome == "failure":
                 await lease.failure(headers=headers)
             elif outcome == "rate_limited":
                 await lease.rate_limited(retry_after=wait, headers=headers)
-            elif outcome == "failure":
-                await lease.failure(headers=headers)
             else:
                 await lease.success(tokens=used, headers=headers)
 

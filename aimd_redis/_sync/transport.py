@@ -102,12 +102,10 @@ class AimdTransport(httpx.BaseTransport):
         headers = response.headers
 
         def report(broken: bool, used: int | None) -> None:
-            if broken:
+            if broken or outcome == "failure":
                 lease.failure(headers=headers)
             elif outcome == "rate_limited":
                 lease.rate_limited(retry_after=wait, headers=headers)
-            elif outcome == "failure":
-                lease.failure(headers=headers)
             else:
                 lease.success(tokens=used, headers=headers)
 
