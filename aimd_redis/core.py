@@ -309,7 +309,8 @@ class Core:
         self._lease_ttl = _seconds(config.lease_ttl_seconds)
         self._maxlen = str(EVENTS_MAXLEN)
         # A slot handed to a waiter is its own only once claimed: the waiter
-        # claims it when woken, or at its next re-check (every wait_poll).
+        # claims it when woken (see fresh_handoff), or at its next re-check
+        # (every wait_poll).
         self._claim_s = min(config.lease_ttl_seconds, 2 * config.wait_poll_seconds)
         self._lease_ttl_s = config.lease_ttl_seconds
         claim_ttl = _seconds(self._claim_s)
@@ -437,7 +438,7 @@ class Core:
         return Call("acquire", keys, list(args)), ref
 
     def parse_acquire(self, ref: LeaseRef, reply: Sequence[Any]) -> Grant | Denied | Queued:
-        status, value, state_text, events = reply
+        status, value, state_text, events, queued_at = reply
         status = as_str(status)
         if status == "abandoned":
             raise RuntimeError(f"lease {ref.lease_id} was abandoned before its acquire ran")
@@ -453,7 +454,7 @@ class Core:
         if status == "cooldown":
             return Denied(reason="cooldown", retry_in=float(as_str(value)), state=state)
         if status == "queued":
-            return Queued(retry_in=float(as_str(value)), state=state)
+            return Queued(retry_in=float(as_str(value)), state=state, at=float(as_str(queued_at)))
         if status == "budget":
             return Denied(reason="budget", retry_in=float(as_str(value)), state=state)
         return Denied(reason="at_capacity", retry_in=CAPACITY_POLL_SECONDS * (0.5 + random.random()), state=state)
@@ -508,6 +509,18 @@ class Core:
         return Grant(
             ref=ref, expires_at=expires_at, state=state_from_text(second), granted_at=expires_at - self._claim_s
         )
+
+    def fresh_handoff(self, handed: Grant, queued: Queued, since_asked: float) -> bool:
+        """Whether a slot handed over can be used before its claim is in.
+
+        ``queued``: the reply of the waiter's last acquire, sent
+        ``since_asked`` seconds ago (local clock). The hand-over was published
+        after that acquire ran, unless its wake-up is a stale one, so the two
+        bound how long ago it was published. Within the first half of the
+        claim window the claim can go out in the background and land in time,
+        saving the waiter a round trip; later, it is sent and waited for."""
+        published_before = max(0.0, queued.at - handed.granted_at)
+        return published_before + since_asked < self._claim_s / 2
 
     def parse_release(self, ref: LeaseRef, reply: Sequence[Any]) -> tuple[ReleaseResult, bool]:
         """The result, and whether the model's registration was there (if not,

@@ -72,6 +72,8 @@ class Queued(msgspec.Struct, frozen=True, kw_only=True):
     """Seconds until it should ask again (the cooldown left when it is first
     in line), or 0: wait for a hand-over."""
     state: DomainState
+    at: float
+    """When it was queued (Redis clock)."""
 
 
 class LeaseRef(msgspec.Struct, frozen=True, kw_only=True):

@@ -36,7 +36,7 @@
 -- grant takes a slot and the lease's share of the model's budget together;
 -- the first in line waits for the budget, and everyone behind it.
 --
--- Reply: {status, value, state, events}
+-- Reply: {status, value, state, events, queued_at}
 --   status 'granted'     value = the lease's expiry time
 --          'cooldown'    value = seconds until the cooldown ends
 --          'at_capacity' value = 0
@@ -51,6 +51,8 @@
 --                        tokens exceed: it could never be granted (state '')
 --   state  the domain's nine public fields, in order, joined by commas
 --   events flat list of (domain, event, from, to) quadruples
+--   queued_at when queued, this call's time: a hand-over published later is
+--          this waiter's, and the waiter can tell how old its wake-up may be
 -- Errors: 'AIMD_NOT_REGISTERED <cap key>', 'AIMD_CORRUPT <key> field <name> holds <value>'
 
 local now = clock(ARGV[1])
@@ -68,7 +70,7 @@ if not emax then return redis.error_reply('AIMD_NOT_REGISTERED ' .. KEYS[1]) end
 local b
 b, err = budget.load(cap, KEYS[9], now)
 if err then return redis.error_reply(err) end
-if not budget.fits(b, id) then return {'oversize', fmt(b.tpm), '', {}} end
+if not budget.fits(b, id) then return {'oversize', fmt(b.tpm), '', {}, ''} end
 
 local d
 d, err = load_domain(KEYS[2])
@@ -152,4 +154,4 @@ budget.save(b, idle_ms)
 publish_handoffs(q, d, handoff_expiry)
 local flat_events = flush_events(KEYS[5], now, events_maxlen, idle_ms)
 touch(idle_ms, KEYS[2], KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], b and KEYS[9])
-return {status, value_text or fmt(value), state_text(d), flat_events}
+return {status, value_text or fmt(value), state_text(d), flat_events, status == 'queued' and fmt(now) or ''}

@@ -12,6 +12,8 @@ import pytest
 import redis
 
 from aimd_redis import AcquireTimeout, AsyncThrottle, Throttle, ThrottleConfig
+from aimd_redis.core import Core
+from aimd_redis.structs import Grant, LeaseRef, Queued
 
 from .helpers import M, P, script_calls, wait_until
 
@@ -19,6 +21,8 @@ TARGET = {"provider_name": P, "model_id": M, "domain": "chat"}
 DOMAIN_KEY = "aimd:{openai/gpt-4o}:chat"
 # Re-checks so rare that anything happening within a test came from a wake-up.
 QUIET = ThrottleConfig(wait_poll_seconds=30)
+# As quiet, with a claim window (2 x wait_poll) well short of the lease ttl.
+LONG_LEASES = ThrottleConfig(wait_poll_seconds=30, lease_ttl_seconds=300)
 
 
 def _waiters(client: redis.Redis) -> int:
@@ -70,15 +74,87 @@ async def test_one_release_wakes_one_waiter_which_claims_its_slot_with_one_call(
         await held.success()
         done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED, timeout=5)
         assert len(done) == 1
-        # The release, and the woken waiter's claim of the slot; no other waiter moved.
-        assert script_calls(real_redis) == 2
         first = done.pop().result()
+        # The release, and the woken waiter's claim of the slot (sent once it
+        # returned); no other waiter moved.
+        await _eventually(lambda: script_calls(real_redis) >= 2)
+        await asyncio.sleep(0.05)
+        assert script_calls(real_redis) == 2
         for task in waiters:
             task.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
         await first.success()
     assert real_redis.zcard(f"{DOMAIN_KEY}:queue") == 0
     assert (_waiters(real_redis), real_redis.hget(DOMAIN_KEY, "in_flight")) == (0, b"0")
+
+
+def _lease_expiry(client: redis.Redis, lease_id: str) -> float:
+    return float(client.zscore(f"{DOMAIN_KEY}:leases", lease_id) or 0)
+
+
+def test_a_slot_handed_over_is_used_at_once_and_claimed_in_the_background(
+    real_redis: redis.Redis, real_redis_url: str
+) -> None:
+    t = Throttle(real_redis_url, config=LONG_LEASES)
+    t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
+    held = t.acquire(**TARGET, timeout=0)
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(t.acquire(**TARGET, timeout=10)))
+    waiter.start()
+    wait_until(lambda: _waiters(real_redis) == 1, "not queued", 10)
+    held.success()
+    waiter.join(10)
+    (lease,) = got
+    # It came back holding the claim window (2 x wait_poll, 60 s); the
+    # claim makes it a whole lease ttl (300 s) in Redis, and on the lease.
+    assert lease.expires_at < lease.granted_at + 61
+    redis_now = float(real_redis.time()[0])
+    wait_until(lambda: _lease_expiry(real_redis, lease.id) > redis_now + 200, "never claimed", 10)
+    wait_until(lambda: lease.expires_at > redis_now + 200, "the lease never heard of its claim", 10)
+    assert lease.success().released
+    assert real_redis.hget(DOMAIN_KEY, "in_flight") == b"0"
+    t.close()
+
+
+async def test_a_late_wake_up_is_claimed_before_the_slot_is_used(real_redis: redis.Redis, real_redis_url: str) -> None:
+    async with AsyncThrottle(real_redis_url, config=LONG_LEASES) as t:
+        t._core.fresh_handoff = lambda *args: False  # type: ignore[method-assign]  # as if it came late
+        await t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
+        held = await t.acquire(**TARGET, timeout=0)
+        waiter = asyncio.create_task(t.acquire(**TARGET, timeout=10))
+        await _eventually(lambda: _waiters(real_redis) == 1)
+        real_redis.config_resetstat()
+        await held.success()
+        lease = await waiter
+        # Claimed before acquire returned: the release and the claim are both in.
+        assert script_calls(real_redis) == 2
+        assert _lease_expiry(real_redis, lease.id) == pytest.approx(lease.expires_at)
+        assert lease.expires_at > lease.granted_at + 200
+        await lease.success()
+
+
+@pytest.mark.parametrize(
+    ("published_after_queued", "since_asked", "fresh"),
+    [
+        (0.5, 0.2, True),  # the common case: woken soon after its last re-check
+        (0.5, 29.9, True),  # within the first half of the 60 s claim window
+        (0.5, 30.0, False),  # later: the claim is sent and waited for
+        (-40.0, 0.1, False),  # a stale wake-up, published before the waiter last asked
+        (-20.0, 5.0, True),  # stale by less than what is left of the half window
+    ],
+)
+def test_a_hand_over_is_used_before_its_claim_only_early_in_the_claim_window(
+    published_after_queued: float, since_asked: float, fresh: bool
+) -> None:
+    core = Core(LONG_LEASES, "aimd")
+    ref = LeaseRef(provider_name=P, model_id=M, domain="chat", lease_id="c.1")
+    state = "1,1,0,0,0,0,0,0,0"
+    queued = core.parse_acquire(ref, [b"queued", b"0", state.encode(), [], b"1000.0"])
+    assert isinstance(queued, Queued)
+    expiry = 1000.0 + published_after_queued + 60  # the claim window runs from the hand-over
+    handed = core.parse_wake(ref, f"c.1 {expiry} {state}")
+    assert isinstance(handed, Grant)
+    assert core.fresh_handoff(handed, queued, since_asked) is fresh
 
 
 def test_a_timed_out_waiter_leaves_no_trace(client: redis.Redis) -> None:

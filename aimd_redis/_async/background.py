@@ -17,8 +17,8 @@ logger = logging.getLogger("aimd_redis")
 
 class Periodic:
     """Runs ``job`` every ``interval`` seconds in the background from the
-    first :meth:`start` until :meth:`stop`; a failing run is logged and the
-    next one goes ahead."""
+    first :meth:`start` until :meth:`stop`, and at once when poked; a failing
+    run is logged and the next one goes ahead."""
 
     def __init__(self, interval: float, job: Job, name: str) -> None:
         self._interval = interval
@@ -27,19 +27,29 @@ class Periodic:
         # Never held across a wait: it only keeps two starts from racing.
         self._lock = threading.Lock()
         self._worker: Worker | None = None
+        self._stopping = Event()
+        self._poked = Event()
 
     def start(self) -> None:
         with self._lock:
             if self._worker is None or not self._worker.alive():
-                stopping = Event()  # this worker's own: a later start makes another
+                stopping = self._stopping = Event()  # this worker's own: a later start makes another
                 self._worker = Worker(lambda: self._loop(stopping), self._name, stopping)
+
+    def poke(self) -> None:
+        """Run the job as soon as it can (once for any number of pokes meanwhile)."""
+        self._poked.set()
 
     @property
     def running(self) -> bool:
         return self._worker is not None and self._worker.alive()
 
     async def _loop(self, stopping: Event) -> None:
-        while not await stopping.wait(self._interval):
+        while True:
+            await self._poked.wait(self._interval)
+            if stopping.is_set():
+                return
+            self._poked.clear()  # before the run: a poke during it runs the job again
             try:
                 await self._job()
             except Exception as exc:
@@ -52,4 +62,6 @@ class Periodic:
         with self._lock:
             worker, self._worker = self._worker, None
         if worker is not None:
+            self._stopping.set()
+            self._poked.set()  # a thread waiting for the next run sees it now
             await worker.stop()

@@ -32,6 +32,9 @@ class Event:
     def is_set(self) -> bool:
         return self._event.is_set()
 
+    def clear(self) -> None:
+        self._event.clear()
+
     async def wait(self, timeout: float | None = None) -> bool:
         """True once set; False if ``timeout`` seconds passed first."""
         try:

@@ -25,6 +25,9 @@ class Event:
     def is_set(self) -> bool:
         return self._event.is_set()
 
+    def clear(self) -> None:
+        self._event.clear()
+
     def wait(self, timeout: float | None = None) -> bool:
         return self._event.wait(timeout)
 

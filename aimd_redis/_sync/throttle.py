@@ -155,6 +155,10 @@ class Throttle:
         # their ttl, so only a dead process's slots ever expire.
         self._held: dict[str, Lease] = {}
         self._renewer = Periodic(self.config.lease_ttl_seconds / 3, self._renew_held, "aimd-redis lease renewer")
+        self._renewed_at = time.monotonic()
+        # Slots handed over and used before their claim is in: the renewer
+        # claims them at once (see Core.fresh_handoff).
+        self._unclaimed: dict[str, Lease] = {}
         # Outcomes and give-backs that did not reach Redis, sent again until
         # Redis takes them or the lease would have expired: lease id -> (call,
         # the lease's name for the logs, monotonic deadline).
@@ -350,10 +354,13 @@ class Throttle:
             self._failing_open = False
             logger.warning("Redis answers again: slots come from the fleet's limit again")
 
-    def _hold(self, lease: Lease, now: float | None) -> Lease:
+    def _hold(self, lease: Lease, now: float | None, *, claim: bool = False) -> Lease:
         if now is None:  # a caller injecting time renews for itself
             self._held[lease.id] = lease
             self._renewer.start()
+            if claim:
+                self._unclaimed[lease.id] = lease
+                self._renewer.poke()
         return lease
 
     def _run_quietly(self, call: Call, ref: LeaseRef) -> None:
@@ -456,6 +463,7 @@ class Throttle:
         recheck = False
         try:
             while True:
+                asked = time.monotonic()
                 got = self._acquire_once(call, ref, None)
                 if isinstance(got, Grant):
                     if recheck:
@@ -487,9 +495,10 @@ class Throttle:
                     woke = self._core.parse_wake(ref, message)
                     if isinstance(woke, Grant):
                         lease = Lease(self, woke)
-                        if self._renew(lease, None):  # claimed: it lasts a lease ttl now
+                        fresh = self._core.fresh_handoff(woke, got, time.monotonic() - asked)
+                        if fresh or self._renew(lease, None):  # claimed, it lasts a lease ttl
                             self._log_queue(f"slot handed over ({woke.state.waiters} still waiting)", ref, started)
-                            return self._hold(lease, None)
+                            return self._hold(lease, None, claim=fresh)
                         break  # the claim came too late and the slot went on: ask again
                     wait = min(woke, poll)  # a cooldown blocks the queue: ask again when it ends
                     self._waker.expect(lease_id)
@@ -618,16 +627,29 @@ class Throttle:
         )
 
     def _renew_held(self) -> None:
-        """Renew every held lease, one script call per model."""
+        """Claim the slots handed over since the last run and, every third of
+        the lease ttl, renew every held lease; one script call per model."""
+        claims = [lease for lease in map(self._unclaimed.pop, list(self._unclaimed)) if not lease.reported]
+        if time.monotonic() - self._renewed_at >= self.config.lease_ttl_seconds / 6:
+            self._renewed_at = time.monotonic()
+            claims = []  # renewed with the rest
+            leases = list(self._held.values())
+        else:
+            leases = claims
         by_model: dict[tuple[str, str], list[Lease]] = {}
-        for lease in list(self._held.values()):
+        for lease in leases:
             by_model.setdefault((lease.ref.provider_name, lease.ref.model_id), []).append(lease)
-        for leases in by_model.values():
-            call = self._core.renew_call([lease.ref for lease in leases], None)
-            for lease, expiry in zip(leases, self._core.parse_renew(self._run(call)), strict=True):
+        for group in by_model.values():
+            call = self._core.renew_call([lease.ref for lease in group], None)
+            try:
+                reply = self._run(call)
+            except BaseException:
+                self._unclaimed.update((lease.id, lease) for lease in claims)  # for the next run
+                raise
+            for lease, expiry in zip(group, self._core.parse_renew(reply), strict=True):
                 if expiry is None:
                     # Gone: released meanwhile (fine), or expired unrenewed or lost
-                    # with Redis's data (say so).
+                    # with Redis's data, or a hand-over claimed too late (say so).
                     if self._held.pop(lease.id, None) is not None and not lease.reported:
                         logger.warning("%r was gone from Redis when it was to be renewed (expired, or lost)", lease)
                 else:
