@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import threading
 import time
@@ -113,6 +114,27 @@ def test_a_slot_handed_over_is_used_at_once_and_claimed_in_the_background(
     wait_until(lambda: lease.expires_at > redis_now + 200, "the lease never heard of its claim", 10)
     assert lease.success().released
     assert real_redis.hget(DOMAIN_KEY, "in_flight") == b"0"
+    t.close()
+
+
+def test_a_claim_that_finds_its_slot_gone_says_so(
+    real_redis: redis.Redis, real_redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    t = Throttle(real_redis_url, config=LONG_LEASES)
+    t._renewer.poke = lambda: None  # type: ignore[method-assign]  # the claim waits until called below
+    t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
+    held = t.acquire(**TARGET, timeout=0)
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(t.acquire(**TARGET, timeout=10)))
+    waiter.start()
+    wait_until(lambda: _waiters(real_redis) == 1, "not queued", 10)
+    held.success()
+    waiter.join(10)
+    (lease,) = got
+    real_redis.zrem(f"{DOMAIN_KEY}:leases", lease.id)  # reclaimed: the claim window passed
+    with caplog.at_level(logging.WARNING, logger="aimd_redis"):
+        t._renew_held()
+    assert "went on before its claim" in caplog.text
     t.close()
 
 

@@ -650,7 +650,11 @@ class Throttle:
                 if expiry is None:
                     # Gone: released meanwhile (fine), or expired unrenewed or lost
                     # with Redis's data, or a hand-over claimed too late (say so).
-                    if self._held.pop(lease.id, None) is not None and not lease.reported:
+                    if self._held.pop(lease.id, None) is None or lease.reported:
+                        continue
+                    if lease.expires_at <= lease.granted_at + self._core.claim_seconds:  # never claimed
+                        logger.warning("the slot handed to %r went on before its claim: one request over the limit", lease)
+                    else:
                         logger.warning("%r was gone from Redis when it was to be renewed (expired, or lost)", lease)
                 else:
                     lease.expires_at = expiry
