@@ -510,11 +510,6 @@ class Core:
             ref=ref, expires_at=expires_at, state=state_from_text(second), granted_at=expires_at - self._claim_s
         )
 
-    @property
-    def claim_seconds(self) -> float:
-        """How long a slot handed to a waiter lasts until it is claimed."""
-        return self._claim_s
-
     def fresh_handoff(self, handed: Grant, queued: Queued, since_asked: float) -> bool:
         """Whether a slot handed over can be used before its claim is in.
 

@@ -3,8 +3,11 @@ two-script hash counter (one EVALSHA each way) measured in the same run
 against the same server: as try_acquire + success pairs (two calls per
 request), and as a worker's loop of Lease.success_and_acquire (one call per
 request). Then Redis's own time per call (INFO commandstats) for ours,
-without and with a request and token budget, and for the minimal script as
-EVALSHA and as a function (FCALL), and the client's own cost per pair.
+without and with a request and token budget; for the minimal script as
+EVALSHA and as a function (FCALL); and for a function that issues the very
+Redis commands ours issue on this path, with the same keys and arguments,
+and no logic at all: the floor for any script that keeps this state. Last,
+the client's own cost per pair.
 
     python benchmarks/bench_core.py [--url redis://...] [--pairs 3000] [--rounds 7]
 
@@ -24,7 +27,7 @@ from collections.abc import Callable
 import redis
 from script_stats import usec_per_call
 
-from aimd_redis import Lease, Throttle, ThrottleConfig
+from aimd_redis import Lease, Throttle, ThrottleConfig, schema
 from aimd_redis.demo.embedded import EmbeddedRedis
 
 BASELINE_ACQUIRE = """
@@ -44,6 +47,53 @@ redis.register_function('bench_release', function(KEYS, ARGV)
 {BASELINE_RELEASE}
 end)
 """
+
+
+# The commands an uncontended acquire and a success issue, in order (as
+# MONITOR shows them), bare: no parsing, no validation, no rules.
+_DOMAIN_FIELDS = ", ".join(f"'{name}'" for name, _kind in schema.FIELDS)
+BARE_LIBRARY = f"""#!lua name=aimd_bench_bare
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+redis.register_function('bare_acquire', function(KEYS, ARGV)
+  local t = now()
+  redis.call('HMGET', KEYS[1], 'effective_max', 'rpm', 'tpm')
+  redis.call('HMGET', KEYS[2], {_DOMAIN_FIELDS})
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], 0, t)
+  local n = redis.call('ZCARD', KEYS[3]) - redis.call('ZCOUNT', KEYS[3], '-inf', '(0')
+  redis.call('ZCARD', KEYS[6])
+  local expiry = tostring(t + 60)
+  redis.call('ZADD', KEYS[3], 'NX', expiry, ARGV[3])
+  redis.call('HSET', KEYS[2], 'in_flight', n + 1)
+  redis.call('PTTL', KEYS[2])
+  return {{'granted', expiry, '1,1,0,0,0,0,0,0,0', {{}}, ''}}
+end)
+redis.register_function('bare_release', function(KEYS, ARGV)
+  local t = now()
+  redis.call('HMGET', KEYS[1], 'effective_max', 'rpm', 'tpm')
+  redis.call('HMGET', KEYS[2], {_DOMAIN_FIELDS})
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], 0, t)
+  redis.call('ZSCORE', KEYS[3], ARGV[3])
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  local n = redis.call('ZCARD', KEYS[3]) - redis.call('ZCOUNT', KEYS[3], '-inf', '(0')
+  redis.call('ZCARD', KEYS[6])
+  redis.call('HSET', KEYS[2], 'in_flight', n, 'success_streak', 1)
+  redis.call('PTTL', KEYS[2])
+  return {{1, '1,0,0,0,0,0,0,0,0', {{}}, 1, ''}}
+end)
+"""
+
+
+def bare(client: redis.Redis, throttle: Throttle, pairs: int) -> None:
+    """The bare commands, called with our keys and arguments."""
+    core = throttle._core
+    acquire, ref = core.acquire_call("bench", "bare", "chat", None, core.new_lease_id("c"))
+    release = core.release_call(ref, "success", None, None)
+    for _ in range(pairs):
+        client.fcall("bare_acquire", len(acquire.keys), *acquire.keys, *acquire.args)
+        client.fcall("bare_release", len(release.keys), *release.keys, *release.args)
 
 
 def baseline(client: redis.Redis, pairs: int) -> float:
@@ -77,6 +127,10 @@ def redis_time(client: redis.Redis, throttle: Throttle, pairs: int) -> dict[str,
         client.fcall("bench_acquire", 1, "baseline:{m}:chat", 64)
         client.fcall("bench_release", 1, "baseline:{m}:chat")
     out["minimal script, FCALL"] = usec_per_call(client, ("fcall",))
+    client.function_load(BARE_LIBRARY, replace=True)
+    client.config_resetstat()
+    bare(client, throttle, pairs)
+    out["our commands, bare (FCALL)"] = usec_per_call(client, ("fcall",))
     return out
 
 
@@ -176,6 +230,9 @@ def main() -> int:
             print(f"  {'aimd-redis / ' + base:<34} {times['aimd-redis (per script call)'] / times[base]:>8.1f} x")
         with_budget = times["aimd-redis with a budget"] / times["minimal script, FCALL"]
         print(f"  {'with a budget / minimal FCALL':<34} {with_budget:>8.1f} x")
+        floor = times["our commands, bare (FCALL)"]
+        print(f"  {'our commands, bare / minimal FCALL':<34} {floor / times['minimal script, FCALL']:>8.1f} x")
+        print(f"  {'aimd-redis / our commands, bare':<34} {times['aimd-redis (per script call)'] / floor:>8.1f} x")
         print(f"\nThe client's own cost: {client_cost(throttle, args.pairs):.1f} us per pair (target < 15)")
         return 0 if ratio >= args.min_ratio else 1
     finally:

@@ -5,7 +5,8 @@ BLPOP/LPUSH hand-over measured in the same run against the same server.
 
 Two processes pass one slot back and forth: one releases, the other's
 blocked acquire returns. Latency is the time from the release call to the
-acquire returning (CLOCK_MONOTONIC, shared by the processes). The baseline
+acquire returning (CLOCK_MONOTONIC, shared by the processes). Each side
+holds what it got for HOLD_SECONDS before passing it on. The baseline
 passes a token the same way with LPUSH and BLPOP. A third run passes it
 with PUBLISH to a listener thread that wakes the waiting thread, as the sync
 client's wake-ups travel: the floor of any hand-over that wakes waiters over
@@ -33,8 +34,20 @@ from aimd_redis.demo.embedded import EmbeddedRedis
 TARGET = {"provider_name": "bench", "model_id": "handoff", "domain": "chat"}
 DOMAIN_KEY = "aimd:{bench/handoff}:chat"
 
+#: How long each side holds the slot (busy, never sleeping) before it passes
+#: it on: a request takes at least this long, and the background work that
+#: came with taking the slot (the claim of a handed slot) is then behind it.
+HOLD_SECONDS = 0.001
+
+
+def _hold() -> None:
+    until = time.perf_counter() + HOLD_SECONDS
+    while time.perf_counter() < until:
+        pass
+
 
 def _wait_for_waiter(client: redis.Redis) -> None:
+    _hold()
     while client.hget(DOMAIN_KEY, "waiters") != b"1":
         time.sleep(0.0002)
 
@@ -68,6 +81,7 @@ def _blpop_side(url: str, rounds: int, first: bool, out: Any) -> None:
         client.blpop([mine])
         acquired.append(time.perf_counter())
     for _ in range(rounds):
+        _hold()
         released.append(time.perf_counter())
         client.lpush(theirs, 1)
         client.blpop([mine])
@@ -99,6 +113,7 @@ def _pubsub_side(url: str, rounds: int, first: bool, out: Any) -> None:
         woke.clear()
         acquired.append(time.perf_counter())
     for _ in range(rounds):
+        _hold()
         released.append(time.perf_counter())
         client.publish(theirs, 1)
         woke.wait()

@@ -626,13 +626,15 @@ class AsyncThrottle:
         )
 
     async def _renew_held(self) -> None:
-        """Claim the slots handed over since the last run and, every third of
-        the lease ttl, renew every held lease; one script call per model."""
+        """Claim the slots handed over since the last run, and renew every
+        held lease once a sixth of the lease ttl has passed since they last
+        were (runs come every third, sooner when poked); one script call per
+        model."""
         claims = [lease for lease in map(self._unclaimed.pop, list(self._unclaimed)) if not lease.reported]
+        claiming = {lease.id for lease in claims}
         if time.monotonic() - self._renewed_at >= self.config.lease_ttl_seconds / 6:
             self._renewed_at = time.monotonic()
-            claims = []  # renewed with the rest
-            leases = list(self._held.values())
+            leases = list(self._held.values())  # the claims among them
         else:
             leases = claims
         by_model: dict[tuple[str, str], list[AsyncLease]] = {}
@@ -651,7 +653,7 @@ class AsyncThrottle:
                     # with Redis's data, or a hand-over claimed too late (say so).
                     if self._held.pop(lease.id, None) is None or lease.reported:
                         continue
-                    if lease.expires_at <= lease.granted_at + self._core.claim_seconds:  # never claimed
+                    if lease.id in claiming:
                         logger.warning(
                             "the slot handed to %r went on before its claim: one request over the limit", lease
                         )
