@@ -514,13 +514,14 @@ class Core:
         """Whether a slot handed over can be used before its claim is in.
 
         ``queued``: the reply of the waiter's last acquire, sent
-        ``since_asked`` seconds ago (local clock). The hand-over was published
-        after that acquire ran, unless its wake-up is a stale one, so the two
-        bound how long ago it was published. Within the first half of the
-        claim window the claim can go out in the background and land in time,
-        saving the waiter a round trip; later, it is sent and waited for."""
-        published_before = max(0.0, queued.at - handed.granted_at)
-        return published_before + since_asked < self._claim_s / 2
+        ``since_asked`` seconds ago (local clock). Redis's clock cannot be
+        past queued.at + since_asked now, so what is left of the claim window
+        is at least handed.expires_at less that, whoever set the window and
+        however old the wake-up. With half a window left the claim can go out
+        in the background and land in time, saving the waiter a round trip;
+        with less, it is sent and waited for."""
+        left = handed.expires_at - (queued.at + since_asked)
+        return left >= self._claim_s / 2
 
     def parse_release(self, ref: LeaseRef, reply: Sequence[Any]) -> tuple[ReleaseResult, bool]:
         """The result, and whether the model's registration was there (if not,

@@ -156,24 +156,25 @@ async def test_a_late_wake_up_is_claimed_before_the_slot_is_used(real_redis: red
 
 
 @pytest.mark.parametrize(
-    ("published_after_queued", "since_asked", "fresh"),
+    ("published_after_queued", "window", "since_asked", "fresh"),
     [
-        (0.5, 0.2, True),  # the common case: woken soon after its last re-check
-        (0.5, 29.9, True),  # within the first half of the 60 s claim window
-        (0.5, 30.0, False),  # later: the claim is sent and waited for
-        (-40.0, 0.1, False),  # a stale wake-up, published before the waiter last asked
-        (-20.0, 5.0, True),  # stale by less than what is left of the half window
+        (0.5, 60, 0.2, True),  # the common case: woken soon after its last re-check
+        (25.0, 60, 29.9, True),  # late in the wait, but early in the window
+        (0.5, 60, 30.6, False),  # half the window may be gone: claimed first
+        (-40.0, 60, 0.1, False),  # a stale wake-up, published before the waiter last asked
+        (-20.0, 60, 5.0, True),  # stale by less than what is left of the window
+        (0.5, 4, 0.2, False),  # a releaser with a short window (another configuration)
     ],
 )
-def test_a_hand_over_is_used_before_its_claim_only_early_in_the_claim_window(
-    published_after_queued: float, since_asked: float, fresh: bool
+def test_a_hand_over_is_used_before_its_claim_only_with_half_its_window_left(
+    published_after_queued: float, window: float, since_asked: float, fresh: bool
 ) -> None:
-    core = Core(LONG_LEASES, "aimd")
+    core = Core(LONG_LEASES, "aimd")  # its own claim window: 60 s
     ref = LeaseRef(provider_name=P, model_id=M, domain="chat", lease_id="c.1")
     state = "1,1,0,0,0,0,0,0,0"
     queued = core.parse_acquire(ref, [b"queued", b"0", state.encode(), [], b"1000.0"])
     assert isinstance(queued, Queued)
-    expiry = 1000.0 + published_after_queued + 60  # the claim window runs from the hand-over
+    expiry = 1000.0 + published_after_queued + window  # the window runs from the hand-over
     handed = core.parse_wake(ref, f"c.1 {expiry} {state}")
     assert isinstance(handed, Grant)
     assert core.fresh_handoff(handed, queued, since_asked) is fresh
