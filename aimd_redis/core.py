@@ -29,6 +29,10 @@ EVENTS_MAXLEN = 10_000
 #: Mean wait suggested to a caller denied at capacity; jittered so pollers
 #: of many processes spread out.
 CAPACITY_POLL_SECONDS = 0.05
+#: The least time a slot handed over may have left until it must be claimed
+#: for its waiter to use it at once, the claim following in the background: a
+#: pause of the process (a busy event loop, a collection) must not outlast it.
+CLAIM_MARGIN_SECONDS = 1.0
 #: Upper bound on max_parallel_requests: far above any real endpoint, low
 #: enough that a typo (an extra zero or six) is caught.
 MAX_PARALLEL_LIMIT = 1_000_000
@@ -510,6 +514,11 @@ class Core:
             ref=ref, expires_at=expires_at, state=state_from_text(second), granted_at=expires_at - self._claim_s
         )
 
+    @property
+    def claim_seconds(self) -> float:
+        """How long a slot handed to a waiter lasts until it is claimed."""
+        return self._claim_s
+
     def fresh_handoff(self, handed: Grant, queued: Queued, since_asked: float) -> bool:
         """Whether a slot handed over can be used before its claim is in.
 
@@ -517,11 +526,12 @@ class Core:
         ``since_asked`` seconds ago (local clock). Redis's clock cannot be
         past queued.at + since_asked now, so what is left of the claim window
         is at least handed.expires_at less that, whoever set the window and
-        however old the wake-up. With half a window left the claim can go out
-        in the background and land in time, saving the waiter a round trip;
-        with less, it is sent and waited for."""
+        however old the wake-up. With half a window left (and at least
+        CLAIM_MARGIN_SECONDS) the claim can go out in the background and land
+        in time, saving the waiter a round trip; with less, it is sent and
+        waited for."""
         left = handed.expires_at - (queued.at + since_asked)
-        return left >= self._claim_s / 2
+        return left >= max(self._claim_s / 2, CLAIM_MARGIN_SECONDS)
 
     def parse_release(self, ref: LeaseRef, reply: Sequence[Any]) -> tuple[ReleaseResult, bool]:
         """The result, and whether the model's registration was there (if not,

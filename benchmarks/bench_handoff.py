@@ -156,7 +156,7 @@ def main() -> int:
     url = args.url or server.url  # type: ignore[union-attr]
     try:
         client = redis.Redis.from_url(url)
-        client.delete("a", "b")
+        client.delete("a", "b", "ready:a", "ready:b")
         Throttle(client).register(provider_name="bench", model_id="handoff", alias="bench", max_parallel_requests=1)
         print("measuring BLPOP/LPUSH hand-over...", file=sys.stderr, flush=True)
         raw, _ = _measure(_blpop_side, url, args.rounds, holder_first=False)

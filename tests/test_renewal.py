@@ -6,6 +6,7 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -13,7 +14,7 @@ import redis
 
 from aimd_redis import AsyncThrottle, Denied, Lease, Throttle, ThrottleConfig
 
-from .helpers import M, P
+from .helpers import M, P, wait_until
 
 TTL = 0.6  # renewed every 0.2 s
 CONFIG = ThrottleConfig(lease_ttl_seconds=TTL)
@@ -94,3 +95,43 @@ def test_slots_of_a_killed_process_come_back_within_the_ttl(real_redis: redis.Re
     assert state.in_flight == 0
     assert real_redis.hget("aimd:{openai/gpt-4o}:chat", "total_reclaimed") == b"3"
     t.close()
+
+
+def test_a_poked_job_runs_at_once_and_stops_at_once_after_a_restart() -> None:
+    from aimd_redis._sync.background import Periodic
+
+    runs: list[float] = []
+    job = Periodic(3600, lambda: runs.append(time.monotonic()), "test job")
+    for expected in (1, 2):  # a stop, then a start again
+        job.start()
+        job.poke()
+        wait_until(lambda n=expected: len(runs) == n, "the poked job never ran", 10)
+        job.poke()  # a poke pending as it stops: the stop does not wait out the hour
+        stopper = threading.Thread(target=job.stop)
+        stopper.start()
+        stopper.join(10)
+        assert not stopper.is_alive()
+        assert not job.running
+
+
+def test_an_async_job_runs_in_each_event_loop_it_is_started_in() -> None:
+    from aimd_redis._async.background import Periodic
+
+    runs: list[int] = []
+
+    async def work() -> None:
+        runs.append(1)
+
+    job = Periodic(3600, work, "test job")
+
+    async def once(expected: int) -> None:
+        job.start()
+        job.poke()
+        deadline = time.monotonic() + 10
+        while len(runs) < expected:
+            assert time.monotonic() < deadline, "the poked job never ran"
+            await asyncio.sleep(0.01)
+        await job.stop()
+
+    asyncio.run(once(1))
+    asyncio.run(once(2))  # a new loop: its events are that loop's own

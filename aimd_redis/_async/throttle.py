@@ -154,10 +154,11 @@ class AsyncThrottle:
         # their ttl, so only a dead process's slots ever expire.
         self._held: dict[str, AsyncLease] = {}
         self._renewer = Periodic(self.config.lease_ttl_seconds / 3, self._renew_held, "aimd-redis lease renewer")
-        self._renewed_at = time.monotonic()
-        # Slots handed over and used before their claim is in: the renewer
-        # claims them at once (see Core.fresh_handoff).
+        # Slots handed over and used before their claim is in (see
+        # Core.fresh_handoff): claimed at once, and tried again soon, well
+        # within the claim window, should a try fail.
         self._unclaimed: dict[str, AsyncLease] = {}
+        self._claimer = Periodic(self._core.claim_seconds / 10, self._claim_handed, "aimd-redis hand-over claimer")
         # Outcomes and give-backs that did not reach Redis, sent again until
         # Redis takes them or the lease would have expired: lease id -> (call,
         # the lease's name for the logs, monotonic deadline).
@@ -359,7 +360,8 @@ class AsyncThrottle:
             self._renewer.start()
             if claim:
                 self._unclaimed[lease.id] = lease
-                self._renewer.poke()
+                self._claimer.start()
+                self._claimer.poke()
         return lease
 
     async def _run_quietly(self, call: Call, ref: LeaseRef) -> None:
@@ -458,10 +460,13 @@ class AsyncThrottle:
         if self._waker is not None:
             with redis_boundary():
                 await self._waker.watch(self._core.keys(provider_name, model_id).wake_prefix + self._client_id)
-            self._waker.expect(lease_id)
         recheck = False
         try:
             while True:
+                if self._waker is not None:
+                    # A wake-up published before this call ran is spent (the call
+                    # claims the slot) or dead (the slot went on): not waited for.
+                    self._waker.expect(lease_id)
                 asked = time.monotonic()
                 got = await self._acquire_once(call, ref, None)
                 if isinstance(got, Grant):
@@ -626,41 +631,38 @@ class AsyncThrottle:
         )
 
     async def _renew_held(self) -> None:
-        """Claim the slots handed over since the last run, and renew every
-        held lease once a sixth of the lease ttl has passed since they last
-        were (runs come every third, sooner when poked); one script call per
-        model."""
-        claims = [lease for lease in map(self._unclaimed.pop, list(self._unclaimed)) if not lease.reported]
-        claiming = {lease.id for lease in claims}
-        if time.monotonic() - self._renewed_at >= self.config.lease_ttl_seconds / 6:
-            self._renewed_at = time.monotonic()
-            leases = list(self._held.values())  # the claims among them
-        else:
-            leases = claims
+        """Renew every held lease."""
+        await self._renew_leases(list(self._held.values()), claims=False)
+
+    async def _claim_handed(self) -> None:
+        """Claim the slots handed over since the last run (put back for the
+        next run, should the call fail)."""
+        leases = [lease for lease in map(self._unclaimed.pop, list(self._unclaimed)) if lease.id in self._held]
+        try:
+            await self._renew_leases(leases, claims=True)
+        except BaseException:
+            self._unclaimed.update((lease.id, lease) for lease in leases)
+            raise
+
+    async def _renew_leases(self, leases: list[AsyncLease], *, claims: bool) -> None:
+        """One script call per model."""
         by_model: dict[tuple[str, str], list[AsyncLease]] = {}
         for lease in leases:
             by_model.setdefault((lease.ref.provider_name, lease.ref.model_id), []).append(lease)
         for group in by_model.values():
             call = self._core.renew_call([lease.ref for lease in group], None)
-            try:
-                reply = await self._run(call)
-            except BaseException:
-                self._unclaimed.update((lease.id, lease) for lease in claims)  # for the next run
-                raise
-            for lease, expiry in zip(group, self._core.parse_renew(reply), strict=True):
-                if expiry is None:
-                    # Gone: released meanwhile (fine), or expired unrenewed or lost
-                    # with Redis's data, or a hand-over claimed too late (say so).
-                    if self._held.pop(lease.id, None) is None or lease.reported:
-                        continue
-                    if lease.id in claiming:
+            for lease, expiry in zip(group, self._core.parse_renew(await self._run(call)), strict=True):
+                if expiry is not None:
+                    lease.expires_at = expiry
+                # Gone: released meanwhile (fine), or expired unrenewed or lost
+                # with Redis's data, or a hand-over claimed too late (say so).
+                elif self._held.pop(lease.id, None) is not None and not lease.reported:
+                    if claims:
                         logger.warning(
                             "the slot handed to %r went on before its claim: one request over the limit", lease
                         )
                     else:
                         logger.warning("%r was gone from Redis when it was to be renewed (expired, or lost)", lease)
-                else:
-                    lease.expires_at = expiry
 
     async def _renew(self, lease: AsyncLease, now: float | None) -> bool:
         if lease.local is not None:
@@ -698,6 +700,10 @@ class AsyncThrottle:
         """Stop renewing leases, and close the Redis client if this throttle
         created it from a URL. Leases still held expire after their ttl."""
         await self._renewer.stop()
+        await self._claimer.stop()
+        if self._unclaimed:  # claimed, so that they last a lease ttl like the rest
+            with contextlib.suppress(Exception):
+                await self._claim_handed()
         await self._resender.stop()
         if self._unsent:  # one last try for what Redis has not taken yet
             await self._resend()

@@ -24,32 +24,35 @@ class Periodic:
         self._interval = interval
         self._job = job
         self._name = name
-        # Never held across a wait: it only keeps two starts from racing.
+        # Never held across a wait: it only keeps starts and stops from racing.
         self._lock = threading.Lock()
-        self._worker: Worker | None = None
-        self._stopping = Event()
-        self._poked = Event()
+        # The worker, and its own stopping and poked events: a later start
+        # makes others (and in asyncio, events of the loop it runs in).
+        self._worker: tuple[Worker, Event, Event] | None = None
 
     def start(self) -> None:
         with self._lock:
-            if self._worker is None or not self._worker.alive():
-                stopping = self._stopping = Event()  # this worker's own: a later start makes another
-                self._worker = Worker(lambda: self._loop(stopping), self._name, stopping)
+            if self._worker is None or not self._worker[0].alive():
+                stopping, poked = Event(), Event()
+                worker = Worker(lambda: self._loop(stopping, poked), self._name, stopping)
+                self._worker = (worker, stopping, poked)
 
     def poke(self) -> None:
         """Run the job as soon as it can (once for any number of pokes meanwhile)."""
-        self._poked.set()
+        running = self._worker
+        if running is not None:
+            running[2].set()
 
     @property
     def running(self) -> bool:
-        return self._worker is not None and self._worker.alive()
+        return self._worker is not None and self._worker[0].alive()
 
-    def _loop(self, stopping: Event) -> None:
+    def _loop(self, stopping: Event, poked: Event) -> None:
         while True:
-            self._poked.wait(self._interval)
+            poked.wait(self._interval)
+            poked.clear()  # first: a poke from now on runs the job again, and a stop is never missed
             if stopping.is_set():
                 return
-            self._poked.clear()  # before the run: a poke during it runs the job again
             try:
                 self._job()
             except Exception as exc:
@@ -60,8 +63,9 @@ class Periodic:
 
     def stop(self) -> None:
         with self._lock:
-            worker, self._worker = self._worker, None
-        if worker is not None:
-            self._stopping.set()
-            self._poked.set()  # a thread waiting for the next run sees it now
+            running, self._worker = self._worker, None
+        if running is not None:
+            worker, stopping, poked = running
+            stopping.set()
+            poked.set()  # a thread waiting for its next run sees it now
             worker.stop()
