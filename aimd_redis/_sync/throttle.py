@@ -659,7 +659,7 @@ class Throttle:
                 # with Redis's data, or a hand-over claimed too late (say so).
                 elif self._held.pop(lease.id, None) is not None and not lease.reported:
                     if claims:
-                        logger.warning("the slot handed to %r went on before its claim: one request over the limit", lease)
+                        logger.warning("the slot handed to %r went on before its claim: one over the limit", lease)
                     else:
                         logger.warning("%r was gone from Redis when it was to be renewed (expired, or lost)", lease)
 
