@@ -95,8 +95,10 @@ async def test_asyncio_tasks_hammering_one_domain(make_async_throttle: Callable[
             async with t.slot(**TARGET, timeout=30) as lease:
                 holders += 1
                 peak = max(peak, holders)
-                await asyncio.sleep(rng.random() / 1000)
-                holders -= 1
+                try:
+                    await asyncio.sleep(rng.random() / 1000)
+                finally:  # a doomed task cancelled here leaves its slot too
+                    holders -= 1
                 if _one_request(lease, rng) == "rate_limited":
                     await lease.rate_limited(retry_after=0.002)
             finished += 1
