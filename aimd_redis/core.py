@@ -33,6 +33,9 @@ CAPACITY_POLL_SECONDS = 0.05
 #: for its waiter to use it at once, the claim following in the background: a
 #: pause of the process (a busy event loop, a collection) must not outlast it.
 CLAIM_MARGIN_SECONDS = 1.0
+#: How often, at most, a background claim that failed is tried again (a
+#: tenth of the claim window, unless that is shorter).
+CLAIM_RETRY_SECONDS = 0.1
 #: Upper bound on max_parallel_requests: far above any real endpoint, low
 #: enough that a typo (an extra zero or six) is caught.
 MAX_PARALLEL_LIMIT = 1_000_000
@@ -313,7 +316,7 @@ class Core:
         self._lease_ttl = _seconds(config.lease_ttl_seconds)
         self._maxlen = str(EVENTS_MAXLEN)
         # A slot handed to a waiter is its own only once claimed: the waiter
-        # claims it when woken (see fresh_handoff), or at its next re-check
+        # claims it when woken (see background_claim), or at its next re-check
         # (every wait_poll).
         self._claim_s = min(config.lease_ttl_seconds, 2 * config.wait_poll_seconds)
         self._lease_ttl_s = config.lease_ttl_seconds
@@ -519,8 +522,9 @@ class Core:
         """How long a slot handed to a waiter lasts until it is claimed."""
         return self._claim_s
 
-    def fresh_handoff(self, handed: Grant, queued: Queued, since_asked: float) -> bool:
-        """Whether a slot handed over can be used before its claim is in.
+    def background_claim(self, handed: Grant, queued: Queued, since_asked: float) -> float | None:
+        """The seconds a background claim of a slot handed over has to land,
+        or None when the claim is to be waited for before the slot is used.
 
         ``queued``: the reply of the waiter's last acquire, sent
         ``since_asked`` seconds ago (local clock). Redis's clock cannot be
@@ -528,10 +532,9 @@ class Core:
         is at least handed.expires_at less that, whoever set the window and
         however old the wake-up. With half a window left (and at least
         CLAIM_MARGIN_SECONDS) the claim can go out in the background and land
-        in time, saving the waiter a round trip; with less, it is sent and
-        waited for."""
+        in time, saving the waiter a round trip."""
         left = handed.expires_at - (queued.at + since_asked)
-        return left >= max(self._claim_s / 2, CLAIM_MARGIN_SECONDS)
+        return left if left >= max(self._claim_s / 2, CLAIM_MARGIN_SECONDS) else None
 
     def parse_release(self, ref: LeaseRef, reply: Sequence[Any]) -> tuple[ReleaseResult, bool]:
         """The result, and whether the model's registration was there (if not,

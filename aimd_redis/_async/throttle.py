@@ -26,6 +26,7 @@ from aimd_redis._async.waker import CONFIRM_SECONDS, Waker
 from aimd_redis._provider import read_rate_limit_headers
 from aimd_redis.config import FailOpen, ThrottleConfig
 from aimd_redis.core import (
+    CLAIM_RETRY_SECONDS,
     REGISTER_ATTEMPTS,
     Call,
     Core,
@@ -155,10 +156,11 @@ class AsyncThrottle:
         self._held: dict[str, AsyncLease] = {}
         self._renewer = Periodic(self.config.lease_ttl_seconds / 3, self._renew_held, "aimd-redis lease renewer")
         # Slots handed over and used before their claim is in (see
-        # Core.fresh_handoff): claimed at once, and tried again soon, well
-        # within the claim window, should a try fail.
-        self._unclaimed: dict[str, AsyncLease] = {}
-        self._claimer = Periodic(self._core.claim_seconds / 10, self._claim_handed, "aimd-redis hand-over claimer")
+        # Core.background_claim), with when their claim window surely ends
+        # (monotonic): claimed at once, and tried again soon should a try fail.
+        self._unclaimed: dict[str, tuple[AsyncLease, float]] = {}
+        retry = max(CLAIM_RETRY_SECONDS, self._core.claim_seconds / 10)
+        self._claimer = Periodic(retry, self._claim_handed, "aimd-redis hand-over claimer")
         # Outcomes and give-backs that did not reach Redis, sent again until
         # Redis takes them or the lease would have expired: lease id -> (call,
         # the lease's name for the logs, monotonic deadline).
@@ -354,12 +356,12 @@ class AsyncThrottle:
             self._failing_open = False
             logger.warning("Redis answers again: slots come from the fleet's limit again")
 
-    def _hold(self, lease: AsyncLease, now: float | None, *, claim: bool = False) -> AsyncLease:
+    def _hold(self, lease: AsyncLease, now: float | None, *, claim_by: float | None = None) -> AsyncLease:
         if now is None:  # a caller injecting time renews for itself
             self._held[lease.id] = lease
             self._renewer.start()
-            if claim:
-                self._unclaimed[lease.id] = lease
+            if claim_by is not None:
+                self._unclaimed[lease.id] = (lease, claim_by)
                 self._claimer.start()
                 self._claimer.poke()
         return lease
@@ -499,10 +501,11 @@ class AsyncThrottle:
                     woke = self._core.parse_wake(ref, message)
                     if isinstance(woke, Grant):
                         lease = AsyncLease(self, woke)
-                        fresh = self._core.fresh_handoff(woke, got, time.monotonic() - asked)
-                        if fresh or await self._renew(lease, None):  # claimed, it lasts a lease ttl
+                        window = self._core.background_claim(woke, got, time.monotonic() - asked)
+                        if window is not None or await self._renew(lease, None):  # claimed: a lease ttl
                             self._log_queue(f"slot handed over ({woke.state.waiters} still waiting)", ref, started)
-                            return self._hold(lease, None, claim=fresh)
+                            claim_by = None if window is None else time.monotonic() + window
+                            return self._hold(lease, None, claim_by=claim_by)
                         break  # the claim came too late and the slot went on: ask again
                     wait = min(woke, poll)  # a cooldown blocks the queue: ask again when it ends
                     self._waker.expect(lease_id)
@@ -635,13 +638,15 @@ class AsyncThrottle:
         await self._renew_leases(list(self._held.values()), claims=False)
 
     async def _claim_handed(self) -> None:
-        """Claim the slots handed over since the last run (put back for the
-        next run, should the call fail)."""
-        leases = [lease for lease in map(self._unclaimed.pop, list(self._unclaimed)) if lease.id in self._held]
+        """Claim the slots handed over since the last run; should the call
+        fail, they are tried again until their claim window ends (a claim
+        after it is refused: the renewer finds them gone)."""
+        taken = [self._unclaimed.pop(lease_id, None) for lease_id in list(self._unclaimed)]
+        due = [(lease, by) for lease, by in filter(None, taken) if lease.id in self._held and by > time.monotonic()]
         try:
-            await self._renew_leases(leases, claims=True)
+            await self._renew_leases([lease for lease, _ in due], claims=True)
         except BaseException:
-            self._unclaimed.update((lease.id, lease) for lease in leases)
+            self._unclaimed.update((lease.id, (lease, by)) for lease, by in due)
             raise
 
     async def _renew_leases(self, leases: list[AsyncLease], *, claims: bool) -> None:

@@ -45,7 +45,8 @@ class Periodic:
 
     @property
     def running(self) -> bool:
-        return self._worker is not None and self._worker[0].alive()
+        running = self._worker
+        return running is not None and running[0].alive()
 
     def _loop(self, stopping: Event, poked: Event) -> None:
         while True:
