@@ -51,8 +51,9 @@
 --                        tokens exceed: it could never be granted (state '')
 --   state  the domain's nine public fields, in order, joined by commas
 --   events flat list of (domain, event, from, to) quadruples
---   queued_at when queued, this call's time: a hand-over published later is
---          this waiter's, and the waiter can tell how old its wake-up may be
+--   queued_at when queued, this call's time (else ''): Redis's clock is no later
+--          than it plus the waiter's own seconds since, which tells the waiter
+--          how much of a hand-over's claim window is surely left
 -- Errors: 'AIMD_NOT_REGISTERED <cap key>', 'AIMD_CORRUPT <key> field <name> holds <value>'
 
 local now = clock(ARGV[1])
