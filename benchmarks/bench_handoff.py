@@ -11,13 +11,15 @@ passes a token the same way with LPUSH and BLPOP. A third run passes it
 with PUBLISH to a listener thread that wakes the waiting thread, as the sync
 client's wake-ups travel: the floor of any hand-over that wakes waiters over
 one pub/sub connection per process rather than one blocked connection per
-waiter. Script calls per hand-over come from INFO commandstats: a waiter
-that polled would show more than the release and the next wait.
+waiter. A last run passes the slot between two AsyncThrottles. Script calls
+per hand-over come from INFO commandstats: a waiter that polled would show
+more than the release and the next wait.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing
 import statistics
 import sys
@@ -26,9 +28,10 @@ import time
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 from script_stats import script_stats
 
-from aimd_redis import Throttle, ThrottleConfig
+from aimd_redis import AsyncThrottle, Throttle, ThrottleConfig
 from aimd_redis.demo.embedded import EmbeddedRedis
 
 TARGET = {"provider_name": "bench", "model_id": "handoff", "domain": "chat"}
@@ -71,6 +74,34 @@ def _throttle_side(url: str, rounds: int, first: bool, out: Any) -> None:
     lease.success()
     t.close()
     out.send((released, acquired, calls))
+
+
+def _async_throttle_side(url: str, rounds: int, first: bool, out: Any) -> None:
+    """As _throttle_side, with an AsyncThrottle: its claims and waits run in one event loop."""
+
+    async def run() -> None:
+        client = aioredis.Redis.from_url(url)
+        t = AsyncThrottle(client, config=ThrottleConfig(wait_poll_seconds=30))
+        released, acquired = [], []
+        lease = await t.acquire(**TARGET, timeout=0) if first else None
+        if lease is None:
+            lease = await t.acquire(**TARGET)
+            acquired.append(time.perf_counter())
+        for _ in range(rounds):
+            await asyncio.sleep(0)  # the background claim goes out, as behind any awaited request
+            _hold()
+            while await client.hget(DOMAIN_KEY, "waiters") != b"1":  # noqa: ASYNC110 - polls Redis, not a flag
+                await asyncio.sleep(0.0002)
+            released.append(time.perf_counter())
+            await lease.success()
+            lease = await t.acquire(**TARGET)
+            acquired.append(time.perf_counter())
+        await lease.success()
+        await t.aclose()
+        await client.aclose()
+        out.send((released, acquired, []))
+
+    asyncio.run(run())
 
 
 def _blpop_side(url: str, rounds: int, first: bool, out: Any) -> None:
@@ -167,6 +198,8 @@ def main() -> int:
         ours, release_calls = _measure(_throttle_side, url, args.rounds, holder_first=True)
         calls, usec = script_stats(client)
         usec_per_call = usec / calls
+        print("measuring aimd-redis hand-over with AsyncThrottle...", file=sys.stderr, flush=True)
+        ours_async, _ = _measure(_async_throttle_side, url, args.rounds, holder_first=True)
     finally:
         if server:
             server.close()
@@ -177,6 +210,7 @@ def main() -> int:
         ("BLPOP/LPUSH (baseline)", raw),
         ("PUBLISH -> listener thread", published),
         ("aimd-redis release->acquire", ours),
+        ("the same, AsyncThrottle", ours_async),
     )
     for name, values in rows:
         print(f"  {name:<28} {_pct(values, 0.5):7.3f} {_pct(values, 0.99):7.3f} {statistics.mean(values):7.3f}")
