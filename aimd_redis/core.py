@@ -223,31 +223,19 @@ def check_timeout(timeout: float | None) -> float | None:
     return None if math.isinf(timeout) else float(timeout)
 
 
-def check_max_parallel(value: object) -> int:
+def check_int(name: str, value: object, low: int, high: int, *, or_none: bool = False) -> int:
+    """A whole-number argument within [low, high] (a bool is not one)."""
+    none = ", or None" if or_none else ""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ArgumentTypeError(f"max_parallel_requests must be an int, not {value!r}")
-    if not 1 <= value <= MAX_PARALLEL_LIMIT:
-        raise InvalidArgumentError(f"max_parallel_requests must be between 1 and {MAX_PARALLEL_LIMIT}, not {value}")
+        raise ArgumentTypeError(f"{name} must be an int{' or None' if or_none else ''}, not {value!r}")
+    if not low <= value <= high:
+        raise InvalidArgumentError(f"{name} must be between {low} and {high}{none}, not {value}")
     return value
 
 
 def check_budget(name: str, value: object) -> str:
     """A requests or tokens per minute argument as the scripts take it ('' for none)."""
-    if value is None:
-        return ""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ArgumentTypeError(f"{name} must be an int or None, not {value!r}")
-    if not 1 <= value <= MAX_BUDGET:
-        raise InvalidArgumentError(f"{name} must be between 1 and {MAX_BUDGET}, or None, not {value}")
-    return str(value)
-
-
-def check_tokens(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ArgumentTypeError(f"tokens must be an int, not {value!r}")
-    if not 0 <= value <= MAX_BUDGET:
-        raise InvalidArgumentError(f"tokens must be between 0 and {MAX_BUDGET}, not {value}")
-    return value
+    return "" if value is None else str(check_int(name, value, 1, MAX_BUDGET, or_none=True))
 
 
 def _heard(value: int | None) -> str:
@@ -389,7 +377,7 @@ class Core:
     ) -> Call:
         mk = self.keys(provider_name, model_id)
         check_alias(alias)
-        check_max_parallel(max_parallel_requests)
+        check_int("max_parallel_requests", max_parallel_requests, 1, MAX_PARALLEL_LIMIT)
         args = RegisterArgs(
             check_now(now),
             alias,
@@ -416,7 +404,7 @@ class Core:
         A lease that reserves tokens of the model's budget says how many at its
         end ('.t<n>'), which is how the scripts know a waiter's reservation."""
         lease_id = f"{client_id}.{secrets.token_hex(8)}"
-        return f"{lease_id}.t{tokens}" if check_tokens(tokens) else lease_id
+        return f"{lease_id}.t{tokens}" if check_int("tokens", tokens, 0, MAX_BUDGET) else lease_id
 
     def acquire_call(
         self,
@@ -495,7 +483,7 @@ class Core:
             granted_at="" if granted_at is None else _seconds(granted_at),
             next_id=next_id,
             wake_prefix=self.keys(ref.provider_name, ref.model_id).wake_prefix,
-            tokens="" if tokens is None else str(check_tokens(tokens)),
+            tokens="" if tokens is None else str(check_int("tokens", tokens, 0, MAX_BUDGET)),
         )
         if heard is not None:
             args = args._replace(
