@@ -46,6 +46,8 @@ from typing import Literal
 import msgspec
 from aiohttp import web
 
+from aimd_redis.demo.bucket import Bucket
+
 #: How a 429 says when to retry: OpenAI's pair (``retry-after-ms`` and
 #: ``Retry-After`` in whole seconds), ``Retry-After`` alone as seconds or as
 #: an HTTP date, or nothing.
@@ -160,31 +162,6 @@ class ServerStats(msgspec.Struct, frozen=True):
     """The 429s the budgets gave (counted in ``rejected`` too)."""
 
 
-@dataclass
-class _Bucket:
-    """A budget: holds one minute's worth (``limit``) and refills at ``limit``/60 a second."""
-
-    limit: int
-    level: float
-    at: float
-    """When ``level`` was last brought up to date (server clock)."""
-
-    def refill(self, now: float) -> None:
-        if now > self.at:
-            self.level = min(float(self.limit), self.level + (now - self.at) * self.limit / 60)
-            self.at = now
-
-    def wait(self, need: int) -> float:
-        """Seconds until ``need`` fits, counted from the last refill; inf if it never can."""
-        if need > self.limit:
-            return math.inf
-        return max(0.0, (need - self.level) * 60 / self.limit)
-
-    def reset(self) -> float:
-        """Seconds until full again."""
-        return (self.limit - self.level) * 60 / self.limit
-
-
 class _State:
     """Lives on the server's event loop; other threads only read it (the budgets they may also set,
     under ``budget_lock``)."""
@@ -205,7 +182,7 @@ class _State:
         # Admission and set_budget (possibly from another thread) must not interleave; the
         # methods below leave the locking to their callers.
         self.budget_lock = threading.Lock()
-        self.budgets: dict[BudgetKind, _Bucket] = {}
+        self.budgets: dict[BudgetKind, Bucket] = {}
         self.set_budget(0.0, settings.requests_per_minute, settings.tokens_per_minute)
         self.tokens_served = 0
         self.budget_refusals = 0
@@ -261,7 +238,7 @@ class _State:
             if limit is None:
                 self.budgets.pop(kind, None)
             elif bucket is None:
-                self.budgets[kind] = _Bucket(limit, float(limit), now)
+                self.budgets[kind] = Bucket(limit, float(limit), now)
             else:
                 bucket.refill(now)  # what accrued so far accrued at the old rate
                 bucket.limit, bucket.level = limit, min(bucket.level, limit)
@@ -269,7 +246,7 @@ class _State:
     def limits(self) -> dict[str, int | None]:
         return {f"{kind}_per_minute": b.limit if (b := self.budgets.get(kind)) else None for kind in _KINDS}
 
-    def _refilled(self, now: float) -> list[tuple[BudgetKind, _Bucket]]:
+    def _refilled(self, now: float) -> list[tuple[BudgetKind, Bucket]]:
         out = [(kind, b) for kind in _KINDS if (b := self.budgets.get(kind)) is not None]
         for _, b in out:
             b.refill(now)

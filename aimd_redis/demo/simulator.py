@@ -39,6 +39,7 @@ import msgspec
 from aimd_redis._provider import Heard
 from aimd_redis.config import ThrottleConfig
 from aimd_redis.core import Call, Core, as_str, check_now
+from aimd_redis.demo.bucket import Bucket
 from aimd_redis.scripts import sources
 from aimd_redis.structs import DomainState, Grant, LeaseRef, Queued
 
@@ -242,9 +243,9 @@ class Simulation:
         self._pubsub = client.pubsub()
         self._pubsub.psubscribe(keys.wake_prefix + "*")
         self._pubsub.get_message(timeout=5)  # the subscription's confirmation
-        # The server's buckets: what is left, as of when.
-        self._left = {"requests": float(scenario.server_rpm or 0), "tokens": float(scenario.server_tpm or 0)}
-        self._left_at = 0.0
+        # The server's budgets, full at the start, as the cold server keeps them.
+        limits = {"requests": scenario.server_rpm, "tokens": scenario.server_tpm}
+        self._buckets = {kind: Bucket(limit, float(limit), 0.0) for kind, limit in limits.items() if limit is not None}
 
     # -- running ---------------------------------------------------------------
 
@@ -400,41 +401,32 @@ class Simulation:
 
     # -- the server --------------------------------------------------------------
 
-    def _refill(self) -> None:
-        elapsed, self._left_at = (self.now - self._left_at) / 60, self.now
-        for name, limit in (("requests", self.s.server_rpm), ("tokens", self.s.server_tpm)):
-            if limit is not None:
-                self._left[name] = min(limit, self._left[name] + limit * elapsed)
+    def _refilled(self) -> dict[str, Bucket]:
+        for bucket in self._buckets.values():
+            bucket.refill(self.now)
+        return self._buckets
 
     def _over_budget(self, cost: int) -> float | None:
         """Seconds until a request of ``cost`` tokens fits the server's
         budgets, or None when it fits (and is charged)."""
-        s = self.s
-        if s.server_rpm is None and s.server_tpm is None:
-            return None
-        self._refill()
-        wait = 0.0
-        if s.server_rpm is not None and self._left["requests"] < 1:
-            wait = (1 - self._left["requests"]) * 60 / s.server_rpm
-        if s.server_tpm is not None and self._left["tokens"] < cost:
-            wait = max(wait, (cost - self._left["tokens"]) * 60 / s.server_tpm)
+        needs = {kind: 1 if kind == "requests" else cost for kind in self._refilled()}
+        wait = max((self._buckets[kind].wait(need) for kind, need in needs.items()), default=0.0)
         if wait > 0:
             return wait
-        self._left["requests"] -= 1
-        self._left["tokens"] -= cost
+        for kind, need in needs.items():
+            self._buckets[kind].level -= need
         return None
 
     def _heard(self) -> Heard | None:
         """The rate-limit headers of an answer sent now, if the fleet reads them."""
         if self.s.budget != "learned":
             return None
-        self._refill()
-        rpm, tpm = self.s.server_rpm, self.s.server_tpm
+        left = {kind: max(0, math.floor(bucket.level)) for kind, bucket in self._refilled().items()}
         return Heard(
-            requests_limit=rpm,
-            requests_remaining=None if rpm is None else max(0, math.floor(self._left["requests"])),
-            tokens_limit=tpm,
-            tokens_remaining=None if tpm is None else max(0, math.floor(self._left["tokens"])),
+            requests_limit=self.s.server_rpm,
+            requests_remaining=left.get("requests"),
+            tokens_limit=self.s.server_tpm,
+            tokens_remaining=left.get("tokens"),
         )
 
     def _arrive(self, task: _Task) -> None:
