@@ -251,7 +251,14 @@ class AsyncThrottle:
         domains: list[str] = []
         for _ in range(REGISTER_ATTEMPTS):
             call = self._core.register_call(
-                provider_name, model_id, alias, registration.max_parallel, now, domains, *registration[1:]
+                provider_name,
+                model_id,
+                alias,
+                registration.max_parallel,
+                now,
+                domains,
+                requests_per_minute=registration.requests_per_minute,
+                tokens_per_minute=registration.tokens_per_minute,
             )
             result = self._core.parse_register(provider_name, model_id, await self._run(call))
             if isinstance(result, int):
