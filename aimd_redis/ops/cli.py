@@ -85,15 +85,8 @@ def _budget_cell(budget: Budget | None) -> str:
     """'rpm 37/60 tpm 12000/30000': what is left of each budget per minute."""
     if budget is None:
         return "-"
-    cells = [
-        f"{what} {left:.0f}/{limit}"
-        for what, left, limit in (
-            ("rpm", budget.requests_left, budget.requests_per_minute),
-            ("tpm", budget.tokens_left, budget.tokens_per_minute),
-        )
-        if limit is not None and left is not None
-    ]
-    return " ".join(cells)
+    short = {"requests": "rpm", "tokens": "tpm"}
+    return " ".join(f"{short[kind]} {left:.0f}/{limit}" for kind, limit, left in budget.in_force())
 
 
 def status_table(reports: list[DomainReport]) -> str:

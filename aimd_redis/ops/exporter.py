@@ -49,13 +49,9 @@ class ThrottleCollector(Collector):
             unreadable.add_metric(labels, 0 if r.problem is None else 1)
             if r.budget is not None and (r.provider_name, r.model_id) not in seen:  # once per model
                 seen.add((r.provider_name, r.model_id))
-                for kind, limit, left in (
-                    ("requests", r.budget.requests_per_minute, r.budget.requests_left),
-                    ("tokens", r.budget.tokens_per_minute, r.budget.tokens_left),
-                ):
-                    if limit is not None and left is not None:
-                        budget.add_metric([r.provider_name, r.model_id, kind], limit)
-                        budget_left.add_metric([r.provider_name, r.model_id, kind], left)
+                for kind, limit, left in r.budget.in_force():
+                    budget.add_metric([r.provider_name, r.model_id, kind], limit)
+                    budget_left.add_metric([r.provider_name, r.model_id, kind], left)
             if r.problem is not None:
                 continue
             gauges["limit"].add_metric(labels, r.current_limit)

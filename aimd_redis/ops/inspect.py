@@ -7,7 +7,7 @@ domains through each model's index set, and time comes from Redis TIME.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -33,6 +33,14 @@ class Budget(msgspec.Struct, kw_only=True):
     tokens_per_minute: int | None
     requests_left: float | None
     tokens_left: float | None
+
+    def in_force(self) -> list[tuple[Literal["requests", "tokens"], int, float]]:
+        """(kind, per minute, left) of each budget that is set."""
+        kinds: tuple[tuple[Literal["requests", "tokens"], int | None, float | None], ...] = (
+            ("requests", self.requests_per_minute, self.requests_left),
+            ("tokens", self.tokens_per_minute, self.tokens_left),
+        )
+        return [(kind, limit, left) for kind, limit, left in kinds if limit is not None and left is not None]
 
 
 def read_budget(client: SyncClient, cap: dict[str, str], budget_key: str, now: float) -> Budget | None:
