@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from aimd_redis.errors import ArgumentTypeError, ConfigError, InvalidArgumentError
+from aimd_redis.errors import ConfigError, InvalidArgumentError
+from aimd_redis.schema import SETTINGS
 
 #: The longest cooldown a single 429 can impose unless configured otherwise
 #: (``max_cooldown_seconds``). A Retry-After of a day is almost always a
@@ -32,8 +32,11 @@ class _Settings(BaseModel):
 class ThrottleConfig(_Settings):
     """Tuning of the AIMD loop, the startup ramp and the state kept in Redis.
 
-    Every process of a fleet should use the same configuration: the scripts
-    apply whatever the calling process passes.
+    The loop's settings (``schema.SETTINGS``: the policy, its rules, the
+    ramp, the ceiling's and cooldown's bounds and the idle expiry) are stored
+    per model by ``register``, and every script runs the stored ones: the
+    last register wins. The rest belong to each process: lease ttl and
+    renewal, polling.
     """
 
     policy: Literal["classic", "adaptive"] = "classic"
@@ -79,15 +82,9 @@ class ThrottleConfig(_Settings):
             )
         return self
 
-    def cooldown_for(self, retry_after: float | None) -> float:
-        """The cooldown a 429 imposes, from the server's Retry-After if usable."""
-        if retry_after is None:
-            return min(self.cooldown_seconds, self.max_cooldown_seconds)
-        if isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)):
-            raise ArgumentTypeError(f"retry_after must be a number of seconds or None, not {retry_after!r}")
-        if math.isnan(retry_after) or math.isinf(retry_after) or retry_after <= 0:
-            return min(self.cooldown_seconds, self.max_cooldown_seconds)
-        return min(float(retry_after), self.max_cooldown_seconds)
+    def settings(self) -> dict[str, float | str]:
+        """The loop's settings, as register stores them in the model's cap hash."""
+        return {name: getattr(self, name) for name in SETTINGS}
 
 
 class FailOpen(_Settings):

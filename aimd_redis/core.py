@@ -13,19 +13,21 @@ import secrets
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple, Protocol
 
+import msgspec
+
+from aimd_redis import replies
 from aimd_redis._provider import Heard
 from aimd_redis.config import ThrottleConfig
 from aimd_redis.errors import ArgumentTypeError, CorruptStateError, InvalidArgumentError, RequestTooLargeError
 from aimd_redis.keys import ModelKeys, check_alias, check_domain, check_namespace, model_keys
-from aimd_redis.schema import DomainRecord, parse_domain
+from aimd_redis.replies import RawEvent
+from aimd_redis.schema import SETTINGS, DomainRecord, parse_domain
 from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, LimitEvent, Queued, ReleaseResult
 
 logger = logging.getLogger("aimd_redis")
 
 Outcome = Literal["success", "rate_limited", "failure", "abandon"]
 
-#: Approximate length the event stream of a model is trimmed to.
-EVENTS_MAXLEN = 10_000
 #: Mean wait suggested to a caller denied at capacity; jittered so pollers
 #: of many processes spread out.
 CAPACITY_POLL_SECONDS = 0.05
@@ -48,12 +50,6 @@ REGISTER_ATTEMPTS = 16
 _QUIET_EVENTS = frozenset({"cooldown", "created", "ramp"})
 
 
-def tokens_of(lease_id: str) -> int:
-    """The tokens a lease reserved (see :meth:`Core.new_lease_id`)."""
-    _, marked, count = lease_id.rpartition(".t")
-    return int(count) if marked and count.isdigit() else 0
-
-
 class Call(NamedTuple):
     """One script invocation."""
 
@@ -64,35 +60,31 @@ class Call(NamedTuple):
 
 # The ARGV of each script, by name, in the order of the script's header
 # (tests/test_scripts.py holds them against the headers). Scripts that take
-# a variable tail (domain names, lease ids) get it after these.
+# a variable tail (domain names, lease ids) get it after these. Only what
+# belongs to the call travels: the loop's rules are the model's, stored in
+# its cap hash by register.
 
 
 class RegisterArgs(NamedTuple):
     now: str
     alias: str
     max_parallel: str
-    idle_ms: str
-    events_maxlen: str
     rpm: str
     tpm: str
+    config: str
 
 
 class AcquireArgs(NamedTuple):
     now: str
     domain: str
     lease_id: str
+    tokens: str
     lease_ttl: str
-    rampup_seconds: str
-    ceiling_ttl: str
-    idle_ms: str
-    events_maxlen: str
     mode: str
     beat: str
-    wake_prefix: str
-    publish: str
     recheck: str
     claim_ttl: str
-    policy: str
+    publish: str
 
 
 class ReleaseArgs(NamedTuple):
@@ -100,21 +92,13 @@ class ReleaseArgs(NamedTuple):
     domain: str
     lease_id: str
     outcome: str
-    cooldown: str
-    reduce_factor: str
-    additive_increase: str
-    success_window: str
-    ceiling_overshoot: str
-    rampup_seconds: str
-    ceiling_ttl: str
-    idle_ms: str
-    events_maxlen: str
-    lease_ttl: str
-    wake_prefix: str
-    publish: str
-    claim_ttl: str
+    retry_after: str
     granted_at: str
+    lease_ttl: str
+    claim_ttl: str
+    publish: str
     next_id: str
+    next_tokens: str
     tokens: str
     heard_rpm: str
     heard_tpm: str
@@ -125,21 +109,21 @@ class ReleaseArgs(NamedTuple):
 class RenewArgs(NamedTuple):
     now: str
     lease_ttl: str
-    idle_ms: str
 
 
 class SetLimitArgs(NamedTuple):
     now: str
     domain: str
     limit: str
-    events_maxlen: str
-    idle_ms: str
 
 
 class ResetArgs(NamedTuple):
     now: str
-    events_maxlen: str
-    idle_ms: str
+
+
+class ConfigureArgs(NamedTuple):
+    now: str
+    config: str
 
 
 #: Script name -> its named arguments.
@@ -150,6 +134,7 @@ SCRIPT_ARGS: dict[str, type[tuple[str, ...]]] = {
     "renew": RenewArgs,
     "set_limit": SetLimitArgs,
     "reset": ResetArgs,
+    "configure": ConfigureArgs,
 }
 
 
@@ -271,24 +256,25 @@ def parse_effective_max(key: str, raw: Any) -> int:
     return int(text)
 
 
-def state_from_text(text: Any) -> DomainState:
-    """A DomainState from the scripts' state text: the nine public fields in
-    DomainState order, joined by commas (in replies and in wake-ups).
+def check_retry_after(retry_after: float | None) -> str:
+    """A 429's Retry-After as the release script takes it: '' when missing or
+    unusable (not finite, not positive), which the rules read as the model's
+    cooldown_seconds."""
+    if retry_after is None:
+        return ""
+    if isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)):
+        raise ArgumentTypeError(f"retry_after must be a number of seconds or None, not {retry_after!r}")
+    return _seconds(retry_after) if math.isfinite(retry_after) and retry_after > 0 else ""
 
-    The scripts validated these; building the struct directly skips a second
-    validation on the hot path."""
-    (limit, in_flight, blocked, streak, waiters, ceiling, cascade, started, ramp) = as_str(text).split(",")
-    return DomainState(
-        current_limit=int(limit),
-        in_flight=int(in_flight),
-        blocked_until=float(blocked),
-        success_streak=int(streak),
-        waiters=int(waiters),
-        rate_limit_ceiling=int(ceiling),
-        consecutive_429s=int(cascade),
-        rampup_started_at=float(started),
-        rampup_active=ramp == "1",
-    )
+
+def check_settings(settings: dict[str, Any]) -> str:
+    """Settings of the loop as the scripts take them (JSON), each checked as
+    ThrottleConfig checks it."""
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise InvalidArgumentError(f"not a setting of the loop stored in Redis: {', '.join(unknown)}")
+    ThrottleConfig(**settings)  # ConfigError names the field
+    return msgspec.json.encode(settings).decode()
 
 
 class Core:
@@ -296,57 +282,38 @@ class Core:
 
     def __init__(self, config: ThrottleConfig, namespace: str, *, sharded_pubsub: bool = False) -> None:
         self.config = config
-        self._publish = "SPUBLISH" if sharded_pubsub else "PUBLISH"
-        self._beat = _seconds(3 * config.wait_poll_seconds)
         self.namespace = check_namespace(namespace)
-        idle_ms = 0 if config.idle_ttl_seconds == 0 else max(1, round(config.idle_ttl_seconds * 1000))
-        self._idle_ms = str(idle_ms)
-        self._lease_ttl = _seconds(config.lease_ttl_seconds)
-        self._maxlen = str(EVENTS_MAXLEN)
+        self._settings = check_settings(config.settings())
+        self._lease_ttl_s = config.lease_ttl_seconds
         # A slot handed to a waiter is its own only once claimed: the waiter
         # claims it when woken (see background_claim), or at its next re-check
         # (every wait_poll).
         self._claim_s = min(config.lease_ttl_seconds, 2 * config.wait_poll_seconds)
-        self._lease_ttl_s = config.lease_ttl_seconds
-        claim_ttl = _seconds(self._claim_s)
         # The arguments every call of a script shares, built once.
         self._acquire_args = AcquireArgs(
             now="",
             domain="",
             lease_id="",
-            lease_ttl=self._lease_ttl,
-            rampup_seconds=_seconds(config.rampup_seconds),
-            ceiling_ttl=_seconds(config.ceiling_ttl_seconds),
-            idle_ms=self._idle_ms,
-            events_maxlen=self._maxlen,
+            tokens="0",
+            lease_ttl=_seconds(config.lease_ttl_seconds),
             mode="try",
-            beat=self._beat,
-            wake_prefix="",
-            publish=self._publish,
+            beat=_seconds(3 * config.wait_poll_seconds),
             recheck="",
-            claim_ttl=claim_ttl,
-            policy=config.policy,
+            claim_ttl=_seconds(self._claim_s),
+            publish="SPUBLISH" if sharded_pubsub else "PUBLISH",
         )
         self._release_args = ReleaseArgs(
             now="",
             domain="",
             lease_id="",
             outcome="",
-            cooldown="",
-            reduce_factor=_seconds(config.reduce_factor),
-            additive_increase=str(config.additive_increase),
-            success_window=str(config.success_window),
-            ceiling_overshoot=_seconds(config.ceiling_overshoot),
-            rampup_seconds=_seconds(config.rampup_seconds),
-            ceiling_ttl=_seconds(config.ceiling_ttl_seconds),
-            idle_ms=self._idle_ms,
-            events_maxlen=self._maxlen,
-            lease_ttl=self._lease_ttl,
-            wake_prefix="",
-            publish=self._publish,
-            claim_ttl=claim_ttl,
+            retry_after="",
             granted_at="",
+            lease_ttl=self._acquire_args.lease_ttl,
+            claim_ttl=self._acquire_args.claim_ttl,
+            publish=self._acquire_args.publish,
             next_id="",
+            next_tokens="0",
             tokens="",
             heard_rpm="",
             heard_tpm="",
@@ -360,7 +327,16 @@ class Core:
     def _domain_keys(self, provider_name: str, model_id: str, domain: str) -> list[str]:
         mk = self.keys(provider_name, model_id)
         check_domain(domain)
-        return [mk.cap, mk.domain(domain), mk.leases(domain), mk.index, mk.events, *mk.queue(domain), mk.budget]
+        return [
+            mk.cap,
+            mk.domain(domain),
+            mk.leases(domain),
+            mk.index,
+            mk.events,
+            *mk.queue(domain),
+            mk.budget,
+            mk.tokens(domain),
+        ]
 
     # -- register -----------------------------------------------------------
 
@@ -375,6 +351,8 @@ class Core:
         requests_per_minute: int | None = None,
         tokens_per_minute: int | None = None,
     ) -> Call:
+        """Registers the alias and stores this throttle's configuration of
+        the loop as the model's."""
         mk = self.keys(provider_name, model_id)
         check_alias(alias)
         check_int("max_parallel_requests", max_parallel_requests, 1, MAX_PARALLEL_LIMIT)
@@ -382,29 +360,35 @@ class Core:
             check_now(now),
             alias,
             str(max_parallel_requests),
-            self._idle_ms,
-            self._maxlen,
             check_budget("requests_per_minute", requests_per_minute),
             check_budget("tokens_per_minute", tokens_per_minute),
+            self._settings,
         )
         return Call("register", [mk.cap, mk.index, mk.events, *(mk.domain(d) for d in domains)], [*args, *domains])
 
-    def parse_register(self, provider_name: str, model_id: str, reply: Sequence[Any]) -> int | list[str]:
+    def parse_register(self, provider_name: str, model_id: str, reply: Any) -> int | list[str]:
         """The effective max, or the domain names to call again with."""
-        if as_str(reply[0]) == "stale":
-            return [as_str(name) for name in reply[1:]]
-        self._log(provider_name, model_id, reply[2])
-        return int(reply[1])
+        got = replies.REGISTER.decode(reply)
+        if got.status == "stale":
+            return got.domains
+        self._log(provider_name, model_id, got.events)
+        return got.effective_max
+
+    def configure_call(self, provider_name: str, model_id: str, settings: dict[str, Any], now: float | None) -> Call:
+        mk = self.keys(provider_name, model_id)
+        return Call("configure", [mk.cap, mk.events], list(ConfigureArgs(check_now(now), check_settings(settings))))
+
+    def parse_configure(self, provider_name: str, model_id: str, reply: Any) -> dict[str, float | str]:
+        got = replies.CONFIGURE.decode(reply)
+        self._log(provider_name, model_id, got.events)
+        return got.config
 
     # -- acquire ------------------------------------------------------------
 
     @staticmethod
-    def new_lease_id(client_id: str, tokens: int = 0) -> str:
-        """'<client>.<token>': the client part names the process's wake channel.
-        A lease that reserves tokens of the model's budget says how many at its
-        end ('.t<n>'), which is how the scripts know a waiter's reservation."""
-        lease_id = f"{client_id}.{secrets.token_hex(8)}"
-        return f"{lease_id}.t{tokens}" if check_int("tokens", tokens, 0, MAX_BUDGET) else lease_id
+    def new_lease_id(client_id: str) -> str:
+        """'<client>.<token>': the client part names the process's wake channel."""
+        return f"{client_id}.{secrets.token_hex(8)}"
 
     def acquire_call(
         self,
@@ -414,44 +398,47 @@ class Core:
         now: float | None,
         lease_id: str,
         *,
+        tokens: int = 0,
         wait: bool = False,
         recheck: bool = False,
     ) -> tuple[Call, LeaseRef]:
         """The call, and the lease it grants if it does (chosen before the call,
         so a caller that never sees the reply can still give the slot back).
-        With ``wait`` a caller that gets no slot joins the queue."""
-        ref = LeaseRef(provider_name=provider_name, model_id=model_id, domain=domain, lease_id=lease_id)
+        ``tokens``: the request's estimate, reserved of the model's budget with
+        the slot. With ``wait`` a caller that gets no slot joins the queue."""
+        check_int("tokens", tokens, 0, MAX_BUDGET)
+        ref = LeaseRef(provider_name=provider_name, model_id=model_id, domain=domain, lease_id=lease_id, tokens=tokens)
         keys = self._domain_keys(provider_name, model_id, domain)
         args = self._acquire_args._replace(
             now=check_now(now),
             domain=domain,
             lease_id=lease_id,
+            tokens=str(tokens),
             mode="wait" if wait else "try",
-            wake_prefix=self.keys(provider_name, model_id).wake_prefix,
             recheck="1" if recheck else "",
         )
         return Call("acquire", keys, list(args)), ref
 
-    def parse_acquire(self, ref: LeaseRef, reply: Sequence[Any]) -> Grant | Denied | Queued:
-        status, value, state_text, events, queued_at = reply
-        status = as_str(status)
-        if status == "abandoned":
+    def parse_acquire(self, ref: LeaseRef, reply: Any) -> Grant | Denied | Queued:
+        got = replies.ACQUIRE.decode(reply)
+        if got.status == "abandoned":
             raise RuntimeError(f"lease {ref.lease_id} was abandoned before its acquire ran")
-        if status == "oversize":
+        if got.status == "oversize":
             raise RequestTooLargeError(
-                f"a request of {tokens_of(ref.lease_id)} tokens can never fit {ref.provider_name}/{ref.model_id}'s "
-                f"budget of {as_str(value)} tokens per minute"
+                f"a request of {ref.tokens} tokens can never fit {ref.provider_name}/{ref.model_id}'s "
+                f"budget of {got.value:g} tokens per minute"
             )
-        self._log(ref.provider_name, ref.model_id, events)
-        state = state_from_text(state_text)
-        if status == "granted":
-            return self._granted(ref, value, state)
-        if status == "cooldown":
-            return Denied(reason="cooldown", retry_in=float(as_str(value)), state=state)
-        if status == "queued":
-            return Queued(retry_in=float(as_str(value)), state=state, at=float(as_str(queued_at)))
-        if status == "budget":
-            return Denied(reason="budget", retry_in=float(as_str(value)), state=state)
+        self._log(ref.provider_name, ref.model_id, got.events)
+        state = got.state
+        assert state is not None
+        if got.status == "granted":
+            return self._granted(ref, got.value, state)
+        if got.status == "cooldown":
+            return Denied(reason="cooldown", retry_in=got.value, state=state)
+        if got.status == "queued":
+            return Queued(retry_in=got.value, state=state, at=got.at)
+        if got.status == "budget":
+            return Denied(reason="budget", retry_in=got.value, state=state)
         return Denied(reason="at_capacity", retry_in=CAPACITY_POLL_SECONDS * (0.5 + random.random()), state=state)
 
     # -- release and renew --------------------------------------------------
@@ -463,28 +450,27 @@ class Core:
         retry_after: float | None,
         now: float | None,
         granted_at: float | None = None,
-        next_id: str = "",
+        next_ref: LeaseRef | None = None,
         tokens: int | None = None,
         heard: Heard | None = None,
     ) -> Call:
         """``granted_at``: when Redis granted the lease (Grant.granted_at), if
-        known. ``next_id``: a new lease of the same domain to take in the same
-        call when a slot is free for it (see :meth:`parse_next`). ``tokens``:
-        what the request used, if known; ``heard``: what the provider's
-        headers said of its limits."""
-        cooldown = self.config.cooldown_for(retry_after)
+        known. ``next_ref``: a new lease of the same domain to take in the
+        same call when a slot is free for it (see :meth:`parse_release`).
+        ``tokens``: what the request used, if known; ``heard``: what the
+        provider's headers said of its limits."""
         keys = self._domain_keys(ref.provider_name, ref.model_id, ref.domain)
         args = self._release_args._replace(
             now=check_now(now),
             domain=ref.domain,
             lease_id=ref.lease_id,
             outcome=outcome,
-            cooldown=_seconds(cooldown),
+            retry_after=check_retry_after(retry_after),
             granted_at="" if granted_at is None else _seconds(granted_at),
-            next_id=next_id,
-            wake_prefix=self.keys(ref.provider_name, ref.model_id).wake_prefix,
             tokens="" if tokens is None else str(check_int("tokens", tokens, 0, MAX_BUDGET)),
         )
+        if next_ref is not None:
+            args = args._replace(next_id=next_ref.lease_id, next_tokens=str(next_ref.tokens))
         if heard is not None:
             args = args._replace(
                 heard_rpm=_heard(heard.requests_limit),
@@ -495,15 +481,13 @@ class Core:
         return Call("release", keys, list(args))
 
     def parse_wake(self, ref: LeaseRef, message: str) -> Grant | float:
-        """A wake-up: a slot handed over ('<id> <expiry> <state values>'), or
-        the seconds until a cooldown ends ('<id> wait <seconds>')."""
-        _id, first, second = message.split(" ")
-        if first == "wait":
-            return float(second)
-        expires_at = float(first)  # the handed slot lasts the claim window until claimed
-        return Grant(
-            ref=ref, expires_at=expires_at, state=state_from_text(second), granted_at=expires_at - self._claim_s
-        )
+        """A wake-up ('<id> <JSON>'): a slot handed over, or the seconds until
+        a cooldown ends."""
+        woke = replies.WAKE.decode(message.split(" ", 1)[1])
+        if woke.state is None:
+            return woke.wait or 0.0
+        # The handed slot lasts the claim window until claimed.
+        return Grant(ref=ref, expires_at=woke.expires_at, state=woke.state, granted_at=woke.expires_at - self._claim_s)
 
     @property
     def claim_seconds(self) -> float:
@@ -524,25 +508,22 @@ class Core:
         left = handed.expires_at - (queued.at + since_asked)
         return left if left >= max(self._claim_s / 2, CLAIM_MARGIN_SECONDS) else None
 
-    def parse_release(self, ref: LeaseRef, reply: Sequence[Any]) -> tuple[ReleaseResult, bool]:
-        """The result, and whether the model's registration was there (if not,
-        the caller should register again)."""
-        released, state_text, events, registered, _next = reply
-        self._log(ref.provider_name, ref.model_id, events)
-        result = ReleaseResult(released=released == 1, state=state_from_text(state_text) if state_text else None)
-        return result, registered == 1
+    def parse_release(
+        self, ref: LeaseRef, reply: Any, next_ref: LeaseRef | None = None
+    ) -> tuple[ReleaseResult, bool, Grant | None]:
+        """The result; whether the model's registration was there (if not,
+        the caller should register again); and the next lease the call took
+        (``next_ref``), or None when no slot was free for it."""
+        got = replies.RELEASE.decode(reply)
+        self._log(ref.provider_name, ref.model_id, got.events)
+        result = ReleaseResult(released=got.released, state=got.state)
+        taken = None
+        if next_ref is not None and got.next and got.state is not None:
+            taken = self._granted(next_ref, got.next, got.state)
+        return result, got.registered, taken
 
-    def parse_next(self, next_ref: LeaseRef, reply: Sequence[Any]) -> Grant | None:
-        """The next lease a release call took (``next_ref``), or None when no
-        slot was free for it."""
-        _released, state_text, _events, _registered, expiry = reply
-        if not as_str(expiry):
-            return None
-        return self._granted(next_ref, expiry, state_from_text(state_text))
-
-    def _granted(self, ref: LeaseRef, expiry: Any, state: DomainState) -> Grant:
+    def _granted(self, ref: LeaseRef, expires_at: float, state: DomainState) -> Grant:
         """A lease a script has just granted for a whole lease ttl."""
-        expires_at = float(as_str(expiry))
         return Grant(ref=ref, expires_at=expires_at, state=state, granted_at=expires_at - self._lease_ttl_s)
 
     def renew_call(self, refs: Sequence[LeaseRef], now: float | None) -> Call:
@@ -554,13 +535,13 @@ class Core:
             if (ref.provider_name, ref.model_id) != (first.provider_name, first.model_id):
                 raise InvalidArgumentError("renew_call takes leases of one model")
             keys += [mk.domain(ref.domain), mk.leases(ref.domain)]
-        args = RenewArgs(check_now(now), self._lease_ttl, self._idle_ms)
+        args = RenewArgs(check_now(now), self._acquire_args.lease_ttl)
         return Call("renew", keys, [*args, *(r.lease_id for r in refs)])
 
     @staticmethod
-    def parse_renew(reply: Sequence[Any]) -> list[float | None]:
+    def parse_renew(reply: Any) -> list[float | None]:
         """New expiry per lease; None where the lease is gone."""
-        return [float(t) if (t := as_str(raw)) else None for raw in reply]
+        return [expiry or None for expiry in replies.RENEW.decode(reply)]
 
     # -- operator commands ----------------------------------------------------
 
@@ -569,21 +550,21 @@ class Core:
         check_domain(domain)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidArgumentError(f"limit must be a whole number >= 1, not {limit!r}")
-        args = SetLimitArgs(check_now(now), domain, str(limit), self._maxlen, self._idle_ms)
+        args = SetLimitArgs(check_now(now), domain, str(limit))
         return Call("set_limit", [mk.cap, mk.domain(domain), mk.events], list(args))
 
     def reset_call(self, provider_name: str, model_id: str, domains: Sequence[str], now: float | None) -> Call:
         mk = self.keys(provider_name, model_id)
-        keys = [mk.index, mk.events]
+        keys = [mk.cap, mk.index, mk.events]
         for domain in domains:
             check_domain(domain)
-            keys += [mk.domain(domain), mk.leases(domain), *mk.queue(domain)]
-        return Call("reset", keys, [*ResetArgs(check_now(now), self._maxlen, self._idle_ms), *domains])
+            keys += [mk.domain(domain), mk.leases(domain), *mk.queue(domain), mk.tokens(domain)]
+        return Call("reset", keys, [*ResetArgs(check_now(now)), *domains])
 
     # -- logging ------------------------------------------------------------
 
-    def _log(self, provider_name: str, model_id: str, flat: Sequence[Any]) -> None:
-        for event in self.events(provider_name, model_id, flat):
+    def _log(self, provider_name: str, model_id: str, raw: Sequence[RawEvent]) -> None:
+        for event in self.events(provider_name, model_id, raw):
             level = logging.DEBUG if event.event in _QUIET_EVENTS else logging.INFO
             if logger.isEnabledFor(level):
                 logger.log(
@@ -593,20 +574,17 @@ class Core:
                     model_id,
                     event.domain,
                     event.event,
-                    f"{event.old:g}",
-                    f"{event.new:g}",
+                    _shown(event.old),
+                    _shown(event.new),
                 )
 
     @staticmethod
-    def events(provider_name: str, model_id: str, flat: Sequence[Any]) -> list[LimitEvent]:
+    def events(provider_name: str, model_id: str, raw: Sequence[RawEvent]) -> list[LimitEvent]:
         return [
-            LimitEvent(
-                provider_name=provider_name,
-                model_id=model_id,
-                domain=as_str(flat[i]),
-                event=as_str(flat[i + 1]),
-                old=float(as_str(flat[i + 2])),
-                new=float(as_str(flat[i + 3])),
-            )
-            for i in range(0, len(flat), 4)
+            LimitEvent(provider_name=provider_name, model_id=model_id, domain=domain, event=event, old=old, new=new)
+            for domain, event, old, new in raw
         ]
+
+
+def _shown(value: float | str) -> str:
+    return value if isinstance(value, str) else f"{value:g}"

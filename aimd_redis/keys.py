@@ -78,6 +78,10 @@ class ModelKeys:
         """The wait queue's keys: waiters by ticket, their heartbeats, the ticket counter."""
         return [f"{self.tag}:{domain}:queue", f"{self.tag}:{domain}:beats", f"{self.tag}:{domain}:tickets"]
 
+    def tokens(self, domain: str) -> str:
+        """The token reservations of the domain's leases and waiters (with a token budget)."""
+        return f"{self.tag}:{domain}:tokens"
+
     @property
     def budget(self) -> str:
         """The model's request and token buckets (what is left, and when);

@@ -1,5 +1,6 @@
-"""The domain hash: its fields, their kinds, and which texts the scripts
-accept. ``lua/_prelude.lua`` holds the same list and rules (a test compares
+"""The hashes the scripts keep: the domain's fields and their kinds, which
+texts the scripts accept, and the settings of the loop stored in a model's
+cap hash. ``lua/_fields.lua`` holds the same lists and rules (a test compares
 them), so a plain read in Python judges a hash as a script would.
 """
 
@@ -29,7 +30,7 @@ FIELDS: tuple[tuple[str, Kind], ...] = (
     ("rampup_started_at", "time"),
     ("rampup_active", "flag"),
     ("ceiling_confirmed_at", "time"),
-    ("rampup_seconds", "time"),
+    ("last_cut_at", "time"),
     ("total_429s", "count"),
     ("total_reclaimed", "count"),
     ("probe_after", "count"),
@@ -40,8 +41,23 @@ FIELDS: tuple[tuple[str, Kind], ...] = (
 #: reply with them, comma-joined, and wake-ups carry them the same way.
 PUBLIC = 9
 #: Fields an older release did not write, and what they count as when missing.
-DEFAULTS: dict[str, Any] = {"probe_after": 0, "increase_step": 0, "policy": "classic"}
+DEFAULTS: dict[str, Any] = {"last_cut_at": 0, "probe_after": 0, "increase_step": 0, "policy": "classic"}
 POLICIES = ("classic", "adaptive")
+#: The loop's settings a model's cap hash stores under ThrottleConfig's names
+#: (the last register's, or an operator's): every script runs these, whatever
+#: the calling process was configured with.
+SETTINGS = (
+    "policy",
+    "reduce_factor",
+    "additive_increase",
+    "success_window",
+    "cooldown_seconds",
+    "ceiling_overshoot",
+    "rampup_seconds",
+    "ceiling_ttl_seconds",
+    "max_cooldown_seconds",
+    "idle_ttl_seconds",
+)
 #: Beyond these a value is a mistake, not a measurement.
 MAX_TIME, MAX_COUNT = 1e11, 1e15
 
@@ -63,7 +79,7 @@ class DomainRecord(msgspec.Struct, frozen=True, kw_only=True):
     rampup_started_at: float
     rampup_active: int
     ceiling_confirmed_at: float
-    rampup_seconds: float
+    last_cut_at: float
     total_429s: int
     total_reclaimed: int
     probe_after: int

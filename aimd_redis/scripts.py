@@ -8,8 +8,8 @@ forms Redis runs them:
   had (Redis before 7, an ACL without them) or cost a round trip of their
   own (redis-py's cluster client asks the server for an ``FCALL``'s keys).
 
-Both are made from the same files: ``_prelude.lua``, ``_budget.lua`` and
-``_rules.lua`` in front of each operation's body.
+Both are made from the same files: the shared ones (``LIBRARY``) in front
+of each operation's body.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
-NAMES = ("register", "acquire", "release", "renew", "set_limit", "reset")
-#: Shared code put in front of every operation: the plumbing's helpers, the
-#: budgets, then the loop's rules.
-LIBRARY = ("_prelude", "_budget", "_rules")
+NAMES = ("register", "acquire", "release", "renew", "set_limit", "reset", "configure")
+#: Shared code put in front of every operation, each file after those it
+#: uses: numbers, clock and events; the hashes' fields; the budgets; leases;
+#: the queue; then the loop's rules.
+LIBRARY = ("_base", "_fields", "_budget", "_leases", "_queue", "_rules")
 
 
 def _lua_dir() -> Path:
@@ -74,7 +75,7 @@ def library() -> Library:
     name = f"aimd_{digest}"
     functions = {op: f"{name}_{op}" for op in NAMES}
     # No flags: every function may write, so Redis refuses a call as a whole
-    # when it is out of memory, never half way. 'events' is the prelude's
+    # when it is out of memory, never half way. 'events' is _base.lua's
     # per-call list, which a library (unlike an EVAL) keeps between calls.
     parts = [f"#!lua name={name}", shared]
     parts += [

@@ -59,10 +59,12 @@ class LimitEvent(msgspec.Struct, frozen=True, kw_only=True):
     provider_name: str
     model_id: str
     domain: str
-    """The domain, or ``*`` for a change of the model's effective max."""
+    """The domain, or ``*`` for a change of the model (its effective max,
+    budget or a setting of its configuration)."""
     event: str
-    old: float
-    new: float
+    old: float | str
+    """A number, or a name for a change of policy."""
+    new: float | str
 
 
 class Queued(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,6 +85,8 @@ class LeaseRef(msgspec.Struct, frozen=True, kw_only=True):
     model_id: str
     domain: str
     lease_id: str
+    tokens: int = 0
+    """The tokens it reserves of the model's budget."""
 
 
 class Grant(msgspec.Struct, frozen=True, kw_only=True):

@@ -19,34 +19,10 @@
 --                                            budget.claim)
 -- A model with neither rpm nor tpm costs nothing here beyond one HMGET.
 --
--- The table `budget` is declared in _prelude.lua, whose queue helpers use it.
+-- A lease's reservation is kept in its domain's tokens hash (lease or waiter
+-- id -> tokens), written only for models with a token budget.
 
--- A lease id ending in '.t<n>' reserves n tokens (see Core.new_lease_id): the
--- queue, the hand-over and the release read a waiter's reservation from its
--- id, without a key of their own.
-function budget.tokens_of(id)
-  return tonumber(string.match(id, '%.t(%d+)$')) or 0
-end
-
-local CAP_FIELDS = {'effective_max', 'rpm', 'tpm'}
-local CAP_SOURCES = {'effective_max', 'rpm', 'tpm', 'rpm_registered', 'tpm_registered', 'rpm_heard', 'tpm_heard'}
-
--- The cap hash's numbers: effective_max (nil when nobody registered the
--- model) and the budget in force (nil when not set), with `sources` also
--- what it was made of; or nil and the error.
-function budget.read_cap(cap_key, sources)
-  local fields = sources and CAP_SOURCES or CAP_FIELDS
-  local raw = redis.call('HMGET', cap_key, unpack(fields))
-  local out = {}
-  for i = 1, #fields do
-    if raw[i] then
-      local v, err = parse(cap_key, fields[i], raw[i], 'pos')
-      if not v then return nil, err end
-      out[fields[i]] = v
-    end
-  end
-  return out
-end
+local budget = {}
 
 local function level(key, name, text)
   if not text then return nil end
@@ -104,18 +80,18 @@ function budget.limits(b, cap, now)
   return b
 end
 
--- Whether lease id's request could ever fit: not when its tokens are more
--- than a whole minute's budget.
-function budget.fits(b, id)
-  return not (b and b.tpm and budget.tokens_of(id) > b.tpm)
+-- Whether a request of `tokens` could ever fit: not when they are more than a
+-- whole minute's budget.
+function budget.fits(b, tokens)
+  return not (b and b.tpm and tokens > b.tpm)
 end
 
--- Seconds until lease id's request fits; 0 when it fits now (to within a
--- millionth: refills are sums of fractions). What a waiter of another domain
--- has claimed (see budget.claim) is not there to take.
-function budget.wait(b, id)
+-- Seconds until lease id's request of `tokens` fits; 0 when it fits now (to
+-- within a millionth: refills are sums of fractions). What a waiter of
+-- another domain has claimed (see budget.claim) is not there to take.
+function budget.wait(b, id, tokens)
   if not b then return 0 end
-  local requests, tokens = 1, budget.tokens_of(id)
+  local requests = 1
   if b.claim and b.claim.id ~= id then requests, tokens = 2, tokens + b.claim.tokens end
   local wait = 0
   if b.rpm and b.requests < requests - 1e-6 then wait = (requests - b.requests) * 60 / b.rpm end
@@ -127,17 +103,17 @@ end
 -- heartbeat lapses: the budget is the model's, and without the claim the
 -- newcomers of its other domains (whose queues are empty) would take every
 -- refill before it. One claim at a time; the first to ask holds it.
-function budget.claim(b, id, ends)
+function budget.claim(b, id, tokens, ends)
   if b and (not b.claim or b.claim.id == id) then
-    b.claim, b.dirty = {id = id, tokens = budget.tokens_of(id), ends = ends}, true
+    b.claim, b.dirty = {id = id, tokens = tokens, ends = ends}, true
   end
 end
 
 -- Takes lease id's request and tokens (its claim, if it held one, is done).
-function budget.take(b, id)
+function budget.take(b, id, tokens)
   if not b then return end
   if b.rpm then b.requests = b.requests - 1 end
-  if b.tpm then b.tokens = b.tokens - budget.tokens_of(id) end
+  if b.tpm then b.tokens = b.tokens - tokens end
   budget.unclaim(b, id)
   b.dirty = true
 end
@@ -162,9 +138,8 @@ end
 -- back (a refused request used none) and keeps its request (providers count
 -- refused requests); a failure keeps both (it may have been served in
 -- part); a give-back ('abandon') returns both.
-function budget.settle(domain, b, released, outcome, id, used, requests_left, tokens_left)
+function budget.settle(domain, b, released, outcome, reserved, used, requests_left, tokens_left)
   if released then
-    local reserved = budget.tokens_of(id)
     if outcome == 'abandon' then
       budget.give(b, 1, reserved)
     elseif outcome == 'rate_limited' then
@@ -243,4 +218,28 @@ function budget.settle_limits(cap_key, cap)
       cap[name] = limit
     end
   end
+end
+
+-- == reservations ===========================================================
+-- A lease's (or a queued waiter's) tokens, in its domain's tokens hash:
+-- written only while the model has a token budget.
+
+function budget.reserve(b, tokens_key, id, tokens, idle_ms)
+  if b and b.tpm and tokens > 0 then
+    if redis.call('HSET', tokens_key, id, tokens) == 1 and redis.call('HLEN', tokens_key) == 1 then
+      expire_new(idle_ms, tokens_key)
+    end
+  end
+end
+
+-- The reservation of id (0 when none); `forget` drops it.
+function budget.reserved(b, tokens_key, id, forget)
+  if not b then return 0 end
+  local n = redis.call('HGET', tokens_key, id)
+  if n and forget then redis.call('HDEL', tokens_key, id) end
+  return tonumber(n) or 0
+end
+
+function budget.forget(b, tokens_key, ids)
+  if b and #ids > 0 then redis.call('HDEL', tokens_key, unpack(ids)) end
 end

@@ -1,53 +1,23 @@
 -- The rules of the loop: how a domain's limit moves. This file is the whole
 -- algorithm; the operation scripts around it are plumbing (keys, leases, the
--- queue, events), as a limiter keeps its limit algorithms apart.
+-- queue, events) that load a domain, call one entry point per event and save
+-- it, as a limiter keeps its limit algorithms apart:
 --
--- A rule takes the domain d (its hash fields, see FIELD_NAMES; d.policy says
--- which rules it runs), the time, the model's effective max and the caller's
--- configuration cfg (reduce_factor, additive_increase, success_window,
--- ceiling_overshoot, rampup_seconds, ceiling_ttl, lease_ttl). It changes d
--- and reports every change with emit(); it never calls Redis.
+--   rules.on_acquire(domain, d, now, m)     before a slot is asked for
+--   rules.on_outcome(domain, d, now, m, outcome, sample)
+--                                           a lease came back: 'success',
+--                                           'rate_limited', 'failure' or
+--                                           'abandon' (given back unused)
+--   rules.on_set_limit(domain, d, now, m, limit)   an operator's number
+--
+-- d is the domain (its hash fields, see _fields.lua), m the model (m.emax, nil
+-- when its registration is gone; m.config, the stored configuration). sample
+-- says what the plumbing knows of the lease: released (whether this call gave
+-- it back), granted_at (Redis time) and retry_after (seconds, or nil). The
+-- rules work out everything else themselves, change d and report every change
+-- with emit(); they never call Redis.
 
 local rules = {}
-
--- On every touch, whatever the policy: the registered max is a hard cap (also
--- over a hand-set current_limit), and a ceiling no 429 has confirmed for
--- ceiling_ttl seconds is forgotten.
-function rules.refresh(domain, d, now, emax, ceiling_ttl)
-  if d.current_limit > emax then
-    emit(domain, 'clamp', d.current_limit, emax)
-    d.current_limit = emax
-  end
-  if d.rate_limit_ceiling > 0 and ceiling_ttl > 0
-      and now - d.ceiling_confirmed_at >= ceiling_ttl then
-    emit(domain, 'ceiling_forgotten', d.rate_limit_ceiling, 0)
-    d.rate_limit_ceiling = 0
-  end
-end
-
--- The startup ramp: a linear climb from 1 to the effective max, for both
--- policies. It runs on acquire and on success while rampup_active is 1.
-function rules.ramp(domain, d, now, emax, rampup_seconds)
-  if d.rampup_active ~= 1 then return end
-  local before = d.current_limit
-  local elapsed = math.max(0, now - d.rampup_started_at)
-  if rampup_seconds <= 0 or elapsed >= rampup_seconds then
-    d.current_limit = emax
-    d.rampup_active = 0
-    emit(domain, 'ramp_end', before, emax)
-  else
-    d.current_limit = math.min(emax, 1 + math.floor((emax - 1) * elapsed / rampup_seconds))
-    if d.current_limit ~= before then emit(domain, 'ramp', before, d.current_limit) end
-  end
-end
-
--- A 429 ends the ramp for good, under both policies.
-local function stop_ramp(domain, d)
-  if d.rampup_active == 1 then
-    d.rampup_active = 0
-    emit(domain, 'ramp_stopped', d.current_limit, d.current_limit)
-  end
-end
 
 local function set_limit(domain, d, event, to)
   if to ~= d.current_limit then
@@ -56,15 +26,58 @@ local function set_limit(domain, d, event, to)
   end
 end
 
--- An operator set the limit by hand (set-limit): under the adaptive policy
--- that also marks the level above it, so that the loop holds there and
--- probes it in time instead of climbing straight back.
-function rules.after_set_limit(domain, d, now, emax)
-  local limit = d.current_limit
-  if d.policy == 'adaptive' and limit < emax then
-    if d.rate_limit_ceiling ~= limit + 1 then emit(domain, 'ceiling', d.rate_limit_ceiling, limit + 1) end
-    d.rate_limit_ceiling, d.ceiling_confirmed_at, d.success_streak = limit + 1, now, 0
+-- On every touch, whatever the policy: the registered max is a hard cap (also
+-- over a hand-set current_limit); a ceiling no 429 has confirmed for
+-- ceiling_ttl_seconds is forgotten; a cooldown (a hand-set blocked_until too)
+-- lasts at most max_cooldown_seconds from now; and a domain takes up the
+-- model's policy when it changed, keeping what it learned of the server (its
+-- limit, ceiling and cooldown) and starting the new rules' own counts afresh.
+local function refresh(domain, d, now, emax, cfg)
+  if d.current_limit > emax then set_limit(domain, d, 'clamp', emax) end
+  if d.rate_limit_ceiling > 0 and cfg.ceiling_ttl_seconds > 0
+      and now - d.ceiling_confirmed_at >= cfg.ceiling_ttl_seconds then
+    emit(domain, 'ceiling_forgotten', d.rate_limit_ceiling, 0)
+    d.rate_limit_ceiling = 0
   end
+  if d.blocked_until > now + cfg.max_cooldown_seconds then
+    emit(domain, 'cooldown', now, now + cfg.max_cooldown_seconds)
+    d.blocked_until = now + cfg.max_cooldown_seconds
+  end
+  if d.policy ~= cfg.policy then
+    emit(domain, 'policy', d.policy, cfg.policy)
+    d.policy, d.success_streak, d.probe_after, d.increase_step = cfg.policy, 0, 0, 0
+  end
+end
+
+-- The startup ramp: a linear climb from 1 to the effective max, for every
+-- policy. It runs on acquire and on success while rampup_active is 1.
+local function ramp(domain, d, now, emax, cfg)
+  if d.rampup_active ~= 1 then return end
+  local before = d.current_limit
+  local elapsed = math.max(0, now - d.rampup_started_at)
+  if cfg.rampup_seconds <= 0 or elapsed >= cfg.rampup_seconds then
+    d.current_limit = emax
+    d.rampup_active = 0
+    emit(domain, 'ramp_end', before, emax)
+  else
+    d.current_limit = math.min(emax, 1 + math.floor((emax - 1) * elapsed / cfg.rampup_seconds))
+    if d.current_limit ~= before then emit(domain, 'ramp', before, d.current_limit) end
+  end
+end
+
+-- A 429 ends the ramp for good, under every policy.
+local function stop_ramp(domain, d)
+  if d.rampup_active == 1 then
+    d.rampup_active = 0
+    emit(domain, 'ramp_stopped', d.current_limit, d.current_limit)
+  end
+end
+
+-- The cooldown a 429 imposes: its Retry-After when it gave a usable one,
+-- else cooldown_seconds; never more than max_cooldown_seconds.
+local function cooldown_for(cfg, retry_after)
+  local wanted = (retry_after and retry_after > 0) and retry_after or cfg.cooldown_seconds
+  return math.min(wanted, cfg.max_cooldown_seconds)
 end
 
 -- == classic: additive increase, multiplicative decrease =====================
@@ -85,7 +98,7 @@ end
 
 function classic.on_success(domain, d, now, emax, cfg)
   d.consecutive_429s = 0
-  rules.ramp(domain, d, now, emax, cfg.rampup_seconds)
+  ramp(domain, d, now, emax, cfg)
   if d.rampup_active == 1 then
     d.success_streak = 0
     return
@@ -109,6 +122,7 @@ function classic.on_rate_limited(domain, d, now, emax, cfg, cooldown)
     local before = d.current_limit
     set_limit(domain, d, 'decrease', math.max(1, math.floor(before * cfg.reduce_factor)))
     if d.current_limit < before then
+      d.last_cut_at = now
       local ceiling = before
       if d.rate_limit_ceiling > 0 then ceiling = math.min(d.rate_limit_ceiling, before) end
       if ceiling ~= d.rate_limit_ceiling then
@@ -127,24 +141,24 @@ function classic.on_failure(domain, d)
   if d.in_flight == 0 then d.consecutive_429s = 0 end
 end
 
--- == adaptive: hold under the mark, probe it less often the longer it holds ==
+-- == adaptive: hold under the ceiling, probe it less often the longer it holds ==
 --
 -- A server that refuses above its capacity C answers the request that makes
 -- C+1 with a 429 and serves the rest. So a 429 marks a level (the ceiling,
 -- rate_limit_ceiling): the limit goes one below it and stays there, with no
 -- fleet-wide pause and no deep cut. After probe_after successes the limit
--- probes the mark. A refused probe doubles probe_after (up to
+-- probes the ceiling. A refused probe doubles probe_after (up to
 -- PROBE_AFTER_MAX_WINDOWS success windows): probing gets rarer the longer the
--- capacity holds. A probe that holds (see held) proves the mark wrong: the
--- mark is dropped, probe_after halves, and the limit climbs with a step
--- (increase_step) that doubles each round, until a 429 sets a new mark.
--- Below the mark the limit climbs back a step per quarter round.
+-- capacity holds. A probe that holds (see held) proves the ceiling wrong: the
+-- ceiling is dropped, probe_after halves, and the limit climbs with a step
+-- (increase_step) that doubles each round, until a 429 sets a new ceiling.
+-- Below the ceiling the limit climbs back a step per quarter round.
 --
--- A 429 under the mark is noise or a drop in capacity. At the level just
--- under the mark, once that level has held, a first 429 is noise and changes
+-- A 429 under the ceiling is noise or a drop in capacity. At the level just
+-- under the ceiling, once that level has held, a first 429 is noise and changes
 -- nothing: were the capacity lower, the next request at that level would be
--- refused too. Any other 429 under the mark lowers the mark to where it came,
--- and the new mark is probed after a short wait. After PERSISTING_429S 429s
+-- refused too. Any other 429 under the ceiling lowers the ceiling to where it came,
+-- and the new ceiling is probed after a short wait. After PERSISTING_429S 429s
 -- with no request sent since a cut getting through (consecutive_429s), the
 -- cut is multiplicative (reduce_factor), and at limit 1 the fleet pauses for
 -- the Retry-After: only refusals that persist stop everyone.
@@ -172,36 +186,36 @@ local function held(cfg, limit)
   return math.max(limit, probe_base(cfg, limit))
 end
 
-local function set_mark(domain, d, mark)
-  if mark ~= d.rate_limit_ceiling then
-    emit(domain, 'ceiling', d.rate_limit_ceiling, mark)
-    d.rate_limit_ceiling = mark
+local function set_ceiling(domain, d, ceiling)
+  if ceiling ~= d.rate_limit_ceiling then
+    emit(domain, 'ceiling', d.rate_limit_ceiling, ceiling)
+    d.rate_limit_ceiling = ceiling
   end
 end
 
 function adaptive.on_success(domain, d, now, emax, cfg, fresh, saturated)
   if fresh then d.consecutive_429s = 0 end
-  rules.ramp(domain, d, now, emax, cfg.rampup_seconds)
+  ramp(domain, d, now, emax, cfg)
   if d.rampup_active == 1 then
     d.success_streak = 0
     return
   end
   if not saturated or d.current_limit >= emax then return end
   d.success_streak = d.success_streak + 1
-  local limit, mark, streak = d.current_limit, d.rate_limit_ceiling, d.success_streak
-  if mark > 0 and limit < mark - 1 then
+  local limit, ceiling, streak = d.current_limit, d.rate_limit_ceiling, d.success_streak
+  if ceiling > 0 and limit < ceiling - 1 then
     if streak >= math.max(1, math.floor(limit / 4)) then
       set_limit(domain, d, 'increase', limit + 1)
       d.success_streak = 0
     end
-  elseif mark > 0 and limit == mark - 1 then
+  elseif ceiling > 0 and limit == ceiling - 1 then
     if streak >= math.max(d.probe_after, probe_base(cfg, limit)) then
-      set_limit(domain, d, 'probe', mark)
+      set_limit(domain, d, 'probe', ceiling)
       d.success_streak = 0
     end
-  elseif streak >= (mark > 0 and held(cfg, limit) or limit) then
-    if mark > 0 then  -- the probe held: the mark was wrong, or the capacity grew
-      set_mark(domain, d, 0)
+  elseif streak >= (ceiling > 0 and held(cfg, limit) or limit) then
+    if ceiling > 0 then  -- the probe held: the ceiling was wrong, or the capacity grew
+      set_ceiling(domain, d, 0)
       d.probe_after = math.max(probe_base(cfg, limit), math.floor(d.probe_after / 2))
     end
     local step = math.max(1, d.increase_step)
@@ -213,41 +227,41 @@ end
 
 function adaptive.on_rate_limited(domain, d, now, emax, cfg, cooldown, fresh, saturated)
   stop_ramp(domain, d)
-  local before, mark, streak = d.current_limit, d.rate_limit_ceiling, d.success_streak
+  local before, ceiling, streak = d.current_limit, d.rate_limit_ceiling, d.success_streak
   if not fresh then
     if saturated then
       set_limit(domain, d, 'decrease', math.max(1, before - 1))
-      if mark == 0 or mark > d.current_limit + 1 then set_mark(domain, d, d.current_limit + 1) end
+      if ceiling == 0 or ceiling > d.current_limit + 1 then set_ceiling(domain, d, d.current_limit + 1) end
       d.success_streak, d.increase_step = 0, 1
     end
     return
   end
-  if before > 1 and (mark == 0 or before >= mark) then
-    -- Expected: a probe of the mark, or the climb finding the capacity.
+  if before > 1 and (ceiling == 0 or before >= ceiling) then
+    -- Expected: a probe of the ceiling, or the climb finding the capacity.
     local base = probe_base(cfg, before)
     -- Capped per round, not per request: at most 16 rounds (and windows) apart.
     local cap = PROBE_AFTER_MAX_WINDOWS * math.max(cfg.success_window, before)
     d.probe_after = math.min(cap, 2 * math.max(d.probe_after, base))
-    set_mark(domain, d, before)
+    set_ceiling(domain, d, before)
     set_limit(domain, d, 'decrease', before - 1)
-    -- Back under a probed mark, the level has held already (the probe came
+    -- Back under a probed ceiling, the level has held already (the probe came
     -- after it held).
-    d.success_streak = before == mark and NOISE_WINDOWS * cfg.success_window or 0
+    d.success_streak = before == ceiling and NOISE_WINDOWS * cfg.success_window or 0
   else
     d.consecutive_429s = d.consecutive_429s + 1
     local cost = NOISE_WINDOWS * cfg.success_window
-    if before == mark - 1 and streak >= cost and d.consecutive_429s == 1 then
+    if before == ceiling - 1 and streak >= cost and d.consecutive_429s == 1 then
       d.success_streak = streak - cost  -- noise, as long as it stays rare
       return
     end
     local persisting = d.consecutive_429s >= PERSISTING_429S
-    set_mark(domain, d, before)
+    set_ceiling(domain, d, before)
     if persisting then
       set_limit(domain, d, 'decrease', math.max(1, math.floor(before * cfg.reduce_factor)))
       d.success_streak = 0
     else
       set_limit(domain, d, 'decrease', math.max(1, before - 1))
-      -- Probe the new mark after a short wait, not the long one the old mark
+      -- Probe the new ceiling after a short wait, not the long one the old ceiling
       -- had earned: it may have been noise twice over.
       d.success_streak = math.max(0, d.probe_after - probe_base(cfg, d.current_limit))
     end
@@ -256,10 +270,56 @@ function adaptive.on_rate_limited(domain, d, now, emax, cfg, cooldown, fresh, sa
       emit(domain, 'cooldown', now, d.blocked_until)
     end
   end
-  d.ceiling_confirmed_at = now  -- requests sent before now are stale
+  d.ceiling_confirmed_at, d.last_cut_at = now, now  -- requests sent before now are stale
   d.increase_step = 1
 end
 
 function adaptive.on_failure(domain, d)
   if d.in_flight == 0 then d.consecutive_429s = 0 end
+end
+
+function rules.on_acquire(domain, d, now, m)
+  refresh(domain, d, now, m.emax, m.config)
+  ramp(domain, d, now, m.emax, m.config)
+end
+
+-- A registration Redis lost (deleted, evicted) is unknown, not 1: the limit
+-- stays where it is, and only a 429 moves it (down), until the client that
+-- hears of it registers again.
+function rules.on_outcome(domain, d, now, m, outcome, sample)
+  local cfg, emax = m.config, m.emax or d.current_limit
+  refresh(domain, d, now, emax, cfg)
+  if not sample.released or outcome == 'abandon' or not (m.emax or outcome == 'rate_limited') then return end
+  local policy = rules[d.policy]
+  -- What the rules learn of the request: sent after the last cut, and sent
+  -- while every slot was taken (in_flight no longer counts it).
+  local fresh = sample.granted_at >= d.last_cut_at
+  local saturated = d.in_flight + 1 >= d.current_limit
+  if outcome == 'success' then
+    policy.on_success(domain, d, now, emax, cfg, fresh, saturated)
+  elseif outcome == 'rate_limited' then
+    policy.on_rate_limited(domain, d, now, emax, cfg, cooldown_for(cfg, sample.retry_after), fresh, saturated)
+    d.total_429s = d.total_429s + 1
+  else
+    policy.on_failure(domain, d, now, emax, cfg, fresh, saturated)
+  end
+end
+
+-- An operator set the limit by hand: clamped to 1..effective max, and a
+-- running ramp stops (the operator's number wins). Under the adaptive policy
+-- that also sets the ceiling just above it, so that the loop holds there and
+-- probes it in time instead of climbing straight back.
+function rules.on_set_limit(domain, d, now, m, limit)
+  local before = d.current_limit
+  d.current_limit = math.max(1, math.min(m.emax, limit))
+  if d.rampup_active == 1 then
+    d.rampup_active = 0
+    emit(domain, 'ramp_stopped', before, before)
+  end
+  emit(domain, 'set_limit', before, d.current_limit)
+  if d.policy == 'adaptive' and d.current_limit < m.emax then
+    local ceiling = d.current_limit + 1
+    if d.rate_limit_ceiling ~= ceiling then emit(domain, 'ceiling', d.rate_limit_ceiling, ceiling) end
+    d.rate_limit_ceiling, d.ceiling_confirmed_at, d.last_cut_at, d.success_streak = ceiling, now, now, 0
+  end
 end

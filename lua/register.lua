@@ -1,7 +1,9 @@
 -- register: record an alias's max_parallel_requests (and its budget, if it
 -- sets one) for a model, recompute the model's effective max (the minimum
 -- over its aliases) and clamp every existing domain of the model down to it
--- (never up), and recompute the budget in force (see _budget.lua).
+-- (never up), recompute the budget in force (see _budget.lua), and store the
+-- registering process's configuration of the loop: the last register wins,
+-- and every script runs the stored one (see _fields.lua).
 --
 -- KEYS[1]    cap hash       <ns>:{<provider>/<model>}:cap
 -- KEYS[2]    domain index   <ns>:{<provider>/<model>}:domains
@@ -11,31 +13,32 @@
 -- ARGV[1]    now               seconds, or '' for the server's TIME
 -- ARGV[2]    alias
 -- ARGV[3]    max_parallel      the alias's max_parallel_requests
--- ARGV[4]    idle_ms           idle expiry in milliseconds (0: never expire)
--- ARGV[5]    events_maxlen     the event stream's approximate MAXLEN
--- ARGV[6]    rpm               the alias's requests per minute, or '' for none
--- ARGV[7]    tpm               the alias's tokens per minute, or '' for none
--- ARGV[7+i]  name of the domain in KEYS[3+i]
+-- ARGV[4]    rpm               the alias's requests per minute, or '' for none
+-- ARGV[5]    tpm               the alias's tokens per minute, or '' for none
+-- ARGV[6]    config            the loop's configuration, JSON: {name: value} under
+--                              ThrottleConfig's names (see CONFIG_NAMES)
+-- ARGV[6+i]  name of the domain in KEYS[3+i]
 --
--- Reply: {'ok', effective_max, events}
---        {'stale', names...} when the index holds domains the caller did not
---        pass (one was created meanwhile): call again with these names.
--- Errors: 'AIMD_CORRUPT <key> field <name> holds <value>'
+-- Reply (JSON): {status: 'ok', effective_max, events}, or {status: 'stale',
+--        domains} when the index holds domains the caller did not pass (one
+--        was created meanwhile): call again with these names.
+-- Errors: 'AIMD_CORRUPT <key> field <name> holds <value>', 'AIMD_BAD_CONFIG ...'
 
 local now = clock(ARGV[1])
 local alias, max_parallel = ARGV[2], ARGV[3]
-local idle_ms, events_maxlen = tonumber(ARGV[4]), ARGV[5]
-local alias_budget = {rpm = ARGV[6], tpm = ARGV[7]}
+local alias_budget = {rpm = ARGV[4], tpm = ARGV[5]}
 local alias_field = 'alias:' .. alias
-local ARGS = 7
+local ARGS = 6
+local config, err = parse_settings(KEYS[1], ARGV[6])
+if not config then return redis.error_reply(err) end
+local idle_ms = idle_ms_of(config.idle_ttl_seconds or CONFIG_DEFAULTS.idle_ttl_seconds)
 
 local passed = {}
 for i = ARGS + 1, #ARGV do passed[ARGV[i]] = true end
 local members = redis.call('SMEMBERS', KEYS[2])
 for _, name in ipairs(members) do
   if not passed[name] then
-    table.insert(members, 1, 'stale')
-    return members
+    return reply({status = 'stale', domains = members})
   end
 end
 
@@ -73,6 +76,7 @@ for i = 4, #KEYS do
 end
 
 redis.call('HSET', KEYS[1], alias_field, max_parallel, 'effective_max', fmt(emax))
+save_settings(KEYS[1], config)
 if old_max ~= emax then emit('*', 'effective_max', old_max or 0, emax) end
 for _, name in ipairs({'rpm', 'tpm'}) do
   if alias_budget[name] ~= '' then
@@ -98,6 +102,6 @@ for i = 4, #KEYS do
   end
   expire_new(idle_ms, KEYS[i])
 end
-local flat_events = flush_events(KEYS[3], now, events_maxlen, idle_ms)
+local flat_events = flush_events(KEYS[3], now, idle_ms)
 for i = 1, 3 do expire_new(idle_ms, KEYS[i]) end
-return {'ok', emax, flat_events}
+return reply({status = 'ok', effective_max = emax, events = flat_events})

@@ -8,25 +8,25 @@
 --
 -- ARGV[1]     now               seconds, or '' for the server's TIME
 -- ARGV[2]     lease_ttl         seconds
--- ARGV[3]     idle_ms           idle expiry in milliseconds (0: never expire)
--- ARGV[3+i]   id of lease i
+-- ARGV[2+i]   id of lease i
 --
--- Reply: one entry per lease: its new expiry, or '' when the lease was
+-- Reply (JSON): one number per lease: its new expiry, or 0 when the lease was
 -- already released or expired (an expired lease is never brought back).
 
 local now = clock(ARGV[1])
-local lease_ttl, idle_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
+local lease_ttl = tonumber(ARGV[2])
+local idle_ms = model_idle_ms(KEYS[1])
 local expiry = fmt(now + lease_ttl)
-local reply = {}
-for i = 1, #ARGV - 3 do
+local renewed = {}
+for i = 1, #ARGV - 2 do
   local domain_key, leases_key = KEYS[2 * i + 2], KEYS[2 * i + 3]
-  local score = redis.call('ZSCORE', leases_key, ARGV[3 + i])
+  local score = redis.call('ZSCORE', leases_key, ARGV[2 + i])
   if score and tonumber(score) > now then
-    redis.call('ZADD', leases_key, 'XX', expiry, ARGV[3 + i])
+    redis.call('ZADD', leases_key, 'XX', expiry, ARGV[2 + i])
     touch(idle_ms, domain_key, leases_key, KEYS[1], KEYS[2], KEYS[3])
-    reply[i] = expiry
+    renewed[i] = now + lease_ttl
   else
-    reply[i] = ''
+    renewed[i] = 0
   end
 end
-return reply
+return cjson.encode(renewed)

@@ -89,8 +89,15 @@ def events_of(client: redis.Redis, model: str = M) -> list[LimitEvent]:
             model_id=model,
             domain=f[b"domain"].decode(),
             event=f[b"event"].decode(),
-            old=float(f[b"from"]),
-            new=float(f[b"to"]),
+            old=_number_or_name(f[b"from"].decode()),
+            new=_number_or_name(f[b"to"].decode()),
         )
         for _, f in client.xrange(f"aimd:{{{P}/{model}}}:events")
     ]
+
+
+def _number_or_name(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text

@@ -12,6 +12,12 @@ from dataclasses import dataclass, field
 from aimd_redis import ThrottleConfig
 
 
+def cooldown_for(c: ThrottleConfig, retry_after: float | None) -> float:
+    """The cooldown a 429 imposes: a usable Retry-After, else cooldown_seconds; at most max_cooldown_seconds."""
+    usable = retry_after is not None and math.isfinite(retry_after) and retry_after > 0
+    return min(float(retry_after) if usable and retry_after is not None else c.cooldown_seconds, c.max_cooldown_seconds)
+
+
 @dataclass
 class RefDomain:
     current_limit: int
@@ -128,7 +134,7 @@ class RefModel:
                 d.success_streak = 0
         elif outcome == "rate_limited":
             d.rampup_active = False
-            d.blocked_until = now + self.c.cooldown_for(retry_after)
+            d.blocked_until = now + cooldown_for(self.c, retry_after)
             d.success_streak = 0
             if d.consecutive_429s == 0:
                 before = d.current_limit
@@ -165,7 +171,7 @@ class Adaptive:
             self.success(fresh, saturated)
         elif outcome == "rate_limited":
             d.rampup_active = False
-            self.rate_limited(self.c.cooldown_for(retry_after), fresh, saturated)
+            self.rate_limited(cooldown_for(self.c, retry_after), fresh, saturated)
         elif not d.leases:
             d.consecutive_429s = 0
 

@@ -65,7 +65,7 @@ def test_a_new_domain_holds_every_state_field(make_throttle: MakeThrottle, clien
         "rampup_started_at": "100",
         "rampup_active": "1",
         "ceiling_confirmed_at": "0",
-        "rampup_seconds": "10",
+        "last_cut_at": "0",
         "total_429s": "0",
         "total_reclaimed": "0",
         "probe_after": "0",

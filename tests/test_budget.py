@@ -290,14 +290,14 @@ def test_a_waiter_short_of_budget_is_not_passed_by_another_domain(make_throttle:
     _register(t, tokens_per_minute=600)  # 10 tokens a second
     _grant(t, 0.0, tokens=600).success(now=0.0)
     core = t._core
-    call, ref = core.acquire_call(P, M, "chat", 0.0, core.new_lease_id("a", 500), wait=True)
+    call, ref = core.acquire_call(P, M, "chat", 0.0, core.new_lease_id("a"), tokens=500, wait=True)
     queued = core.parse_acquire(ref, t._run(call))
     assert queued.retry_in == pytest.approx(50.0)
     for now in (1.0, 20.0, 49.0):  # small requests of another domain would fit, but not beside the claim
         other = t.try_acquire(provider_name=P, model_id=M, domain="embedding", tokens=10, now=now)
         assert isinstance(other, Denied)
         assert other.reason == "budget"
-    call, ref = core.acquire_call(P, M, "chat", 50.0, ref.lease_id, wait=True, recheck=True)
+    call, ref = core.acquire_call(P, M, "chat", 50.0, ref.lease_id, tokens=500, wait=True, recheck=True)
     assert isinstance(core.parse_acquire(ref, t._run(call)), Grant)  # its turn came
     assert isinstance(t.try_acquire(provider_name=P, model_id=M, domain="embedding", tokens=10, now=51.0), Lease)
 
@@ -307,7 +307,7 @@ def test_a_waiter_that_gives_up_leaves_no_claim(make_throttle: MakeThrottle) -> 
     _register(t, tokens_per_minute=600)
     _grant(t, 0.0, tokens=600).success(now=0.0)
     core = t._core
-    call, ref = core.acquire_call(P, M, "chat", 0.0, core.new_lease_id("a", 500), wait=True)
+    call, ref = core.acquire_call(P, M, "chat", 0.0, core.new_lease_id("a"), tokens=500, wait=True)
     core.parse_acquire(ref, t._run(call))
     t._run(core.release_call(ref, "abandon", None, 1.0))
     assert isinstance(t.try_acquire(provider_name=P, model_id=M, domain="embedding", tokens=10, now=1.0), Lease)

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from aimd_redis import Denied, Lease, Throttle, ThrottleConfig
-from aimd_redis.core import tokens_of
 
 P, M = "prov", "model"
 BUDGET_KEY = f"aimd:{{{P}/{M}}}:cap:budget"
@@ -121,7 +120,7 @@ class BudgetMachine(RuleBasedStateMachine):
             if left is None
             else {"x-ratelimit-remaining-requests": str(left), "x-ratelimit-remaining-tokens": str(left)}
         )
-        reserved = tokens_of(lease.id)
+        reserved = lease.tokens
         if outcome == "success":
             assert lease.success(now=self.now, tokens=used, headers=headers).released
             self.ref.give(0, 0 if used is None else reserved - used)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import multiprocessing
 import threading
@@ -219,6 +220,29 @@ async def test_a_late_wake_up_is_claimed_before_the_slot_is_used(real_redis: red
         await lease.success()
 
 
+_STATE = {
+    "current_limit": 1,
+    "in_flight": 1,
+    "blocked_until": 0,
+    "success_streak": 0,
+    "waiters": 0,
+    "rate_limit_ceiling": 0,
+    "consecutive_429s": 0,
+    "rampup_started_at": 0,
+    "rampup_active": False,
+}
+
+
+def _queued_at(at: float) -> str:
+    """An acquire script's reply: queued at ``at``."""
+    return json.dumps({"status": "queued", "value": 0, "at": at, "state": _STATE})
+
+
+def _handed(waiter: str, expiry: float) -> str:
+    """A wake-up: a slot handed to ``waiter`` until ``expiry``."""
+    return f"{waiter} {json.dumps({'expires_at': expiry, 'state': _STATE})}"
+
+
 @pytest.mark.parametrize(
     ("published_after_queued", "window", "since_asked", "fresh"),
     [
@@ -234,11 +258,10 @@ def test_a_hand_over_is_used_before_its_claim_only_with_half_its_window_left(
 ) -> None:
     core = Core(LONG_LEASES, "aimd")  # its own claim window: 60 s
     ref = LeaseRef(provider_name=P, model_id=M, domain="chat", lease_id="c.1")
-    state = "1,1,0,0,0,0,0,0,0"
-    queued = core.parse_acquire(ref, [b"queued", b"0", state.encode(), [], b"1000.0"])
+    queued = core.parse_acquire(ref, _queued_at(1000.0))
     assert isinstance(queued, Queued)
     expiry = 1000.0 + published_after_queued + window  # the window runs from the hand-over
-    handed = core.parse_wake(ref, f"c.1 {expiry} {state}")
+    handed = core.parse_wake(ref, _handed("c.1", expiry))
     assert isinstance(handed, Grant)
     left = core.background_claim(handed, queued, since_asked)
     assert (left is not None) is fresh
@@ -250,10 +273,9 @@ def test_a_hand_over_is_used_before_its_claim_only_with_half_its_window_left(
 def test_a_background_claim_is_given_at_least_a_second(left: float, fresh: bool) -> None:
     core = Core(ThrottleConfig(wait_poll_seconds=0.75), "aimd")  # a claim window of 1.5 s
     ref = LeaseRef(provider_name=P, model_id=M, domain="chat", lease_id="c.1")
-    state = "1,1,0,0,0,0,0,0,0"
-    queued = core.parse_acquire(ref, [b"queued", b"0", state.encode(), [], b"1000.0"])
+    queued = core.parse_acquire(ref, _queued_at(1000.0))
     assert isinstance(queued, Queued)
-    handed = core.parse_wake(ref, f"c.1 {1000.0 + left} {state}")
+    handed = core.parse_wake(ref, _handed("c.1", 1000.0 + left))
     assert isinstance(handed, Grant)
     assert (core.background_claim(handed, queued, 0.0) is not None) is fresh
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from aimd_redis import DomainState, Lease, Throttle, schema
+from aimd_redis import DomainState, Lease, Throttle, ThrottleConfig, schema
 from aimd_redis.core import SCRIPT_ARGS
 from aimd_redis.ops.acl import acl_rule
 from aimd_redis.scripts import LIBRARY, NAMES, library, sources
@@ -82,7 +82,7 @@ def test_every_script_header_lists_the_keys_it_touches() -> None:
     for name in NAMES:
         text = (ROOT / "lua" / f"{name}.lua").read_text()
         header = text.split("\n\n", 1)[0]
-        for part in ("KEYS[", "ARGV[", "Reply:"):
+        for part in ("KEYS[", "ARGV[", "Reply"):
             assert part in header, (name, part)
         # No key is built inside a script: every key comes from KEYS.
         body = sources()[name]
@@ -97,22 +97,36 @@ def test_the_named_arguments_of_each_script_match_its_header() -> None:
         assert documented == list(enumerate(args._fields, 1)), name
 
 
-def test_one_schema_of_the_domain_hash_in_lua_and_python() -> None:
-    prelude = (ROOT / "lua" / "_prelude.lua").read_text()
+def _lua_table(path: str, name: str) -> str:
+    body = re.search(rf"^local {name} = {{(.*?)}}$", (ROOT / "lua" / path).read_text(), re.DOTALL | re.MULTILINE)
+    assert body is not None, name
+    return body.group(1)
 
+
+def test_one_schema_of_the_domain_hash_in_lua_and_python() -> None:
     def lua_list(name: str) -> list[str]:
-        body = re.search(rf"local {name} = {{(.*?)}}", prelude, re.DOTALL)
-        assert body is not None, name
-        return re.findall(r"'(\w+)'", body.group(1))
+        return re.findall(r"'(\w+)'", _lua_table("_fields.lua", name))
 
     assert list(zip(lua_list("FIELD_NAMES"), lua_list("FIELD_KINDS"), strict=True)) == list(schema.FIELDS)
-    defaults = re.search(r"local FIELD_DEFAULTS = {(.*?)}", prelude)
-    assert defaults is not None
-    found = dict(re.findall(r"(\w+) = '?(\w+)'?", defaults.group(1)))
+    found = dict(re.findall(r"(\w+) = '?(\w+)'?", _lua_table("_fields.lua", "FIELD_DEFAULTS")))
     assert found == {k: str(v) for k, v in schema.DEFAULTS.items()}
-    assert re.search(rf"local MAX_TIME, MAX_COUNT = {schema.MAX_TIME:g}, {schema.MAX_COUNT:g}", prelude)
+    base = (ROOT / "lua" / "_base.lua").read_text()
+    assert re.search(rf"local MAX_TIME, MAX_COUNT = {schema.MAX_TIME:g}, {schema.MAX_COUNT:g}", base)
     # The public state is the schema's first fields, in order: replies and wake-ups rely on it.
     assert DomainState.__struct_fields__ == tuple(name for name, _ in schema.FIELDS[: schema.PUBLIC])
+
+
+def test_one_list_of_the_stored_settings_with_throttleconfig_s_defaults() -> None:
+    assert tuple(re.findall(r"'(\w+)'", _lua_table("_fields.lua", "CONFIG_NAMES"))) == schema.SETTINGS
+    cap_fields = re.findall(r"'(\w+)'", _lua_table("_fields.lua", "CAP_FIELDS"))
+    assert tuple(cap_fields[3:]) == schema.SETTINGS
+    defaults = dict(re.findall(r"(\w+) = '?([\w.]+)'?", _lua_table("_fields.lua", "CONFIG_DEFAULTS")))
+    expected = ThrottleConfig().settings()
+    assert set(defaults) == set(expected)
+    for name, value in expected.items():
+        assert defaults[name] == value if isinstance(value, str) else float(defaults[name]) == value, name
+    ranged = re.findall(r"(\w+) = {", _lua_table("_fields.lua", "CONFIG_RANGES") + "}")
+    assert {"policy", *ranged} == set(schema.SETTINGS)
 
 
 def test_the_sync_client_is_generated_from_the_async_one() -> None:

@@ -37,7 +37,6 @@ from aimd_redis.core import (
     parse_effective_max,
     parse_state,
     socket_timeout_of,
-    tokens_of,
 )
 from aimd_redis.errors import (
     AcquireTimeout,
@@ -308,7 +307,7 @@ class AsyncThrottle:
         budget, the slot comes with one request and ``tokens`` (the request's
         estimate) of the model's budget, or not at all."""
         call, ref = self._core.acquire_call(
-            provider_name, model_id, domain, now, self._core.new_lease_id(self._client_id, tokens)
+            provider_name, model_id, domain, now, self._core.new_lease_id(self._client_id), tokens=tokens
         )
         try:
             result = await self._acquire_once(call, ref, now)
@@ -463,9 +462,9 @@ class AsyncThrottle:
         started: float,
     ) -> AsyncLease:
         deadline = None if limit is None else started + limit
-        lease_id = self._core.new_lease_id(self._client_id, tokens)
+        lease_id = self._core.new_lease_id(self._client_id)
         # Built (and the names checked) first: a bad name has nothing to give back.
-        call, ref = self._core.acquire_call(provider_name, model_id, domain, None, lease_id, wait=True)
+        call, ref = self._core.acquire_call(provider_name, model_id, domain, None, lease_id, tokens=tokens, wait=True)
         if self._waker is not None:
             with redis_boundary():
                 await self._waker.watch(self._core.keys(provider_name, model_id).wake_prefix + self._client_id)
@@ -487,7 +486,7 @@ class AsyncThrottle:
                     self._log_queue(f"no free slot, queued ({got.state.waiters} waiting)", ref, started)
                     recheck = True  # from now on the script also looks for a slot handed over
                     call, ref = self._core.acquire_call(
-                        provider_name, model_id, domain, None, lease_id, wait=True, recheck=True
+                        provider_name, model_id, domain, None, lease_id, tokens=tokens, wait=True, recheck=True
                     )
                 # The re-check is also the heartbeat: never later than the poll
                 # interval, sooner when the cooldown ends or a lease expires first.
@@ -577,9 +576,8 @@ class AsyncThrottle:
         """Report the outcome (with the tokens used and the response's
         headers, if known); with ``next_ref``, take that next lease in the
         same call if a slot is free for it."""
-        next_id = "" if next_ref is None else next_ref.lease_id
         heard = None if headers is None else read_rate_limit_headers(headers)
-        call = self._core.release_call(lease.ref, outcome, retry_after, now, lease.granted_at, next_id, tokens, heard)
+        call = self._core.release_call(lease.ref, outcome, retry_after, now, lease.granted_at, next_ref, tokens, heard)
         self._held.pop(lease.id, None)  # reported: never renewed again, whatever comes of the call
         try:
             reply = await self._run(call)
@@ -592,7 +590,9 @@ class AsyncThrottle:
             plain = (
                 call
                 if next_ref is None
-                else self._core.release_call(lease.ref, outcome, retry_after, now, lease.granted_at, "", tokens, heard)
+                else self._core.release_call(
+                    lease.ref, outcome, retry_after, now, lease.granted_at, None, tokens, heard
+                )
             )
             self._keep_unsent(plain, lease.ref, exc)
             if next_ref is not None and not isinstance(exc, REFUSED_BEFORE_RUNNING):
@@ -604,10 +604,10 @@ class AsyncThrottle:
             raise
         self._unsent.pop(lease.id, None)
         lease.reported = True
-        result, registered = self._core.parse_release(lease.ref, reply)
+        result, registered, taken = self._core.parse_release(lease.ref, reply, next_ref)
         if result.released and not registered:
             await self._restore_quietly(lease.ref)
-        return result, None if next_ref is None else self._core.parse_next(next_ref, reply)
+        return result, taken
 
     async def _success_and_acquire(
         self, lease: AsyncLease, timeout: float | None, tokens: int | None, next_tokens: int
@@ -619,7 +619,8 @@ class AsyncThrottle:
                 provider_name=ref.provider_name,
                 model_id=ref.model_id,
                 domain=ref.domain,
-                lease_id=self._core.new_lease_id(self._client_id, next_tokens),
+                lease_id=self._core.new_lease_id(self._client_id),
+                tokens=next_tokens,
             )
             try:
                 _, grant = await self._report(lease, "success", None, None, next_ref, tokens)
@@ -691,6 +692,16 @@ class AsyncThrottle:
         reply = await self._run(self._core.set_limit_call(provider_name, model_id, domain, limit, now))
         return int(reply)
 
+    async def configure(
+        self, provider_name: str, model_id: str, settings: Mapping[str, float | str], *, now: float | None = None
+    ) -> dict[str, float | str]:
+        """Change some of the model's stored loop settings (names as in
+        ThrottleConfig, e.g. ``{"reduce_factor": 0.5}``); returns every
+        setting now stored. Each change is an event of the model; the next
+        ``register`` stores its own configuration again."""
+        call = self._core.configure_call(provider_name, model_id, dict(settings), now)
+        return self._core.parse_configure(provider_name, model_id, await self._run(call))
+
     async def reset(
         self, provider_name: str, model_id: str, domain: str | None = None, *, now: float | None = None
     ) -> int:
@@ -758,7 +769,7 @@ class AsyncLease:
     @property
     def tokens(self) -> int:
         """The tokens this lease reserved of the model's budget."""
-        return tokens_of(self.ref.lease_id)
+        return self.ref.tokens
 
     async def success(
         self, now: float | None = None, *, tokens: int | None = None, headers: Mapping[str, str] | None = None

@@ -325,8 +325,10 @@ class Simulation:
         estimate = 0
         if self.s.budget != "ignored":
             estimate = self.s.estimate or self.s.prompt_tokens + self.s.max_tokens
-        lease_id = self.core.new_lease_id(task.process, estimate)
-        task.call, task.ref = self.core.acquire_call(PROVIDER, MODEL, DOMAIN, EPOCH + self.now, lease_id, wait=True)
+        lease_id = self.core.new_lease_id(task.process)
+        task.call, task.ref = self.core.acquire_call(
+            PROVIDER, MODEL, DOMAIN, EPOCH + self.now, lease_id, tokens=estimate, wait=True
+        )
         task.recheck = False
         self._by_id[lease_id] = task
         self._ask(task)
@@ -348,7 +350,14 @@ class Simulation:
             if not task.recheck:
                 task.recheck = True
                 task.call, _ = self.core.acquire_call(
-                    PROVIDER, MODEL, DOMAIN, EPOCH + self.now, task.ref.lease_id, wait=True, recheck=True
+                    PROVIDER,
+                    MODEL,
+                    DOMAIN,
+                    EPOCH + self.now,
+                    task.ref.lease_id,
+                    tokens=task.ref.tokens,
+                    wait=True,
+                    recheck=True,
                 )
             poll = self.config.wait_poll_seconds
             self._recheck_in(task, min(got.retry_in, poll) if got.retry_in > 0 else poll)
@@ -483,7 +492,7 @@ class Simulation:
             tokens=used,
             heard=self._heard(),
         )
-        result, _ = self.core.parse_release(task.ref, self._script(call))
+        result, _, _ = self.core.parse_release(task.ref, self._script(call))
         if result.state is not None:
             self._state = result.state
         self._drain_wakeups()

@@ -194,6 +194,36 @@ def cmd_set_limit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setting(text: str) -> tuple[str, float | str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(f"a setting is name=value, e.g. reduce_factor=0.5, not {text!r}")
+    try:
+        return name, int(value) if value.isdigit() else float(value)
+    except ValueError:
+        return name, value  # a name (the policy); the library judges it
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from aimd_redis import Throttle
+    from aimd_redis.keys import model_keys
+    from aimd_redis.schema import SETTINGS
+
+    provider, model = args.model
+    client = _client(args)
+    if not _model_exists(client, args.namespace, provider, model):
+        return _no_such_model(args.namespace, provider, model)
+    if args.set:
+        Throttle(client, namespace=args.namespace).configure(provider, model, dict(args.set))
+    cap = model_keys(args.namespace, provider, model).cap
+    stored = dict(zip(SETTINGS, client.hmget(cap, list(SETTINGS)), strict=True))
+    width = max(map(len, SETTINGS))
+    for name, raw in stored.items():
+        shown = "(default: never stored)" if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
+        print(f"{name:<{width}}  {shown}")
+    return 0
+
+
 def _event_line(entry_id: bytes, raw: dict[bytes, bytes]) -> str:
     f = {k.decode(): v.decode() for k, v in raw.items()}
     millis = int(entry_id.decode().split("-")[0])
@@ -428,6 +458,16 @@ def build_parser() -> argparse.ArgumentParser:
     set_limit.add_argument("model", type=_model, metavar="MODEL", help="provider/model")
     set_limit.add_argument("domain")
     set_limit.add_argument("limit", type=int)
+
+    config = with_redis(add("config", cmd_config, "show a model's stored loop settings, or change some (--set)"))
+    config.add_argument("model", type=_model, metavar="MODEL", help="provider/model")
+    config.add_argument(
+        "--set",
+        type=_setting,
+        action="append",
+        metavar="NAME=VALUE",
+        help="change a setting (repeat); logged in the event stream; the next register stores its own again",
+    )
 
     events = with_redis(add("events", cmd_events, "print a model's event log"))
     events.add_argument("model", type=_model, metavar="MODEL", help="provider/model")

@@ -14,7 +14,7 @@ import msgspec
 from aimd_redis.core import as_str, state_of
 from aimd_redis.errors import CorruptStateError
 from aimd_redis.keys import check_namespace, model_keys
-from aimd_redis.schema import parse_domain
+from aimd_redis.schema import SETTINGS, parse_domain
 
 #: Events that change a domain's limit, for "last change".
 LIMIT_EVENTS = frozenset(
@@ -84,6 +84,9 @@ class DomainReport(msgspec.Struct, kw_only=True):
     total_429s: int
     total_reclaimed: int
     policy: str = "classic"
+    """The policy the domain runs (it takes up the model's at its next touch)."""
+    settings: dict[str, str] = {}
+    """The model's stored loop settings (the last register's), by name."""
     budget: Budget | None = None
     """The model's budget (the same for each of its domains)."""
     problem: str | None = None
@@ -164,7 +167,7 @@ def report(
             if record is None:
                 continue
             state = state_of(record)
-            ramp_seconds = record.rampup_seconds
+            ramp_seconds = _num(cap, "rampup_seconds")
             ramp_elapsed = now - state.rampup_started_at
             ramp_on = state.rampup_active and ramp_seconds > 0
             out.append(
@@ -189,6 +192,7 @@ def report(
                     total_429s=record.total_429s,
                     total_reclaimed=record.total_reclaimed,
                     policy=record.policy,
+                    settings={name: cap[name] for name in SETTINGS if name in cap},
                     budget=budget,
                 )
             )

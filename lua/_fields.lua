@@ -1,0 +1,284 @@
+-- The two hashes the rules read, their fields and how their text is judged:
+-- a domain's state, and the model's registration and configuration (its cap
+-- hash). aimd_redis/schema.py holds the same lists (a test compares them).
+
+-- Kinds: pos: whole number >= 1; count: whole number >= 0; time: number >= 0;
+-- flag: 0 or 1; policy: a policy's name.
+local POLICIES = {classic = true, adaptive = true}
+
+-- The number (or name) a field's text holds and whether the text is plain
+-- (as the scripts write it: rewritten plain when it is saved if not); nil and
+-- the error when the scripts cannot use it. Other decimal spellings ('5.0',
+-- ' 5', '1e1') are accepted; hex, inf, nan and absurd magnitudes are not.
+local function parse(key, name, text, kind)
+  if kind == 'policy' then
+    if POLICIES[text] then return text, true end
+    return nil, corrupt(key, name, text)
+  end
+  local v = text and tonumber(text)
+  if v then
+    local plain = string.find(text, kind == 'time' and '^%d+%.?%d*$' or '^%d+$') ~= nil
+    if plain or string.find(text, '^%s*[%d.]+[eE]?[+-]?%d*%s*$') then
+      if kind == 'time' then
+        if v >= 0 and v <= MAX_TIME then return v, plain end
+      elseif v % 1 == 0 and v >= (kind == 'pos' and 1 or 0) and v <= (kind == 'flag' and 1 or MAX_COUNT) then
+        return v, plain
+      end
+    end
+  end
+  return nil, corrupt(key, name, text)
+end
+
+-- == the domain hash =========================================================
+--
+-- The first nine fields are the public state, in the order of DomainState.
+-- Then: when a 429 last confirmed the ceiling (it is forgotten ceiling_ttl
+-- after), when the limit was last cut (a request granted before it is stale),
+-- two counters for monitoring, the adaptive policy's two (see _rules.lua),
+-- and the policy the domain runs (the model's, once the domain has switched
+-- to it: see rules.on_touch).
+local FIELD_NAMES = {
+  'current_limit', 'in_flight', 'blocked_until', 'success_streak', 'waiters', 'rate_limit_ceiling',
+  'consecutive_429s', 'rampup_started_at', 'rampup_active',
+  'ceiling_confirmed_at', 'last_cut_at', 'total_429s', 'total_reclaimed', 'probe_after', 'increase_step',
+  'policy',
+}
+local FIELD_KINDS = {
+  'pos', 'count', 'time', 'count', 'count', 'count', 'count', 'time', 'flag',
+  'time', 'time', 'count', 'count', 'count', 'count', 'policy',
+}
+-- Fields an older release did not write, and what they count as when missing.
+local FIELD_DEFAULTS = {last_cut_at = 0, probe_after = 0, increase_step = 0, policy = 'classic'}
+
+-- The numeric fields (all but the policy) as the scripts write them, joined
+-- by commas: one match instead of one per field on the common path.
+local PLAIN_FIELDS = '^%d+,%d+,%d+%.?%d*,%d+,%d+,%d+,%d+,%d+%.?%d*,%d+,%d+%.?%d*,%d+%.?%d*,' ..
+  '%d+,%d+,%d+,%d+$'
+
+-- The domain as the scripts wrote it, or nil when anything is missing,
+-- spelled otherwise or out of range (load_domain then judges field by field).
+-- Built by one table constructor each: a table filled key by key is resized
+-- over and over, and that is most of the cost of a call.
+local function load_plain(raw)
+  local policy = raw[16]
+  if not POLICIES[policy] then return nil end
+  local ok, joined = pcall(table.concat, raw, ',', 1, 15)
+  if not ok or not string.find(joined, PLAIN_FIELDS) then return nil end
+  local read = {
+    tonumber(raw[1]), tonumber(raw[2]), tonumber(raw[3]), tonumber(raw[4]), tonumber(raw[5]),
+    tonumber(raw[6]), tonumber(raw[7]), tonumber(raw[8]), tonumber(raw[9]), tonumber(raw[10]),
+    tonumber(raw[11]), tonumber(raw[12]), tonumber(raw[13]), tonumber(raw[14]), tonumber(raw[15]), policy,
+  }
+  -- The pattern has made every number whole or decimal and not negative.
+  if read[1] < 1 or read[9] > 1 or read[3] > MAX_TIME or read[8] > MAX_TIME or read[10] > MAX_TIME
+    or read[11] > MAX_TIME or math.max(read[1], read[2], read[4], read[5], read[6], read[7], read[12],
+    read[13], read[14], read[15]) > MAX_COUNT then return nil end
+  return {
+    current_limit = read[1], in_flight = read[2], blocked_until = read[3], success_streak = read[4],
+    waiters = read[5], rate_limit_ceiling = read[6], consecutive_429s = read[7], rampup_started_at = read[8],
+    rampup_active = read[9], ceiling_confirmed_at = read[10], last_cut_at = read[11], total_429s = read[12],
+    total_reclaimed = read[13], probe_after = read[14], increase_step = read[15], policy = policy,
+    raw = raw, read = read,
+  }
+end
+
+-- The domain as a table of numbers, or nil if it does not exist. d.raw keeps
+-- the strings as read, so that saving touches only what changed.
+local function load_domain(key)
+  local raw = redis.call('HMGET', key, unpack(FIELD_NAMES))
+  local d = load_plain(raw)
+  if d then return d end
+  local read = {}
+  d = {raw = raw, read = read}
+  local present, missing = false, false
+  for i = 1, #FIELD_NAMES do
+    local text = raw[i]
+    if text then
+      present = true
+      local v, plain = parse(key, FIELD_NAMES[i], text, FIELD_KINDS[i])
+      if not v then return nil, plain end
+      if not plain then raw[i] = false end
+      d[FIELD_NAMES[i]], read[i] = v, v
+    else
+      missing = true
+    end
+  end
+  if not present then return nil end
+  if missing then
+    for i = 1, #FIELD_NAMES do
+      local name = FIELD_NAMES[i]
+      if d[name] == nil then
+        if FIELD_DEFAULTS[name] == nil then return nil, corrupt(key, name, nil) end
+        d[name] = FIELD_DEFAULTS[name]
+      end
+    end
+  end
+  return d
+end
+
+-- A domain on its first touch: the ramp runs iff the model's ramp is on and
+-- its effective max is above 1.
+local function new_domain(now, m)
+  local ramp = m.config.rampup_seconds > 0 and m.emax > 1
+  return {
+    current_limit = ramp and 1 or m.emax, in_flight = 0, blocked_until = 0,
+    success_streak = 0, waiters = 0, rate_limit_ceiling = 0, consecutive_429s = 0,
+    rampup_started_at = now, rampup_active = ramp and 1 or 0, ceiling_confirmed_at = 0, last_cut_at = 0,
+    total_429s = 0, total_reclaimed = 0, probe_after = 0, increase_step = 0, policy = m.config.policy,
+    raw = {}, read = {},
+  }
+end
+
+-- Writes the fields whose value changed since they were read (and any the
+-- scripts would spell otherwise).
+local function save_domain(key, d)
+  local flat, n, raw, read = {}, 0, d.raw, d.read
+  for i = 1, #FIELD_NAMES do
+    local name = FIELD_NAMES[i]
+    local v = d[name]
+    if not raw[i] or read[i] ~= v then
+      local text = FIELD_KINDS[i] == 'policy' and v or fmt(v)
+      raw[i] = text
+      flat[n + 1], flat[n + 2] = name, text
+      n = n + 2
+    end
+  end
+  if n > 0 then redis.call('HSET', key, unpack(flat)) end
+end
+
+-- The public state, as replies and wake-ups carry it.
+local function public_state(d)
+  return {
+    current_limit = d.current_limit, in_flight = d.in_flight, blocked_until = d.blocked_until,
+    success_streak = d.success_streak, waiters = d.waiters, rate_limit_ceiling = d.rate_limit_ceiling,
+    consecutive_429s = d.consecutive_429s, rampup_started_at = d.rampup_started_at,
+    rampup_active = d.rampup_active == 1,
+  }
+end
+
+-- == the cap hash: the model's registration and configuration ================
+--
+-- effective_max (the least max_parallel_requests over the aliases), the
+-- budget in force (rpm, tpm; see _budget.lua), and the loop's configuration
+-- as the last register stored it, under ThrottleConfig's names. Every script
+-- runs the model's stored configuration, whatever the caller's own is.
+local CONFIG_NAMES = {
+  'policy', 'reduce_factor', 'additive_increase', 'success_window', 'cooldown_seconds', 'ceiling_overshoot',
+  'rampup_seconds', 'ceiling_ttl_seconds', 'max_cooldown_seconds', 'idle_ttl_seconds',
+}
+-- Each setting's least and greatest value, and whether it is whole; the
+-- bounds are ThrottleConfig's (open bounds are the next value in).
+local CONFIG_RANGES = {
+  reduce_factor = {1e-9, 1 - 1e-9}, additive_increase = {1, MAX_COUNT, true},
+  success_window = {1, MAX_COUNT, true}, cooldown_seconds = {1e-9, MAX_TIME}, ceiling_overshoot = {0, MAX_COUNT},
+  rampup_seconds = {0, MAX_TIME}, ceiling_ttl_seconds = {0, MAX_TIME}, max_cooldown_seconds = {1e-9, MAX_TIME},
+  idle_ttl_seconds = {0, MAX_TIME},
+}
+-- What a model registered by an older release (which stored none) runs:
+-- ThrottleConfig's defaults.
+local CONFIG_DEFAULTS = {
+  policy = 'classic', reduce_factor = 0.75, additive_increase = 1, success_window = 25, cooldown_seconds = 2,
+  ceiling_overshoot = 0.1, rampup_seconds = 0, ceiling_ttl_seconds = 300, max_cooldown_seconds = 3600,
+  idle_ttl_seconds = 600,
+}
+
+local function idle_ms_of(seconds)
+  return seconds > 0 and math.max(1, math.floor(seconds * 1000 + 0.5)) or 0
+end
+
+-- A setting's value from its text, or nil and the error.
+local function parse_setting(key, name, text)
+  if name == 'policy' then return parse(key, name, text, 'policy') end
+  local range = CONFIG_RANGES[name]
+  local v = tonumber(text)
+  if not v or v ~= v or v < range[1] or v > range[2] or (range[3] and v % 1 ~= 0) then
+    return nil, corrupt(key, name, text)
+  end
+  return v
+end
+
+-- (Literal lists: a library's load may call no function, unpack included.)
+local CAP_FIELDS = {
+  'effective_max', 'rpm', 'tpm', 'policy', 'reduce_factor', 'additive_increase', 'success_window',
+  'cooldown_seconds', 'ceiling_overshoot', 'rampup_seconds', 'ceiling_ttl_seconds', 'max_cooldown_seconds',
+  'idle_ttl_seconds',
+}
+local CAP_SOURCES = {'effective_max', 'rpm', 'tpm', 'rpm_registered', 'tpm_registered', 'rpm_heard', 'tpm_heard'}
+
+-- The model: m.emax (nil when nobody registered it), m.rpm and m.tpm (the
+-- budget in force, nil when not set) and m.config; with `sources`, also
+-- what the budget was made of. nil and the error when a field is broken.
+local function load_model(cap_key, sources)
+  local raw = redis.call('HMGET', cap_key, unpack(CAP_FIELDS))
+  local m, config = {}, {}
+  for i = 1, 3 do
+    if raw[i] then
+      local v, err = parse(cap_key, CAP_FIELDS[i], raw[i], 'pos')
+      if not v then return nil, err end
+      m[CAP_FIELDS[i]] = v
+    end
+  end
+  for i = 4, #CAP_FIELDS do
+    local name = CAP_FIELDS[i]
+    if raw[i] then
+      local v, err = parse_setting(cap_key, name, raw[i])
+      if not v then return nil, err end
+      config[name] = v
+    else
+      config[name] = CONFIG_DEFAULTS[name]
+    end
+  end
+  m.emax, m.effective_max, m.config = m.effective_max, nil, config
+  m.idle_ms = idle_ms_of(config.idle_ttl_seconds)
+  if sources then
+    local more = redis.call('HMGET', cap_key, unpack(CAP_SOURCES, 4))
+    for i = 1, #more do
+      if more[i] then
+        local v, err = parse(cap_key, CAP_SOURCES[i + 3], more[i], 'pos')
+        if not v then return nil, err end
+        m[CAP_SOURCES[i + 3]] = v
+      end
+    end
+  end
+  return m
+end
+
+-- A configuration sent as JSON ({name: value}, names from CONFIG_NAMES; any
+-- subset), validated as stored values are; or nil and the error.
+local function parse_settings(key, json)
+  local ok, given = pcall(cjson.decode, json)
+  if not ok or type(given) ~= 'table' then return nil, 'AIMD_BAD_CONFIG ' .. json end
+  local out = {}
+  for name, value in pairs(given) do
+    if not CONFIG_RANGES[name] and name ~= 'policy' then return nil, 'AIMD_BAD_CONFIG unknown setting ' .. name end
+    local v, err = parse_setting(key, name, tostring(value))
+    if not v then return nil, err end
+    out[name] = v
+  end
+  return out
+end
+
+-- Stores the settings that differ from what the cap hash holds; each change
+-- of a stored value is an event of the model ('*').
+local function save_settings(cap_key, settings)
+  local stored = redis.call('HMGET', cap_key, unpack(CONFIG_NAMES))
+  local flat = {}
+  for i, name in ipairs(CONFIG_NAMES) do
+    local v = settings[name]
+    if v ~= nil then
+      local text = name == 'policy' and v or fmt(v)
+      if text ~= stored[i] then
+        flat[#flat + 1], flat[#flat + 2] = name, text
+        if stored[i] then emit('*', name, tonumber(stored[i]) or stored[i], v) end
+      end
+    end
+  end
+  if #flat > 0 then redis.call('HSET', cap_key, unpack(flat)) end
+end
+
+-- The model's idle expiry in milliseconds (0: never), for scripts that read
+-- nothing else of the cap hash.
+local function model_idle_ms(cap_key)
+  local text = redis.call('HGET', cap_key, 'idle_ttl_seconds')
+  return idle_ms_of(text and parse_setting(cap_key, 'idle_ttl_seconds', text) or CONFIG_DEFAULTS.idle_ttl_seconds)
+end
