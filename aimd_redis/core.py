@@ -267,13 +267,13 @@ def check_retry_after(retry_after: float | None) -> str:
     return _seconds(retry_after) if math.isfinite(retry_after) and retry_after > 0 else ""
 
 
-def check_settings(settings: dict[str, Any]) -> str:
-    """Settings of the loop as the scripts take them (JSON), each checked as
-    ThrottleConfig checks it."""
+def check_settings(config: ThrottleConfig, settings: dict[str, Any]) -> str:
+    """Settings of the loop as the scripts take them (JSON), checked as
+    ThrottleConfig checks them beside the rest of ``config``."""
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
         raise InvalidArgumentError(f"not a setting of the loop stored in Redis: {', '.join(unknown)}")
-    ThrottleConfig(**settings)  # ConfigError names the field
+    ThrottleConfig(**{**config.model_dump(), **settings})  # ConfigError names the field
     return msgspec.json.encode(settings).decode()
 
 
@@ -283,7 +283,7 @@ class Core:
     def __init__(self, config: ThrottleConfig, namespace: str, *, sharded_pubsub: bool = False) -> None:
         self.config = config
         self.namespace = check_namespace(namespace)
-        self._settings = check_settings(config.settings())
+        self._settings = msgspec.json.encode(config.settings()).decode()
         self._lease_ttl_s = config.lease_ttl_seconds
         # A slot handed to a waiter is its own only once claimed: the waiter
         # claims it when woken (see background_claim), or at its next re-check
@@ -376,7 +376,9 @@ class Core:
 
     def configure_call(self, provider_name: str, model_id: str, settings: dict[str, Any], now: float | None) -> Call:
         mk = self.keys(provider_name, model_id)
-        return Call("configure", [mk.cap, mk.events], list(ConfigureArgs(check_now(now), check_settings(settings))))
+        return Call(
+            "configure", [mk.cap, mk.events], list(ConfigureArgs(check_now(now), check_settings(self.config, settings)))
+        )
 
     def parse_configure(self, provider_name: str, model_id: str, reply: Any) -> dict[str, float | str]:
         got = replies.CONFIGURE.decode(reply)

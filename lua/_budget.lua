@@ -140,15 +140,16 @@ end
 -- part); a give-back ('abandon') returns both.
 function budget.settle(domain, b, released, outcome, reserved, used, requests_left, tokens_left)
   if released then
+    local settled = reserved or 0
     if outcome == 'abandon' then
-      budget.give(b, 1, reserved)
+      budget.give(b, 1, settled)
     elseif outcome == 'rate_limited' then
-      budget.give(b, 0, reserved)
+      budget.give(b, 0, settled)
       -- The provider refused: whatever the buckets thought, it had nothing
       -- left (unless its headers say what it had). Buckets that trusted
       -- estimates too low would otherwise keep admitting what it refuses.
       requests_left, tokens_left = requests_left or 0, tokens_left or 0
-    elseif outcome == 'success' and used then
+    elseif outcome == 'success' and used and reserved then
       budget.give(b, 0, reserved - used)
     end
   end
@@ -222,22 +223,23 @@ end
 
 -- == reservations ===========================================================
 -- A lease's (or a queued waiter's) tokens, in its domain's tokens hash:
--- written only while the model has a token budget.
+-- written only while the model has a token budget (a lease granted without
+-- one has nothing to settle).
 
 function budget.reserve(b, tokens_key, id, tokens, idle_ms)
-  if b and b.tpm and tokens > 0 then
+  if b and b.tpm then
     if redis.call('HSET', tokens_key, id, tokens) == 1 and redis.call('HLEN', tokens_key) == 1 then
       expire_new(idle_ms, tokens_key)
     end
   end
 end
 
--- The reservation of id (0 when none); `forget` drops it.
+-- The reservation of id, or nil when it has none; `forget` drops it.
 function budget.reserved(b, tokens_key, id, forget)
-  if not b then return 0 end
+  if not b then return nil end
   local n = redis.call('HGET', tokens_key, id)
   if n and forget then redis.call('HDEL', tokens_key, id) end
-  return tonumber(n) or 0
+  return tonumber(n)
 end
 
 function budget.forget(b, tokens_key, ids)

@@ -53,7 +53,7 @@ local function promote(q, d, now, lease_ttl, self_id)
     local head = redis.call('ZRANGE', k.queue, 0, 0)[1]
     if not head then break end
     local beat = redis.call('ZSCORE', k.beats, head)
-    local tokens = budget.reserved(b, k.tokens, head)
+    local tokens = budget.reserved(b, k.tokens, head) or 0
     local alive, fits = beat and tonumber(beat) > now, budget.fits(b, tokens)
     -- The first in line waits for the budget (claiming it), and everyone behind it.
     if alive and fits and budget.wait(b, head, tokens) > 0 then

@@ -8,7 +8,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from aimd_redis import CorruptStateError, Denied, Lease, Throttle
+from aimd_redis import CorruptStateError, Denied, Lease, Throttle, ThrottleConfig
 
 from .conftest import MakeThrottle
 from .helpers import M, P, fill, grant, rate_limit_at, reg, state, take, wait_until
@@ -48,7 +48,13 @@ def test_keys_follow_the_documented_layout_in_one_cluster_slot(make_throttle: Ma
         "aimd:{openai/gpt-4o}:events",
     ]
     assert len({key_slot(k.encode()) for k in keys}) == 1
-    assert client.hgetall("aimd:{openai/gpt-4o}:cap") == {b"effective_max": b"4", b"alias:gen": b"4"}
+    cap = {k.decode(): v.decode() for k, v in client.hgetall("aimd:{openai/gpt-4o}:cap").items()}
+    # The registration, and the loop's settings it stored under ThrottleConfig's names.
+    assert cap == {"effective_max": "4", "alias:gen": "4", **_stored(ThrottleConfig())}
+
+
+def _stored(config: ThrottleConfig) -> dict[str, str]:
+    return {name: f"{value:g}" if isinstance(value, float) else str(value) for name, value in config.settings().items()}
 
 
 def test_hash_numbers_are_plain_decimals(make_throttle: MakeThrottle, client) -> None:

@@ -179,7 +179,7 @@ def test_a_dead_wake_up_costs_one_claim_and_no_more(real_redis: redis.Redis, rea
     now = float(real_redis.time()[0])
     real_redis.config_resetstat()
     # A wake-up for a hand-over whose window has ended (its slot went on).
-    real_redis.publish(t._core.keys(P, M).wake_prefix + t._client_id, f"{waiter_id} {now - 1} 1,1,0,0,0,0,0,0,0")
+    real_redis.publish(t._core.keys(P, M).wake_prefix + t._client_id, _handed(waiter_id, now - 1))
     time.sleep(0.5)  # waiting is the point: the waiter is to ask once and wait again, not spin
     calls = script_calls(real_redis)
     held.success()

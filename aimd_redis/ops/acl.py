@@ -18,7 +18,7 @@ from aimd_redis.keys import check_namespace
 
 #: Called by the Lua scripts (tests/test_acl.py checks the scripts against it).
 SCRIPT_COMMANDS = (
-    "del", "hdel", "hget", "hgetall", "hmget", "hset", "incr", "pexpire", "pttl", "sadd", "smembers", "srem", "time",
+    "del", "hdel", "hget", "hgetall", "hlen", "hmget", "hset", "incr", "pexpire", "pttl", "sadd", "smembers", "srem", "time",
     "xadd", "zadd", "zcard", "zcount", "zrange", "zrangebyscore", "zrank", "zrem", "zremrangebyscore", "zscore",
     "publish", "spublish",
 )  # fmt: skip
