@@ -17,7 +17,10 @@ local function parse(key, name, text, kind)
   end
   local v = text and tonumber(text)
   if v then
-    local plain = string.find(text, kind == 'time' and '^%d+%.?%d*$' or '^%d+$') ~= nil
+    -- Plain: as fmt writes it (and so a JSON number): digits, no leading
+    -- zero, a fraction only after a point.
+    local plain = (string.find(text, '^%d+$') or (kind == 'time' and string.find(text, '^%d+%.%d+$')))
+      and not string.find(text, '^0%d') and true or false
     if plain or string.find(text, '^%s*[%d.]+[eE]?[+-]?%d*%s*$') then
       if kind == 'time' then
         if v >= 0 and v <= MAX_TIME then return v, plain end
@@ -69,7 +72,9 @@ local function load_plain(raw)
     tonumber(raw[6]), tonumber(raw[7]), tonumber(raw[8]), tonumber(raw[9]), tonumber(raw[10]),
     tonumber(raw[11]), tonumber(raw[12]), tonumber(raw[13]), tonumber(raw[14]), tonumber(raw[15]), policy,
   }
-  -- The pattern has made every number whole or decimal and not negative.
+  -- The pattern has made every number whole or decimal and not negative;
+  -- a leading zero ('07') or a bare point ('5.') is not plain.
+  if string.find(joined, '^0%d') or string.find(joined, ',0%d') or string.find(joined, '%.,') then return nil end
   if read[1] < 1 or read[9] > 1 or read[3] > MAX_TIME or read[8] > MAX_TIME or read[10] > MAX_TIME
     or read[11] > MAX_TIME or math.max(read[1], read[2], read[4], read[5], read[6], read[7], read[12],
     read[13], read[14], read[15]) > MAX_COUNT then return nil end
@@ -146,14 +151,15 @@ local function save_domain(key, d)
   if n > 0 then redis.call('HSET', key, unpack(flat)) end
 end
 
--- The public state, as replies and wake-ups carry it.
-local function public_state(d)
-  return {
-    current_limit = d.current_limit, in_flight = d.in_flight, blocked_until = d.blocked_until,
-    success_streak = d.success_streak, waiters = d.waiters, rate_limit_ceiling = d.rate_limit_ceiling,
-    consecutive_429s = d.consecutive_429s, rampup_started_at = d.rampup_started_at,
-    rampup_active = d.rampup_active == 1,
-  }
+-- The public state as JSON, as replies and wake-ups carry it; call after
+-- save_domain, which leaves every field's text in d.raw as fmt writes it (a
+-- JSON number).
+local function state_json(d)
+  local raw = d.raw
+  return '{"current_limit":' .. raw[1] .. ',"in_flight":' .. raw[2] .. ',"blocked_until":' .. raw[3] ..
+    ',"success_streak":' .. raw[4] .. ',"waiters":' .. raw[5] .. ',"rate_limit_ceiling":' .. raw[6] ..
+    ',"consecutive_429s":' .. raw[7] .. ',"rampup_started_at":' .. raw[8] .. ',"rampup_active":' ..
+    (raw[9] == '1' and 'true' or 'false') .. '}'
 end
 
 -- == the cap hash: the model's registration and configuration ================
@@ -198,28 +204,14 @@ local function parse_setting(key, name, text)
 end
 
 -- (Literal lists: a library's load may call no function, unpack included.)
-local CAP_FIELDS = {
-  'effective_max', 'rpm', 'tpm', 'policy', 'reduce_factor', 'additive_increase', 'success_window',
-  'cooldown_seconds', 'ceiling_overshoot', 'rampup_seconds', 'ceiling_ttl_seconds', 'max_cooldown_seconds',
-  'idle_ttl_seconds',
-}
-local CAP_SOURCES = {'effective_max', 'rpm', 'tpm', 'rpm_registered', 'tpm_registered', 'rpm_heard', 'tpm_heard'}
+local CAP_FIELDS = {'effective_max', 'rpm', 'tpm'}
+local CAP_SOURCES = {'rpm_registered', 'tpm_registered', 'rpm_heard', 'tpm_heard'}
 
--- The model: m.emax (nil when nobody registered it), m.rpm and m.tpm (the
--- budget in force, nil when not set) and m.config; with `sources`, also
--- what the budget was made of. nil and the error when a field is broken.
-local function load_model(cap_key, sources)
-  local raw = redis.call('HMGET', cap_key, unpack(CAP_FIELDS))
-  local m, config = {}, {}
-  for i = 1, 3 do
-    if raw[i] then
-      local v, err = parse(cap_key, CAP_FIELDS[i], raw[i], 'pos')
-      if not v then return nil, err end
-      m[CAP_FIELDS[i]] = v
-    end
-  end
-  for i = 4, #CAP_FIELDS do
-    local name = CAP_FIELDS[i]
+-- The stored configuration, parsed; or nil and the error.
+local function read_config(cap_key)
+  local raw = redis.call('HMGET', cap_key, unpack(CONFIG_NAMES))
+  local config = {}
+  for i, name in ipairs(CONFIG_NAMES) do
     if raw[i] then
       local v, err = parse_setting(cap_key, name, raw[i])
       if not v then return nil, err end
@@ -228,15 +220,57 @@ local function load_model(cap_key, sources)
       config[name] = CONFIG_DEFAULTS[name]
     end
   end
+  return config
+end
+
+-- Configurations read within the last CONFIG_FRESH seconds, by cap key: a
+-- function library keeps this between calls, and reading and parsing ten
+-- settings would be a tenth of a call. register and configure drop a model's
+-- entry when they store, so a fleet's own changes apply at once; a setting
+-- changed by hand (HSET) applies within CONFIG_FRESH seconds. A cached
+-- configuration is shared: never changed.
+local CONFIG_FRESH = 1
+local recent_configs, recent_count = {}, 0
+
+local function forget_config(cap_key)
+  recent_configs[cap_key] = nil
+end
+
+local function model_config(cap_key, now)
+  local known = recent_configs[cap_key]
+  if known and now >= known.at and now - known.at < CONFIG_FRESH then return known.config end
+  local config, err = read_config(cap_key)
+  if not config then return nil, err end
+  if recent_count >= 1000 then recent_configs, recent_count = {}, 0 end
+  if not known then recent_count = recent_count + 1 end
+  recent_configs[cap_key] = {config = config, at = now}
+  return config
+end
+
+-- The model: m.emax (nil when nobody registered it), m.rpm and m.tpm (the
+-- budget in force, nil when not set) and m.config; with `sources`, also
+-- what the budget was made of. nil and the error when a field is broken.
+local function load_model(cap_key, now, sources)
+  local raw = redis.call('HMGET', cap_key, 'effective_max', 'rpm', 'tpm')
+  local m = {}
+  for i = 1, 3 do
+    if raw[i] then
+      local v, err = parse(cap_key, CAP_FIELDS[i], raw[i], 'pos')
+      if not v then return nil, err end
+      m[CAP_FIELDS[i]] = v
+    end
+  end
+  local config, err = model_config(cap_key, now)
+  if not config then return nil, err end
   m.emax, m.effective_max, m.config = m.effective_max, nil, config
   m.idle_ms = idle_ms_of(config.idle_ttl_seconds)
   if sources then
-    local more = redis.call('HMGET', cap_key, unpack(CAP_SOURCES, 4))
+    local more = redis.call('HMGET', cap_key, unpack(CAP_SOURCES))
     for i = 1, #more do
       if more[i] then
-        local v, err = parse(cap_key, CAP_SOURCES[i + 3], more[i], 'pos')
-        if not v then return nil, err end
-        m[CAP_SOURCES[i + 3]] = v
+        local v, err2 = parse(cap_key, CAP_SOURCES[i], more[i], 'pos')
+        if not v then return nil, err2 end
+        m[CAP_SOURCES[i]] = v
       end
     end
   end
@@ -274,6 +308,7 @@ local function save_settings(cap_key, settings)
     end
   end
   if #flat > 0 then redis.call('HSET', cap_key, unpack(flat)) end
+  forget_config(cap_key)
 end
 
 -- The model's idle expiry in milliseconds (0: never), for scripts that read

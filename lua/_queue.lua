@@ -95,9 +95,9 @@ end
 -- re-checks. pcall, so that a refused publish (no SPUBLISH before Redis 7,
 -- an ACL without the channel) never fails a script whose writes are done.
 -- The message: '<waiter id> <JSON>'.
-local function wake(q, id, message)
+local function wake(q, id, json)
   local client = string.match(id, '^(.-)%.') or id
-  redis.pcall(q.publish, q.prefix .. client, id .. ' ' .. cjson.encode(message))
+  redis.pcall(q.publish, q.prefix .. client, id .. ' ' .. json)
 end
 
 -- While a cooldown blocks the queue, tells the first waiter when it ends: its
@@ -105,12 +105,12 @@ end
 local function notify_head_of_cooldown(q, d, now)
   if now >= d.blocked_until then return end
   local head = redis.call('ZRANGE', q.k.queue, 0, 0)[1]
-  if head then wake(q, head, {wait = d.blocked_until - now}) end
+  if head then wake(q, head, '{"wait":' .. fmt(d.blocked_until - now) .. '}') end
 end
 
 -- Wakes the waiters promote handed a slot to.
 local function publish_handoffs(q, d, expiry)
   if #q.handed == 0 then return end
-  local state = public_state(d)
-  for _, id in ipairs(q.handed) do wake(q, id, {expires_at = tonumber(expiry), state = state}) end
+  local json = '{"expires_at":' .. expiry .. ',"state":' .. state_json(d) .. '}'
+  for _, id in ipairs(q.handed) do wake(q, id, json) end
 end

@@ -47,7 +47,7 @@
 --                        tokens exceed: it could never be granted (no state)
 --   state  the domain's public fields
 --   events list of [domain, event, from, to]
---   at     this call's time: when queued, Redis's clock is no later than it
+--   at     when queued, this call's time: Redis's clock is no later than it
 --          plus the waiter's own seconds since, which tells the waiter how
 --          much of a hand-over's claim window is surely left
 -- Errors: 'AIMD_NOT_REGISTERED <cap key>', 'AIMD_CORRUPT <key> field <name> holds <value>'
@@ -58,7 +58,7 @@ local lease_ttl, waiting, beat = tonumber(ARGV[5]), ARGV[6] == 'wait', tonumber(
 local recheck, claim_ttl, publish = ARGV[8] == '1', tonumber(ARGV[9]), ARGV[10]
 local k = domain_keys(KEYS)
 
-local m, err = load_model(k.cap)
+local m, err = load_model(k.cap, now)
 if err then return redis.error_reply(err) end
 if not m.emax then return redis.error_reply('AIMD_NOT_REGISTERED ' .. k.cap) end
 local b
@@ -89,7 +89,7 @@ if recheck then
   local held = redis.call('ZSCORE', k.leases, id)
   if held and tonumber(held) > 0 then  -- handed over; the wake-up was lost or is on its way: claimed now
     redis.call('ZADD', k.leases, 'XX', expiry_text, id)
-    status, value = 'granted', now + lease_ttl
+    status, value = 'granted', expiry_text
     leave(q, id)
   end
 end
@@ -107,7 +107,7 @@ if not status then
     elseif budget.wait(b, id, tokens) > 0 then
       status, value = 'budget', budget.wait(b, id, tokens)
     elseif grant(d, k, id, tokens, expiry_text, m.idle_ms, b) then
-      status, value = 'granted', now + lease_ttl
+      status, value = 'granted', expiry_text
       budget.reserve(b, k.tokens, id, tokens, m.idle_ms)
     else
       status = 'abandoned'
@@ -124,7 +124,7 @@ if not status then
     local got_self, claim = promote(q, d, now, lease_ttl, id)
     handoff_expiry = claim
     if got_self then
-      status, value = 'granted', now + lease_ttl
+      status, value = 'granted', expiry_text
     elseif waiting then
       status, value = 'queued', first_in_line_wait(q, d, id, tokens, now)
     elseif now < d.blocked_until then
@@ -141,7 +141,8 @@ if queued > 0 or status == 'queued' then d.waiters = redis.call('ZCARD', k.queue
 save_domain(k.domain, d)
 budget.save(b, m.idle_ms)
 publish_handoffs(q, d, handoff_expiry)
-local flat_events = flush_events(k.events, now, m.idle_ms)
+flush_events(k.events, now, m.idle_ms)
 touch(m.idle_ms, k.domain, k.cap, k.leases, k.index, k.events, k.queue, k.beats, k.tickets, b and k.budget,
   b and k.tokens)
-return reply({status = status, value = value, state = public_state(d), events = flat_events, at = now})
+return '{"status":"' .. status .. '","value":' .. (type(value) == 'string' and value or fmt(value)) .. (status == 'queued' and ',"at":' .. fmt(now) or '') ..
+  ',"state":' .. state_json(d) .. events_json() .. '}'

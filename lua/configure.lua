@@ -15,13 +15,15 @@
 --         'AIMD_CORRUPT <key> field <name> holds <value>'
 
 local now = clock(ARGV[1])
-local m, err = load_model(KEYS[1])
+local m, err = load_model(KEYS[1], now)
 if err then return redis.error_reply(err) end
 if not m.emax then return redis.error_reply('AIMD_NOT_REGISTERED ' .. KEYS[1]) end
 local settings
 settings, err = parse_settings(KEYS[1], ARGV[2])
 if not settings then return redis.error_reply(err) end
 
-for name, v in pairs(settings) do m.config[name] = v end
-save_settings(KEYS[1], m.config)
-return reply({config = m.config, events = flush_events(KEYS[2], now, idle_ms_of(m.config.idle_ttl_seconds))})
+local config = {}  -- m.config may be shared (see model_config): a copy
+for name, v in pairs(m.config) do config[name] = v end
+for name, v in pairs(settings) do config[name] = v end
+save_settings(KEYS[1], config)
+return reply({config = config, events = flush_events(KEYS[2], now, idle_ms_of(config.idle_ttl_seconds))})

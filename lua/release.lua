@@ -64,7 +64,7 @@ local heard_requests, heard_tokens = tonumber(ARGV[15]), tonumber(ARGV[16])
 local k = domain_keys(KEYS)
 
 local learning = heard.rpm or heard.tpm
-local m, err = load_model(k.cap, learning)
+local m, err = load_model(k.cap, now, learning)
 if err then return redis.error_reply(err) end
 local registered = m.emax ~= nil
 local b
@@ -101,8 +101,9 @@ end
 budget.settle(domain, b, sample.released, outcome, reserved, used, heard_requests, heard_tokens)
 if not d then
   budget.save(b, m.idle_ms)
-  return reply({released = sample.released, events = flush_events(k.events, now, m.idle_ms),
-    registered = registered, next = 0})
+  flush_events(k.events, now, m.idle_ms)
+  return '{"released":' .. tostring(sample.released) .. ',"registered":' .. tostring(registered) .. events_json() ..
+    '}'
 end
 
 d.in_flight = live_leases(k.leases)
@@ -118,14 +119,14 @@ if queued > 0 then
 end
 d.waiters = queued
 
-local next_expiry = 0
+local next_expiry = '0'
 if next_id ~= '' and registered and queued == 0 and now >= d.blocked_until then
   rules.on_acquire(domain, d, now, m)
   local expiry = fmt(now + lease_ttl)
   if d.in_flight < d.current_limit and budget.fits(b, next_tokens) and budget.wait(b, next_id, next_tokens) == 0
       and grant(d, k, next_id, next_tokens, expiry, m.idle_ms, b) then
     budget.reserve(b, k.tokens, next_id, next_tokens, m.idle_ms)
-    next_expiry = now + lease_ttl
+    next_expiry = expiry
   end
 end
 save_domain(k.domain, d)
@@ -134,8 +135,8 @@ if handoff_expiry then
   publish_handoffs(q, d, handoff_expiry)
   notify_head_of_cooldown(q, d, now)
 end
-local flat_events = flush_events(k.events, now, m.idle_ms)
+flush_events(k.events, now, m.idle_ms)
 touch(m.idle_ms, k.domain, k.cap, k.leases, k.index, k.events, k.queue, k.beats, k.tickets, b and k.budget,
   b and k.tokens)
-return reply({released = sample.released, state = public_state(d), events = flat_events, registered = registered,
-  next = next_expiry})
+return '{"released":' .. tostring(sample.released) .. ',"registered":' .. tostring(registered) .. ',"next":' ..
+  next_expiry .. ',"state":' .. state_json(d) .. events_json() .. '}'

@@ -16,7 +16,7 @@
 local now = clock(ARGV[1])
 local domain, limit = ARGV[2], tonumber(ARGV[3])
 
-local m, err = load_model(KEYS[1])
+local m, err = load_model(KEYS[1], now)
 if err then return redis.error_reply(err) end
 if not m.emax then return redis.error_reply('AIMD_NOT_REGISTERED ' .. KEYS[1]) end
 local d

@@ -118,8 +118,6 @@ def test_one_schema_of_the_domain_hash_in_lua_and_python() -> None:
 
 def test_one_list_of_the_stored_settings_with_throttleconfig_s_defaults() -> None:
     assert tuple(re.findall(r"'(\w+)'", _lua_table("_fields.lua", "CONFIG_NAMES"))) == schema.SETTINGS
-    cap_fields = re.findall(r"'(\w+)'", _lua_table("_fields.lua", "CAP_FIELDS"))
-    assert tuple(cap_fields[3:]) == schema.SETTINGS
     defaults = dict(re.findall(r"(\w+) = '?([\w.]+)'?", _lua_table("_fields.lua", "CONFIG_DEFAULTS")))
     expected = ThrottleConfig().settings()
     assert set(defaults) == set(expected)
