@@ -1,22 +1,26 @@
-"""What the httpx transports share, sync or asyncio: routing a request to a
-(provider, model, domain), reading the server's Retry-After and the usage a
-response reports, and judging a response's outcome. Public through
-``aimd_redis.httpx``."""
+"""What the HTTP transports share, sync or asyncio, httpx or httpx2: routing
+a request to a (provider, model, domain), reading the server's Retry-After and
+the usage a response reports, and judging a response's outcome. Imports
+neither library: each public module (``aimd_redis.httpx``,
+``aimd_redis.httpx2``) binds this to its own."""
 
 from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import math
+import threading
 import time
-from collections.abc import Callable, Collection
-from typing import NamedTuple
-
-import httpx
-from httpx._decoders import SUPPORTED_DECODERS  # what this httpx asks for, and undoes
+from collections.abc import Callable, Collection, Mapping
+from importlib import import_module
+from types import ModuleType
+from typing import NamedTuple, Protocol, TypeVar
 
 from aimd_redis._provider import StreamUsage, usage_tokens
-from aimd_redis.errors import InvalidArgumentError
+from aimd_redis.errors import ArgumentTypeError, InvalidArgumentError
+
+logger = logging.getLogger("aimd_redis")
 
 
 class Target(NamedTuple):
@@ -25,7 +29,26 @@ class Target(NamedTuple):
     domain: str
 
 
-Router = Callable[[httpx.Request], Target | None]
+class URLLike(Protocol):
+    @property
+    def host(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+
+
+class RequestLike(Protocol):
+    """What a router reads of a request: an ``httpx.Request`` or an ``httpx2.Request``."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def url(self) -> URLLike: ...
+    @property
+    def content(self) -> bytes: ...
+
+
+RequestT = TypeVar("RequestT", bound=RequestLike)
+Route = Callable[[RequestLike], Target | None]
 
 #: Path endings of OpenAI-compatible APIs and the domain each belongs to.
 OPENAI_DOMAINS = {
@@ -38,31 +61,123 @@ OPENAI_DOMAINS = {
     "/images/variations": "image",
 }
 
+#: Path endings of Anthropic's API and the domain each belongs to: the
+#: Messages API is its one generating endpoint (``/v1/complete``, its
+#: predecessor, too).
+ANTHROPIC_DOMAINS = {
+    "/v1/messages": "chat",
+    "/v1/complete": "chat",
+}
 
-def openai_router(provider_name: str | None = None) -> Router:
-    """Route OpenAI-style requests: the model from the JSON body, the domain
-    from the path, the provider as given (default: the request's host).
-    Requests without a model (listing models, health checks) pass unthrottled."""
+#: Anthropic endpoints that take a model but no slot, on purpose: token
+#: counting and message batches have limits of their own, apart from the
+#: Messages API's, and generate nothing while the caller waits.
+ANTHROPIC_UNTHROTTLED = ("/v1/messages/count_tokens", "/v1/messages/batches")
 
-    def route(request: httpx.Request) -> Target | None:
-        domain = next((d for end, d in OPENAI_DOMAINS.items() if request.url.path.endswith(end)), None)
+
+class _PassLog:
+    """Says once per route (method and path) that a router let a request
+    through without a slot; remembers at most ``MOST`` routes (paths with ids
+    in them would grow it without end), then says it stops telling."""
+
+    MOST = 256
+
+    def __init__(self, router: str) -> None:
+        self._router = router
+        self._seen: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def passed(self, request: RequestLike, why: str, level: int | None = None) -> None:
+        route = (request.method, request.url.path)
+        with self._lock:
+            if route in self._seen or len(self._seen) > self.MOST:
+                return
+            self._seen.add(route)
+            full = len(self._seen) > self.MOST
+        # A POST is likely work the router does not know; anything else, a lookup.
+        if level is None:
+            level = logging.WARNING if request.method == "POST" else logging.INFO
+        logger.log(level, "%s: %s %s passes without a slot (%s)", self._router, *route, why)
+        if full:
+            logger.warning("%s: %d routes passed without a slot; not naming further ones", self._router, self.MOST)
+
+
+def _model(request: RequestLike) -> str | None:
+    """The ``model`` of a JSON body; None without one (or a body not yet read:
+    a streamed upload, which no LLM SDK sends)."""
+    try:
+        model = json.loads(request.content).get("model")
+    except (ValueError, AttributeError, RuntimeError):  # RuntimeError: httpx's RequestNotRead
+        return None
+    return model if isinstance(model, str) and model else None
+
+
+def _router(name: str, provider_name: str | None, domains: Mapping[str, str], unthrottled: tuple[str, ...]) -> Route:
+    log = _PassLog(name)
+
+    def route(request: RequestLike) -> Target | None:
+        path = request.url.path
+        if any(path.endswith(end) or f"{end}/" in path for end in unthrottled):
+            log.passed(request, "it has limits of its own", logging.INFO)
+            return None
+        domain = next((d for end, d in domains.items() if path.endswith(end)), None)
         if domain is None or request.method != "POST":
+            log.passed(request, "no domain for it")
             return None
-        try:
-            model = json.loads(request.content).get("model")
-        except (ValueError, AttributeError, httpx.RequestNotRead):
-            return None
-        if not isinstance(model, str) or not model:
+        model = _model(request)
+        if model is None:
+            log.passed(request, "its body names no model")
             return None
         return Target(provider_name or request.url.host, model, domain)
 
     return route
 
 
-def retry_after_seconds(headers: httpx.Headers, now: float | None = None) -> float | None:
+def openai_router(provider_name: str | None = None) -> Route:
+    """Route OpenAI-style requests: the model from the JSON body, the domain
+    from the path (``OPENAI_DOMAINS``), the provider as given (default: the
+    request's host). Other requests (listing models, health checks, files)
+    pass without a slot, and each route that does is logged once."""
+    return _router("openai_router", provider_name, OPENAI_DOMAINS, ())
+
+
+def anthropic_router(provider_name: str | None = None) -> Route:
+    """Route Anthropic requests: ``POST /v1/messages`` (and the legacy
+    ``/v1/complete``) to ``chat`` with the model from the JSON body, the
+    provider as given (default: the request's host). Token counting and
+    message batches (``ANTHROPIC_UNTHROTTLED``) pass without a slot, as does
+    anything else; each route that does is logged once."""
+    return _router("anthropic_router", provider_name, ANTHROPIC_DOMAINS, ANTHROPIC_UNTHROTTLED)
+
+
+def check_throttle(component: object, throttle: object, needed: type) -> None:
+    """Refuse, at construction, a throttle of the other kind (sync for
+    asyncio or the reverse): it would fail at the first request, or worse,
+    after taking a slot."""
+    if isinstance(throttle, needed):
+        return
+    kind, given = type(component).__name__, type(throttle).__name__
+    hint = ""
+    if given in ("Throttle", "AsyncThrottle"):
+        base = kind.removeprefix("Async")
+        hint = f"; a {given} goes with {'Async' + base if given == 'AsyncThrottle' else base}"
+    raise ArgumentTypeError(f"{kind} needs a {needed.__name__}, not a {given}{hint}")
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header in any letter case (httpx's headers, and requests', are
+    case-insensitive already; a plain dict is not)."""
+    value = headers.get(name)
+    if value is None and not hasattr(headers, "get_list"):
+        value = next((v for k, v in headers.items() if k.lower() == name), None)
+    return value
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """The server's requested wait: ``retry-after-ms``, else ``Retry-After``
-    as seconds or as an HTTP date; None when absent or unreadable."""
-    millis = headers.get("retry-after-ms")
+    as seconds or as an HTTP date; None when absent or unreadable. Reads any
+    response's headers (httpx, httpx2, requests, aiohttp, a dict)."""
+    millis = _header(headers, "retry-after-ms")
     if millis is not None:
         try:
             value = float(millis) / 1000
@@ -70,7 +185,7 @@ def retry_after_seconds(headers: httpx.Headers, now: float | None = None) -> flo
                 return value
         except ValueError:
             pass
-    raw = headers.get("retry-after")
+    raw = _header(headers, "retry-after")
     if raw is None:
         return None
     try:
@@ -108,6 +223,28 @@ def outcome_of(status_code: int, rate_limited: frozenset[int]) -> str:
     return "success"
 
 
+class LibraryCodecs:
+    """How httpx or httpx2 undoes a body's content encoding: the decoders it
+    has (what it asks servers for) and the error they raise. httpx's decoders
+    return bytes, httpx2's an iterator of them."""
+
+    def __init__(self, library: ModuleType) -> None:
+        self._decoders = import_module(f"{library.__name__}._decoders").SUPPORTED_DECODERS
+        self.error: type[Exception] = library.DecodingError
+
+    def decoder(self, encoding: str) -> Callable[[bytes], bytes] | None:
+        kind = self._decoders.get(encoding)
+        if kind is None:
+            return None
+        decode = kind().decode
+
+        def joined(data: bytes) -> bytes:
+            out = decode(data)
+            return out if isinstance(out, bytes) else b"".join(out)
+
+        return joined
+
+
 class UsageReader:
     """The tokens a response body says its request used, read as the body
     streams past the caller: the ``usage`` of a JSON answer, or of a stream's
@@ -118,12 +255,12 @@ class UsageReader:
     #: A JSON answer longer than this is not kept to be read.
     MAX_BODY = 8 * 1024 * 1024
 
-    def __init__(self, headers: httpx.Headers) -> None:
+    def __init__(self, headers: Mapping[str, str], codecs: LibraryCodecs) -> None:
         self._events = StreamUsage() if "text/event-stream" in headers.get("content-type", "") else None
         encoding = headers.get("content-encoding", "").strip().lower() or "identity"
-        decoder = SUPPORTED_DECODERS.get(encoding)
-        self._decode = None if decoder is None else decoder().decode
-        self._unreadable = decoder is None
+        self._decode = codecs.decoder(encoding)
+        self._error = codecs.error
+        self._unreadable = self._decode is None
         self._body = bytearray()
 
     def feed(self, chunk: bytes) -> None:
@@ -131,7 +268,7 @@ class UsageReader:
             return
         try:
             chunk = self._decode(chunk)
-        except httpx.DecodingError:
+        except self._error:
             self._unreadable = True
             return
         if self._events is not None:

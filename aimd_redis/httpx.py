@@ -1,7 +1,8 @@
-"""httpx transports that take a fleet-wide slot for every request.
+"""httpx transports that take a fleet-wide slot for every request
+(``aimd_redis.httpx2`` has the same for httpx2, which the current OpenAI and
+Anthropic SDKs are built on; see docs/httpx.md).
 
     client = httpx.Client(transport=AimdTransport(throttle))
-    openai.OpenAI(http_client=client)
 
 Each request is routed to a (provider, model, domain); the transport acquires
 a slot, sends the request through the wrapped transport and reports the
@@ -23,22 +24,53 @@ fleet the provider's budget.
 from __future__ import annotations
 
 try:
-    import httpx  # noqa: F401
+    import httpx
 except ImportError as exc:  # pragma: no cover - depends on what is installed
     raise ImportError(f"aimd_redis.httpx needs httpx ({exc}): pip install 'aimd-redis[httpx]'") from None
 
-from aimd_redis._async.transport import AsyncAimdTransport
-from aimd_redis._http import OPENAI_DOMAINS, RATE_LIMITED_STATUSES, Router, Target, openai_router, retry_after_seconds
+from collections.abc import Callable
+from types import ModuleType
+from typing import ClassVar
+
+from aimd_redis._async.transport import AsyncAimdTransportBase
+from aimd_redis._http import (
+    ANTHROPIC_DOMAINS,
+    ANTHROPIC_UNTHROTTLED,
+    OPENAI_DOMAINS,
+    RATE_LIMITED_STATUSES,
+    Target,
+    anthropic_router,
+    openai_router,
+    retry_after_seconds,
+)
 from aimd_redis._provider import estimate_tokens, tiktoken_counter
-from aimd_redis._sync.transport import AimdTransport
+from aimd_redis._sync.transport import AimdTransportBase
+
+#: What a router is: a request in, its (provider, model, domain) out, or None
+#: to let it pass without a slot.
+Router = Callable[[httpx.Request], Target | None]
+
+
+class AimdTransport(AimdTransportBase[httpx.Request, httpx.Response], httpx.BaseTransport):
+    __doc__ = AimdTransportBase.__doc__
+    _library: ClassVar[ModuleType] = httpx
+
+
+class AsyncAimdTransport(AsyncAimdTransportBase[httpx.Request, httpx.Response], httpx.AsyncBaseTransport):
+    __doc__ = AsyncAimdTransportBase.__doc__
+    _library: ClassVar[ModuleType] = httpx
+
 
 __all__ = [
+    "ANTHROPIC_DOMAINS",
+    "ANTHROPIC_UNTHROTTLED",
     "OPENAI_DOMAINS",
     "RATE_LIMITED_STATUSES",
     "AimdTransport",
     "AsyncAimdTransport",
     "Router",
     "Target",
+    "anthropic_router",
     "estimate_tokens",
     "openai_router",
     "retry_after_seconds",

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from aimd_redis import AsyncThrottle, DomainState, InvalidArgumentError, Throttle, ThrottleConfig
-from aimd_redis._http import UsageReader
+from aimd_redis._http import LibraryCodecs, UsageReader
 from aimd_redis.demo.coldserver import ColdServer, RetryAfterForm, ServerSettings
 from aimd_redis.demo.embedded import _free_port
 from aimd_redis.httpx import AimdTransport, AsyncAimdTransport, openai_router, retry_after_seconds
@@ -318,14 +318,15 @@ def test_a_request_above_the_learned_budget_waits_for_it(throttle: Throttle) -> 
 def test_usage_is_read_through_gzip_but_not_from_an_unknown_encoding() -> None:
     answer = b'{"usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}'
     packed = gzip.compress(answer)
-    reader = UsageReader(httpx.Headers({"content-encoding": "gzip", "content-type": "application/json"}))
+    codecs = LibraryCodecs(httpx)
+    reader = UsageReader(httpx.Headers({"content-encoding": "gzip", "content-type": "application/json"}), codecs)
     for i in range(0, len(packed), 3):
         reader.feed(packed[i : i + 3])
     assert reader.tokens == 12
-    unknown = UsageReader(httpx.Headers({"content-encoding": "br"}))
+    unknown = UsageReader(httpx.Headers({"content-encoding": "br"}), codecs)
     unknown.feed(answer)
     assert unknown.tokens is None
-    broken = UsageReader(httpx.Headers({"content-encoding": "gzip"}))
+    broken = UsageReader(httpx.Headers({"content-encoding": "gzip"}), codecs)
     broken.feed(answer)  # not gzip at all
     assert broken.tokens is None
 

@@ -27,7 +27,7 @@ SUBS = [
     (HEADER, r"Generated from aimd_redis/_async/\1.py\nby tools/unasync.py: edit that file, not this one."),
     (r"The asyncio client", "The sync client"),
     (r"\baimd_redis\._async\b", "aimd_redis._sync"),
-    (r"\bhttpx\.AsyncByteStream\b", "httpx.SyncByteStream"),
+    (r"\.AsyncByteStream\b", ".SyncByteStream"),
     (r"\bhandle_async_request\b", "handle_request"),
     (r"\bAsync([A-Z]\w*)", r"\1"),
     (r"\bredis\.asyncio\.cluster\b", "redis.cluster"),

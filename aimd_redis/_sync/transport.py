@@ -1,19 +1,24 @@
-"""httpx transports that take a fleet-wide slot for every routed request
-(see aimd_redis/httpx.py). Generated from aimd_redis/_async/transport.py
+"""HTTP transports that take a fleet-wide slot for every routed request
+(see aimd_redis/httpx.py), written once for httpx and httpx2: the two share
+every name used here, and each public module binds this to its own library
+(``_library``). Generated from aimd_redis/_async/transport.py
 by tools/unasync.py: edit that file, not this one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Callable, Collection
-
-import httpx
+from collections.abc import Iterator, Callable, Collection, Mapping
+from types import ModuleType
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 from aimd_redis._sync.throttle import Throttle
 from aimd_redis._http import (
     RATE_LIMITED_STATUSES,
-    Router,
+    LibraryCodecs,
+    RequestLike,
+    Target,
     UsageReader,
+    check_throttle,
     openai_router,
     outcome_of,
     retry_after_seconds,
@@ -22,13 +27,36 @@ from aimd_redis._http import rate_limited_statuses as rate_limited_statuses_of
 from aimd_redis._provider import estimate_tokens
 
 
-class ReportingStream(httpx.SyncByteStream):
-    """A response body that reports the lease's outcome, and the tokens its
-    usage says were used, when it is closed."""
+class ResponseLike(Protocol):
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def stream(self) -> Any: ...
+    @property
+    def extensions(self) -> Any: ...
 
-    def __init__(
-        self, inner: httpx.SyncByteStream, usage: UsageReader, report: Callable[[bool, int | None], None]
-    ) -> None:
+
+RequestT = TypeVar("RequestT", bound=RequestLike)
+ResponseT = TypeVar("ResponseT", bound=ResponseLike)
+RequestIn = TypeVar("RequestIn", bound=RequestLike, contravariant=True)
+ResponseOut = TypeVar("ResponseOut", bound=ResponseLike, covariant=True)
+
+
+class Sender(Protocol[RequestIn, ResponseOut]):
+    """A transport of the bound library, to send what the router let through."""
+
+    def handle_request(self, request: RequestIn) -> ResponseOut: ...
+    def close(self) -> None: ...
+
+
+class ReportingStream:
+    """A response body that reports the lease's outcome, and the tokens its
+    usage says were used, when it is closed. Made a byte stream of each
+    library by ``_stream_class``."""
+
+    def __init__(self, inner: Any, usage: UsageReader, report: Callable[[bool, int | None], None]) -> None:
         self._inner = inner
         self._usage = usage
         self._report = report
@@ -50,9 +78,25 @@ class ReportingStream(httpx.SyncByteStream):
             self._report(self._broken, self._usage.tokens)
 
 
-class AimdTransport(httpx.BaseTransport):
+_bound: dict[str, tuple[type[ReportingStream], LibraryCodecs]] = {}
+
+
+def _binding(library: ModuleType) -> tuple[type[ReportingStream], LibraryCodecs]:
+    """The reporting stream as a byte stream of ``library`` (its clients
+    insist on their own), and its decoders; made once."""
+    if library.__name__ not in _bound:
+        stream = type("ReportingStream", (ReportingStream, library.SyncByteStream), {})
+        _bound[library.__name__] = (stream, LibraryCodecs(library))
+    return _bound[library.__name__]
+
+
+class AimdTransportBase(Generic[RequestT, ResponseT]):
     """One slot of ``throttle`` per routed request, held until the response
     is closed.
+
+    ``router`` says which (provider, model, domain) a request belongs to
+    (default: ``openai_router()``); a request it does not route passes
+    without a slot.
 
     ``rate_limited_statuses`` are the statuses reported as rate-limited
     (default 429 alone; add 503 or 529 for servers that answer those when
@@ -64,26 +108,36 @@ class AimdTransport(httpx.BaseTransport):
     response that says no usage (a stream without
     ``stream_options.include_usage``, a body not read to the end) keeps the
     estimate as used. Every response's rate-limit headers teach the fleet the
-    provider's budget and what is left of it."""
+    provider's budget and what is left of it.
+
+    The transport never retries: a rate-limited response reaches the caller
+    (already reported, so the next attempt waits out the shared cooldown);
+    see ``aimd_redis.with_retries`` for a bounded retry."""
+
+    #: The library this transport is a transport of (httpx or httpx2).
+    _library: ClassVar[ModuleType]
 
     def __init__(
         self,
         throttle: Throttle,
-        transport: httpx.BaseTransport | None = None,
+        transport: Sender[RequestT, ResponseT] | None = None,
         *,
-        router: Router | None = None,
+        router: Callable[[RequestT], Target | None] | None = None,
         acquire_timeout: float | None = None,
         rate_limited_statuses: Collection[int] = RATE_LIMITED_STATUSES,
         estimate: Callable[[bytes], int] = estimate_tokens,
     ) -> None:
+        check_throttle(self, throttle, Throttle)
         self._throttle = throttle
         self._rate_limited = rate_limited_statuses_of(rate_limited_statuses)
-        self._inner = transport if transport is not None else httpx.HTTPTransport()
+        self._inner: Sender[RequestT, ResponseT] = (
+            transport if transport is not None else self._library.HTTPTransport()
+        )
         self._route = router if router is not None else openai_router()
         self._timeout = acquire_timeout
         self._estimate = estimate
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
+    def handle_request(self, request: RequestT) -> ResponseT:
         target = self._route(request)
         if target is None:
             return self._inner.handle_request(request)
@@ -91,7 +145,7 @@ class AimdTransport(httpx.BaseTransport):
         lease = self._throttle.acquire(**target._asdict(), tokens=tokens, timeout=self._timeout)
         try:
             response = self._inner.handle_request(request)
-        except (httpx.ConnectError, httpx.ConnectTimeout):
+        except (self._library.ConnectError, self._library.ConnectTimeout):
             # Never sent: the slot and its budget go back as if never taken.
             self._throttle._release(lease, "abandon", None, None)
             raise
@@ -109,12 +163,16 @@ class AimdTransport(httpx.BaseTransport):
             else:
                 lease.success(tokens=used, headers=headers)
 
-        assert isinstance(response.stream, httpx.SyncByteStream)
-        return httpx.Response(
-            response.status_code,
-            headers=headers,
-            stream=ReportingStream(response.stream, UsageReader(headers), report),
-            extensions=response.extensions,
+        stream, codecs = _binding(self._library)
+        assert isinstance(response.stream, self._library.SyncByteStream)
+        return cast(
+            ResponseT,
+            self._library.Response(
+                response.status_code,
+                headers=headers,
+                stream=stream(response.stream, UsageReader(headers, codecs), report),
+                extensions=response.extensions,
+            ),
         )
 
     def close(self) -> None:
