@@ -1,7 +1,9 @@
 """One adaptive concurrency limit per upstream API, shared by a fleet through Redis."""
 
+from aimd_redis._async.retry import with_retries as async_with_retries
 from aimd_redis._async.throttle import AsyncLease, AsyncSlot, AsyncThrottle
 from aimd_redis._provider import Heard, estimate_tokens, read_rate_limit_headers, usage_tokens
+from aimd_redis._sync.retry import with_retries
 from aimd_redis._sync.throttle import Lease, Slot, Throttle
 from aimd_redis.config import MAX_RETRY_AFTER_SECONDS, FailOpen, ThrottleConfig
 from aimd_redis.errors import (
@@ -10,6 +12,7 @@ from aimd_redis.errors import (
     ArgumentTypeError,
     ConfigError,
     CorruptStateError,
+    EventLoopBlockedError,
     InvalidArgumentError,
     NoSuchDomainError,
     NotRegisteredError,
@@ -34,6 +37,7 @@ __all__ = [
     "CorruptStateError",
     "Denied",
     "DomainState",
+    "EventLoopBlockedError",
     "FailOpen",
     "Heard",
     "InvalidArgumentError",
@@ -51,7 +55,9 @@ __all__ = [
     "Slot",
     "Throttle",
     "ThrottleConfig",
+    "async_with_retries",
     "estimate_tokens",
     "read_rate_limit_headers",
     "usage_tokens",
+    "with_retries",
 ]

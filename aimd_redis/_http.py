@@ -150,18 +150,15 @@ def anthropic_router(provider_name: str | None = None) -> Route:
     return _router("anthropic_router", provider_name, ANTHROPIC_DOMAINS, ANTHROPIC_UNTHROTTLED)
 
 
-def check_throttle(component: object, throttle: object, needed: type) -> None:
-    """Refuse, at construction, a throttle of the other kind (sync for
+def check_throttle(what: str, throttle: object, needed: type) -> None:
+    """Refuse, before any request, a throttle of the other kind (sync for
     asyncio or the reverse): it would fail at the first request, or worse,
     after taking a slot."""
-    if isinstance(throttle, needed):
-        return
-    kind, given = type(component).__name__, type(throttle).__name__
-    hint = ""
-    if given in ("Throttle", "AsyncThrottle"):
-        base = kind.removeprefix("Async")
-        hint = f"; a {given} goes with {'Async' + base if given == 'AsyncThrottle' else base}"
-    raise ArgumentTypeError(f"{kind} needs a {needed.__name__}, not a {given}{hint}")
+    if not isinstance(throttle, needed):
+        raise ArgumentTypeError(
+            f"{what} needs a {needed.__name__}, not a {type(throttle).__name__}: a Throttle goes with "
+            "AimdTransport and with_retries, an AsyncThrottle with AsyncAimdTransport and async_with_retries"
+        )
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

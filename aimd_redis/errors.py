@@ -29,6 +29,12 @@ class RequestTooLargeError(AimdRedisError, ValueError):
     could never be granted, so it is refused at once instead of waiting."""
 
 
+class EventLoopBlockedError(AimdRedisError, RuntimeError):
+    """A sync ``Throttle`` called inside a running event loop: its waits
+    would block the loop, and with it whatever was to free a slot, so it
+    refuses at once. ``AsyncThrottle`` is the one for asyncio code."""
+
+
 class NotRegisteredError(AimdRedisError, RuntimeError):
     """Acquire on a model no alias has registered."""
 

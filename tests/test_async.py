@@ -142,20 +142,22 @@ async def test_an_acquire_cancelled_while_redis_is_stalled_leaks_nothing(real_re
             assert (await lease.success()).released
 
 
-async def test_the_sync_throttle_inside_a_running_loop_warns_once_pointing_to_the_async_one() -> None:
-    import warnings
-
+async def test_the_sync_throttle_inside_a_running_loop_refuses_at_once_naming_the_async_one() -> None:
     import fakeredis
 
-    from aimd_redis import Throttle
+    from aimd_redis import EventLoopBlockedError, Throttle
 
-    t = Throttle(fakeredis.FakeRedis(server=fakeredis.FakeServer()))
-    with pytest.warns(RuntimeWarning, match="use AsyncThrottle"):
-        t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        t.try_acquire(**TARGET)  # said once per throttle, not per call
+    server = fakeredis.FakeServer()
+    t = Throttle(fakeredis.FakeRedis(server=server))
+    for call in (
+        lambda: t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=2),
+        lambda: t.acquire(**TARGET, timeout=None),  # would wait for ever, blocking the loop
+        lambda: t.try_acquire(**TARGET),
+    ):
+        with pytest.raises(EventLoopBlockedError, match="use AsyncThrottle"):
+            call()
     t.close()
+    assert fakeredis.FakeRedis(server=server).keys("*") == []  # refused before anything reached Redis
 
 
 def test_the_sync_throttle_outside_a_loop_does_not_warn() -> None:

@@ -40,7 +40,7 @@ SUBS = [
     (r"\b__aexit__\b", "__exit__"),
     (r"\b__aiter__\b", "__iter__"),
     (r"\baclose\b", "close"),
-    (r"\bAwaitable\[None\]", "None"),
+    (r"\bAwaitable\[(\w+)\]", r"\1"),
     (r"\bAwaitable, ", ""),
 ]
 

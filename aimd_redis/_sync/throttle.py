@@ -10,7 +10,6 @@ import contextlib
 import logging
 import secrets
 import time
-import warnings
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, NamedTuple, cast
@@ -44,6 +43,7 @@ from aimd_redis.errors import (
     AimdRedisError,
     ArgumentTypeError,
     CorruptStateError,
+    EventLoopBlockedError,
     InvalidArgumentError,
     NotRegisteredError,
     RedisAuthenticationError,
@@ -172,16 +172,14 @@ class Throttle:
         self._fail_open = fail_open
         self._local: dict[tuple[str, str, str], LocalLimit] = {}
         self._failing_open = False  # warned, and not yet seen Redis answer again
-        self._warned_loop = False
 
     @property
     def namespace(self) -> str:
         return self._core.namespace
 
     def _run(self, call: Call) -> Any:
-        if not self._warned_loop and (why := blocking_a_running_loop()):
-            self._warned_loop = True
-            warnings.warn(why, RuntimeWarning, stacklevel=4)
+        if why := blocking_a_running_loop():
+            raise EventLoopBlockedError(why)
         with redis_boundary():
             if self._functions:
                 name = self._library.functions[call.script]

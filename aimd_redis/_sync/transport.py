@@ -11,6 +11,7 @@ from collections.abc import Iterator, Callable, Collection, Mapping
 from types import ModuleType
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
+from aimd_redis._sync.retry import report_outcome
 from aimd_redis._sync.throttle import Throttle
 from aimd_redis._http import (
     RATE_LIMITED_STATUSES,
@@ -21,7 +22,6 @@ from aimd_redis._http import (
     check_throttle,
     openai_router,
     outcome_of,
-    retry_after_seconds,
 )
 from aimd_redis._http import rate_limited_statuses as rate_limited_statuses_of
 from aimd_redis._provider import estimate_tokens
@@ -127,7 +127,7 @@ class AimdTransportBase(Generic[RequestT, ResponseT]):
         rate_limited_statuses: Collection[int] = RATE_LIMITED_STATUSES,
         estimate: Callable[[bytes], int] = estimate_tokens,
     ) -> None:
-        check_throttle(self, throttle, Throttle)
+        check_throttle(type(self).__name__, throttle, Throttle)
         self._throttle = throttle
         self._rate_limited = rate_limited_statuses_of(rate_limited_statuses)
         self._inner: Sender[RequestT, ResponseT] = (
@@ -152,16 +152,10 @@ class AimdTransportBase(Generic[RequestT, ResponseT]):
         except BaseException:
             lease.failure()
             raise
-        outcome, wait = outcome_of(response.status_code, self._rate_limited), retry_after_seconds(response.headers)
-        headers = response.headers
+        outcome, headers = outcome_of(response.status_code, self._rate_limited), response.headers
 
         def report(broken: bool, used: int | None) -> None:
-            if broken or outcome == "failure":
-                lease.failure(headers=headers)
-            elif outcome == "rate_limited":
-                lease.rate_limited(retry_after=wait, headers=headers)
-            else:
-                lease.success(tokens=used, headers=headers)
+            report_outcome(lease, outcome, headers, broken=broken, used=used)
 
         stream, codecs = _binding(self._library)
         assert isinstance(response.stream, self._library.SyncByteStream)
