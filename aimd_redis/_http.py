@@ -90,10 +90,10 @@ class _PassLog:
     def passed(self, request: RequestLike, why: str, level: int | None = None) -> None:
         route = (request.method, request.url.path)
         with self._lock:
-            if route in self._seen or len(self._seen) > self.MOST:
+            if route in self._seen or len(self._seen) >= self.MOST:
                 return
             self._seen.add(route)
-            full = len(self._seen) > self.MOST
+            full = len(self._seen) == self.MOST
         # A POST is likely work the router does not know; anything else, a lookup.
         if level is None:
             level = logging.WARNING if request.method == "POST" else logging.INFO

@@ -2,7 +2,8 @@
 benchmarks and the tests (extra ``demo``).
 
 It answers OpenAI-shaped ``POST /v1/chat/completions`` (also streamed) and
-``POST /v1/embeddings``. Like an autoscaled endpoint coming up from zero, its
+``POST /v1/embeddings``, and Anthropic-shaped ``POST /v1/messages`` (also
+streamed), sharing one capacity. Like an autoscaled endpoint coming up from zero, its
 capacity (requests served at once) is 1 when traffic arrives after an idle
 spell and grows linearly to ``peak`` over ``warmup_seconds``. A request that
 would exceed the capacity is answered at once with 429 and both
@@ -359,6 +360,7 @@ class ColdServer:
         app.add_routes(
             [
                 web.post("/v1/chat/completions", self._chat),
+                web.post("/v1/messages", self._messages),
                 web.post("/v1/embeddings", self._embeddings),
                 web.get("/v1/models", self._models),
                 web.get("/admin/stats", self._stats),
@@ -471,7 +473,8 @@ class ColdServer:
             error = {"message": "Too many requests, retry later", "type": "rate_limit_error", "code": 429}
         elif error is None:
             error = {"message": "The server is overloaded, retry later", "type": "overloaded_error", "code": status}
-        return web.json_response({"error": error}, status=status, headers=headers)
+        # "type": "error" as Anthropic's say; OpenAI's clients read only "error".
+        return web.json_response({"type": "error", "error": error}, status=status, headers=headers)
 
     def _over_budget(self, kind: BudgetKind, wait: float, cost: int, now: float) -> web.Response:
         """A 429 from a budget, worded as OpenAI's, asking to wait until the request fits."""
@@ -535,6 +538,12 @@ class ColdServer:
         prompt = _chat_prompt_tokens(body.get("messages"))
         most = _most_completion_tokens(body, self.settings.completion_tokens)
         return await self._serve(request, self.settings.service_seconds, prompt, most, _chat_responder(body))
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        body = await _json(request)
+        prompt = _chat_prompt_tokens([{"content": body.get("system")}, *_listed(body.get("messages"))])
+        most = _most_completion_tokens(body, self.settings.completion_tokens)
+        return await self._serve(request, self.settings.service_seconds, prompt, most, _messages_responder(body))
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         body = await _json(request)
@@ -601,6 +610,10 @@ def _chat_prompt_tokens(messages: object) -> int:
     return _tokens(chars)
 
 
+def _listed(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
+
+
 def _input_tokens(raw: object) -> int:
     """An embeddings ``input``'s tokens: strings by their length, token arrays as they are."""
     chars = given = 0
@@ -626,10 +639,51 @@ def _most_completion_tokens(body: dict[str, object], default: int) -> int:
     return default
 
 
+#: Every answer's words; a stream sends one an event.
+WORDS = ["The", " server", " is", " warm", " now."]
+
+
+def _sse(event: dict[str, object], named: bool) -> bytes:
+    """One server-sent event; ``named``: with an ``event:`` line, as Anthropic's."""
+    line = b"data: " + msgspec.json.encode(event) + b"\n\n"
+    return f"event: {event['type']}\n".encode() + line if named else line
+
+
+async def _stream(
+    request: web.Request,
+    turn: _Turn,
+    before: list[dict[str, object]],
+    words: list[dict[str, object]],
+    after: list[dict[str, object]],
+    *,
+    done: bool = False,
+    named: bool = False,
+) -> web.StreamResponse:
+    """A streamed answer: the ``before`` events at once, then the ``words``
+    spread over the turn's time, then the ``after`` ones (and OpenAI's
+    ``[DONE]``). A failing turn breaks off after two words."""
+    stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", **turn.headers})
+    await stream.prepare(request)
+    for event in before:
+        await stream.write(_sse(event, named))
+    for i, event in enumerate(words):
+        await asyncio.sleep(turn.seconds / len(words))
+        if turn.fail and i == 2:
+            assert request.transport is not None
+            request.transport.close()  # the status line said 200; the body just stops
+            return stream
+        await stream.write(_sse(event, named))
+    for event in after:
+        await stream.write(_sse(event, named))
+    if done:
+        await stream.write(b"data: [DONE]\n\n")
+    await stream.write_eof()
+    return stream
+
+
 def _chat_responder(body: dict[str, object]) -> Responder:
     model = str(body.get("model", "cold-model"))
     created = int(time.time())
-    words = ["The", " server", " is", " warm", " now."]
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
 
@@ -644,7 +698,7 @@ def _chat_responder(body: dict[str, object]) -> Responder:
             await asyncio.sleep(turn.seconds)
             if turn.fail:
                 return _server_error(turn.headers)
-            message = {"role": "assistant", "content": "".join(words)}
+            message = {"role": "assistant", "content": "".join(WORDS)}
             return web.json_response(
                 {
                     "id": "chatcmpl-cold",
@@ -656,24 +710,58 @@ def _chat_responder(body: dict[str, object]) -> Responder:
                 },
                 headers=turn.headers,
             )
-        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", **turn.headers})
-        await stream.prepare(request)
         head = {"id": "chatcmpl-cold", "object": "chat.completion.chunk", "created": created, "model": model}
-        for i, word in enumerate(words):
-            await asyncio.sleep(turn.seconds / len(words))
-            if turn.fail and i == 2:
-                assert request.transport is not None
-                request.transport.close()  # the status line said 200; the body just stops
-                return stream
+        chunks = []
+        for word in WORDS:
             chunk = {**head, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
             if include_usage:
                 chunk["usage"] = None  # as OpenAI's: every chunk has the field, only the last fills it
-            await stream.write(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
-        if include_usage:
-            await stream.write(b"data: " + msgspec.json.encode({**head, "choices": [], "usage": usage}) + b"\n\n")
-        await stream.write(b"data: [DONE]\n\n")
-        await stream.write_eof()
-        return stream
+            chunks.append(chunk)
+        after = [{**head, "choices": [], "usage": usage}] if include_usage else []
+        return await _stream(request, turn, [], chunks, after, done=True)
+
+    return respond
+
+
+def _messages_responder(body: dict[str, object]) -> Responder:
+    """Anthropic's Messages API: a message, or its stream of events."""
+    model = str(body.get("model", "cold-model"))
+
+    async def respond(request: web.Request, turn: _Turn) -> web.StreamResponse:
+        usage = {"input_tokens": turn.prompt_tokens, "output_tokens": turn.completion_tokens}
+        message: dict[str, object] = {
+            "id": "msg_cold",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": "".join(WORDS)}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        if not body.get("stream"):
+            await asyncio.sleep(turn.seconds)
+            if turn.fail:
+                return _server_error(turn.headers)
+            return web.json_response(message, headers=turn.headers)
+        start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+        before: list[dict[str, object]] = [
+            {"type": "message_start", "message": start},
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ]
+        words: list[dict[str, object]] = [
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}} for word in WORDS
+        ]
+        after: list[dict[str, object]] = [
+            {"type": "content_block_stop", "index": 0},
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": turn.completion_tokens},
+            },
+            {"type": "message_stop"},
+        ]
+        return await _stream(request, turn, before, words, after, named=True)
 
     return respond
 
