@@ -6,14 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
-def test_the_openai_sdk_example(real_redis_url: str) -> None:
-    command = [sys.executable, str(EXAMPLES / "openai_sdk.py"), "--url", real_redis_url, "--requests", "40"]
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_the_sdk_example(real_redis_url: str, sdk: str) -> None:
+    command = [sys.executable, str(EXAMPLES / "sdk.py"), "--sdk", sdk, "--url", real_redis_url, "--requests", "40"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "40 answers" in done.stdout
+    assert f"{sdk}: 40 answers" in done.stdout
+    assert "'The server is warm now.'" in done.stdout
     assert "in flight 0" in done.stdout
 
 

@@ -1,5 +1,6 @@
 """One pod of a batch Job: sends its share of chat completions through the
-fleet-wide limit, retrying each 429 after the server's Retry-After.
+fleet-wide limit; a 429 is sent again once the server's Retry-After has
+passed, which the whole fleet waits out with it.
 
     REDIS_URL=redis://redis:6379/0 API_BASE=http://cold-server:8000/v1 python worker.py
 
@@ -10,6 +11,7 @@ fleet, default 32), RAMPUP_SECONDS (default 20).
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import time
@@ -17,8 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from aimd_redis import Throttle, ThrottleConfig
-from aimd_redis.httpx import AimdTransport, openai_router, retry_after_seconds
+from aimd_redis import Throttle, ThrottleConfig, with_retries
 
 THREADS = 16  # requests this pod keeps open at most; the fleet's limit decides how many go
 
@@ -37,23 +38,25 @@ def main() -> None:
         alias="batch",
         max_parallel_requests=int(os.environ.get("MAX_PARALLEL", "32")),
     )
-    client = httpx.Client(transport=AimdTransport(throttle, router=openai_router("local")), timeout=120)
-    refused = 0
+    client = httpx.Client(timeout=120)
+    sent = itertools.count()
 
     def ask(i: int) -> None:
-        nonlocal refused
         body = {"model": model, "messages": [{"role": "user", "content": f"item {i} from {socket.gethostname()}"}]}
-        while True:
-            response = client.post(f"{api}/chat/completions", json=body)
-            if response.status_code != 429:
-                response.raise_for_status()
-                return
-            refused += 1  # already reported by the transport: the fleet backs off together
-            time.sleep(retry_after_seconds(response.headers) or 1.0)
+
+        def send() -> httpx.Response:
+            next(sent)
+            return client.post(f"{api}/chat/completions", json=body)
+
+        # A slot per attempt; a 429 is reported with its Retry-After, and the
+        # next attempt waits it out in the queue, with every pod.
+        response = with_retries(throttle, send, provider_name="local", model_id=model, domain="chat", attempts=10)
+        response.raise_for_status()
 
     started = time.monotonic()
     with ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(ask, range(requests)))
+    refused = next(sent) - requests
     state = throttle.domain_state("local", model, "chat")
     print(
         f"{socket.gethostname()}: {requests} answers in {time.monotonic() - started:.1f}s, {refused} 429s; "
