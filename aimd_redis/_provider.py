@@ -172,6 +172,12 @@ def _header_value(name: str, text: object, now: float) -> int | float | None:
 #: Tokens counted for each message beyond its text (its role and separators).
 MESSAGE_OVERHEAD = 4
 DEFAULT_OUTPUT_TOKENS = 512
+#: Tokens counted for each image in a prompt, whose size the body does not
+#: tell: the most Anthropic charges for one at its default scaling (about
+#: 1.15 megapixels), and more than OpenAI's high detail at 1024x1024.
+IMAGE_TOKENS = 1600
+#: Content parts that are images: Anthropic's, chat's, the Responses API's.
+_IMAGE_PARTS = frozenset({"image", "image_url", "input_image"})
 
 
 def _decode(body: bytes) -> Any:
@@ -239,8 +245,26 @@ def _token_ids(value: Any) -> int | None:
     return None
 
 
+def _images(value: Any) -> int:
+    """The image parts anywhere in a prompt (a tool's result may hold some)."""
+    found, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            if item.get("type") in _IMAGE_PARTS:
+                found += 1
+            elif isinstance(item.get("content"), list):
+                stack.append(item["content"])
+    return found
+
+
 def _prompt_tokens(data: dict[str, Any], count: Callable[[str], int]) -> int:
-    prompt = 0
+    # Tool definitions count as input at OpenAI and Anthropic alike: their JSON text.
+    tools = data.get("tools")
+    prompt = count(msgspec.json.encode(tools).decode()) if isinstance(tools, list) and tools else 0
+    prompt += IMAGE_TOKENS * sum(_images(data.get(name)) for name in ("messages", "input"))
     messages = data.get("messages")
     for message in messages if isinstance(messages, list) else []:
         if isinstance(message, dict):

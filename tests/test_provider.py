@@ -14,6 +14,7 @@ import msgspec
 import pytest
 
 from aimd_redis._provider import (
+    IMAGE_TOKENS,
     Heard,
     StreamUsage,
     duration_seconds,
@@ -286,7 +287,27 @@ def test_estimate_of_a_chat_request() -> None:
         max_completion_tokens=10,
         max_tokens=999,  # max_completion_tokens wins
     )
-    assert estimate_tokens(parts) == (4 + 2 + 1) + (4 + 2) + (4 + 2) + 10
+    assert estimate_tokens(parts) == (4 + 2 + 1) + (4 + 2 + IMAGE_TOKENS) + (4 + 2) + 10
+
+
+def test_estimate_of_an_anthropic_messages_request() -> None:
+    body = _body(
+        model="claude",
+        max_tokens=100,
+        system=[{"type": "text", "text": "s" * 40, "cache_control": {"type": "ephemeral"}}],
+        tools=[{"name": "get", "description": "d" * 54, "input_schema": {"type": "object"}}],
+        messages=[
+            {"role": "user", "content": [{"type": "text", "text": "u" * 8}, {"type": "image", "source": {}}]},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "get", "input": {"q": "abc"}}]},
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image", "source": {}}]}],
+            },
+        ],
+    )
+    tools = 30  # their JSON, 120 characters
+    messages = (4 + 2) + (4 + 3) + 4  # overhead and text; the tool's input as JSON ('{"q":"abc"}')
+    assert estimate_tokens(body) == 10 + tools + messages + 2 * IMAGE_TOKENS + 100
 
 
 def test_estimate_of_the_output() -> None:
