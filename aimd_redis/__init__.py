@@ -2,6 +2,7 @@
 
 from aimd_redis._async.retry import with_retries as async_with_retries
 from aimd_redis._async.throttle import AsyncLease, AsyncSlot, AsyncThrottle
+from aimd_redis._http import retry_after_seconds
 from aimd_redis._provider import Heard, estimate_tokens, read_rate_limit_headers, usage_tokens
 from aimd_redis._sync.retry import with_retries
 from aimd_redis._sync.throttle import Lease, Slot, Throttle
@@ -58,6 +59,7 @@ __all__ = [
     "async_with_retries",
     "estimate_tokens",
     "read_rate_limit_headers",
+    "retry_after_seconds",
     "usage_tokens",
     "with_retries",
 ]

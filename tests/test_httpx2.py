@@ -274,3 +274,23 @@ async def test_async_with_retries(real_redis: redis.Redis, real_redis_url: str) 
         assert (s.in_flight, s.consecutive_429s) == (0, 0)
         with pytest.raises(ArgumentTypeError, match="with_retries needs a Throttle, not a AsyncThrottle"):
             with_retries(t, lambda: httpx2.Response(200), **TARGET)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("blocked", "module", "fails"),
+    [
+        ("httpx", "aimd_redis.httpx2", False),
+        ("httpx2", "aimd_redis.httpx2", True),
+        ("httpx2", "aimd_redis.httpx", False),
+    ],
+)
+def test_each_module_needs_only_its_own_library(blocked: str, module: str, fails: bool) -> None:
+    import subprocess
+    import sys
+
+    # The other library made unimportable in a child interpreter, as on an install with one extra.
+    code = f"import sys; sys.modules[{blocked!r}] = None\nimport {module}, aimd_redis; print(aimd_redis.with_retries)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode != 0) == fails, done.stderr
+    if fails:
+        assert f"pip install 'aimd-redis[{blocked}]'" in done.stderr
