@@ -33,17 +33,9 @@ from types import ModuleType
 from typing import ClassVar
 
 from aimd_redis._async.transport import AsyncAimdTransportBase
-from aimd_redis._http import (
-    ANTHROPIC_DOMAINS,
-    ANTHROPIC_UNTHROTTLED,
-    OPENAI_DOMAINS,
-    RATE_LIMITED_STATUSES,
-    Target,
-    anthropic_router,
-    openai_router,
-    retry_after_seconds,
-)
-from aimd_redis._provider import estimate_tokens, tiktoken_counter
+from aimd_redis._http_public import *  # noqa: F403 (the names both modules offer)
+from aimd_redis._http_public import Target
+from aimd_redis._http_public import __all__ as _shared
 from aimd_redis._sync.transport import AimdTransportBase
 
 #: What a router is: a request in, its (provider, model, domain) out, or None
@@ -61,18 +53,4 @@ class AsyncAimdTransport(AsyncAimdTransportBase[httpx.Request, httpx.Response], 
     _library: ClassVar[ModuleType] = httpx
 
 
-__all__ = [
-    "ANTHROPIC_DOMAINS",
-    "ANTHROPIC_UNTHROTTLED",
-    "OPENAI_DOMAINS",
-    "RATE_LIMITED_STATUSES",
-    "AimdTransport",
-    "AsyncAimdTransport",
-    "Router",
-    "Target",
-    "anthropic_router",
-    "estimate_tokens",
-    "openai_router",
-    "retry_after_seconds",
-    "tiktoken_counter",
-]
+__all__ = [*_shared, "AimdTransport", "AsyncAimdTransport", "Router"]

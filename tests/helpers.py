@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis
 
@@ -101,3 +102,16 @@ def _number_or_name(text: str) -> float | str:
         return float(text)
     except ValueError:
         return text
+
+
+def settled_tokens(t: Throttle, monkeypatch: Any) -> list[int | None]:
+    """The tokens each release of ``t`` reports as used (None: the estimate stands), as they come."""
+    settled: list[int | None] = []
+    release_call = t._core.release_call
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        settled.append(args[6] if len(args) > 6 else kwargs.get("tokens"))
+        return release_call(*args, **kwargs)
+
+    monkeypatch.setattr(t._core, "release_call", spy)
+    return settled

@@ -7,7 +7,6 @@ import gzip
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +17,7 @@ from aimd_redis._http import LibraryCodecs, UsageReader
 from aimd_redis.demo.coldserver import ColdServer, RetryAfterForm, ServerSettings
 from aimd_redis.demo.embedded import _free_port
 from aimd_redis.httpx import AimdTransport, AsyncAimdTransport, openai_router, retry_after_seconds
+from tests.helpers import settled_tokens
 
 MODEL = "gpt-test"
 CONFIG = ThrottleConfig(success_window=10, reduce_factor=0.5)
@@ -279,14 +279,7 @@ def test_the_transport_learns_the_budget_from_the_headers(throttle: Throttle, re
 def test_the_answers_usage_settles_the_reservation(
     throttle: Throttle, monkeypatch: pytest.MonkeyPatch, stream: bool, include_usage: bool
 ) -> None:
-    settled: list[int | None] = []
-    release_call = throttle._core.release_call
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        settled.append(args[6] if len(args) > 6 else kwargs.get("tokens"))
-        return release_call(*args, **kwargs)
-
-    monkeypatch.setattr(throttle._core, "release_call", spy)
+    settled = settled_tokens(throttle, monkeypatch)
     body = {**BODY, "max_tokens": 100, "stream": stream, "stream_options": {"include_usage": include_usage}}
     with (
         cold_server() as s,

@@ -29,6 +29,7 @@ from aimd_redis import (
 from aimd_redis import httpx as aimd_httpx
 from aimd_redis.demo.coldserver import ColdServer, ServerSettings
 from aimd_redis.httpx2 import AimdTransport, AsyncAimdTransport, anthropic_router, openai_router
+from tests.helpers import settled_tokens
 
 MODEL = "cold-model"
 THREADS, EACH = 12, 8
@@ -125,14 +126,7 @@ async def test_the_async_anthropic_sdk_streams_in_its_slot(
 def test_anthropics_usage_settles_the_reservation(
     throttle: Throttle, server: ColdServer, monkeypatch: pytest.MonkeyPatch, stream: bool
 ) -> None:
-    settled: list[int | None] = []
-    release_call = throttle._core.release_call
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        settled.append(args[6] if len(args) > 6 else kwargs.get("tokens"))
-        return release_call(*args, **kwargs)
-
-    monkeypatch.setattr(throttle._core, "release_call", spy)
+    settled = settled_tokens(throttle, monkeypatch)
     body = {"model": MODEL, "max_tokens": 20, "system": "x" * 40, "messages": [{"role": "user", "content": "y" * 8}]}
     transport = AimdTransport(throttle, router=anthropic_router("local"))
     with httpx2.Client(transport=transport, base_url=server.url) as client:
