@@ -17,7 +17,8 @@ from aimd_redis._http import LibraryCodecs, UsageReader
 from aimd_redis.demo.coldserver import ColdServer, RetryAfterForm, ServerSettings
 from aimd_redis.demo.embedded import _free_port
 from aimd_redis.httpx import AimdTransport, AsyncAimdTransport, openai_router, retry_after_seconds
-from tests.helpers import settled_tokens
+
+from .helpers import settled_tokens
 
 MODEL = "gpt-test"
 CONFIG = ThrottleConfig(success_window=10, reduce_factor=0.5)

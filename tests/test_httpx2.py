@@ -29,7 +29,8 @@ from aimd_redis import (
 from aimd_redis import httpx as aimd_httpx
 from aimd_redis.demo.coldserver import ColdServer, ServerSettings
 from aimd_redis.httpx2 import AimdTransport, AsyncAimdTransport, anthropic_router, openai_router
-from tests.helpers import settled_tokens
+
+from .helpers import settled_tokens
 
 MODEL = "cold-model"
 THREADS, EACH = 12, 8
