@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from importlib import import_module
 from types import ModuleType
-from typing import NamedTuple, Protocol, TypeVar
+from typing import NamedTuple, Protocol
 
 from aimd_redis._provider import StreamUsage, usage_tokens
 from aimd_redis.errors import ArgumentTypeError, InvalidArgumentError
@@ -47,7 +47,6 @@ class RequestLike(Protocol):
     def content(self) -> bytes: ...
 
 
-RequestT = TypeVar("RequestT", bound=RequestLike)
 Route = Callable[[RequestLike], Target | None]
 
 #: Path endings of OpenAI-compatible APIs and the domain each belongs to.
@@ -162,10 +161,10 @@ def check_throttle(what: str, throttle: object, needed: type) -> None:
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """A header in any letter case (httpx's headers, and requests', are
-    case-insensitive already; a plain dict is not)."""
+    """A header in any letter case: httpx's headers, and requests', are
+    case-insensitive already; a plain dict is not."""
     value = headers.get(name)
-    if value is None and not hasattr(headers, "get_list"):
+    if value is None:
         value = next((v for k, v in headers.items() if k.lower() == name), None)
     return value
 

@@ -54,7 +54,7 @@ class AsyncSender(Protocol[RequestIn, ResponseOut]):
 class AsyncReportingStream:
     """A response body that reports the lease's outcome, and the tokens its
     usage says were used, when it is closed. Made a byte stream of each
-    library by ``_stream_class``."""
+    library by ``_binding``."""
 
     def __init__(self, inner: Any, usage: UsageReader, report: Callable[[bool, int | None], Awaitable[None]]) -> None:
         self._inner = inner
@@ -110,9 +110,9 @@ class AsyncAimdTransportBase(Generic[RequestT, ResponseT]):
     estimate as used. Every response's rate-limit headers teach the fleet the
     provider's budget and what is left of it.
 
-    The transport never retries: a rate-limited response reaches the caller
-    (already reported, so the next attempt waits out the shared cooldown);
-    see ``aimd_redis.with_retries`` for a bounded retry."""
+    The transport never retries: a rate-limited response reaches the caller,
+    already reported, so that a retry (the same call again, as the SDKs' own
+    retries make it) waits out the shared cooldown in its acquire."""
 
     #: The library this transport is a transport of (httpx or httpx2).
     _library: ClassVar[ModuleType]
