@@ -155,9 +155,13 @@ def check_throttle(what: str, throttle: object, needed: type) -> None:
     after taking a slot."""
     if not isinstance(throttle, needed):
         raise ArgumentTypeError(
-            f"{what} needs a {needed.__name__}, not a {type(throttle).__name__}: a Throttle goes with "
+            f"{what} needs {_a(needed.__name__)}, not {_a(type(throttle).__name__)}: a Throttle goes with "
             "AimdTransport and with_retries, an AsyncThrottle with AsyncAimdTransport and async_with_retries"
         )
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -177,7 +177,8 @@ async def test_a_transport_refuses_a_throttle_of_the_wrong_kind(real_redis: redi
             (aimd_httpx.AimdTransport, asynchronous),
             (aimd_httpx.AsyncAimdTransport, sync),
         ]:
-            with pytest.raises(ArgumentTypeError, match=f"{transport.__name__} needs a") as refused:
+            needed = "a Throttle" if wrong is asynchronous else "an AsyncThrottle"
+            with pytest.raises(ArgumentTypeError, match=f"{transport.__name__} needs {needed}, not") as refused:
                 transport(wrong)  # type: ignore[arg-type]
             assert "AsyncThrottle with AsyncAimdTransport" in str(refused.value)
     sync.close()
@@ -267,7 +268,7 @@ async def test_async_with_retries(real_redis: redis.Redis, real_redis_url: str) 
         s = await t.domain_state("local", MODEL, "chat")
         assert s is not None
         assert (s.in_flight, s.consecutive_429s) == (0, 0)
-        with pytest.raises(ArgumentTypeError, match="with_retries needs a Throttle, not a AsyncThrottle"):
+        with pytest.raises(ArgumentTypeError, match="with_retries needs a Throttle, not an AsyncThrottle"):
             with_retries(t, lambda: httpx2.Response(200), **TARGET)  # type: ignore[arg-type]
 
 
