@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import re
@@ -17,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aimd_redis import Lease, Throttle, ThrottleConfig
 from aimd_redis.demo.embedded import _free_port
-from aimd_redis.ops.cli import main
+from aimd_redis.ops.cli import build_parser, main
 from aimd_redis.ops.exporter import registry_for
 
 LLAMA = "meta-llama/Llama-3.1-8B"
@@ -90,13 +91,52 @@ def test_status_json_field_by_field(fleet: str, capsys: pytest.CaptureFixture[st
 
 
 def test_status_filters_and_table(fleet: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out = run_cli(capsys, "status", "--url", fleet, "vllm")
-    assert code == 0
+    for argv in (["vllm"], [f"vllm/{LLAMA}"], [f"vllm/{LLAMA}", "embedding"]):
+        code, out = run_cli(capsys, "status", "--url", fleet, *argv)
+        assert code == 0
+        model, header, row = out.strip().splitlines()
+        assert re.fullmatch(rf"vllm/{LLAMA}  max 16 \(gen=16\)  budget left tpm \d+/100000", model)
+        assert header.split()[:3] == ["DOMAIN", "LIMIT", "IN"]
+        assert row.split()[:4] == ["embedding", "12", "1", "0"]
+    code, out = run_cli(capsys, "status", "--url", fleet)
     lines = out.strip().splitlines()
-    assert lines[0].split()[:4] == ["MODEL", "DOMAIN", "MAX", "LIMIT"]
-    assert len(lines) == 2
-    assert lines[1].startswith(f"vllm/{LLAMA}  embedding  16 [gen=16]")
-    assert re.search(r"  tpm \d+/100000  ", lines[1])
+    assert lines[0] == "openai/gpt-4o  max 48 (gen=64 judge=48)  budget left -"
+    assert lines[2].split()[:2] == ["chat", "1"]
+    assert lines[3].startswith(f"vllm/{LLAMA}  max 16")
+    # the columns line up across models
+    assert lines[1].index("LIMIT") == lines[4].index("LIMIT") == lines[5].index("12")
+
+
+@pytest.mark.parametrize(
+    ("argv", "wanted"),
+    [
+        (["status", "openai/gpt-4"], "no model openai/gpt-4 "),
+        (["status", "openia"], "no model of provider 'openia'"),
+        (["check", "openai/gpt4o"], "no model openai/gpt4o "),
+        (["set-limit", "openai/gpt4o", "chat", "3"], "no model openai/gpt4o "),
+    ],
+)
+def test_a_typo_in_a_model_fails_and_lists_the_models_there(
+    fleet: str, capsys: pytest.CaptureFixture[str], argv: list[str], wanted: str
+) -> None:
+    assert main([*argv, "--url", fleet]) == 1
+    err = capsys.readouterr().err
+    assert wanted in err
+    assert "did you mean openai/gpt-4o?" in err
+    assert f"the models there: openai/gpt-4o, vllm/{LLAMA}" in err
+    assert "call register" not in err
+
+
+def test_status_of_a_domain_nobody_used_fails(fleet: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--url", fleet, "openai/gpt-4o", "image"]) == 1
+    assert "no domain 'image' in openai/gpt-4o" in capsys.readouterr().err
+
+
+def test_check_of_one_model_ignores_the_others(fleet: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run_cli(capsys, "check", "--url", fleet, "openai/gpt-4o")
+    assert (code, out.strip()) == (0, "ok: 1 domain(s) in namespace 'aimd'")
+    code, out = run_cli(capsys, "check", "--url", fleet, f"vllm/{LLAMA}")
+    assert code == 1
 
 
 def test_reading_commands_change_nothing(
@@ -269,6 +309,13 @@ def test_nonsense_numbers_are_refused_before_anything_runs(
     assert "must be" in capsys.readouterr().err
 
 
+def test_every_argument_has_help() -> None:
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            assert action.help, f"{name} {action.dest} has no help"
+
+
 def test_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["check", "--help"])
@@ -331,3 +378,52 @@ def test_acl_quotes_what_redis_cli_would_split_and_says_to_replace_the_placehold
     captured = capsys.readouterr()
     assert ">CHANGE-ME" in captured.out
     assert "replace CHANGE-ME" in captured.err
+
+
+GPT = "aimd:{openai/gpt-4o}"
+#: One bad key each, and the model it belongs to (None: no model's).
+BAD_KEYS = {
+    "stray cap without a model": ("aimd:{noslash}:cap", "hash", None),
+    "cap of the wrong type": (f"{GPT}:cap", "string", "openai/gpt-4o"),
+    "domain index of the wrong type": (f"{GPT}:domains", "string", "openai/gpt-4o"),
+    "domain of the wrong type": (f"{GPT}:chat", "list", "openai/gpt-4o"),
+    "leases of the wrong type": (f"{GPT}:chat:leases", "string", "openai/gpt-4o"),
+    "events of the wrong type": (f"{GPT}:events", "string", "openai/gpt-4o"),
+    "budget of the wrong type": (f"aimd:{{vllm/{LLAMA}}}:cap:budget", "string", f"vllm/{LLAMA}"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_KEYS)
+def test_one_bad_key_is_reported_beside_the_healthy_models(
+    fleet: str, real_redis: redis.Redis, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    key, kind, owner = BAD_KEYS[case]
+    real_redis.delete(key)
+    if kind == "hash":
+        real_redis.hset(key, "effective_max", "4")
+    elif kind == "list":
+        real_redis.rpush(key, "x")
+    else:
+        real_redis.set(key, "x")
+    code, out = run_cli(capsys, "status", "--url", fleet, "--json")
+    assert code == 0
+    reports = json.loads(out)
+    bad = [r for r in reports if r["problem"]]
+    assert len(bad) == 1
+    assert key in bad[0]["problem"]
+    healthy = {(r["provider_name"], r["model_id"], r["domain"]) for r in reports if not r["problem"]}
+    if owner != f"vllm/{LLAMA}":
+        assert ("vllm", LLAMA, "embedding") in healthy
+    if owner != "openai/gpt-4o":
+        assert ("openai", "gpt-4o", "chat") in healthy
+
+    code, out = run_cli(capsys, "status", "--url", fleet)
+    assert code == 0
+    assert key in out
+    assert (f"vllm/{LLAMA}" if owner != f"vllm/{LLAMA}" else "openai/gpt-4o") in out
+
+    code, out = run_cli(capsys, "check", "--url", fleet, "--max-cooldown", "120")
+    assert code == 1
+    (problem,) = [line for line in out.splitlines() if line.startswith("PROBLEM")]
+    assert key in problem
+    assert f"{len(healthy)} healthy" in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import difflib
 import logging
 import os
 import sys
@@ -17,7 +18,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from aimd_redis.errors import AimdRedisError, RedisUnavailableError, translate
-from aimd_redis.ops.inspect import Budget, DomainReport, SyncClient, problems, report
+from aimd_redis.ops.inspect import Budget, DomainReport, SyncClient, find_models, problems, report
 
 DEFAULT_URL = "redis://localhost:6379/0"
 EXIT_PROBLEM, EXIT_UNREACHABLE = 1, 2
@@ -34,6 +35,15 @@ def _model(text: str) -> tuple[str, str]:
     if not sep or not provider or not model:
         raise argparse.ArgumentTypeError(f"MODEL is provider/model, e.g. openai/gpt-4o, not {text!r}")
     return provider, model
+
+
+def _models(text: str) -> tuple[str, str | None]:
+    """PROVIDER/MODEL, or PROVIDER alone for all of its models."""
+    if "/" in text:
+        return _model(text)
+    if not text:
+        raise argparse.ArgumentTypeError("MODEL is provider/model (or a provider alone), e.g. openai/gpt-4o")
+    return text, None
 
 
 def _number(kind: type[int] | type[float], least: float, what: str) -> Callable[[str], float]:
@@ -62,13 +72,22 @@ def _model_exists(client: SyncClient, namespace: str, provider: str, model: str)
     return bool(client.exists(keys.cap, keys.index, keys.events))
 
 
-def _no_such_model(namespace: str, provider: str, model: str) -> int:
-    print(
-        f"aimd-redis: no model {provider}/{model} in namespace {namespace!r} (nothing registered it, or it expired); "
-        "`aimd-redis status` lists what there is",
-        file=sys.stderr,
+def _no_such_model(client: SyncClient, namespace: str, provider: str, model: str | None) -> int:
+    """Say that nothing matches (with the models that exist) and fail."""
+    wanted = f"model {provider}/{model}" if model else f"model of provider {provider!r}"
+    print(f"aimd-redis: no {wanted} in namespace {namespace!r} (nothing registered it, or it expired)", file=sys.stderr)
+    known = find_models(client, namespace)
+    close = difflib.get_close_matches(f"{provider}/{model or ''}", known, n=3)
+    if close:
+        print(f"aimd-redis: did you mean {' or '.join(close)}?", file=sys.stderr)
+    shown = ", ".join(known[:_MODELS_LISTED]) + (
+        f" and {len(known) - _MODELS_LISTED} more" if len(known) > _MODELS_LISTED else ""
     )
+    print(f"aimd-redis: the models there: {shown or 'none'}", file=sys.stderr)
     return EXIT_PROBLEM
+
+
+_MODELS_LISTED = 20
 
 
 def _age(seconds: float | None) -> str:
@@ -89,52 +108,64 @@ def _budget_cell(budget: Budget | None) -> str:
     return " ".join(f"{short[kind]} {left:.0f}/{limit}" for kind, limit, left in budget.in_force())
 
 
-def status_table(reports: list[DomainReport]) -> str:
-    header = [
-        "MODEL",
-        "DOMAIN",
-        "MAX",
-        "LIMIT",
-        "IN FLIGHT",
-        "WAITERS",
-        "COOLDOWN",
-        "CEILING",
-        "RAMP",
-        "BUDGET LEFT",
-        "LAST CHANGE",
+def _model_lines(r: DomainReport) -> list[str]:
+    """The lines of a model as a whole, above its domains: its name,
+    registration and budget (the model's other settings go here too)."""
+    if not r.model_id:  # a key that names no model
+        return [r.provider_name]
+    aliases = " ".join(f"{a}={v}" for a, v in sorted(r.aliases.items()))
+    emax = "?" if r.effective_max is None else str(r.effective_max)
+    return [
+        f"{r.provider_name}/{r.model_id}  max {emax} ({aliases or 'no alias'})  budget left {_budget_cell(r.budget)}"
     ]
-    rows = [header]
+
+
+DOMAIN_COLUMNS = ["DOMAIN", "LIMIT", "IN FLIGHT", "WAITERS", "COOLDOWN", "CEILING", "RAMP", "LAST CHANGE"]
+
+
+def _domain_row(r: DomainReport) -> list[str]:
+    if r.problem is not None:
+        return [r.domain or "-", f"UNREADABLE: {r.problem}"]
+    ramp = "-" if r.ramp_percent is None else f"{r.ramp_percent:.0f}% ({_age(r.ramp_left)} left)"
+    ceiling = "-" if not r.rate_limit_ceiling else f"{r.rate_limit_ceiling} ({_age(r.ceiling_age)} ago)"
+    last = "-" if r.last_change is None else f"{r.last_change} ({_age(r.last_change_age)} ago)"
+    cooldown = "-" if r.cooldown_left <= 0 else f"{r.cooldown_left:.1f}s"
+    return [r.domain, str(r.current_limit), str(r.in_flight), str(r.waiters), cooldown, ceiling, ramp, last]
+
+
+def status_table(reports: list[DomainReport]) -> str:
+    """Each model's own lines, then a row per domain; the columns line up
+    across models (an unreadable domain's problem runs on from its name)."""
+    blocks = [
+        (_model_lines(group[0]), [DOMAIN_COLUMNS, *(_domain_row(r) for r in group)]) for group in _by_model(reports)
+    ]
+    rows = [row for _, block in blocks for row in block]
+    widths = [max((len(row[i]) for row in rows if len(row) > i + 1), default=0) for i in range(len(DOMAIN_COLUMNS))]
+    out: list[str] = []
+    for head, block in blocks:
+        out += head
+        out += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in block]
+    return "\n".join(out)
+
+
+def _by_model(reports: list[DomainReport]) -> list[list[DomainReport]]:
+    """The reports cut into runs of one model each (they come in model order)."""
+    groups: list[list[DomainReport]] = []
     for r in reports:
-        aliases = ",".join(f"{a}={v}" for a, v in sorted(r.aliases.items()))
-        if r.problem is not None:
-            rows.append([f"{r.provider_name}/{r.model_id}", r.domain, *["?"] * 8, f"UNREADABLE: {r.problem}"])
-            continue
-        ramp = "-" if r.ramp_percent is None else f"{r.ramp_percent:.0f}% ({_age(r.ramp_left)} left)"
-        ceiling = "-" if not r.rate_limit_ceiling else f"{r.rate_limit_ceiling} ({_age(r.ceiling_age)} ago)"
-        last = "-" if r.last_change is None else f"{r.last_change} ({_age(r.last_change_age)} ago)"
-        rows.append(
-            [
-                f"{r.provider_name}/{r.model_id}",
-                r.domain,
-                f"{r.effective_max if r.effective_max is not None else '?'} [{aliases}]",
-                str(r.current_limit),
-                str(r.in_flight),
-                str(r.waiters),
-                "-" if r.cooldown_left <= 0 else f"{r.cooldown_left:.1f}s",
-                ceiling,
-                ramp,
-                _budget_cell(r.budget),
-                last,
-            ]
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+        if groups and (groups[-1][0].provider_name, groups[-1][0].model_id) == (r.provider_name, r.model_id):
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    return groups
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     client = _client(args)
+    provider, model = args.model or (None, None)
     while True:
-        reports = report(client, args.namespace, args.provider, args.model, args.domain)
+        reports = report(client, args.namespace, provider, model, args.domain)
+        if not reports and provider is not None and not args.watch:
+            return _nothing_matches(client, args, provider, model)
         if args.json:
             print(msgspec.json.encode(reports).decode())
         else:
@@ -147,12 +178,33 @@ def cmd_status(args: argparse.Namespace) -> int:
         time.sleep(args.watch)
 
 
+def _nothing_matches(client: SyncClient, args: argparse.Namespace, provider: str, model: str | None) -> int:
+    if args.domain is None or not report(client, args.namespace, provider, model):
+        return _no_such_model(client, args.namespace, provider, model)
+    what = f"{provider}/{model}" if model else f"the models of {provider}"
+    print(f"aimd-redis: no domain {args.domain!r} in {what} (nothing used it, or it expired)", file=sys.stderr)
+    return EXIT_PROBLEM
+
+
+def _where(r: DomainReport) -> str:
+    """The model and domain a report is about (a key that names no model as itself)."""
+    model = f"{r.provider_name}/{r.model_id}" if r.model_id else r.provider_name
+    return f"{model} {r.domain}" if r.domain else model
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    reports = report(_client(args), args.namespace)
+    client = _client(args)
+    provider, model = args.model or (None, None)
+    reports = report(client, args.namespace, provider, model)
+    if not reports and provider is not None:
+        return _no_such_model(client, args.namespace, provider, model)
     found = problems(reports, max_cooldown=args.max_cooldown, max_pinned=args.max_pinned)
     for p in found:
-        print(f"PROBLEM {p.report.provider_name}/{p.report.model_id} {p.report.domain}: {p.why}")
+        print(f"PROBLEM {_where(p.report)}: {p.why}")
+    sick = {id(p.report) for p in found}
+    healthy = sum(1 for r in reports if id(r) not in sick)
     if found:
+        print(f"{healthy} healthy domain(s), {len(found)} problem(s) in namespace {args.namespace!r}")
         return EXIT_PROBLEM
     print(f"ok: {len(reports)} domain(s) in namespace {args.namespace!r}")
     return 0
@@ -164,7 +216,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
     provider, model = args.model
     client = _client(args)
     if not _model_exists(client, args.namespace, provider, model):
-        return _no_such_model(args.namespace, provider, model)
+        return _no_such_model(client, args.namespace, provider, model)
     what = f"{provider}/{model} {args.domain}" if args.domain else f"every domain of {provider}/{model}"
     if not args.yes:
         try:
@@ -183,7 +235,10 @@ def cmd_set_limit(args: argparse.Namespace) -> int:
     from aimd_redis import Throttle
 
     provider, model = args.model
-    throttle = Throttle(_client(args), namespace=args.namespace)
+    client = _client(args)
+    if not _model_exists(client, args.namespace, provider, model):
+        return _no_such_model(client, args.namespace, provider, model)
+    throttle = Throttle(client, namespace=args.namespace)
     limit = throttle.set_limit(provider, model, args.domain, args.limit)
     if limit != args.limit:
         emax = throttle.effective_max(provider, model)
@@ -212,7 +267,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     provider, model = args.model
     client = _client(args)
     if not _model_exists(client, args.namespace, provider, model):
-        return _no_such_model(args.namespace, provider, model)
+        return _no_such_model(client, args.namespace, provider, model)
     if args.set:
         Throttle(client, namespace=args.namespace).configure(provider, model, dict(args.set))
     cap = model_keys(args.namespace, provider, model).cap
@@ -243,7 +298,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     key = model_keys(args.namespace, provider, model).events
     client = _client(args)
     if not _model_exists(client, args.namespace, provider, model):
-        return _no_such_model(args.namespace, provider, model)
+        return _no_such_model(client, args.namespace, provider, model)
     entries = list(reversed(client.xrevrange(key, count=max(1, args.count))))
     for entry_id, raw in entries[len(entries) - args.count :] if args.count else []:
         print(_event_line(entry_id, raw))
@@ -372,11 +427,24 @@ def cmd_soak(args: argparse.Namespace) -> int:
     return 0 if result.ok else EXIT_PROBLEM
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows the defaults, except where there is none (None or a flag's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+MODEL_HELP = "provider/model, e.g. openai/gpt-4o"
+MODELS_HELP = "only this model (provider/model), or a provider's models (provider); default: every model"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aimd-redis",
         description="A fleet-wide AIMD concurrency limit in Redis.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every limit change this process makes")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -388,9 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
-        p = commands.add_parser(
-            name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-        )
+        p = commands.add_parser(name, help=help, description=help, formatter_class=_Help)
         p.set_defaults(func=func)
         return p
 
@@ -399,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     from aimd_redis.demo.main import DemoSettings  # its defaults; the demo's machinery loads only to run it
 
     d = DemoSettings()
-    demo.add_argument("--processes", type=int, default=d.processes)
+    demo.add_argument("--processes", type=int, default=d.processes, help="worker processes of the fleet")
     demo.add_argument("--tasks", type=int, default=d.tasks, help="asyncio tasks per process")
     demo.add_argument("--peak", type=int, default=d.peak, help="max_parallel_requests the fleet registers")
     demo.add_argument("--server-peak", type=int, default=d.server_peak, help="what the warm server serves at once")
@@ -412,14 +478,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     soak = add("soak", cmd_soak, "run a fleet under faults (kills, a Redis restart, errors) and check nothing leaked")
     soak.add_argument("--url", default=None, help="a Redis to use (no restart then); default: a private one")
-    soak.add_argument("--processes", type=int, default=16)
+    soak.add_argument("--processes", type=int, default=16, help="worker processes of the fleet")
     soak.add_argument("--tasks", type=int, default=4, help="asyncio tasks per process")
-    soak.add_argument("--seconds", type=float, default=60.0)
+    soak.add_argument("--seconds", type=float, default=60.0, help="how long to run")
     soak.add_argument("--kill-every", type=float, default=5.0, help="seconds between SIGKILLs of a worker")
 
     cold = add("cold-server", cmd_cold_server, "run the demo's cold, rate-limited inference server alone")
-    cold.add_argument("--host", default="127.0.0.1")
-    cold.add_argument("--port", type=int, default=8000)
+    cold.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    cold.add_argument("--port", type=int, default=8000, help="the port to listen on")
     cold.add_argument("--peak", type=int, default=16, help="requests served at once when warm")
     cold.add_argument("--warmup", type=float, default=10.0, help="seconds from capacity 1 to the peak")
     cold.add_argument("--service", type=float, default=0.25, help="seconds per chat completion")
@@ -437,30 +503,36 @@ def build_parser() -> argparse.ArgumentParser:
     cold.add_argument("--report", type=float, default=5.0, help="print counts every this many seconds")
 
     status = with_redis(add("status", cmd_status, "show every model and domain (read-only)"))
-    status.add_argument("provider", nargs="?")
-    status.add_argument("model", nargs="?")
-    status.add_argument("domain", nargs="?")
+    status.add_argument("model", nargs="?", type=_models, metavar="MODEL", help=MODELS_HELP)
+    status.add_argument("domain", nargs="?", metavar="DOMAIN", help="only this domain (chat, embedding, ...)")
     status.add_argument("--json", action="store_true", help="print the same as JSON")
     status.add_argument("--watch", type=POSITIVE_SECONDS, metavar="SECONDS", help="refresh every SECONDS")
 
-    check = with_redis(add("check", cmd_check, "exit 1 on a long cooldown or a limit stuck at 1, 2 if unreachable"))
+    check = with_redis(
+        add("check", cmd_check, "exit 1 on a long cooldown, a limit stuck at 1 or an unreadable key, 2 if unreachable")
+    )
+    check.add_argument("model", nargs="?", type=_models, metavar="MODEL", help=MODELS_HELP)
     check.add_argument("--max-cooldown", type=SECONDS, default=60.0, metavar="SECONDS", help="longest cooldown left")
     check.add_argument(
         "--max-pinned", type=SECONDS, default=300.0, metavar="SECONDS", help="longest time a limit may sit at 1"
     )
 
     reset = with_redis(add("reset", cmd_reset, "forget a model's (or one domain's) learned state"))
-    reset.add_argument("model", type=_model, metavar="MODEL", help="provider/model")
-    reset.add_argument("domain", nargs="?")
+    reset.add_argument("model", type=_model, metavar="MODEL", help=MODEL_HELP)
+    reset.add_argument(
+        "domain", nargs="?", metavar="DOMAIN", help="only this domain (default: every domain of the model)"
+    )
     reset.add_argument("--yes", action="store_true", help="do not ask")
 
     set_limit = with_redis(add("set-limit", cmd_set_limit, "set a domain's current limit"))
-    set_limit.add_argument("model", type=_model, metavar="MODEL", help="provider/model")
-    set_limit.add_argument("domain")
-    set_limit.add_argument("limit", type=int)
+    set_limit.add_argument("model", type=_model, metavar="MODEL", help=MODEL_HELP)
+    set_limit.add_argument("domain", metavar="DOMAIN", help="the domain (chat, embedding, ...)")
+    set_limit.add_argument(
+        "limit", type=int, metavar="LIMIT", help="the new current limit (clamped to 1..the effective max)"
+    )
 
     config = with_redis(add("config", cmd_config, "show a model's stored loop settings, or change some (--set)"))
-    config.add_argument("model", type=_model, metavar="MODEL", help="provider/model")
+    config.add_argument("model", type=_model, metavar="MODEL", help=MODEL_HELP)
     config.add_argument(
         "--set",
         type=_setting,
@@ -470,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     events = with_redis(add("events", cmd_events, "print a model's event log"))
-    events.add_argument("model", type=_model, metavar="MODEL", help="provider/model")
+    events.add_argument("model", type=_model, metavar="MODEL", help=MODEL_HELP)
     events.add_argument("--count", type=COUNT, default=50, help="how many of the latest to print first")
     events.add_argument("--follow", action="store_true", help="keep printing new events")
 
@@ -480,8 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     acl.add_argument("--namespace", action="append", help="a namespace the user may use (repeat; default aimd)")
 
     exporter = with_redis(add("exporter", cmd_exporter, "serve Prometheus metrics of every domain"))
-    exporter.add_argument("--port", type=int, default=9464)
-    exporter.add_argument("--host", default="0.0.0.0")
+    exporter.add_argument("--port", type=int, default=9464, help="the port to serve /metrics on")
+    exporter.add_argument("--host", default="0.0.0.0", help="the address to listen on")
     return parser
 
 

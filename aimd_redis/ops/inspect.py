@@ -13,7 +13,7 @@ import msgspec
 
 from aimd_redis.core import as_str, state_of
 from aimd_redis.errors import CorruptStateError
-from aimd_redis.keys import check_namespace, model_keys
+from aimd_redis.keys import ModelKeys, check_namespace, model_keys
 from aimd_redis.schema import SETTINGS, parse_domain
 
 #: Events that change a domain's limit, for "last change".
@@ -43,12 +43,13 @@ class Budget(msgspec.Struct, kw_only=True):
         return [(kind, limit, left) for kind, limit, left in kinds if limit is not None and left is not None]
 
 
-def read_budget(client: SyncClient, cap: dict[str, str], budget_key: str, now: float) -> Budget | None:
-    """The budget as the scripts would see it at ``now`` (refilled), or None."""
+def read_budget(cap: dict[str, str], bucket: dict[Any, Any], now: float) -> Budget | None:
+    """The budget as the scripts would see it at ``now`` (refilled), or None;
+    ``bucket`` is the budget key's hash."""
     limits = {name: int(cap[name]) if cap.get(name, "").isdigit() else None for name in ("rpm", "tpm")}
     if limits["rpm"] is None and limits["tpm"] is None:
         return None
-    raw = {as_str(k): as_str(v) for k, v in client.hgetall(budget_key).items()}
+    raw = {as_str(k): as_str(v) for k, v in bucket.items()}
     elapsed = max(0.0, now - _num(raw, "refilled_at")) / 60 if raw else 0.0
     left: dict[str, float | None] = {}
     for name, field in (("rpm", "requests"), ("tpm", "tokens")):
@@ -103,15 +104,15 @@ def server_time(client: SyncClient) -> float:
     return float(seconds) + float(micros) / 1_000_000
 
 
-def find_models(client: SyncClient, namespace: str) -> list[tuple[str, str]]:
-    """Every (provider, model) with a registration in the namespace, sorted."""
+def find_models(client: SyncClient, namespace: str) -> list[str]:
+    """The hash tag (``provider/model``) of every cap key in the namespace,
+    sorted; a tag that names no valid model is kept, to be reported."""
     check_namespace(namespace)
     prefix = f"{namespace}:{{"
-    found = set()
-    for key in client.scan_iter(match=f"{_glob_escape(prefix)}*}}:cap", count=1000):
-        tag = as_str(key)[len(prefix) : -len("}:cap")]
-        provider, _, model = tag.partition("/")
-        found.add((provider, model))
+    found = {
+        as_str(key)[len(prefix) : -len("}:cap")]
+        for key in client.scan_iter(match=f"{_glob_escape(prefix)}*}}:cap", count=1000)
+    }
     return sorted(found)
 
 
@@ -122,15 +123,20 @@ def _num(fields: dict[str, str], name: str) -> float:
         return 0.0
 
 
-def _last_changes(client: SyncClient, events_key: str, now: float) -> dict[str, tuple[str, float]]:
+def _last_changes(entries: list[Any], now: float) -> dict[str, tuple[str, float]]:
     """Domain -> (latest limit-changing event, its age), from the stream's tail."""
     latest: dict[str, tuple[str, float]] = {}
-    for _id, raw in client.xrevrange(events_key, count=_LAST_CHANGE_SCAN):
+    for _id, raw in entries:
         f = {as_str(k): as_str(v) for k, v in raw.items()}
         domain, event = f.get("domain", ""), f.get("event", "")
         if event in LIMIT_EVENTS and domain not in latest:
             latest[domain] = (f"{event} {f.get('from')} -> {f.get('to')}", max(0.0, now - _num(f, "at")))
     return latest
+
+
+#: Models read per round trip: two pipelines (their cap, index, budget and
+#: events; then their domains) serve this many models at once.
+MODELS_PER_TRIP = 100
 
 
 def report(
@@ -140,63 +146,136 @@ def report(
     model_id: str | None = None,
     domain: str | None = None,
 ) -> list[DomainReport]:
-    """Reports for every domain matching the filters (None matches all)."""
+    """Reports for every domain matching the filters (None matches all).
+
+    A key the library cannot read (a cap key that names no model, a key of the
+    wrong type) becomes a report of its own with ``problem`` set; the other
+    models are read as usual.
+    """
     now = server_time(client)
-    out = []
-    for provider, model in find_models(client, namespace):
-        if provider_name not in (None, provider) or model_id not in (None, model):
-            continue
-        mk = model_keys(namespace, provider, model)
-        cap = {as_str(k): as_str(v) for k, v in client.hgetall(mk.cap).items()}
+    if provider_name is not None and model_id is not None:  # one model: no need to scan for it
+        one = model_keys(namespace, provider_name, model_id)
+        tags = [f"{provider_name}/{model_id}"] if client.exists(one.cap) else []
+    else:
+        tags = [t for t in find_models(client, namespace) if provider_name in (None, t.partition("/")[0])]
+    out: list[DomainReport] = []
+    for start in range(0, len(tags), MODELS_PER_TRIP):
+        out += _read_models(client, namespace, tags[start : start + MODELS_PER_TRIP], domain, now)
+    return out
+
+
+class _Model(msgspec.Struct):
+    provider: str
+    model: str
+    keys: ModelKeys
+    emax: int | None
+    aliases: dict[str, int]
+    settings: dict[str, str]
+    budget: Budget | None
+    domains: list[str]
+    changes: dict[str, tuple[str, float]]
+
+
+def _failed(reply: Any, key: str) -> str | None:
+    """Why ``reply`` (one command's, from a pipeline) is not a value, or None."""
+    if not isinstance(reply, Exception):
+        return None
+    if str(reply).startswith("WRONGTYPE"):
+        return f"{key} holds the wrong type of value; fix or delete it with redis-cli"
+    return f"{key}: {reply}"
+
+
+def _read_models(
+    client: SyncClient, namespace: str, tags: list[str], domain: str | None, now: float
+) -> list[DomainReport]:
+    out: list[DomainReport] = []
+    named: list[tuple[str, str, ModelKeys]] = []
+    for tag in tags:
+        provider, _, model = tag.partition("/")
+        try:
+            named.append((provider, model, model_keys(namespace, provider, model)))
+        except ValueError as exc:  # a stray key under the namespace: its cap names no model
+            out.append(_unreadable(tag, "", "", None, {}, f"{namespace}:{{{tag}}}:cap names no model ({exc})"))
+    pipe = client.pipeline(transaction=False)
+    for _p, _m, mk in named:
+        pipe.hgetall(mk.cap)
+        pipe.smembers(mk.index)
+        pipe.hgetall(mk.budget)
+        pipe.xrevrange(mk.events, count=_LAST_CHANGE_SCAN)
+    replies = pipe.execute(raise_on_error=False)
+    models: list[_Model] = []
+    for i, (provider, model, mk) in enumerate(named):
+        got = replies[4 * i : 4 * i + 4]
+        why = next(
+            (w for r, k in zip(got, (mk.cap, mk.index, mk.budget, mk.events), strict=True) if (w := _failed(r, k))),
+            None,
+        )
+        raw_cap, index, raw_budget, events = got
+        cap = {} if isinstance(raw_cap, Exception) else {as_str(k): as_str(v) for k, v in raw_cap.items()}
         emax = int(cap["effective_max"]) if cap.get("effective_max", "").isdigit() else None
         aliases = {k[len("alias:") :]: int(v) for k, v in cap.items() if k.startswith("alias:") and v.isdigit()}
-        budget = read_budget(client, cap, mk.budget, now)
-        names = sorted(as_str(n) for n in client.smembers(mk.index))
-        changes = _last_changes(client, mk.events, now)
-        for name in names:
-            if domain not in (None, name):
-                continue
-            key = mk.domain(name)
-            raw: dict[Any, Any] = client.hgetall(key)
-            last = changes.get(name)
-            try:
-                record = parse_domain(key, {as_str(k): as_str(v) for k, v in raw.items()})
-            except CorruptStateError as exc:  # this domain on its own line; the others as usual
-                out.append(_unreadable(provider, model, name, emax, aliases, str(exc)))
-                continue
-            if record is None:
-                continue
-            state = state_of(record)
-            ramp_seconds = _num(cap, "rampup_seconds")
-            ramp_elapsed = now - state.rampup_started_at
-            ramp_on = state.rampup_active and ramp_seconds > 0
-            out.append(
-                DomainReport(
-                    provider_name=provider,
-                    model_id=model,
-                    domain=name,
-                    effective_max=emax,
-                    aliases=aliases,
-                    current_limit=state.current_limit,
-                    # Live leases only: one that expired counts in the hash until a script reaps it.
-                    in_flight=client.zcount(mk.leases(name), f"({now}", "+inf"),
-                    waiters=state.waiters,
-                    cooldown_left=max(0.0, state.blocked_until - now),
-                    rate_limit_ceiling=state.rate_limit_ceiling,
-                    ceiling_age=now - record.ceiling_confirmed_at if state.rate_limit_ceiling else None,
-                    rampup_active=state.rampup_active,
-                    ramp_percent=min(100.0, 100 * ramp_elapsed / ramp_seconds) if ramp_on else None,
-                    ramp_left=max(0.0, ramp_seconds - ramp_elapsed) if ramp_on else None,
-                    last_change=last[0] if last else None,
-                    last_change_age=last[1] if last else None,
-                    total_429s=record.total_429s,
-                    total_reclaimed=record.total_reclaimed,
-                    policy=record.policy,
-                    settings={name: cap[name] for name in SETTINGS if name in cap},
-                    budget=budget,
-                )
-            )
+        if why is not None:  # the model on a line of its own; its domains as far as they can be read
+            out.append(_unreadable(provider, model, "", emax, aliases, why))
+        budget = None if isinstance(raw_budget, Exception) else read_budget(cap, raw_budget, now)
+        names = [] if isinstance(index, Exception) else sorted(as_str(n) for n in index)
+        changes = {} if isinstance(events, Exception) else _last_changes(events, now)
+        wanted = [n for n in names if domain in (None, n)]
+        settings = {name: cap[name] for name in SETTINGS if name in cap}
+        models.append(_Model(provider, model, mk, emax, aliases, settings, budget, wanted, changes))
+    pipe = client.pipeline(transaction=False)
+    for m in models:
+        for name in m.domains:
+            pipe.hgetall(m.keys.domain(name))
+            # Live leases only: one that expired counts in the hash until a script reaps it.
+            pipe.zcount(m.keys.leases(name), f"({now}", "+inf")
+    replies = iter(pipe.execute(raise_on_error=False))
+    for m in models:
+        for name in m.domains:
+            out += _domain_report(m, name, next(replies), next(replies), now)
     return out
+
+
+def _domain_report(m: _Model, name: str, raw: Any, live: Any, now: float) -> list[DomainReport]:
+    key = m.keys.domain(name)
+    why = _failed(raw, key) or _failed(live, m.keys.leases(name))
+    try:
+        record = None if why else parse_domain(key, {as_str(k): as_str(v) for k, v in raw.items()})
+    except CorruptStateError as exc:  # this domain on its own line; the others as usual
+        why = str(exc)
+    if why is not None:
+        return [_unreadable(m.provider, m.model, name, m.emax, m.aliases, why)]
+    if record is None:
+        return []
+    state = state_of(record)
+    ramp_seconds = _num(m.settings, "rampup_seconds")
+    ramp_elapsed = now - state.rampup_started_at
+    ramp_on = state.rampup_active and ramp_seconds > 0
+    last = m.changes.get(name)
+    return [
+        DomainReport(
+            provider_name=m.provider,
+            model_id=m.model,
+            domain=name,
+            effective_max=m.emax,
+            aliases=m.aliases,
+            current_limit=state.current_limit,
+            in_flight=int(live),
+            waiters=state.waiters,
+            cooldown_left=max(0.0, state.blocked_until - now),
+            rate_limit_ceiling=state.rate_limit_ceiling,
+            ceiling_age=now - record.ceiling_confirmed_at if state.rate_limit_ceiling else None,
+            rampup_active=state.rampup_active,
+            ramp_percent=min(100.0, 100 * ramp_elapsed / ramp_seconds) if ramp_on else None,
+            ramp_left=max(0.0, ramp_seconds - ramp_elapsed) if ramp_on else None,
+            last_change=last[0] if last else None,
+            last_change_age=last[1] if last else None,
+            total_429s=record.total_429s,
+            total_reclaimed=record.total_reclaimed,
+            policy=record.policy,
+            settings=m.settings,
+            budget=m.budget,
+        )
+    ]
 
 
 def _unreadable(
