@@ -51,8 +51,12 @@ local function touch(idle_ms, probe, ...)
   for _, key in ipairs({...}) do redis.call('PEXPIRE', key, idle_ms) end
 end
 
--- The event stream of a model is capped at about this many entries.
-local EVENTS_MAXLEN = '10000'
+-- The event stream of a model is capped at about this many entries. The
+-- stream is nearly all of a model's memory (about 60 bytes an entry: 60 KB
+-- here, 1.8 KB for the rest of a model; benchmarks/event_memory.py), so a
+-- thousand busy models cost 60 MB, and 1,000 entries still hold a ramp and
+-- the last few dozen cut-and-climb cycles of a busy model.
+local EVENTS_MAXLEN = '1000'
 
 -- Events are collected while a script runs and written at its end, so that
 -- nothing is written before validation has passed. from and to are numbers,

@@ -1,0 +1,111 @@
+"""How long ``aimd-redis status --json`` takes over many domains: the
+report of every domain and its JSON, as the command prints it, next to the
+same for the report of a previous release (a file of aimd_redis/ops/inspect.py
+taken from git) measured in the same run against the same server.
+
+    python benchmarks/bench_status.py [--models 1000] [--domains 10] [--rounds 3] [--baseline-ref main]
+
+It starts a private redis-server on 127.0.0.1 and fills it through the
+library (register, then one acquire and success per domain, so each model
+has its events too). Rounds alternate between the two; the figures are the
+best of the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import msgspec
+import redis
+
+from aimd_redis import Lease, Throttle, ThrottleConfig
+from aimd_redis.demo.embedded import EmbeddedRedis
+from aimd_redis.ops import inspect
+
+DOMAINS = ("chat", "embedding", "image", "healthcheck", "rerank", "audio", "vision", "tools", "batch", "moderation")
+
+
+def fill(client: redis.Redis, models: int, domains: int) -> None:
+    throttle = Throttle(client, config=ThrottleConfig(rampup_seconds=60))
+    names = [*DOMAINS, *(f"d{i}" for i in range(len(DOMAINS), domains))][:domains]
+    for m in range(models):
+        provider, model = f"p{m % 7}", f"model-{m}"
+        throttle.register(provider_name=provider, model_id=model, alias="gen", max_parallel_requests=64)
+        for name in names:
+            lease = throttle.try_acquire(provider_name=provider, model_id=model, domain=name)
+            assert isinstance(lease, Lease)
+            lease.success()
+        if (m + 1) % 100 == 0:
+            print(f"  filled {m + 1}/{models} models", flush=True)
+    throttle.close()
+
+
+def baseline_module(ref: str) -> ModuleType | None:
+    """aimd_redis/ops/inspect.py as it was at ``ref``, loaded beside today's."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        text = subprocess.run(
+            ["git", "show", f"{ref}:aimd_redis/ops/inspect.py"], cwd=root, capture_output=True, check=True, text=True
+        ).stdout
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return None
+    path = Path(tempfile.mkdtemp(prefix="aimd-bench-")) / "inspect_baseline.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("inspect_baseline", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def timed(run: Callable[[], Any]) -> tuple[float, int]:
+    start = time.perf_counter()
+    reports = run()
+    out = msgspec.json.encode(reports)  # what status --json prints
+    return time.perf_counter() - start, len(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=int, default=1000)
+    parser.add_argument("--domains", type=int, default=10, help="domains per model")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline-ref", default="main", help="git ref of the report to compare with")
+    args = parser.parse_args()
+    with EmbeddedRedis() as server:
+        client = redis.Redis.from_url(server.url)
+        print(f"filling {args.models} models x {args.domains} domains on {server.kind} at {server.url}", flush=True)
+        fill(client, args.models, args.domains)
+        memory = int(client.info("memory")["used_memory"])
+        old = baseline_module(args.baseline_ref)
+        candidates: dict[str, Callable[[], Any]] = {"this tree": lambda: inspect.report(client)}
+        if old is not None:
+            candidates[f"report at {args.baseline_ref}"] = lambda: old.report(client)
+        best: dict[str, float] = {}
+        for r in range(args.rounds):
+            for name, run in candidates.items():
+                seconds, size = timed(run)
+                best[name] = min(best.get(name, seconds), seconds)
+                print(f"  round {r + 1}: {name:<16} {seconds:6.3f} s ({size / 1e6:.1f} MB of JSON)", flush=True)
+        domains = args.models * args.domains
+        print(f"\nSummary: status --json over {domains:,} domains ({memory / 1e6:.0f} MB in Redis), best of {args.rounds}")
+        for name, seconds in best.items():
+            print(f"  {name:<16} {seconds:6.3f} s  ({seconds / domains * 1e6:.0f} us a domain)")
+        if old is not None:
+            base = best[f"report at {args.baseline_ref}"]
+            print(f"  ratio: {best['this tree'] / base:.2f}x the time of {args.baseline_ref}")
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
