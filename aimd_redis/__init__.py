@@ -1,5 +1,7 @@
 """One adaptive concurrency limit per upstream API, shared by a fleet through Redis."""
 
+from importlib.metadata import PackageNotFoundError, version
+
 from aimd_redis._async.retry import with_retries as async_with_retries
 from aimd_redis._async.throttle import AsyncLease, AsyncSlot, AsyncThrottle
 from aimd_redis._http import retry_after_seconds
@@ -25,6 +27,11 @@ from aimd_redis.errors import (
     RequestTooLargeError,
 )
 from aimd_redis.structs import Denied, DomainState, LimitEvent, ReleaseResult
+
+try:  # pyproject.toml's version, as installed: the one place it is written
+    __version__ = version("aimd-redis")
+except PackageNotFoundError:  # a source tree used without installing it
+    __version__ = "0+unknown"
 
 __all__ = [
     "MAX_RETRY_AFTER_SECONDS",
@@ -56,6 +63,7 @@ __all__ = [
     "Slot",
     "Throttle",
     "ThrottleConfig",
+    "__version__",
     "async_with_retries",
     "estimate_tokens",
     "read_rate_limit_headers",

@@ -61,7 +61,8 @@ def baseline_module(ref: str) -> ModuleType | None:
     path = Path(tempfile.mkdtemp(prefix="aimd-bench-")) / "inspect_baseline.py"
     path.write_text(text)
     spec = importlib.util.spec_from_file_location("inspect_baseline", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -97,7 +98,8 @@ def main() -> int:
                 best[name] = min(best.get(name, seconds), seconds)
                 print(f"  round {r + 1}: {name:<16} {seconds:6.3f} s ({size / 1e6:.1f} MB of JSON)", flush=True)
         domains = args.models * args.domains
-        print(f"\nSummary: status --json over {domains:,} domains ({memory / 1e6:.0f} MB in Redis), best of {args.rounds}")
+        size = f"{memory / 1e6:.0f} MB in Redis"
+        print(f"\nSummary: status --json over {domains:,} domains ({size}), best of {args.rounds}")
         for name, seconds in best.items():
             print(f"  {name:<16} {seconds:6.3f} s  ({seconds / domains * 1e6:.0f} us a domain)")
         if old is not None:

@@ -10,10 +10,11 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from pathlib import Path
 
 import pytest
 import redis
-from prometheus_client import start_http_server
+from prometheus_client import generate_latest, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from aimd_redis import Lease, Throttle, ThrottleConfig
@@ -427,3 +428,31 @@ def test_one_bad_key_is_reported_beside_the_healthy_models(
     (problem,) = [line for line in out.splitlines() if line.startswith("PROBLEM")]
     assert key in problem
     assert f"{len(healthy)} healthy" in out
+
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "examples" / "grafana" / "aimd-redis.json"
+
+
+def _queries(node: object) -> list[str]:
+    """Every PromQL text in a Grafana dashboard: panel targets and variable queries."""
+    if isinstance(node, dict):
+        found = [v for k, v in node.items() if k in ("expr", "definition") and isinstance(v, str)]
+        return found + [q for v in node.values() for q in _queries(v)]
+    if isinstance(node, list):
+        return [q for v in node for q in _queries(v)]
+    return []
+
+
+def test_every_query_of_the_dashboard_names_what_the_exporter_emits(fleet: str, real_redis: redis.Redis) -> None:
+    text = generate_latest(registry_for(real_redis, "aimd")).decode()
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    emitted = {s.name for s in samples}
+    labels = {label for s in samples for label in s.labels}
+    queries = _queries(json.loads(DASHBOARD.read_text()))
+    assert len(queries) >= 10
+    for query in queries:
+        named = set(re.findall(r"\baimd_[a-z_]+\b", query))
+        assert named, f"no metric in {query!r}"
+        assert named <= emitted, f"{query!r} names {sorted(named - emitted)}, which the exporter does not emit"
+        used = set(re.findall(r"(\w+)\s*=~?\s*\"", query)) | set(re.findall(r"label_values\(.*,\s*(\w+)\)", query))
+        assert used <= labels, f"{query!r} uses labels {sorted(used - labels)}, which the exporter does not set"

@@ -57,6 +57,7 @@ from aimd_redis.errors import (
     redis_boundary,
 )
 from aimd_redis.keys import check_domain
+from aimd_redis.observer import Observer
 from aimd_redis.scripts import library, sources
 from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, Queued, ReleaseResult
 
@@ -97,7 +98,9 @@ class AsyncThrottle:
     ``socket_timeout`` bounds each Redis call of a client made from a URL
     (a client passed in keeps its own). With ``fail_open``, an acquire that
     finds Redis unreachable takes a slot of a per-process limit instead of
-    raising ``RedisUnavailableError``.
+    raising ``RedisUnavailableError``. An ``observer`` (see
+    ``aimd_redis.observer``; ``aimd_redis.otel.OtelObserver`` records
+    OpenTelemetry metrics) is told of every grant, refusal and outcome.
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class AsyncThrottle:
         namespace: str = "aimd",
         socket_timeout: float = URL_SOCKET_TIMEOUT_SECONDS,
         fail_open: FailOpen | None = None,
+        observer: Observer | None = None,
     ) -> None:
         if config is not None and not isinstance(config, ThrottleConfig):
             raise ArgumentTypeError(f"config must be a ThrottleConfig, not {type(config).__name__}")
@@ -171,6 +175,7 @@ class AsyncThrottle:
         self._fail_open = fail_open
         self._local: dict[tuple[str, str, str], LocalLimit] = {}
         self._failing_open = False  # warned, and not yet seen Redis answer again
+        self._observer = observer  # told of grants, refusals and outcomes (aimd_redis.observer)
 
     @property
     def namespace(self) -> str:
@@ -313,7 +318,11 @@ class AsyncThrottle:
             return await self._open_fallback(provider_name, model_id, domain, 0, exc)
         self._redis_answers()
         assert not isinstance(result, Queued)
-        return result if isinstance(result, Denied) else self._hold(AsyncLease(self, result), now)
+        if isinstance(result, Denied):
+            if self._observer is not None:
+                self._observer.denied(ref, result.reason, result.state, 0.0)
+            return result
+        return self._observed(self._hold(AsyncLease(self, result), now), 0.0)
 
     async def _acquire_once(self, call: Call, ref: LeaseRef, now: float | None) -> Grant | Denied | Queued:
         try:
@@ -439,6 +448,11 @@ class AsyncThrottle:
         started = time.monotonic()
         try:
             lease = await self._wait_in_queue(provider_name, model_id, domain, tokens, timeout, limit, started)
+        except AcquireTimeout:
+            if self._observer is not None:
+                ref = LeaseRef(provider_name=provider_name, model_id=model_id, domain=domain, lease_id="")
+                self._observer.denied(ref, "timeout", None, time.monotonic() - started)
+            raise
         except RedisUnavailableError as exc:
             left = None if limit is None else max(0.0, limit - (time.monotonic() - started))
             got = await self._open_fallback(provider_name, model_id, domain, left, exc)
@@ -447,6 +461,11 @@ class AsyncThrottle:
                 raise self._timed_out(timeout, provider_name, model_id, domain, why, got.state) from exc
             return got
         self._redis_answers()
+        return self._observed(lease, time.monotonic() - started)
+
+    def _observed(self, lease: AsyncLease, waited: float) -> AsyncLease:
+        if self._observer is not None:
+            self._observer.granted(lease.ref, lease.state, waited)
         return lease
 
     async def _wait_in_queue(
@@ -603,6 +622,8 @@ class AsyncThrottle:
         self._unsent.pop(lease.id, None)
         lease.reported = True
         result, registered, taken = self._core.parse_release(lease.ref, reply, next_ref)
+        if self._observer is not None:
+            self._observer.reported(lease.ref, outcome, result)
         if result.released and not registered:
             await self._restore_quietly(lease.ref)
         return result, taken
@@ -628,7 +649,7 @@ class AsyncThrottle:
                 grant = None  # the report goes out again once Redis answers; acquire fails open
             if grant is not None:
                 self._redis_answers()
-                return self._hold(AsyncLease(self, grant), None)
+                return self._observed(self._hold(AsyncLease(self, grant), None), 0.0)
         else:
             await self._release(lease, "success", None, None)
         return await self.acquire(

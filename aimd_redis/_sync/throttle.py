@@ -58,6 +58,7 @@ from aimd_redis.errors import (
     redis_boundary,
 )
 from aimd_redis.keys import check_domain
+from aimd_redis.observer import Observer
 from aimd_redis.scripts import library, sources
 from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, Queued, ReleaseResult
 
@@ -98,7 +99,9 @@ class Throttle:
     ``socket_timeout`` bounds each Redis call of a client made from a URL
     (a client passed in keeps its own). With ``fail_open``, an acquire that
     finds Redis unreachable takes a slot of a per-process limit instead of
-    raising ``RedisUnavailableError``.
+    raising ``RedisUnavailableError``. An ``observer`` (see
+    ``aimd_redis.observer``; ``aimd_redis.otel.OtelObserver`` records
+    OpenTelemetry metrics) is told of every grant, refusal and outcome.
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class Throttle:
         namespace: str = "aimd",
         socket_timeout: float = URL_SOCKET_TIMEOUT_SECONDS,
         fail_open: FailOpen | None = None,
+        observer: Observer | None = None,
     ) -> None:
         if config is not None and not isinstance(config, ThrottleConfig):
             raise ArgumentTypeError(f"config must be a ThrottleConfig, not {type(config).__name__}")
@@ -172,6 +176,7 @@ class Throttle:
         self._fail_open = fail_open
         self._local: dict[tuple[str, str, str], LocalLimit] = {}
         self._failing_open = False  # warned, and not yet seen Redis answer again
+        self._observer = observer  # told of grants, refusals and outcomes (aimd_redis.observer)
 
     @property
     def namespace(self) -> str:
@@ -314,7 +319,11 @@ class Throttle:
             return self._open_fallback(provider_name, model_id, domain, 0, exc)
         self._redis_answers()
         assert not isinstance(result, Queued)
-        return result if isinstance(result, Denied) else self._hold(Lease(self, result), now)
+        if isinstance(result, Denied):
+            if self._observer is not None:
+                self._observer.denied(ref, result.reason, result.state, 0.0)
+            return result
+        return self._observed(self._hold(Lease(self, result), now), 0.0)
 
     def _acquire_once(self, call: Call, ref: LeaseRef, now: float | None) -> Grant | Denied | Queued:
         try:
@@ -440,6 +449,11 @@ class Throttle:
         started = time.monotonic()
         try:
             lease = self._wait_in_queue(provider_name, model_id, domain, tokens, timeout, limit, started)
+        except AcquireTimeout:
+            if self._observer is not None:
+                ref = LeaseRef(provider_name=provider_name, model_id=model_id, domain=domain, lease_id="")
+                self._observer.denied(ref, "timeout", None, time.monotonic() - started)
+            raise
         except RedisUnavailableError as exc:
             left = None if limit is None else max(0.0, limit - (time.monotonic() - started))
             got = self._open_fallback(provider_name, model_id, domain, left, exc)
@@ -448,6 +462,11 @@ class Throttle:
                 raise self._timed_out(timeout, provider_name, model_id, domain, why, got.state) from exc
             return got
         self._redis_answers()
+        return self._observed(lease, time.monotonic() - started)
+
+    def _observed(self, lease: Lease, waited: float) -> Lease:
+        if self._observer is not None:
+            self._observer.granted(lease.ref, lease.state, waited)
         return lease
 
     def _wait_in_queue(
@@ -604,6 +623,8 @@ class Throttle:
         self._unsent.pop(lease.id, None)
         lease.reported = True
         result, registered, taken = self._core.parse_release(lease.ref, reply, next_ref)
+        if self._observer is not None:
+            self._observer.reported(lease.ref, outcome, result)
         if result.released and not registered:
             self._restore_quietly(lease.ref)
         return result, taken
@@ -629,7 +650,7 @@ class Throttle:
                 grant = None  # the report goes out again once Redis answers; acquire fails open
             if grant is not None:
                 self._redis_answers()
-                return self._hold(Lease(self, grant), None)
+                return self._observed(self._hold(Lease(self, grant), None), 0.0)
         else:
             self._release(lease, "success", None, None)
         return self.acquire(
