@@ -385,7 +385,8 @@ def cmd_acl(args: argparse.Namespace) -> int:
     from aimd_redis.ops.acl import acl_rule
 
     rule = acl_rule(args.user, args.namespace or ["aimd"], args.password)
-    print("ACL SETUSER " + " ".join(_redis_cli_quoted(arg) for arg in rule))
+    # An ACL file line reads its words as redis-cli does, after "user".
+    print(("user " if args.aclfile else "ACL SETUSER ") + " ".join(_redis_cli_quoted(arg) for arg in rule))
     if args.password == PASSWORD_PLACEHOLDER:
         print(f"(replace {PASSWORD_PLACEHOLDER} with the user's password, or pass --password)", file=sys.stderr)
     return 0
@@ -550,6 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
     acl.add_argument("--user", default="aimd", help="the Redis user's name")
     acl.add_argument("--password", default=PASSWORD_PLACEHOLDER, help="written into the rule as >PASSWORD")
     acl.add_argument("--namespace", action="append", help="a namespace the user may use (repeat; default aimd)")
+    acl.add_argument(
+        "--aclfile", action="store_true", help="print the user's line for a Redis ACL file instead of a command"
+    )
 
     exporter = with_redis(add("exporter", cmd_exporter, "serve Prometheus metrics of every domain"))
     exporter.add_argument("--port", type=int, default=9464, help="the port to serve /metrics on")

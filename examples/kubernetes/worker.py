@@ -6,7 +6,8 @@ passed, which the whole fleet waits out with it.
 
 Environment: REDIS_URL, API_BASE, MODEL (default cold-model), REQUESTS
 (per pod, default 200), MAX_PARALLEL (the model's max across the whole
-fleet, default 32), RAMPUP_SECONDS (default 20).
+fleet, default 32), RAMPUP_SECONDS (default 20), PROGRESS_FILE (touched at
+each answer or 429, for a liveness probe; default none).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 
@@ -40,13 +42,19 @@ def main() -> None:
     )
     client = httpx.Client(timeout=120)
     sent = itertools.count()
+    progress = Path(os.environ["PROGRESS_FILE"]) if os.environ.get("PROGRESS_FILE") else None
+    if progress is not None:
+        progress.touch()
 
     def ask(i: int) -> None:
         body = {"model": model, "messages": [{"role": "user", "content": f"item {i} from {socket.gethostname()}"}]}
 
         def send() -> httpx.Response:
             next(sent)
-            return client.post(f"{api}/chat/completions", json=body)
+            response = client.post(f"{api}/chat/completions", json=body)
+            if progress is not None:
+                progress.touch()
+            return response
 
         # A slot per attempt; a 429 is reported with its Retry-After, and the
         # next attempt waits it out in the queue, with every pod.
