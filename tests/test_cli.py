@@ -429,6 +429,11 @@ def test_one_bad_key_is_reported_beside_the_healthy_models(
     assert key in problem
     assert f"{len(healthy)} healthy" in out
 
+    text = generate_latest(registry_for(real_redis, "aimd")).decode()
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    assert sum(s.value for s in samples if s.name == "aimd_unreadable") == 1  # the exporter goes on too
+    assert len({s.labels["domain"] for s in samples if s.name == "aimd_current_limit"}) == len(healthy)
+
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "examples" / "grafana" / "aimd-redis.json"
 

@@ -110,7 +110,8 @@ def _budget_cell(budget: Budget | None) -> str:
 
 def _model_lines(r: DomainReport) -> list[str]:
     """The lines of a model as a whole, above its domains: its name,
-    registration and budget (the model's other settings go here too)."""
+    registration and budget. Whatever else belongs to the model rather than
+    to one domain (its stored loop configuration) is a line of its own here."""
     if not r.model_id:  # a key that names no model
         return [r.provider_name]
     aliases = " ".join(f"{a}={v}" for a, v in sorted(r.aliases.items()))
