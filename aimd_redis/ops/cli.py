@@ -24,10 +24,13 @@ DEFAULT_URL = "redis://localhost:6379/0"
 EXIT_PROBLEM, EXIT_UNREACHABLE = 1, 2
 
 
-def _client(args: argparse.Namespace) -> SyncClient:
+def _client(args: argparse.Namespace, *, text: bool = False) -> SyncClient:
+    """The client for ``--url``; with ``text``, one that decodes replies (in
+    hiredis: ten thousand domains read faster than through Python)."""
+    options = {"socket_timeout": 5, "socket_connect_timeout": 5, "decode_responses": text}
     if args.cluster:  # SCAN then visits every primary, and each key goes to its node
-        return RedisCluster.from_url(args.url, socket_timeout=5, socket_connect_timeout=5)
-    return redis.Redis.from_url(args.url, socket_timeout=5, socket_connect_timeout=5)
+        return RedisCluster.from_url(args.url, **options)
+    return redis.Redis.from_url(args.url, **options)
 
 
 def _model(text: str) -> tuple[str, str]:
@@ -161,7 +164,7 @@ def _by_model(reports: list[DomainReport]) -> list[list[DomainReport]]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = _client(args, text=True)
     provider, model = args.model or (None, None)
     while True:
         reports = report(client, args.namespace, provider, model, args.domain)
@@ -194,7 +197,7 @@ def _where(r: DomainReport) -> str:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = _client(args, text=True)
     provider, model = args.model or (None, None)
     reports = report(client, args.namespace, provider, model)
     if not reports and provider is not None:
@@ -325,7 +328,7 @@ def cmd_exporter(args: argparse.Namespace) -> int:
         return EXIT_UNREACHABLE
     from aimd_redis.ops.exporter import registry_for
 
-    start_http_server(args.port, addr=args.host, registry=registry_for(_client(args), args.namespace))
+    start_http_server(args.port, addr=args.host, registry=registry_for(_client(args, text=True), args.namespace))
     print(f"serving metrics of namespace {args.namespace!r} on http://{args.host}:{args.port}/metrics", flush=True)
     while True:
         time.sleep(3600)

@@ -49,7 +49,7 @@ def read_budget(cap: dict[str, str], bucket: dict[Any, Any], now: float) -> Budg
     limits = {name: int(cap[name]) if cap.get(name, "").isdigit() else None for name in ("rpm", "tpm")}
     if limits["rpm"] is None and limits["tpm"] is None:
         return None
-    raw = {as_str(k): as_str(v) for k, v in bucket.items()}
+    raw = texts(bucket)
     elapsed = max(0.0, now - _num(raw, "refilled_at")) / 60 if raw else 0.0
     left: dict[str, float | None] = {}
     for name, field in (("rpm", "requests"), ("tpm", "tokens")):
@@ -95,6 +95,14 @@ class DomainReport(msgspec.Struct, kw_only=True):
     numbers are then 0."""
 
 
+def texts(raw: dict[Any, Any]) -> dict[str, str]:
+    """A hash as text: as it is from a client that decodes replies (the
+    CLI's, the faster), decoded here from one that does not."""
+    if not raw or isinstance(next(iter(raw)), str):
+        return raw
+    return {as_str(k): as_str(v) for k, v in raw.items()}
+
+
 def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
@@ -127,7 +135,7 @@ def _last_changes(entries: list[Any], now: float) -> dict[str, tuple[str, float]
     """Domain -> (latest limit-changing event, its age), from the stream's tail."""
     latest: dict[str, tuple[str, float]] = {}
     for _id, raw in entries:
-        f = {as_str(k): as_str(v) for k, v in raw.items()}
+        f = texts(raw)
         domain, event = f.get("domain", ""), f.get("event", "")
         if event in LIMIT_EVENTS and domain not in latest:
             latest[domain] = (f"{event} {f.get('from')} -> {f.get('to')}", max(0.0, now - _num(f, "at")))
@@ -211,7 +219,7 @@ def _read_models(
             None,
         )
         raw_cap, index, raw_budget, events = got
-        cap = {} if isinstance(raw_cap, Exception) else {as_str(k): as_str(v) for k, v in raw_cap.items()}
+        cap = {} if isinstance(raw_cap, Exception) else texts(raw_cap)
         emax = int(cap["effective_max"]) if cap.get("effective_max", "").isdigit() else None
         aliases = {k[len("alias:") :]: int(v) for k, v in cap.items() if k.startswith("alias:") and v.isdigit()}
         if why is not None:  # the model on a line of its own; its domains as far as they can be read
@@ -239,7 +247,7 @@ def _domain_report(m: _Model, name: str, raw: Any, live: Any, now: float) -> lis
     key = m.keys.domain(name)
     why = _failed(raw, key) or _failed(live, m.keys.leases(name))
     try:
-        record = None if why else parse_domain(key, {as_str(k): as_str(v) for k, v in raw.items()})
+        record = None if why else parse_domain(key, texts(raw))
     except CorruptStateError as exc:  # this domain on its own line; the others as usual
         why = str(exc)
     if why is not None:
