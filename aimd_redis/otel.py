@@ -30,6 +30,7 @@ reads them from Redis for the whole fleet.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from functools import lru_cache
 
@@ -96,7 +97,9 @@ class OtelObserver:
         self._requests.add(1, _of(ref, **{"aimd.result": "acquired"}))
         self._time_in_queue.record(waited, _of(ref, **{"aimd.result": "acquired"}))
         if len(self._granted_at) >= _MAX_TRACKED:
-            self._granted_at.pop(next(iter(self._granted_at)), None)
+            # Another thread may change the dict meanwhile: then it drops one next time.
+            with contextlib.suppress(RuntimeError, StopIteration):
+                self._granted_at.pop(next(iter(self._granted_at)), None)
         self._granted_at[ref.lease_id] = time.monotonic()
         self._state(ref, state)
 

@@ -91,8 +91,11 @@ class DomainReport(msgspec.Struct, kw_only=True):
     budget: Budget | None = None
     """The model's budget (the same for each of its domains)."""
     problem: str | None = None
-    """Why the domain cannot be read (a field the scripts refuse); the other
-    numbers are then 0."""
+    """Why the domain cannot be read (a field the scripts refuse, a key of the
+    wrong type); the other numbers are then 0. A problem of the model as a
+    whole (its cap, index, budget or events key) has ``domain`` "", and a cap
+    key that names no model has its hash tag as ``provider_name`` and
+    ``model_id`` ""."""
 
 
 def texts(raw: dict[Any, Any]) -> dict[str, str]:
