@@ -67,6 +67,7 @@ def test_one_configuration_table_names_every_field_and_where_it_is_kept() -> Non
         value = shown.strip().strip('`"')
         assert (value == expected) if isinstance(expected, str) else (float(value) == expected), name
 
+
 def test_the_readme_says_why_the_default_policy_is_not_the_recommended_one() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert ThrottleConfig().policy == "classic"
