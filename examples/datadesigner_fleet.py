@@ -53,7 +53,9 @@ def work(redis_url: str, server_url: str, records: int, namespace: str) -> None:
             name="topic", sampler_type="category", params=CategorySamplerParams(values=["tides", "bees", "glass"])
         )
     )
-    builder.add_column(LLMTextColumnConfig(name="note", prompt="Write one line about {{ topic }}.", model_alias="writer"))
+    builder.add_column(
+        LLMTextColumnConfig(name="note", prompt="Write one line about {{ topic }}.", model_alias="writer")
+    )
     # Every process of the job gives DataDesigner a controller on the same Redis and namespace.
     config = ThrottleConfig(rampup_seconds=2, cooldown_seconds=0.5)
     with (

@@ -4,9 +4,12 @@ DataDesigner's own in-process controller run through the same steps."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -197,3 +200,14 @@ def test_a_closed_controller_refuses_with_shutdown_and_gives_its_slots_back(real
         denied = controller.try_acquire(item())
         assert isinstance(denied, RequestAdmissionDenied)
         assert denied.reason == "shutdown"
+
+
+def test_a_datadesigner_job_in_two_processes_keeps_to_one_limit(real_redis_url: str) -> None:
+    example = Path(__file__).parent.parent / "examples" / "datadesigner_fleet.py"
+    command = [sys.executable, str(example), "--url", real_redis_url, "--records", "12"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("worker: 12 records, 12 notes written") == 2, done.stdout
+    summary = done.stdout.rsplit("server: ", 1)[1]
+    at_most = int(summary.split("at most ")[1].split()[0])
+    assert 1 <= at_most <= 4, summary  # two processes, each registering 4: still 4 at the server

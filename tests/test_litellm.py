@@ -1,0 +1,76 @@
+"""LiteLLM's calls to a deployment through the shared limit, against the cold server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+# LiteLLM fetches its model price list from the internet at import unless told not to.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import litellm
+
+from aimd_redis import ArgumentTypeError, AsyncThrottle, Throttle, ThrottleConfig
+from aimd_redis.demo.coldserver import ColdServer, ServerSettings
+from aimd_redis.litellm import AimdLimiter
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "litellm_fleet.py"
+
+
+def test_two_litellm_processes_share_one_limit_and_every_call_is_answered(real_redis_url: str) -> None:
+    command = [sys.executable, str(EXAMPLE), "--url", real_redis_url, "--requests", "12"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("worker: 12 answered, 0 refused") == 2, done.stdout
+    # Twice LiteLLM's per-process limit would reach the server; the shared one holds at 4.
+    assert "server: 24 requests, 24 served, 0 refused (429), at most 4 at once" in done.stdout, done.stdout
+
+
+async def test_a_429_sets_the_fleets_cooldown_from_its_retry_after(real_redis_url: str) -> None:
+    namespace = f"litellm{uuid.uuid4().hex[:8]}"
+    settings = ServerSettings(peak=1, warmup_seconds=0, service_seconds=0.3, retry_after_seconds=0.5)
+    config = ThrottleConfig(cooldown_seconds=30)  # what the cooldown would be without Retry-After
+    with ColdServer(settings) as server:
+        async with AsyncThrottle(real_redis_url, namespace=namespace, config=config) as throttle:
+            limiter = AimdLimiter(throttle, max_parallel_requests=3, provider_name="cold")
+            litellm.callbacks = [limiter]
+            try:
+
+                async def ask() -> str:
+                    try:
+                        await litellm.acompletion(
+                            model="openai/cold-model",
+                            api_base=f"{server.url}/v1",
+                            api_key="not-needed",
+                            messages=[{"role": "user", "content": "hello"}],
+                            max_retries=0,
+                        )
+                        return "answered"
+                    except litellm.RateLimitError:
+                        return "refused"
+
+                results = await asyncio.gather(*(ask() for _ in range(3)))
+            finally:
+                litellm.callbacks = []
+            state = await throttle.domain_state("cold", "cold-model", "chat")
+    assert sorted(results) == ["answered", "refused", "refused"]
+    assert state is not None
+    # The first 429 cut the limit (the second, of the same burst, did not); the
+    # answer that came last ended the cascade. The cooldown is the server's
+    # half second, not 30 s.
+    assert (state.in_flight, state.current_limit, state.rate_limit_ceiling) == (0, 2, 3)
+    assert (state.consecutive_429s, state.success_streak) == (0, 1)
+    assert 0 < state.blocked_until - time.time() < 5
+
+
+def test_the_limiter_refuses_a_sync_throttle(real_redis_url: str) -> None:
+    throttle = Throttle(real_redis_url)
+    with pytest.raises(ArgumentTypeError, match="AsyncThrottle"):
+        AimdLimiter(throttle)  # type: ignore[arg-type]
