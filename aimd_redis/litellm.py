@@ -31,20 +31,21 @@ __all__ = ["AimdLimiter", "Target", "deployment_target"]
 
 logger = logging.getLogger(__name__)
 
-#: The domain of each kind of call LiteLLM makes; other calls pass unthrottled.
+#: The domain of each kind of asyncio call LiteLLM makes. Other calls pass
+#: without a slot: LiteLLM runs the hooks of some sync calls on an event loop
+#: of their own, where an AsyncThrottle cannot follow.
 DOMAINS: Mapping[str, str] = {
     "acompletion": "chat",
-    "completion": "chat",
     "atext_completion": "chat",
-    "text_completion": "chat",
     "aresponses": "chat",
-    "responses": "chat",
-    "anthropic_messages": "chat",
     "aembedding": "embedding",
-    "embedding": "embedding",
     "aimage_generation": "image",
-    "image_generation": "image",
 }
+
+#: Leases held, by LiteLLM's call id (oldest first, should an id come twice).
+#: One table for every limiter: LiteLLM sends its log events (a stream's end,
+#: a cache hit) to one instance of a logger class only, the first it saw.
+_LEASES: dict[str, list[AsyncLease]] = {}
 
 TargetOf = Callable[[Mapping[str, Any], str], "Target | None"]
 
@@ -112,8 +113,6 @@ class AimdLimiter(CustomLogger):
         self._timeout = acquire_timeout
         self._target: TargetOf = target or (lambda kwargs, domain: deployment_target(kwargs, domain, provider_name))
         self._rate_limited = check_statuses(rate_limited_statuses)
-        # Leases by LiteLLM's call id (oldest first, should an id come twice).
-        self._leases: dict[str, list[AsyncLease]] = {}
         self._registered: set[tuple[str, str, str, int]] = set()
         self._unknown_calls: set[str] = set()
 
@@ -126,14 +125,16 @@ class AimdLimiter(CustomLogger):
         if domain is None or not isinstance(call_id, str):
             if kind not in self._unknown_calls:
                 self._unknown_calls.add(kind)
-                logger.info("LiteLLM %s calls pass without a slot (not a chat, embedding or image call)", kind)
+                logger.warning(
+                    "LiteLLM %s calls pass without a slot (only asyncio chat, embedding and image calls take one)", kind
+                )
             return None
         target = self._target(kwargs, domain)
         if target is None:
             return None
         await self._register(target, kwargs)
         lease = await self._throttle.acquire(**target._asdict(), timeout=self._timeout)
-        self._leases.setdefault(call_id, []).append(lease)
+        _LEASES.setdefault(call_id, []).append(lease)
         return None
 
     async def _register(self, target: Target, kwargs: Mapping[str, Any]) -> None:
@@ -155,12 +156,12 @@ class AimdLimiter(CustomLogger):
 
     def _take(self, kwargs: Mapping[str, Any]) -> AsyncLease | None:
         call_id = kwargs.get("litellm_call_id")
-        held = self._leases.get(call_id) if isinstance(call_id, str) else None
+        held = _LEASES.get(call_id) if isinstance(call_id, str) else None
         if not held:
             return None
         lease = held.pop(0)
         if not held:
-            del self._leases[str(call_id)]
+            del _LEASES[str(call_id)]
         return lease
 
     async def async_post_call_success_deployment_hook(
