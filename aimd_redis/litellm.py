@@ -12,6 +12,7 @@ Retry-After included. See docs/litellm.md.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import urllib.parse
@@ -42,10 +43,38 @@ DOMAINS: Mapping[str, str] = {
     "aimage_generation": "image",
 }
 
+
+class _Held:
+    """A lease, and the watch on the task that took it: a task cancelled
+    mid-call (a client gone) runs no hook after the call, so its lease is
+    given back when the task ends cancelled."""
+
+    def __init__(self, call_id: str, lease: AsyncLease) -> None:
+        self.call_id, self.lease = call_id, lease
+        self.task = asyncio.current_task()
+        if self.task is not None:
+            self.task.add_done_callback(self._ended)
+
+    def unwatch(self) -> None:
+        if self.task is not None:
+            self.task.remove_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        held = _LEASES.get(self.call_id, [])
+        if task.cancelled() and self in held:
+            held.remove(self)
+            if not held:
+                del _LEASES[self.call_id]
+            giving = asyncio.ensure_future(_give_back(self.lease))
+            _GIVING.add(giving)
+            giving.add_done_callback(_GIVING.discard)
+
+
 #: Leases held, by LiteLLM's call id (oldest first, should an id come twice).
 #: One table for every limiter: LiteLLM sends its log events (a stream's end,
 #: a cache hit) to one instance of a logger class only, the first it saw.
-_LEASES: dict[str, list[AsyncLease]] = {}
+_LEASES: dict[str, list[_Held]] = {}
+_GIVING: set[asyncio.Future[None]] = set()
 
 TargetOf = Callable[[Mapping[str, Any], str], "Target | None"]
 
@@ -88,8 +117,8 @@ class AimdLimiter(CustomLogger):
     Outcomes: a 2xx or 4xx answer is a success (the server answered), a
     status in ``rate_limited_statuses`` a 429 with the server's Retry-After,
     a 5xx, timeout or broken connection a failure. A streamed answer is
-    reported when LiteLLM logs its end; a call answered from LiteLLM's cache
-    gives its slot back untouched.
+    reported when LiteLLM logs its end; a call answered from LiteLLM's cache,
+    or cancelled mid-flight, gives its slot back untouched.
 
     Works for LiteLLM's asyncio calls, on one event loop (``throttle`` is an
     ``AsyncThrottle``).
@@ -134,7 +163,7 @@ class AimdLimiter(CustomLogger):
             return None
         await self._register(target, kwargs)
         lease = await self._throttle.acquire(**target._asdict(), timeout=self._timeout)
-        _LEASES.setdefault(call_id, []).append(lease)
+        _LEASES.setdefault(call_id, []).append(_Held(call_id, lease))
         return None
 
     async def _register(self, target: Target, kwargs: Mapping[str, Any]) -> None:
@@ -159,10 +188,11 @@ class AimdLimiter(CustomLogger):
         held = _LEASES.get(call_id) if isinstance(call_id, str) else None
         if not held:
             return None
-        lease = held.pop(0)
+        first = held.pop(0)
         if not held:
             del _LEASES[str(call_id)]
-        return lease
+        first.unwatch()
+        return first.lease
 
     async def async_post_call_success_deployment_hook(
         self, request_data: dict[str, Any], response: Any, call_type: CallTypes | None
@@ -197,8 +227,11 @@ class AimdLimiter(CustomLogger):
         """A stream's end, or an answer from LiteLLM's cache (no deployment hook ran)."""
         lease = self._take(kwargs)
         if lease is not None:
-            with _quietly():
-                await (lease.give_back() if kwargs.get("cache_hit") else lease.success())
+            if kwargs.get("cache_hit"):
+                await _give_back(lease)
+            else:
+                with _quietly():
+                    await lease.success()
 
     async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         """A stream that broke off."""
@@ -219,6 +252,11 @@ def _retry_after(exception: Exception) -> float | None:
             if wait is not None:
                 return wait
     return None
+
+
+async def _give_back(lease: AsyncLease) -> None:
+    with _quietly():
+        await lease.give_back()
 
 
 def _quietly() -> contextlib.AbstractContextManager[None]:

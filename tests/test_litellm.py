@@ -17,11 +17,22 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
 
-from aimd_redis import ArgumentTypeError, AsyncThrottle, Throttle, ThrottleConfig
+from aimd_redis import ArgumentTypeError, AsyncThrottle, DomainState, Throttle, ThrottleConfig
 from aimd_redis.demo.coldserver import ColdServer, ServerSettings
 from aimd_redis.litellm import AimdLimiter
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "litellm_fleet.py"
+
+
+async def in_flight(throttle: AsyncThrottle, count: int, within: float = 10.0) -> DomainState:
+    """The cold model's chat domain once ``count`` requests are in flight
+    (reports that LiteLLM makes in tasks of its own come a little later)."""
+    deadline = time.monotonic() + within
+    while True:
+        state = await throttle.domain_state("cold", "cold-model", "chat")
+        if state is not None and (state.in_flight == count or time.monotonic() > deadline):
+            return state
+        await asyncio.sleep(0.02)
 
 
 def test_two_litellm_processes_share_one_limit_and_every_call_is_answered(real_redis_url: str) -> None:
@@ -94,15 +105,36 @@ async def test_a_streamed_answer_holds_its_slot_until_it_ends(real_redis_url: st
                 during = await throttle.domain_state("cold", "cold-model", "chat")
                 words = [chunk async for chunk in stream]
                 # LiteLLM logs a stream's end in a task of its own: the report follows it.
-                deadline = time.monotonic() + 10
-                while (after := await throttle.domain_state("cold", "cold-model", "chat")) is not None:
-                    if after.in_flight == 0 or time.monotonic() > deadline:
-                        break
-                    await asyncio.sleep(0.05)
+                after = await in_flight(throttle, 0)
             finally:
                 litellm.callbacks = []
     assert words
     assert during is not None
     assert during.in_flight == 1
-    assert after is not None
     assert (after.in_flight, after.success_streak) == (0, 1)
+
+
+async def test_a_call_cancelled_mid_flight_gives_its_slot_back(real_redis_url: str) -> None:
+    namespace = f"litellm{uuid.uuid4().hex[:8]}"
+    with ColdServer(ServerSettings(peak=2, warmup_seconds=0, service_seconds=5)) as server:
+        async with AsyncThrottle(real_redis_url, namespace=namespace) as throttle:
+            litellm.callbacks = [AimdLimiter(throttle, max_parallel_requests=2, provider_name="cold")]
+            try:
+                call = asyncio.create_task(
+                    litellm.acompletion(
+                        model="openai/cold-model",
+                        api_base=f"{server.url}/v1",
+                        api_key="not-needed",
+                        messages=[{"role": "user", "content": "hello"}],
+                    )
+                )
+                during = await in_flight(throttle, 1)
+                call.cancel()  # a client gone: LiteLLM runs no hook after the call
+                with pytest.raises(asyncio.CancelledError):
+                    await call
+                after = await in_flight(throttle, 0)
+            finally:
+                litellm.callbacks = []
+    assert during.in_flight == 1
+    # Given back: free again, and nothing learned from a call with no answer.
+    assert (after.in_flight, after.success_streak, after.consecutive_429s) == (0, 0, 0)
