@@ -156,6 +156,9 @@ class RedisRequestAdmissionController:
     # -- running on the throttle's loop ------------------------------------
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise RuntimeError("the controller is closed")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     # -- the protocol -------------------------------------------------------
@@ -172,7 +175,6 @@ class RedisRequestAdmissionController:
     def register(self, *, provider_name: str, model_id: str, alias: str, max_parallel_requests: int) -> None:
         """Record ``alias``'s max for the model; the fleet's effective max is
         the least over every alias any process registered."""
-        self._check_open()
         emax = self._run(
             self._throttle.register(
                 provider_name=provider_name,
@@ -284,7 +286,13 @@ class RedisRequestAdmissionController:
                 self._diagnostics[reason] += 1
                 return ReleaseResult(released=False, reason=reason)
             self._remember_released(lease.lease_id)
-        result = self._run(self._report(held[1], outcome))
+        try:
+            result = self._run(self._report(held[1], outcome))
+        except AimdRedisError as exc:
+            # The throttle sends the outcome again until Redis takes it (and
+            # logs that); DataDesigner releases from its error paths, where an
+            # exception of ours would hide the request's own.
+            return ReleaseResult(released=True, reason="released", diagnostics={"pending": str(exc)})
         with self._lock:
             self._last_outcome[lease.item.resource] = outcome.kind
             self._sequence += 1
@@ -458,10 +466,8 @@ class RedisRequestAdmissionController:
         with self._lock:
             return list(self._models)
 
-    def _check_open(self, item: RequestAdmissionItem | None = None) -> None:
+    def _check_open(self, item: RequestAdmissionItem) -> None:
         if self._closed:
-            if item is None:
-                raise RuntimeError("the controller is closed")
             raise RequestAdmissionError(RequestAdmissionDenied(item=item, reason="shutdown"))
 
     # -- closing --------------------------------------------------------------
@@ -476,7 +482,7 @@ class RedisRequestAdmissionController:
             held = [lease for _, lease in self._active.values()]
             self._active.clear()
         try:
-            self._run(self._aclose(held))
+            asyncio.run_coroutine_threadsafe(self._aclose(held), self._loop).result()
         finally:
             self._stop_loop()
 
