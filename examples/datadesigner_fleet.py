@@ -16,10 +16,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+# DataDesigner reports usage to NVIDIA's telemetry endpoint unless told not to;
+# this example talks to nothing but its own loopback servers.
+os.environ.setdefault("NEMO_TELEMETRY_ENABLED", "false")
 
 MODEL, PROVIDER, MAX_PARALLEL = "cold-model", "local", 4
 

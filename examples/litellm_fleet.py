@@ -24,8 +24,10 @@ import subprocess
 import sys
 import uuid
 
-# LiteLLM fetches its model price list from the internet at import unless told not to.
+# LiteLLM fetches its model price list (and other catalogs) from the internet
+# unless told not to; this talks to nothing but its own loopback servers.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 
 MAX_PARALLEL = 4
 

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-# LiteLLM fetches its model price list from the internet at import unless told not to.
+# LiteLLM fetches its model price list (and other catalogs) from the internet
+# unless told not to; this talks to nothing but its own loopback servers.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 
 import litellm
 
