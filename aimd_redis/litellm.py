@@ -19,7 +19,6 @@ import urllib.parse
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-import httpx
 import litellm
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.types.utils import CallTypes
@@ -247,8 +246,8 @@ def _retry_after(exception: Exception) -> float | None:
         getattr(exception, "litellm_response_headers", None),
         getattr(getattr(exception, "response", None), "headers", None),
     ):
-        if isinstance(headers, (httpx.Headers, Mapping)):
-            wait = retry_after_seconds(httpx.Headers(headers))
+        if isinstance(headers, Mapping):
+            wait = retry_after_seconds(headers)
             if wait is not None:
                 return wait
     return None
