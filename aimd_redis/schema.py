@@ -67,7 +67,7 @@ _SPELLING = re.compile(r"\s*[\d.]+[eE]?[+-]?\d*\s*")
 
 class DomainRecord(msgspec.Struct, frozen=True, kw_only=True):
     """Every field of a domain hash, read as the scripts read it (the public
-    ones are DomainState's; the rest are documented in the README)."""
+    ones are DomainState's; the rest are documented in docs/redis-cli.md)."""
 
     current_limit: int
     in_flight: int

@@ -29,6 +29,11 @@ from aimd_redis.ops.acl import acl_rule
 from .cluster import LocalCluster
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+# Libraries the integrations load would otherwise reach out to the internet
+# (DataDesigner's telemetry, LiteLLM's price list): tests talk to loopback only.
+os.environ.setdefault("NEMO_TELEMETRY_ENABLED", "false")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 #: Where the behaviour tests run: fakeredis in-process, one real server,
 #: a real three-master Redis Cluster through redis-py's cluster clients, and
 #: the real redis-server again with the throttles logged in as a user that

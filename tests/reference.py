@@ -150,7 +150,7 @@ class RefModel:
 
 
 class Adaptive:
-    """The adaptive policy, as the README describes it."""
+    """The adaptive policy, as docs/control-loop.md describes it."""
 
     MAX_WINDOWS = 16  # probe_after is at most this many success windows, or rounds
     PERSISTING = 3  # 429s with nothing sent since a cut getting through

@@ -29,11 +29,11 @@ def test_the_rule_names_every_command_the_scripts_call() -> None:
     assert {"publish", "spublish"} <= set(SCRIPT_COMMANDS)  # the wake-ups, called through a variable
 
 
-def test_the_readme_shows_the_rule_the_command_prints(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_docs_show_the_rule_the_command_prints(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["acl", "--user", "fleet"]) == 0
     printed = capsys.readouterr().out.strip()
     assert printed.startswith("ACL SETUSER fleet on >CHANGE-ME resetkeys ~aimd:* resetchannels &aimd:* -@all +fcall")
-    assert printed in (ROOT / "README.md").read_text()
+    assert printed in (ROOT / "docs" / "operations.md").read_text()
 
 
 def test_the_restricted_user_can_also_read_with_the_cli(

@@ -115,3 +115,17 @@ def test_giving_up_on_an_acquire_frees_the_slot_it_granted_and_blocks_one_not_ye
         core.parse_acquire(ref, t._run(call))
     assert state(t).in_flight == 0
     assert isinstance(take(t, 3.0), Lease)
+
+
+def test_a_slot_given_back_frees_it_and_teaches_the_rules_nothing(make_throttle: MakeThrottle) -> None:
+    t = make_throttle(success_window=1)
+    reg(t, 2)
+    first = grant(t, 0)
+    assert first.rate_limited(now=0).released
+    second = grant(t, 5)  # after the cooldown; one 429 so far in the cascade
+    back = second.give_back(now=6)
+    assert back.released
+    assert not second.success(now=7).released
+    after = state(t)
+    # A failure or success would have reset the cascade or grown the streak.
+    assert (after.in_flight, after.consecutive_429s, after.success_streak, after.current_limit) == (0, 1, 0, 1)

@@ -763,7 +763,8 @@ class Throttle:
 
 
 class Lease:
-    """A granted slot. Report one outcome: success, rate_limited or failure.
+    """A granted slot. Report one outcome: success, rate_limited or failure
+    (or give it back untouched).
 
     A lease nobody reports or renews is reclaimed after ``lease_ttl_seconds``.
     """
@@ -827,6 +828,12 @@ class Lease:
         """Report a failure (an error, a broken connection). The reservation
         stays counted: the request may have been served in part."""
         return self._throttle._release(self, "failure", None, now, None, headers)
+
+    def give_back(self, now: float | None = None) -> ReleaseResult:
+        """Return the slot as if it had never been taken: the rules learn
+        nothing (the request was never sent, or was abandoned before the
+        server answered) and a token reservation goes back whole."""
+        return self._throttle._release(self, "abandon", None, now)
 
     def renew(self, now: float | None = None) -> bool:
         """Push the expiry back by ``lease_ttl_seconds``; False if the lease is gone."""

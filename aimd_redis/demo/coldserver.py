@@ -717,7 +717,11 @@ def _chat_responder(body: dict[str, object]) -> Responder:
             if include_usage:
                 chunk["usage"] = None  # as OpenAI's: every chunk has the field, only the last fills it
             chunks.append(chunk)
-        after = [{**head, "choices": [], "usage": usage}] if include_usage else []
+        # As OpenAI's: a last chunk says why the answer ended (clients such as LiteLLM insist).
+        end: dict[str, object] = {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        if include_usage:
+            end["usage"] = None
+        after = [end, {**head, "choices": [], "usage": usage}] if include_usage else [end]
         return await _stream(request, turn, [], chunks, after, done=True)
 
     return respond
