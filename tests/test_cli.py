@@ -95,17 +95,20 @@ def test_status_filters_and_table(fleet: str, capsys: pytest.CaptureFixture[str]
     for argv in (["vllm"], [f"vllm/{LLAMA}"], [f"vllm/{LLAMA}", "embedding"]):
         code, out = run_cli(capsys, "status", "--url", fleet, *argv)
         assert code == 0
-        model, header, row = out.strip().splitlines()
+        model, rules, header, row = out.strip().splitlines()
         assert re.fullmatch(rf"vllm/{LLAMA}  max 16 \(gen=16\)  budget left tpm \d+/100000", model)
+        # the loop's settings the model runs, as the last register stored them
+        assert rules.split()[:3] == ["rules:", "policy=classic", "reduce_factor=0.75"]
         assert header.split()[:3] == ["DOMAIN", "LIMIT", "IN"]
         assert row.split()[:4] == ["embedding", "12", "1", "0"]
     code, out = run_cli(capsys, "status", "--url", fleet)
     lines = out.strip().splitlines()
     assert lines[0] == "openai/gpt-4o  max 48 (gen=64 judge=48)  budget left -"
-    assert lines[2].split()[:2] == ["chat", "1"]
-    assert lines[3].startswith(f"vllm/{LLAMA}  max 16")
+    assert "rampup_seconds=600" in lines[1]
+    assert lines[3].split()[:2] == ["chat", "1"]
+    assert lines[4].startswith(f"vllm/{LLAMA}  max 16")
     # the columns line up across models
-    assert lines[1].index("LIMIT") == lines[4].index("LIMIT") == lines[5].index("12")
+    assert lines[2].index("LIMIT") == lines[6].index("LIMIT") == lines[7].index("12")
 
 
 @pytest.mark.parametrize(

@@ -119,9 +119,10 @@ def _model_lines(r: DomainReport) -> list[str]:
         return [r.provider_name]
     aliases = " ".join(f"{a}={v}" for a, v in sorted(r.aliases.items()))
     emax = "?" if r.effective_max is None else str(r.effective_max)
-    return [
-        f"{r.provider_name}/{r.model_id}  max {emax} ({aliases or 'no alias'})  budget left {_budget_cell(r.budget)}"
-    ]
+    head = f"{r.provider_name}/{r.model_id}  max {emax} ({aliases or 'no alias'})  budget left {_budget_cell(r.budget)}"
+    if not r.settings:  # registered by a release that stored none: ThrottleConfig's defaults run
+        return [head, "  rules: the defaults (none stored)"]
+    return [head, "  rules: " + " ".join(f"{name}={value}" for name, value in r.settings.items())]
 
 
 DOMAIN_COLUMNS = ["DOMAIN", "LIMIT", "IN FLIGHT", "WAITERS", "COOLDOWN", "CEILING", "RAMP", "LAST CHANGE"]
