@@ -26,7 +26,7 @@ from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, LimitEvent,
 
 logger = logging.getLogger("aimd_redis")
 
-Outcome = Literal["success", "rate_limited", "failure", "abandon"]
+Outcome = Literal["success", "rate_limited", "failure", "abandon", "leave"]
 
 #: Mean wait suggested to a caller denied at capacity; jittered so pollers
 #: of many processes spread out.
@@ -536,7 +536,7 @@ class Core:
         for ref in refs:
             if (ref.provider_name, ref.model_id) != (first.provider_name, first.model_id):
                 raise InvalidArgumentError("renew_call takes leases of one model")
-            keys += [mk.domain(ref.domain), mk.leases(ref.domain)]
+            keys += [mk.domain(ref.domain), mk.leases(ref.domain), mk.tokens(ref.domain)]
         args = RenewArgs(check_now(now), self._acquire_args.lease_ttl)
         return Call("renew", keys, [*args, *(r.lease_id for r in refs)])
 

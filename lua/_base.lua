@@ -18,7 +18,11 @@ local MAX_TIME, MAX_COUNT = 1e11, 1e15
 local function fmt(x)
   if x % 1 == 0 and x > -1e15 and x < 1e15 then return string.format('%d', x) end
   if (x >= 1e-4 and x < 1e14) or (x <= -1e-4 and x > -1e14) then return tostring(x) end
-  local s = string.gsub(string.format('%.6f', x), '0+$', '')
+  -- Below 1e-4, as many decimals as 14 significant digits need (a stored
+  -- setting of 1e-7 is not 0); above 1e14, to the microsecond.
+  local a, digits = math.abs(x), 6
+  if a < 1e-4 then digits = math.min(99, 14 - math.floor(math.log10(a))) end
+  local s = string.gsub(string.format('%.' .. digits .. 'f', x), '0+$', '')
   return (string.gsub(s, '%.$', ''))
 end
 

@@ -192,6 +192,14 @@ local function idle_ms_of(seconds)
   return seconds > 0 and math.max(1, math.floor(seconds * 1000 + 0.5)) or 0
 end
 
+-- The model's idle expiry as a caller whose leases last lease_ttl seconds
+-- applies it: never shorter than a lease (ThrottleConfig's own rule, which a
+-- process can no longer keep alone: the idle time is the last register's).
+local function lease_floor(idle_ms, lease_ttl)
+  if idle_ms <= 0 then return 0 end
+  return math.max(idle_ms, math.ceil(lease_ttl * 1000))
+end
+
 -- A setting's value from its text, or nil and the error.
 local function parse_setting(key, name, text)
   if name == 'policy' then return parse(key, name, text, 'policy') end
@@ -207,43 +215,46 @@ end
 local CAP_FIELDS = {'effective_max', 'rpm', 'tpm'}
 local CAP_SOURCES = {'rpm_registered', 'tpm_registered', 'rpm_heard', 'tpm_heard'}
 
--- The stored configuration, parsed; or nil and the error.
-local function read_config(cap_key)
-  local raw = redis.call('HMGET', cap_key, unpack(CONFIG_NAMES))
-  local config = {}
-  for i, name in ipairs(CONFIG_NAMES) do
-    if raw[i] then
-      local v, err = parse_setting(cap_key, name, raw[i])
-      if not v then return nil, err end
-      config[name] = v
-    else
-      config[name] = CONFIG_DEFAULTS[name]
-    end
-  end
-  return config
-end
-
--- Configurations read within the last CONFIG_FRESH seconds, by cap key: a
--- function library keeps this between calls, and reading and parsing ten
--- settings would be a tenth of a call. register and configure drop a model's
--- entry when they store, so a fleet's own changes apply at once; a setting
--- changed by hand (HSET) applies within CONFIG_FRESH seconds. A cached
--- configuration is shared: never changed.
-local CONFIG_FRESH = 1
+-- Configurations parsed, by cap key, with the texts they were parsed from: a
+-- function library keeps this between calls, and parsing ten settings would
+-- be a tenth of a call. An entry serves only while the cap hash holds the
+-- same texts (one HMGET reads them with the registration), so a change by
+-- register, configure or by hand (HSET) applies at the next call, and a
+-- model of another database (the library is the server's, not one
+-- database's) never runs this one's. A cached configuration is shared:
+-- never changed.
 local recent_configs, recent_count = {}, 0
 
 local function forget_config(cap_key)
   recent_configs[cap_key] = nil
 end
 
-local function model_config(cap_key, now)
+-- The configuration of the texts raw[first .. first + #CONFIG_NAMES - 1]
+-- (HMGET order), parsed or from the cache; or nil and the error.
+local function model_config(cap_key, raw, first)
   local known = recent_configs[cap_key]
-  if known and now >= known.at and now - known.at < CONFIG_FRESH then return known.config end
-  local config, err = read_config(cap_key)
-  if not config then return nil, err end
+  if known then
+    local texts, same = known.texts, true
+    for i = 1, #CONFIG_NAMES do  -- Lua's strings are interned: each a pointer compare
+      if raw[first + i - 1] ~= texts[i] then same = false break end
+    end
+    if same then return known.config end
+  end
+  local config, texts = {}, {}
+  for i, name in ipairs(CONFIG_NAMES) do
+    local text = raw[first + i - 1]
+    texts[i] = text
+    if text then
+      local v, err = parse_setting(cap_key, name, text)
+      if not v then return nil, err end
+      config[name] = v
+    else
+      config[name] = CONFIG_DEFAULTS[name]
+    end
+  end
   if recent_count >= 1000 then recent_configs, recent_count = {}, 0 end
   if not known then recent_count = recent_count + 1 end
-  recent_configs[cap_key] = {config = config, at = now}
+  recent_configs[cap_key] = {config = config, texts = texts}
   return config
 end
 
@@ -251,7 +262,7 @@ end
 -- budget in force, nil when not set) and m.config; with `sources`, also
 -- what the budget was made of. nil and the error when a field is broken.
 local function load_model(cap_key, now, sources)
-  local raw = redis.call('HMGET', cap_key, 'effective_max', 'rpm', 'tpm')
+  local raw = redis.call('HMGET', cap_key, 'effective_max', 'rpm', 'tpm', unpack(CONFIG_NAMES))
   local m = {}
   for i = 1, 3 do
     if raw[i] then
@@ -260,7 +271,7 @@ local function load_model(cap_key, now, sources)
       m[CAP_FIELDS[i]] = v
     end
   end
-  local config, err = model_config(cap_key, now)
+  local config, err = model_config(cap_key, raw, 4)
   if not config then return nil, err end
   m.emax, m.effective_max, m.config = m.effective_max, nil, config
   m.idle_ms = idle_ms_of(config.idle_ttl_seconds)
@@ -303,7 +314,9 @@ local function save_settings(cap_key, settings)
       local text = name == 'policy' and v or fmt(v)
       if text ~= stored[i] then
         flat[#flat + 1], flat[#flat + 2] = name, text
-        if stored[i] then emit('*', name, tonumber(stored[i]) or stored[i], v) end
+        -- from: the stored value, or its text when it is none (a hand-broken
+        -- 'nan' a register repairs: no number JSON could carry).
+        if stored[i] then emit('*', name, (parse_setting(cap_key, name, stored[i])) or stored[i], v) end
       end
     end
   end

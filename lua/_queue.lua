@@ -20,7 +20,19 @@ local function enqueue(q, id, tokens, beat_deadline)
   redis.call('ZADD', k.beats, beat_deadline, id)
   expire_new(q.idle_ms, k.queue)
   expire_new(q.idle_ms, k.beats)
-  budget.reserve(q.budget, k.tokens, id, tokens, q.idle_ms)
+  -- A waiter's estimate is kept even while no token budget is in force: one
+  -- may be registered, or heard from the provider's headers, before its turn
+  -- comes (promote then takes it; without one, promote drops it).
+  if tokens > 0 or (q.budget and q.budget.tpm) then
+    if redis.call('HSET', k.tokens, id, tokens) == 1 and redis.call('HLEN', k.tokens) == 1 then
+      expire_new(q.idle_ms, k.tokens)
+    end
+  end
+end
+
+-- Drops the reservations of waiters that left, whatever the budget.
+local function forget_waiters(q, ids)
+  if #ids > 0 then redis.call('HDEL', q.k.tokens, unpack(ids)) end
 end
 
 -- Whether id was queued.
@@ -36,7 +48,7 @@ local function reap_waiters(q, now)
   if #dead > 0 then
     redis.call('ZREM', k.queue, unpack(dead))
     redis.call('ZREM', k.beats, unpack(dead))
-    budget.forget(q.budget, k.tokens, dead)
+    forget_waiters(q, dead)
   end
 end
 
@@ -53,7 +65,7 @@ local function promote(q, d, now, lease_ttl, self_id)
     local head = redis.call('ZRANGE', k.queue, 0, 0)[1]
     if not head then break end
     local beat = redis.call('ZSCORE', k.beats, head)
-    local tokens = budget.reserved(b, k.tokens, head) or 0
+    local tokens = tonumber(redis.call('HGET', k.tokens, head)) or 0
     local alive, fits = beat and tonumber(beat) > now, budget.fits(b, tokens)
     -- The first in line waits for the budget (claiming it), and everyone behind it.
     if alive and fits and budget.wait(b, head, tokens) > 0 then
@@ -63,11 +75,13 @@ local function promote(q, d, now, lease_ttl, self_id)
     leave(q, head)
     if alive and fits and grant(d, k, head, tokens, head == self_id and full or claim, q.idle_ms, b) then
       if head == self_id then got_self = true else q.handed[#q.handed + 1] = head end
+      -- A lease granted without a token budget has nothing to settle.
+      if not (b and b.tpm) and tokens > 0 then forget_waiters(q, {head}) end
     else
       -- Dead, gave up already (its tombstone went), or the budget shrank
       -- under it (its re-check is refused): dropped.
       if beat and not alive then redis.call('ZREM', k.leases, head) end
-      budget.forget(b, k.tokens, {head})
+      forget_waiters(q, {head})
     end
   end
   return got_self, claim

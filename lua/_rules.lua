@@ -32,7 +32,17 @@ end
 -- lasts at most max_cooldown_seconds from now; and a domain takes up the
 -- model's policy when it changed, keeping what it learned of the server (its
 -- limit, ceiling and cooldown) and starting the new rules' own counts afresh.
-local function refresh(domain, d, now, emax, cfg)
+local function take_up_policy(domain, d, cfg)
+  if d.policy ~= cfg.policy then
+    emit(domain, 'policy', d.policy, cfg.policy)
+    d.policy, d.success_streak, d.probe_after, d.increase_step = cfg.policy, 0, 0, 0
+  end
+end
+
+-- registered: false when the model's registration is gone (its stored
+-- configuration with it: cfg is then the defaults, whose policy is no
+-- reason to switch).
+local function refresh(domain, d, now, emax, cfg, registered)
   if d.current_limit > emax then set_limit(domain, d, 'clamp', emax) end
   if d.rate_limit_ceiling > 0 and cfg.ceiling_ttl_seconds > 0
       and now - d.ceiling_confirmed_at >= cfg.ceiling_ttl_seconds then
@@ -43,10 +53,7 @@ local function refresh(domain, d, now, emax, cfg)
     emit(domain, 'cooldown', now, now + cfg.max_cooldown_seconds)
     d.blocked_until = now + cfg.max_cooldown_seconds
   end
-  if d.policy ~= cfg.policy then
-    emit(domain, 'policy', d.policy, cfg.policy)
-    d.policy, d.success_streak, d.probe_after, d.increase_step = cfg.policy, 0, 0, 0
-  end
+  if registered then take_up_policy(domain, d, cfg) end
 end
 
 -- The startup ramp: a linear climb from 1 to the effective max, for every
@@ -279,7 +286,7 @@ function adaptive.on_failure(domain, d)
 end
 
 function rules.on_acquire(domain, d, now, m)
-  refresh(domain, d, now, m.emax, m.config)
+  refresh(domain, d, now, m.emax, m.config, true)
   ramp(domain, d, now, m.emax, m.config)
 end
 
@@ -288,7 +295,7 @@ end
 -- hears of it registers again.
 function rules.on_outcome(domain, d, now, m, outcome, sample)
   local cfg, emax = m.config, m.emax or d.current_limit
-  refresh(domain, d, now, emax, cfg)
+  refresh(domain, d, now, emax, cfg, m.emax ~= nil)
   if not sample.released or outcome == 'abandon' or not (m.emax or outcome == 'rate_limited') then return end
   local policy = rules[d.policy]
   -- What the rules learn of the request: sent after the last cut, and sent
@@ -310,6 +317,7 @@ end
 -- that also sets the ceiling just above it, so that the loop holds there and
 -- probes it in time instead of climbing straight back.
 function rules.on_set_limit(domain, d, now, m, limit)
+  take_up_policy(domain, d, m.config)  -- the operator's number, under the rules that will run it
   local before = d.current_limit
   d.current_limit = math.max(1, math.min(m.emax, limit))
   if d.rampup_active == 1 then

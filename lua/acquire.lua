@@ -61,6 +61,7 @@ local k = domain_keys(KEYS)
 local m, err = load_model(k.cap, now)
 if err then return redis.error_reply(err) end
 if not m.emax then return redis.error_reply('AIMD_NOT_REGISTERED ' .. k.cap) end
+m.idle_ms = lease_floor(m.idle_ms, lease_ttl)
 local b
 b, err = budget.load(m, k.budget, now)
 if err then return redis.error_reply(err) end
@@ -73,6 +74,9 @@ if err then return redis.error_reply(err) end
 if not d then
   d = new_domain(now, m)
   redis.call('SADD', k.index, domain)
+  -- For the previous release while a fleet upgrades: its scripts require the
+  -- field (the ramp length they ran), and would call the domain corrupt.
+  redis.call('HSET', k.domain, 'rampup_seconds', fmt(m.config.rampup_seconds))
   emit(domain, d.rampup_active == 1 and 'ramp_start' or 'created', 0, d.current_limit)
 end
 

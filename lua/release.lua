@@ -12,7 +12,9 @@
 --                            Frees the slot if the acquire granted it; if the acquire
 --                            has not run yet (it may arrive later on another
 --                            connection), leaves a tombstone that makes it grant
---                            nothing. Changes nothing else.
+--                            nothing. Changes nothing else. 'leave': a queued waiter
+--                            giving up between its calls (none on its way): as
+--                            'abandon', without the tombstone.
 -- ARGV[5]  retry_after       a 429's Retry-After in seconds, or '' (the model's
 --                            cooldown_seconds then; max_cooldown_seconds at most)
 -- ARGV[6]  granted_at        when the lease was granted (Redis clock), as the caller
@@ -67,6 +69,7 @@ local learning = heard.rpm or heard.tpm
 local m, err = load_model(k.cap, now, learning)
 if err then return redis.error_reply(err) end
 local registered = m.emax ~= nil
+m.idle_ms = lease_floor(m.idle_ms, lease_ttl)
 local b
 b, err = budget.load(m, k.budget, now, learning)
 if err then return redis.error_reply(err) end
@@ -92,11 +95,18 @@ if sample.released then
   sample.granted_at = granted_when or score - lease_ttl
 end
 local reserved = budget.reserved(b, k.tokens, lease_id, true)
-if outcome == 'abandon' then
+if not b and (outcome == 'abandon' or outcome == 'leave') then
+  forget_waiters(q, {lease_id})  -- a waiter's estimate is kept without a budget too
+end
+if outcome == 'abandon' or outcome == 'leave' then
   budget.unclaim(b, lease_id)  -- a waiter that gave up claims nothing more
-  -- A queued waiter's acquire has run; only an id Redis has never seen may
-  -- still have its acquire on the way, which must then grant nothing.
-  if not leave(q, lease_id) and not score then bury(k, lease_id, now, lease_ttl, m.idle_ms) end
+  leave(q, lease_id)
+  -- An acquire cut off mid-call may still be on its way (another connection,
+  -- a retry), a queued waiter's re-check too: unless it granted, it must
+  -- grant nothing when it runs. A waiter leaving between its calls has
+  -- nothing on the way and leaves no tombstone.
+  if outcome == 'abandon' and not score then bury(k, lease_id, now, lease_ttl, m.idle_ms) end
+  outcome = 'abandon'
 end
 budget.settle(domain, b, sample.released, outcome, reserved, used, heard_requests, heard_tokens)
 if not d then

@@ -71,6 +71,7 @@ def test_a_new_domain_holds_every_state_field(make_throttle: MakeThrottle, clien
         "probe_after": "0",
         "increase_step": "0",
         "policy": "classic",
+        "rampup_seconds": "10",  # for the previous release during an upgrade
     }
 
 

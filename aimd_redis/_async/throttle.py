@@ -533,8 +533,10 @@ class AsyncThrottle:
                     wait = min(woke, poll)  # a cooldown blocks the queue: ask again when it ends
                     self._waker.expect(lease_id)
         except BaseException:
-            # Leave the queue; a slot handed over meanwhile goes to the next waiter.
-            await self._run_quietly(self._core.release_call(ref, "abandon", None, None), ref)
+            # Leave the queue; a slot handed over meanwhile goes to the next
+            # waiter. No acquire is on its way here (_acquire_once gave back a
+            # cut-off one, tombstone and all): no tombstone.
+            await self._run_quietly(self._core.release_call(ref, "leave", None, None), ref)
             raise
         finally:
             if self._waker is not None:
