@@ -13,6 +13,7 @@ import os
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -40,6 +41,41 @@ os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 #: has nothing but the rule `aimd-redis acl` prints.
 BACKENDS = ["fakeredis", "redis-server", "cluster", "acl"]
 ACL_NAMESPACES = ("aimd", "other")
+
+
+#: Fixtures through which a test talks to a real server.
+REAL_SERVER_FIXTURES = frozenset({"real_redis_url", "real_redis", "local_cluster", "cluster_client", "acl_url"})
+#: What a test module names when its tests start servers of their own.
+STARTS_SERVERS = ("needs_server(", "EmbeddedRedis(", "server_binary(")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--server-dependent-only",
+        action="store_true",
+        help="run only the tests whose outcome depends on the Redis server (real-server backends, tests that "
+        "start servers): what a run on a second server adds to a full run on the first",
+    )
+
+
+def _depends_on_the_server(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "backend" in callspec.params:
+        return bool(callspec.params["backend"] != "fakeredis")
+    if REAL_SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    module = getattr(item, "module", None)
+    source = Path(module.__file__).read_text(encoding="utf-8") if module and module.__file__ else ""
+    return any(name in source for name in STARTS_SERVERS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--server-dependent-only"):
+        return
+    independent = [item for item in items if not _depends_on_the_server(item)]
+    if independent:
+        config.hook.pytest_deselected(items=independent)
+        items[:] = [item for item in items if _depends_on_the_server(item)]
 
 
 def needs_server(what: str) -> str:
