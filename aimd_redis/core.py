@@ -21,7 +21,7 @@ from aimd_redis.config import ThrottleConfig
 from aimd_redis.errors import ArgumentTypeError, CorruptStateError, InvalidArgumentError, RequestTooLargeError
 from aimd_redis.keys import ModelKeys, check_alias, check_domain, check_namespace, model_keys
 from aimd_redis.replies import RawEvent
-from aimd_redis.schema import SETTINGS, DomainRecord, parse_domain
+from aimd_redis.schema import MAX_TIME, SETTINGS, DomainRecord, parse_domain
 from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, LimitEvent, Queued, ReleaseResult
 
 logger = logging.getLogger("aimd_redis")
@@ -195,6 +195,10 @@ def check_now(now: float | None) -> str:
         raise ArgumentTypeError(f"now must be seconds as a number, not {now!r}")
     if not math.isfinite(now) or now < 0:
         raise InvalidArgumentError(f"now must be a finite number of seconds >= 0, not {now!r}")
+    if now > MAX_TIME:  # the scripts refuse a stored time beyond it as corrupt, for every later call
+        raise InvalidArgumentError(
+            f"now must be seconds since the epoch (at most {MAX_TIME:g}), not {now!r}: milliseconds?"
+        )
     return _seconds(now)
 
 

@@ -58,7 +58,9 @@ SETTINGS = (
     "max_cooldown_seconds",
     "idle_ttl_seconds",
 )
-#: Beyond these a value is a mistake, not a measurement.
+#: Beyond these a value is a mistake, not a measurement. The scripts hold
+#: the same bounds (MAX_TIME, MAX_COUNT in lua/_base.lua; tests/test_scripts.py
+#: checks they agree); ``now=`` is held to MAX_TIME too.
 MAX_TIME, MAX_COUNT = 1e11, 1e15
 
 # Decimal spellings (' 5', '5.0', '1e1'); no hex, inf, nan or sign.

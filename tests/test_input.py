@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import pytest
@@ -17,7 +18,9 @@ from aimd_redis import (
     Throttle,
     ThrottleConfig,
 )
+from aimd_redis.core import check_now
 from aimd_redis.demo.embedded import _free_port
+from aimd_redis.schema import MAX_TIME
 
 
 @pytest.fixture
@@ -87,6 +90,19 @@ def test_bad_now(unreachable: Throttle, now: Any) -> None:
         unreachable.try_acquire(**GOOD, now=now)
 
 
+@pytest.mark.parametrize("now", [time.time() * 1000, time.time() * 1e6, MAX_TIME * 1.0001])
+def test_now_beyond_the_scripts_bound_on_times(unreachable: Throttle, now: float) -> None:
+    # Milliseconds for seconds would write a time every later call refuses as corrupt.
+    with pytest.raises(InvalidArgumentError, match="now"):
+        unreachable.try_acquire(**GOOD, now=now)
+    with pytest.raises(InvalidArgumentError, match="now"):
+        unreachable.register(provider_name="openai", model_id="gpt-4o", alias="gen", max_parallel_requests=4, now=now)
+
+
+def test_now_up_to_the_bound_is_taken() -> None:
+    assert check_now(MAX_TIME) == repr(MAX_TIME)
+
+
 @pytest.mark.parametrize("timeout", [-0.5, math.nan, "1"])
 def test_bad_timeout(unreachable: Throttle, timeout: Any) -> None:
     with pytest.raises(AimdRedisError, match="timeout"):
@@ -99,6 +115,23 @@ def test_bad_namespace(namespace: str) -> None:
         Throttle(redis.Redis(), namespace=namespace)
     with pytest.raises(InvalidArgumentError, match="namespace"):
         AsyncThrottle(redis.asyncio.Redis(), namespace=namespace)
+
+
+@pytest.mark.parametrize(
+    ("redis_arg", "error"),
+    [
+        ("not-a-url", InvalidArgumentError),
+        ("", InvalidArgumentError),
+        ("http://localhost:6379", InvalidArgumentError),
+        (123, ArgumentTypeError),
+        (None, ArgumentTypeError),
+        (b"redis://localhost", ArgumentTypeError),
+    ],
+)
+def test_bad_redis_argument(redis_arg: Any, error: type[AimdRedisError]) -> None:
+    for make in (Throttle, AsyncThrottle):
+        with pytest.raises(error, match="redis"):
+            make(redis_arg)
 
 
 def test_config_must_be_a_throttle_config() -> None:

@@ -82,6 +82,25 @@ RESEND_SECONDS = 1.0
 MAX_CONNECTIONS = 32
 
 
+def _client_from_url(url: str, socket_timeout: float) -> Redis:
+    """A client with a bounded pool: a call beyond MAX_CONNECTIONS at once
+    waits for a free connection (as long as a socket timeout) instead of
+    opening one more; thousands of waiting tasks need no connection each."""
+    try:
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=socket_timeout,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+        )
+    except (ValueError, TypeError) as exc:  # redis-py's word for a URL it cannot read
+        raise InvalidArgumentError(
+            f"redis must be a Redis URL such as 'redis://127.0.0.1:6379/0' (or rediss://, unix://), not {url!r}: {exc}"
+        ) from exc
+    return Redis.from_pool(pool)
+
+
 class _Registration(NamedTuple):
     max_parallel: int
     requests_per_minute: int | None
@@ -127,17 +146,12 @@ class AsyncThrottle:
         self._client_id = secrets.token_hex(6)
         self._owns_redis = isinstance(redis, str)
         if isinstance(redis, str):
-            # A bounded pool: a call beyond MAX_CONNECTIONS at once waits for a
-            # free connection (as long as a socket timeout) instead of opening
-            # one more; thousands of waiting tasks need no connection each.
-            pool = BlockingConnectionPool.from_url(
-                redis,
-                max_connections=MAX_CONNECTIONS,
-                timeout=socket_timeout,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_timeout,
+            redis = _client_from_url(redis, socket_timeout)
+        elif not isinstance(redis, (Redis, RedisCluster)):
+            raise ArgumentTypeError(
+                f"redis must be a Redis URL such as 'redis://127.0.0.1:6379/0', or a {Redis.__module__} "
+                f"Redis or RedisCluster client, not {type(redis).__name__}"
             )
-            redis = Redis.from_pool(pool)
         # Any: redis-py annotates its sync and asyncio clients with one shared
         # "Awaitable or value" return type that fits neither.
         self._redis: Any = cast(Any, redis)
