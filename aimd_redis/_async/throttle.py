@@ -26,11 +26,14 @@ from aimd_redis._provider import read_rate_limit_headers
 from aimd_redis.config import FailOpen, ThrottleConfig
 from aimd_redis.core import (
     CLAIM_RETRY_SECONDS,
+    MAX_BUDGET,
     REGISTER_ATTEMPTS,
     Call,
     Core,
     Outcome,
     as_str,
+    check_int,
+    check_now,
     check_timeout,
     local_state,
     parse_effective_max,
@@ -587,6 +590,7 @@ class AsyncThrottle:
         tokens: int | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> ReleaseResult:
+        await self._check_report(lease, retry_after, now, tokens, headers)
         if lease.local is not None:  # taken while failing open: nothing to tell Redis
             if not lease.reported:
                 lease.reported = True
@@ -595,6 +599,37 @@ class AsyncThrottle:
             return ReleaseResult(released=False, state=local_state(lease.local))
         result, _ = await self._report(lease, outcome, retry_after, now, None, tokens, headers)
         return result
+
+    async def _check_report(
+        self,
+        lease: AsyncLease,
+        retry_after: float | None,
+        now: float | None,
+        tokens: int | None,
+        headers: Mapping[str, str] | None,
+        timeout: float | None = None,
+        next_tokens: int = 0,
+    ) -> None:
+        """Refuse a report's bad argument before anything else, and give the
+        lease back without an outcome (see AsyncLease.success)."""
+        try:
+            check_now(now)
+            self.config.cooldown_for(retry_after)
+            if tokens is not None:
+                check_int("tokens", tokens, 0, MAX_BUDGET)
+            if headers is not None and not isinstance(headers, Mapping):
+                raise ArgumentTypeError(f"headers must be a mapping of names to values, not {type(headers).__name__}")
+            check_timeout(timeout)
+            check_int("next_tokens", next_tokens, 0, MAX_BUDGET)
+        except AimdRedisError:
+            if not lease.reported:
+                lease.reported = True
+                if lease.local is not None:
+                    lease.local.give()
+                else:
+                    self._held.pop(lease.id, None)
+                    await self._run_quietly(self._core.release_call(lease.ref, "abandon", None, None), lease.ref)
+            raise
 
     async def _report(
         self,
@@ -647,7 +682,7 @@ class AsyncThrottle:
     async def _success_and_acquire(
         self, lease: AsyncLease, timeout: float | None, tokens: int | None, next_tokens: int
     ) -> AsyncLease:
-        check_timeout(timeout)
+        await self._check_report(lease, None, None, tokens, None, timeout, next_tokens)
         ref = lease.ref
         if lease.local is None:
             next_ref = LeaseRef(
@@ -813,7 +848,12 @@ class AsyncLease:
         """Report success. ``tokens``: what the request used (the response's
         usage); the difference from the reservation goes back to the budget,
         or is charged. ``headers``: the response's, whose rate-limit headers
-        teach the fleet the provider's budget and what is left of it."""
+        teach the fleet the provider's budget and what is left of it.
+
+        A bad argument (any outcome method's) raises InvalidArgumentError or
+        ArgumentTypeError and gives the slot back at once, reporting nothing:
+        the fleet gets the slot back and the loop learns nothing from a
+        report it could not read; a report after that changes nothing."""
         return await self._throttle._release(self, "success", None, now, tokens, headers)
 
     async def success_and_acquire(

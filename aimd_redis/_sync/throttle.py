@@ -27,11 +27,14 @@ from aimd_redis._provider import read_rate_limit_headers
 from aimd_redis.config import FailOpen, ThrottleConfig
 from aimd_redis.core import (
     CLAIM_RETRY_SECONDS,
+    MAX_BUDGET,
     REGISTER_ATTEMPTS,
     Call,
     Core,
     Outcome,
     as_str,
+    check_int,
+    check_now,
     check_timeout,
     local_state,
     parse_effective_max,
@@ -97,8 +100,7 @@ def _client_from_url(url: str, socket_timeout: float) -> Redis:
         )
     except (ValueError, TypeError) as exc:  # redis-py's word for a URL it cannot read
         raise InvalidArgumentError(
-            f"redis must be a Redis URL such as 'redis://127.0.0.1:6379/0' (or rediss://, unix://), "
-            f"not {url!r}: {exc}"
+            f"redis must be a Redis URL such as 'redis://127.0.0.1:6379/0' (or rediss://, unix://), not {url!r}: {exc}"
         ) from exc
     return Redis.from_pool(pool)
 
@@ -589,6 +591,7 @@ class Throttle:
         tokens: int | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> ReleaseResult:
+        self._check_report(lease, retry_after, now, tokens, headers)
         if lease.local is not None:  # taken while failing open: nothing to tell Redis
             if not lease.reported:
                 lease.reported = True
@@ -597,6 +600,37 @@ class Throttle:
             return ReleaseResult(released=False, state=local_state(lease.local))
         result, _ = self._report(lease, outcome, retry_after, now, None, tokens, headers)
         return result
+
+    def _check_report(
+        self,
+        lease: Lease,
+        retry_after: float | None,
+        now: float | None,
+        tokens: int | None,
+        headers: Mapping[str, str] | None,
+        timeout: float | None = None,
+        next_tokens: int = 0,
+    ) -> None:
+        """Refuse a report's bad argument before anything else, and give the
+        lease back without an outcome (see Lease.success)."""
+        try:
+            check_now(now)
+            self.config.cooldown_for(retry_after)
+            if tokens is not None:
+                check_int("tokens", tokens, 0, MAX_BUDGET)
+            if headers is not None and not isinstance(headers, Mapping):
+                raise ArgumentTypeError(f"headers must be a mapping of names to values, not {type(headers).__name__}")
+            check_timeout(timeout)
+            check_int("next_tokens", next_tokens, 0, MAX_BUDGET)
+        except AimdRedisError:
+            if not lease.reported:
+                lease.reported = True
+                if lease.local is not None:
+                    lease.local.give()
+                else:
+                    self._held.pop(lease.id, None)
+                    self._run_quietly(self._core.release_call(lease.ref, "abandon", None, None), lease.ref)
+            raise
 
     def _report(
         self,
@@ -649,7 +683,7 @@ class Throttle:
     def _success_and_acquire(
         self, lease: Lease, timeout: float | None, tokens: int | None, next_tokens: int
     ) -> Lease:
-        check_timeout(timeout)
+        self._check_report(lease, None, None, tokens, None, timeout, next_tokens)
         ref = lease.ref
         if lease.local is None:
             next_ref = LeaseRef(
@@ -815,7 +849,12 @@ class Lease:
         """Report success. ``tokens``: what the request used (the response's
         usage); the difference from the reservation goes back to the budget,
         or is charged. ``headers``: the response's, whose rate-limit headers
-        teach the fleet the provider's budget and what is left of it."""
+        teach the fleet the provider's budget and what is left of it.
+
+        A bad argument (any outcome method's) raises InvalidArgumentError or
+        ArgumentTypeError and gives the slot back at once, reporting nothing:
+        the fleet gets the slot back and the loop learns nothing from a
+        report it could not read; a report after that changes nothing."""
         return self._throttle._release(self, "success", None, now, tokens, headers)
 
     def success_and_acquire(
