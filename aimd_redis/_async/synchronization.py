@@ -9,7 +9,6 @@ this file, written by hand.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -20,6 +19,34 @@ Job = Callable[[], Coroutine[Any, Any, None]]
 # Tasks still running after their caller was cancelled: the loop keeps only a
 # weak reference to a task.
 _running: set[asyncio.Task[None]] = set()
+
+
+async def _within(future: asyncio.Future[Any], timeout: float | None) -> None:
+    """Wait up to ``timeout`` seconds for ``future``, cancelled if not done by
+    then. Unlike asyncio.wait_for before Python 3.12, a cancellation of the
+    caller that comes as the future completes is raised, not swallowed (it
+    left cancelled tasks running on)."""
+    try:
+        await asyncio.wait({future}, timeout=timeout)
+    finally:
+        future.cancel()
+
+
+def pending_cancellations() -> int:
+    """How many cancellations of the current task are pending (Python 3.11
+    and later count them; 0 before)."""
+    task = asyncio.current_task()
+    counted = getattr(task, "cancelling", None)
+    return int(counted()) if counted is not None else 0
+
+
+def raise_swallowed_cancellation(pending: int) -> None:
+    """Raise the CancelledError of a cancellation requested since
+    ``pending`` (pending_cancellations()) was read that a call returned over:
+    asyncio.wait_for before Python 3.12, which redis-py sends with, drops a
+    cancellation that arrives as what it waits for completes."""
+    if pending_cancellations() > pending:
+        raise asyncio.CancelledError
 
 
 class Event:
@@ -37,11 +64,10 @@ class Event:
 
     async def wait(self, timeout: float | None = None) -> bool:
         """True once set; False if ``timeout`` seconds passed first."""
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
+        if self._event.is_set():
+            return True
+        await _within(asyncio.ensure_future(self._event.wait()), timeout)
+        return self._event.is_set()
 
 
 class Lock:
@@ -66,11 +92,14 @@ class Semaphore:
                 return False
             await self._semaphore.acquire()  # free: returns at once
             return True
+        taking = asyncio.ensure_future(self._semaphore.acquire())
         try:
-            await asyncio.wait_for(self._semaphore.acquire(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
+            await _within(taking, timeout)
+        except BaseException:
+            if taking.done() and not taking.cancelled():  # taken as the caller was cancelled
+                self._semaphore.release()
+            raise
+        return taking.done() and not taking.cancelled()
 
     def release(self) -> None:
         self._semaphore.release()
@@ -110,8 +139,7 @@ class Worker:
         if self._task is asyncio.current_task():
             return
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await asyncio.wait({self._task})  # a cancellation of the caller still reaches it
 
 
 async def sleep(seconds: float) -> None:

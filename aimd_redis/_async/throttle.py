@@ -20,7 +20,13 @@ from redis.commands.core import AsyncScript
 
 from aimd_redis._async.background import Periodic
 from aimd_redis._async.fallback import LocalLimit
-from aimd_redis._async.synchronization import blocking_a_running_loop, run_to_the_end, sleep
+from aimd_redis._async.synchronization import (
+    blocking_a_running_loop,
+    pending_cancellations,
+    raise_swallowed_cancellation,
+    run_to_the_end,
+    sleep,
+)
 from aimd_redis._async.waker import CONFIRM_SECONDS, Waker
 from aimd_redis._provider import read_rate_limit_headers
 from aimd_redis.config import FailOpen, ThrottleConfig
@@ -199,6 +205,14 @@ class AsyncThrottle:
         return self._core.namespace
 
     async def _run(self, call: Call) -> Any:
+        pending = pending_cancellations()
+        reply = await self._call(call)
+        # Cancelled meanwhile, which redis-py may have dropped: a reply of a
+        # grant is given back, an outcome sent again, by the caller's handler.
+        raise_swallowed_cancellation(pending)
+        return reply
+
+    async def _call(self, call: Call) -> Any:
         if why := blocking_a_running_loop():
             raise EventLoopBlockedError(why)
         with redis_boundary():
@@ -662,7 +676,10 @@ class AsyncThrottle:
                     lease.ref, outcome, retry_after, now, lease.granted_at, None, tokens, heard
                 )
             )
-            self._keep_unsent(plain, lease.ref, exc)
+            if isinstance(exc, AimdRedisError):
+                self._keep_unsent(plain, lease.ref, exc)
+            else:  # cancelled or interrupted: sent again at once, the slot back within a round trip
+                await self._run_quietly(plain, lease.ref)
             if next_ref is not None and not isinstance(exc, REFUSED_BEFORE_RUNNING):
                 give_back = self._core.release_call(next_ref, "abandon", None, now)
                 if isinstance(exc, RedisUnavailableError):  # no use waiting out another timeout now

@@ -15,6 +15,15 @@ from redis import ConnectionPool, Redis
 Job = Callable[[], None]
 
 
+def pending_cancellations() -> int:
+    """A thread is never cancelled."""
+    return 0
+
+
+def raise_swallowed_cancellation(pending: int) -> None:
+    """Nothing to raise: a thread is never cancelled."""
+
+
 class Event:
     def __init__(self) -> None:
         self._event = threading.Event()
