@@ -126,6 +126,10 @@ class ConfigureArgs(NamedTuple):
     config: str
 
 
+class ProbeArgs(NamedTuple):
+    channel: str
+
+
 #: Script name -> its named arguments.
 SCRIPT_ARGS: dict[str, type[tuple[str, ...]]] = {
     "register": RegisterArgs,
@@ -135,6 +139,7 @@ SCRIPT_ARGS: dict[str, type[tuple[str, ...]]] = {
     "set_limit": SetLimitArgs,
     "reset": ResetArgs,
     "configure": ConfigureArgs,
+    "probe": ProbeArgs,
 }
 
 

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
-NAMES = ("register", "acquire", "release", "renew", "set_limit", "reset", "configure")
+NAMES = ("register", "acquire", "release", "renew", "set_limit", "reset", "configure", "probe")
 #: Shared code put in front of every operation, each file after those it
 #: uses: numbers, clock and events; the hashes' fields; the budgets; leases;
 #: the queue; then the loop's rules.

@@ -67,6 +67,7 @@ from aimd_redis.errors import (
 )
 from aimd_redis.keys import check_domain
 from aimd_redis.observer import Observer
+from aimd_redis.permissions import check_probe, probe_call
 from aimd_redis.scripts import library, sources
 from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, Queued, ReleaseResult
 
@@ -174,6 +175,9 @@ class AsyncThrottle:
         # Functions where Redis has them, loaded once; EVALSHA on a cluster,
         # where redis-py would spend a round trip asking for an FCALL's keys.
         self._functions = not cluster
+        # Whether the Redis user may run every command the scripts call (checked on the first call).
+        self._permitted = False
+        self._publish = "spublish" if cluster else "publish"
         # What this process registered, to register again when Redis forgot
         # the model (idle expiry, or a restart that lost the data).
         self._registrations: dict[tuple[str, str], dict[str, _Registration]] = {}
@@ -205,12 +209,21 @@ class AsyncThrottle:
         return self._core.namespace
 
     async def _run(self, call: Call) -> Any:
+        if not self._permitted:
+            await self._check_permissions(call)
         pending = pending_cancellations()
         reply = await self._call(call)
         # Cancelled meanwhile, which redis-py may have dropped: a reply of a
         # grant is given back, an outcome sent again, by the caller's handler.
         raise_swallowed_cancellation(pending)
         return reply
+
+    async def _check_permissions(self, call: Call) -> None:
+        """Before the first script call: refuse a Redis user who may not run
+        every command the scripts call (see aimd_redis/permissions.py). Asked
+        again on the next call while refused, then never again."""
+        check_probe(await self._call(probe_call(call.keys[0])), self._publish)
+        self._permitted = True
 
     async def _call(self, call: Call) -> Any:
         if why := blocking_a_running_loop():
