@@ -21,11 +21,11 @@ local refused = {}
 local function try(command)
   local ok = redis.pcall((table.unpack or unpack)(command))
   if type(ok) == 'table' and ok.err then
-    local text = string.lower(ok.err)
+    local text = string.lower(tostring(ok.err))  -- (fakeredis: not a Lua string)
     for _, sign in ipairs({'acl', 'noperm', 'permission', 'user executing the script'}) do
       if string.find(text, sign, 1, true) then
         refused[#refused + 1] = string.lower(command[1])
-        refused[#refused + 1] = ok.err
+        refused[#refused + 1] = tostring(ok.err)
         return false
       end
     end
