@@ -526,9 +526,13 @@ class AsyncThrottle:
         lease_id = self._core.new_lease_id(self._client_id)
         # Built (and the names checked) first: a bad name has nothing to give back.
         call, ref = self._core.acquire_call(provider_name, model_id, domain, None, lease_id, tokens=tokens, wait=True)
+        # A cancellation that redis-py's subscribe or a claim dropped is raised
+        # before a slot is returned (the handler below gives it back).
+        pending = pending_cancellations()
         if self._waker is not None:
             with redis_boundary():
                 await self._waker.watch(self._core.keys(provider_name, model_id).wake_prefix + self._client_id)
+            raise_swallowed_cancellation(pending)
         recheck = False
         try:
             while True:
@@ -539,6 +543,7 @@ class AsyncThrottle:
                 asked = time.monotonic()
                 got = await self._acquire_once(call, ref, None)
                 if isinstance(got, Grant):
+                    raise_swallowed_cancellation(pending)
                     if recheck:
                         self._log_queue("got a slot on re-check", ref, started)
                     return self._hold(AsyncLease(self, got), None)
@@ -570,6 +575,7 @@ class AsyncThrottle:
                         lease = AsyncLease(self, woke)
                         window = self._core.background_claim(woke, got, time.monotonic() - asked)
                         if window is not None or await self._renew(lease, None):  # claimed: a lease ttl
+                            raise_swallowed_cancellation(pending)
                             self._log_queue(f"slot handed over ({woke.state.waiters} still waiting)", ref, started)
                             claim_by = None if window is None else time.monotonic() + window
                             return self._hold(lease, None, claim_by=claim_by)

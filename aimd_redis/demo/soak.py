@@ -3,15 +3,19 @@
 Worker processes x asyncio tasks call the cold server through the httpx
 transport while everything goes wrong on purpose: the server answers random
 429s and 5xx, tasks cancel requests half way and give up on acquires after a
-few milliseconds, the parent SIGKILLs a worker every few seconds (and starts
-another). With the private Redis, more: Redis is killed and restarted empty
-in the middle, and every few seconds one of three faults in turn: writes
-paused (CLIENT PAUSE), memory full (maxmemory at what is in use, nothing
-evicted), and a client with a wrong password trying its luck. At the end,
-once the killed workers' leases have expired: no domain has anything in
-flight, no lease or waiter is left, the server never saw more requests at
-once than the registered maximum, the wrong password never got a slot, and
-no worker died of an exception it did not expect.
+few milliseconds, every worker now and then cancels all its tasks at once
+(as a TaskGroup that fails or a graceful shutdown does) and starts new ones,
+the parent SIGKILLs a worker every few seconds (and starts another). With
+the private Redis, more: Redis is killed and restarted empty in the middle,
+and every few seconds one of four faults in turn: writes paused (CLIENT
+PAUSE), memory full (maxmemory at what is in use, nothing evicted), a
+client with a wrong password trying its luck, and one whose ACL lacks a
+command the scripts call. At the end, once the killed workers' leases have
+expired: no domain has anything in flight, no lease or waiter is left, the
+server never saw more requests at once than the registered maximum, the
+wrong password and the missing permission never got a slot, every
+cancelled task ended at once, and no worker died of an exception it did
+not expect.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from aimd_redis import (
     Lease,
     RedisAuthenticationError,
     RedisOutOfMemoryError,
+    RedisPermissionError,
     RedisUnavailableError,
     Throttle,
     ThrottleConfig,
@@ -45,11 +50,18 @@ from aimd_redis.demo.coldserver import ColdServer, ServerSettings
 from aimd_redis.demo.embedded import EmbeddedRedis, server_binary
 from aimd_redis.httpx import AsyncAimdTransport, openai_router
 from aimd_redis.keys import model_keys
+from aimd_redis.ops.acl import acl_rule
 
 PROVIDER, MODEL, DOMAIN = "soak", "soak-model", "chat"
-COUNTERS = ("ok", "rate_limited", "server_errors", "cancelled", "timeouts", "outages", "full", "unexpected")
+COUNTERS = (
+    "ok", "rate_limited", "server_errors", "cancelled", "timeouts", "outages", "full", "storms", "unexpected",
+)  # fmt: skip
 #: The private Redis's password (the wrong-password fault needs one to get wrong).
 PASSWORD = "soak"
+#: How long the tasks of a worker may take to end once all are cancelled at once.
+STORM_BOUND_SECONDS = 2.0
+#: The command the user of the missing-permission fault lacks: one the scripts call late.
+LACKING = "pexpire"
 
 
 @dataclass(frozen=True)
@@ -64,7 +76,10 @@ class SoakSettings:
     restart_redis: bool = True
     """Kill and restart the private Redis (empty) half way."""
     fault_every: float = 4.0
-    """Seconds between the private Redis's faults (pause, memory full, wrong password), in turn; 0: none."""
+    """Seconds between the private Redis's faults (pause, memory full, wrong password, missing
+    permission), in turn; 0: none."""
+    storm_every: float = 3.0
+    """Mean seconds between a worker's cancelling all its tasks at once; 0: never."""
     seed: int = 1
     namespace: str = "aimd-soak"
     """Apart from any real fleet's keys when pointed at a shared Redis."""
@@ -98,43 +113,41 @@ async def _work(index: int, redis_url: str, server_url: str, s: SoakSettings, co
         with counts[name].get_lock():
             counts[name].value += 1
 
-    async def task(rng: random.Random) -> None:
-        transport = AsyncAimdTransport(throttle, router=openai_router(PROVIDER))
-        async with httpx.AsyncClient(transport=transport, base_url=server_url, timeout=10) as client:
-            while not stop.is_set():
-                roll = rng.random()
-                try:
-                    if roll < 0.05:  # a caller that gives up half way
-                        request = asyncio.ensure_future(client.post("/v1/chat/completions", json=body))
-                        await asyncio.sleep(rng.uniform(0, 0.05))
-                        request.cancel()
-                        await asyncio.gather(request, return_exceptions=True)
-                        count("cancelled")
-                    elif roll < 0.10:  # an impatient acquire
-                        lease = await throttle.acquire(
-                            provider_name=PROVIDER, model_id=MODEL, domain=DOMAIN, timeout=rng.uniform(0, 0.02)
-                        )
-                        await lease.success()
+    async def task(client: httpx.AsyncClient, rng: random.Random) -> None:
+        while not stop.is_set():
+            roll = rng.random()
+            try:
+                if roll < 0.05:  # a caller that gives up half way
+                    request = asyncio.ensure_future(client.post("/v1/chat/completions", json=body))
+                    await asyncio.sleep(rng.uniform(0, 0.05))
+                    request.cancel()
+                    await asyncio.gather(request, return_exceptions=True)
+                    count("cancelled")
+                elif roll < 0.10:  # an impatient acquire
+                    lease = await throttle.acquire(
+                        provider_name=PROVIDER, model_id=MODEL, domain=DOMAIN, timeout=rng.uniform(0, 0.02)
+                    )
+                    await lease.success()
+                    count("ok")
+                else:
+                    response = await client.post("/v1/chat/completions", json=body)
+                    if response.status_code == 200:
                         count("ok")
+                    elif response.status_code == 429:
+                        count("rate_limited")
                     else:
-                        response = await client.post("/v1/chat/completions", json=body)
-                        if response.status_code == 200:
-                            count("ok")
-                        elif response.status_code == 429:
-                            count("rate_limited")
-                        else:
-                            count("server_errors")
-                except AcquireTimeout:
-                    count("timeouts")
-                except (RedisUnavailableError, httpx.TransportError):
-                    count("outages")
-                    await asyncio.sleep(0.2)
-                except RedisOutOfMemoryError:  # refused as a whole: nothing happened
-                    count("full")
-                    await asyncio.sleep(0.2)
-                except Exception:
-                    traceback.print_exc()
-                    count("unexpected")
+                        count("server_errors")
+            except AcquireTimeout:
+                count("timeouts")
+            except (RedisUnavailableError, httpx.TransportError):
+                count("outages")
+                await asyncio.sleep(0.2)
+            except RedisOutOfMemoryError:  # refused as a whole: nothing happened
+                count("full")
+                await asyncio.sleep(0.2)
+            except Exception:
+                traceback.print_exc()
+                count("unexpected")
 
     try:
         while True:
@@ -145,7 +158,23 @@ async def _work(index: int, redis_url: str, server_url: str, s: SoakSettings, co
                 break
             except (RedisUnavailableError, RedisOutOfMemoryError):  # started while Redis was down, or full
                 await asyncio.sleep(0.2)
-        await asyncio.gather(*(task(random.Random(s.seed * 1000 + index * 10 + i)) for i in range(s.tasks)))
+        rng = random.Random(s.seed * 1000 + index)
+        transport = AsyncAimdTransport(throttle, router=openai_router(PROVIDER))
+        async with httpx.AsyncClient(transport=transport, base_url=server_url, timeout=10) as client:
+            while not stop.is_set():
+                tasks = [asyncio.create_task(task(client, random.Random(rng.random()))) for _ in range(s.tasks)]
+                if s.storm_every <= 0:
+                    await asyncio.gather(*tasks)
+                    break
+                await asyncio.wait(tasks, timeout=rng.expovariate(1 / s.storm_every))
+                for running in tasks:  # a cancellation storm: every task at once, wherever it is
+                    running.cancel()
+                _, stuck = await asyncio.wait(tasks, timeout=STORM_BOUND_SECONDS)
+                count("storms")
+                if stuck:
+                    print(f"{len(stuck)} of {len(tasks)} cancelled tasks still running after {STORM_BOUND_SECONDS}s")
+                    count("unexpected")
+                    return
     finally:
         await throttle.aclose()
 
@@ -162,6 +191,8 @@ class SoakResult:
     """How often each fault of the private Redis was applied."""
     wrong_password: tuple[int, int]
     """(attempts refused with RedisAuthenticationError, slots it got anyway)."""
+    lacking_permission: tuple[int, int]
+    """(attempts refused with RedisPermissionError, slots it got anyway)."""
     reclaimed: int
     max_concurrency: int
     allowed: int
@@ -178,6 +209,7 @@ class SoakResult:
             and self.max_concurrency <= self.allowed
             and (self.in_flight, self.leases, self.waiters) == (0, 0, 0)
             and self.wrong_password[1] == 0
+            and self.lacking_permission[1] == 0
         )
 
     def lines(self) -> list[str]:
@@ -187,12 +219,15 @@ class SoakResult:
             f"callers saw               {c['ok']:,} ok, {c['rate_limited']:,} 429, {c['server_errors']:,} 5xx, "
             f"{c['cancelled']:,} cancelled, {c['timeouts']:,} acquire timeouts, {c['outages']:,} outages, "
             f"{c['full']:,} refused while Redis was full",
+            f"cancellation storms       {c['storms']:,} (every task of a worker at once)",
             f"workers SIGKILLed         {self.kills} (replaced each time)",
             f"Redis restarts            {self.redis_restarts}",
             "faults                    "
             + (", ".join(f"{name} x{n}" for name, n in self.faults.items()) or "none (a Redis of your own)"),
             f"wrong password            {self.wrong_password[0]:,} attempts refused, "
             f"{self.wrong_password[1]} slot(s) obtained",
+            f"missing permission        {self.lacking_permission[0]:,} attempts refused ({LACKING}), "
+            f"{self.lacking_permission[1]} slot(s) obtained",
             f"leases reclaimed          {self.reclaimed}",
             f"most requests at once     {self.max_concurrency} (allowed {self.allowed})",
             f"left at the end           in flight {self.in_flight}, leases {self.leases}, waiters {self.waiters}",
@@ -204,10 +239,12 @@ class _Faults:
     """The private Redis's faults, one every ``fault_every`` seconds in turn,
     each in a thread of its own so that the parent's schedule goes on."""
 
-    def __init__(self, server: EmbeddedRedis) -> None:
+    def __init__(self, server: EmbeddedRedis, namespace: str) -> None:
         self.server = server
-        self.applied = {"writes paused": 0, "memory full": 0, "wrong password": 0}
+        self.namespace = namespace
+        self.applied = {"writes paused": 0, "memory full": 0, "wrong password": 0, "missing permission": 0}
         self.refused = self.slots = 0
+        self.unpermitted = self.unpermitted_slots = 0
         self._turn = 0
         self._threads: list[threading.Thread] = []
 
@@ -215,7 +252,12 @@ class _Faults:
         name = list(self.applied)[self._turn % len(self.applied)]
         self._turn += 1
         self.applied[name] += 1
-        act = {"writes paused": self._pause, "memory full": self._fill, "wrong password": self._intrude}[name]
+        act = {
+            "writes paused": self._pause,
+            "memory full": self._fill,
+            "wrong password": self._intrude,
+            "missing permission": self._lacking,
+        }[name]
         thread = threading.Thread(target=self._quietly, args=(act,), name=f"soak fault: {name}", daemon=True)
         thread.start()
         self._threads.append(thread)
@@ -256,6 +298,28 @@ class _Faults:
         finally:
             t.close()
 
+    def _lacking(self) -> None:
+        """A user whose ACL lacks one command the scripts call late: refused
+        before any script runs, never with a slot left behind."""
+        rule = [c for c in acl_rule("lacking", [self.namespace], password="lacking") if c != f"+{LACKING}"]
+        with self._admin() as admin:
+            admin.execute_command("ACL", "SETUSER", *rule)
+        lacking = self.server.url.replace(f":{PASSWORD}@", ":lacking@").replace("//:", "//lacking:")
+        t = Throttle(lacking, config=ThrottleConfig(), namespace=self.namespace, socket_timeout=1)
+        try:
+            for _ in range(5):
+                try:
+                    got = t.try_acquire(provider_name=PROVIDER, model_id=MODEL, domain=DOMAIN)
+                except RedisPermissionError:
+                    self.unpermitted += 1
+                except (RedisUnavailableError, RedisOutOfMemoryError):
+                    pass  # another fault at the same moment
+                else:
+                    self.unpermitted_slots += isinstance(got, Lease)
+                time.sleep(0.05)
+        finally:
+            t.close()
+
     def join(self) -> None:
         for thread in self._threads:
             thread.join(10)
@@ -268,7 +332,7 @@ def run(url: str | None, s: SoakSettings, progress: bool = True) -> SoakResult:
     redis_url = url or embedded.url  # type: ignore[union-attr]
     own_server = embedded is not None and embedded.kind != "fakeredis"
     restarts = s.restart_redis and own_server
-    faults = _Faults(embedded) if embedded is not None and own_server and s.fault_every > 0 else None
+    faults = _Faults(embedded, s.namespace) if embedded is not None and own_server and s.fault_every > 0 else None
     server_settings = ServerSettings(
         peak=s.peak, warmup_seconds=0, service_seconds=0.1, retry_after_seconds=0.2, error_rate=0.03, reject_rate=0.005
     )
@@ -348,6 +412,7 @@ def run(url: str | None, s: SoakSettings, progress: bool = True) -> SoakResult:
             redis_restarts=restarted,
             faults=faults.applied if faults is not None else {},
             wrong_password=(faults.refused, faults.slots) if faults is not None else (0, 0),
+            lacking_permission=(faults.unpermitted, faults.unpermitted_slots) if faults is not None else (0, 0),
             reclaimed=reclaimed,
             max_concurrency=stats.max_concurrency,
             allowed=s.peak,
