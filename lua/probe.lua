@@ -41,6 +41,7 @@ local PROBES = {
   {'HDEL', scratch, 'f'},
   {'HGET', scratch, 'f'},
   {'HGETALL', scratch},
+  {'HLEN', scratch},
   {'HMGET', scratch, 'f'},
   {'PEXPIRE', scratch, 1000},
   {'PTTL', scratch},

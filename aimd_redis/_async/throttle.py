@@ -40,6 +40,7 @@ from aimd_redis.core import (
     as_str,
     check_int,
     check_now,
+    check_retry_after,
     check_timeout,
     local_state,
     parse_effective_max,
@@ -647,7 +648,7 @@ class AsyncThrottle:
         lease back without an outcome (see AsyncLease.success)."""
         try:
             check_now(now)
-            self.config.cooldown_for(retry_after)
+            check_retry_after(retry_after)
             if tokens is not None:
                 check_int("tokens", tokens, 0, MAX_BUDGET)
             if headers is not None and not isinstance(headers, Mapping):
