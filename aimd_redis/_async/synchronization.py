@@ -28,8 +28,12 @@ async def _within(future: asyncio.Future[Any], timeout: float | None) -> None:
     left cancelled tasks running on)."""
     try:
         await asyncio.wait({future}, timeout=timeout)
-    finally:
+    except GeneratorExit:  # closed with its loop (a throttle never closed): nothing left to cancel
+        raise
+    except BaseException:
         future.cancel()
+        raise
+    future.cancel()
 
 
 def pending_cancellations() -> int:

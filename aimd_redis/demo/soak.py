@@ -58,8 +58,9 @@ COUNTERS = (
 )  # fmt: skip
 #: The private Redis's password (the wrong-password fault needs one to get wrong).
 PASSWORD = "soak"
-#: How long the tasks of a worker may take to end once all are cancelled at once.
-STORM_BOUND_SECONDS = 2.0
+#: How long the tasks of a worker may take to end once all are cancelled at
+#: once: a round trip each, or a write pause or a busy machine at worst.
+STORM_BOUND_SECONDS = 5.0
 #: The command the user of the missing-permission fault lacks: one the scripts call late.
 LACKING = "pexpire"
 
