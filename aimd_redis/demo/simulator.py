@@ -40,6 +40,7 @@ from aimd_redis._provider import Heard
 from aimd_redis.config import ThrottleConfig
 from aimd_redis.core import Call, Core, as_str, check_now
 from aimd_redis.demo.bucket import Bucket
+from aimd_redis.demo.servers import Batching, Queue
 from aimd_redis.scripts import sources
 from aimd_redis.structs import DomainState, Grant, LeaseRef, Queued
 
@@ -140,6 +141,13 @@ class Scenario:
     estimate: int | None = None
     """What the fleet reserves per request instead (a request that sets no
     output limit is estimated low)."""
+    batching: Batching | None = None
+    """A server that queues instead of refusing (``servers.py``): ``capacity``
+    is then its knee (the batch), ``service`` a request's own work."""
+    count_entries: bool = False
+    """Sample the waiter entries Redis holds (one more command per sample)."""
+    start_spread: float = 0.01
+    """Tasks start at random within this many seconds."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,19 @@ class Request(msgspec.Struct, array_like=True):
     capacity: int
     tokens: int = 0
     """What the server charged an admitted request."""
+    queued: float = 0.0
+    """Seconds it waited in a queueing server's queue before it was served."""
+    first_byte: float | None = None
+    """A streamed answer's first token, in seconds after it arrived (None: not streamed)."""
+
+    @property
+    def started(self) -> float:
+        """When the server began to serve it."""
+        return self.arrived + self.queued
+
+    @property
+    def latency(self) -> float:
+        return self.finished - self.arrived
 
     @property
     def over_capacity(self) -> bool:
@@ -175,6 +196,8 @@ class Point(msgspec.Struct, array_like=True):
     ceiling: int
     waiters: int
     tasks: int
+    queue: int = 0
+    """Requests waiting in a queueing server's queue."""
 
 
 class SimRun(msgspec.Struct):
@@ -185,10 +208,24 @@ class SimRun(msgspec.Struct):
     requests: list[Request]
     points: list[Point]
     script_calls: int
+    waiter_entries: list[int] = []
+    """Waiter entries in Redis at each sample (with ``Scenario.count_entries``)."""
 
 
 class _Task:
-    __slots__ = ("call", "granted_at", "job_started", "process", "queued", "recheck", "ref", "token", "used")
+    __slots__ = (
+        "arrived",
+        "at_server",
+        "call",
+        "granted_at",
+        "job_started",
+        "process",
+        "queued",
+        "recheck",
+        "ref",
+        "token",
+        "used",
+    )
 
     def __init__(self, process: str) -> None:
         self.process = process
@@ -200,6 +237,141 @@ class _Task:
         self.job_started = 0.0
         self.granted_at: float | None = None
         self.used = 0
+        self.arrived = 0.0  # at a queueing server
+        self.at_server = 0  # requests there when it arrived, itself counted
+
+
+class TaskClient:
+    """Today's client, task by task: every task acquires on its own, joins the
+    Redis queue as its own waiter, re-runs the acquire script every
+    ``wait_poll_seconds`` while it waits, and takes hand-overs from its
+    process's wake channel. The one place the simulator speaks the core's
+    call-and-reply language; a client that batches a process's tasks would
+    stand beside it with the same three methods."""
+
+    def __init__(self, sim: Simulation, namespace: str) -> None:
+        self.sim = sim
+        self.core = Core(sim.config, namespace)
+        self.keys = self.core.keys(PROVIDER, MODEL)
+        self._by_id: dict[str, _Task] = {}
+        self._pubsub = sim.client.pubsub()
+        self._pubsub.psubscribe(self.keys.wake_prefix + "*")
+        self._pubsub.get_message(timeout=5)  # the subscription's confirmation
+
+    def reset(self) -> None:
+        """Start from an empty model, registered with the scenario's peak (and budgets if registered)."""
+        keys, s = self.keys, self.sim.s
+        self.sim.client.delete(keys.cap, keys.index, keys.events, keys.domain(DOMAIN), keys.leases(DOMAIN), keys.budget)
+        self.sim.client.delete(*keys.queue(DOMAIN))
+        rpm, tpm = (s.server_rpm, s.server_tpm) if s.budget == "registered" else (None, None)
+        self.sim.script(self.core.register_call(PROVIDER, MODEL, "sim", s.peak, EPOCH, (), rpm, tpm))
+
+    def waiter_entries(self) -> int:
+        """Waiters Redis holds for the domain."""
+        return int(self.sim.client.zcard(self.keys.queue(DOMAIN)[0]))
+
+    def close(self) -> None:
+        self._pubsub.close()
+
+    def acquire(self, task: _Task, tokens: int) -> None:
+        """Ask for a slot; the simulation's ``granted`` is called once the task has one."""
+        lease_id = self.core.new_lease_id(task.process)
+        task.call, task.ref = self.core.acquire_call(
+            PROVIDER, MODEL, DOMAIN, EPOCH + self.sim.now, lease_id, tokens=tokens, wait=True
+        )
+        task.recheck = False
+        self._by_id[lease_id] = task
+        self._ask(task)
+
+    def release(
+        self, task: _Task, outcome: str, retry_after: float | None, tokens: int | None, heard: Heard | None
+    ) -> None:
+        sim = self.sim
+        assert task.ref is not None
+        self._by_id.pop(task.ref.lease_id, None)
+        call = self.core.release_call(
+            task.ref,
+            outcome,  # type: ignore[arg-type]
+            retry_after,
+            EPOCH + sim.now,
+            task.granted_at,
+            tokens=tokens,
+            heard=heard,
+        )
+        result, _, _ = self.core.parse_release(task.ref, sim.script(call))
+        if result.state is not None:
+            sim.state = result.state
+        self._drain_wakeups()
+
+    def _ask(self, task: _Task) -> None:
+        sim = self.sim
+        assert task.call is not None
+        assert task.ref is not None
+        call = task.call._replace(args=[check_now(EPOCH + sim.now), *task.call.args[1:]])
+        got = self.core.parse_acquire(task.ref, sim.script(call))
+        sim.state = got.state
+        if isinstance(got, Grant):
+            task.granted_at = got.granted_at
+            sim.granted(task, sim.latency.network)
+        else:
+            assert isinstance(got, Queued)
+            if not task.queued:
+                task.queued = True
+                sim.waiting += 1
+            if not task.recheck:
+                task.recheck = True
+                task.call, _ = self.core.acquire_call(
+                    PROVIDER,
+                    MODEL,
+                    DOMAIN,
+                    EPOCH + sim.now,
+                    task.ref.lease_id,
+                    tokens=task.ref.tokens,
+                    wait=True,
+                    recheck=True,
+                )
+            poll = sim.config.wait_poll_seconds
+            self._recheck_in(task, min(got.retry_in, poll) if got.retry_in > 0 else poll)
+        self._drain_wakeups()
+
+    def _recheck_in(self, task: _Task, seconds: float) -> None:
+        task.token += 1
+        self.sim.at(self.sim.now + seconds, self._recheck, (task, task.token))
+
+    def _recheck(self, arg: tuple[_Task, int]) -> None:
+        task, token = arg
+        if token == task.token:
+            self._ask(task)
+
+    def _drain_wakeups(self) -> None:
+        """Hand-overs and cooldown notices the last script published, read up
+        to a PING so that none is left in flight."""
+        sim = self.sim
+        if sim.waiting == 0:
+            return
+        self._pubsub.ping()
+        while True:
+            message = self._pubsub.get_message(timeout=5)
+            if message is None:
+                raise RuntimeError("the wake-up channel went silent")
+            if message["type"] == "pong":
+                return
+            if message["type"] != "pmessage":
+                continue
+            text = as_str(message["data"])
+            task = self._by_id.get(text.split(" ", 1)[0])
+            if task is None or not task.queued:
+                continue
+            assert task.ref is not None
+            woke = self.core.parse_wake(task.ref, text)
+            if isinstance(woke, Grant):
+                sim.state = woke.state
+                # Claimed at once, as the client does (the claim window is seconds).
+                sim.script(self.core.renew_call([task.ref], EPOCH + sim.now))
+                task.granted_at = woke.granted_at
+                sim.granted(task, sim.latency.wake + sim.latency.network)
+            else:
+                self._recheck_in(task, min(woke, sim.config.wait_poll_seconds))
 
 
 class Simulation:
@@ -222,44 +394,40 @@ class Simulation:
         self.s = scenario
         self.config = config
         self.latency = latency or Latency()
-        self.core = Core(config, namespace)
         self._shas = {name: client.script_load(text) for name, text in sources().items()}
         self._rng = random.Random(scenario.seed)
         self._heap: list[tuple[float, int, Callable[[Any], None], Any]] = []
         self._seq = itertools.count()
-        self._by_id: dict[str, _Task] = {}
-        self._queued = 0
+        self.waiting = 0
+        """Tasks waiting for a slot."""
         self._in_service = 0
         self._forced = sorted(scenario.forced, key=lambda f: f[0])
         self._tasks = 0
-        self._state: DomainState | None = None
+        self.state: DomainState | None = None
         self.now = 0.0
         self._done_count = 0
         self._done = False
         self.requests: list[Request] = []
         self.points: list[Point] = []
         self.calls = 0
-        keys = self.core.keys(PROVIDER, MODEL)
-        self._pubsub = client.pubsub()
-        self._pubsub.psubscribe(keys.wake_prefix + "*")
-        self._pubsub.get_message(timeout=5)  # the subscription's confirmation
+        self.entries: list[int] = []
+        """Waiter entries in Redis at each sample."""
         # The server's budgets, full at the start, as the cold server keeps them.
         limits = {"requests": scenario.server_rpm, "tokens": scenario.server_tpm}
         self._buckets = {kind: Bucket(limit, float(limit), 0.0) for kind, limit in limits.items() if limit is not None}
+        self._server: Queue[_Task] | None = None
+        if scenario.batching is not None:
+            self._server = Queue(scenario.batching, scenario.capacity(0.0))
+        self.fleet = TaskClient(self, namespace)
 
     # -- running ---------------------------------------------------------------
 
     def run(self) -> SimRun:
-        keys = self.core.keys(PROVIDER, MODEL)
-        self.client.delete(keys.cap, keys.index, keys.events, keys.domain(DOMAIN), keys.leases(DOMAIN), keys.budget)
-        self.client.delete(*keys.queue(DOMAIN))
-        registered = self.s.budget == "registered"
-        rpm, tpm = (self.s.server_rpm, self.s.server_tpm) if registered else (None, None)
-        self._script(self.core.register_call(PROVIDER, MODEL, "sim", self.s.peak, EPOCH, (), rpm, tpm))
+        self.fleet.reset()
         self._add_processes(self.s.processes, 0.0)
         for at, processes in self.s.scale:
-            self._at(at, self._scale_to, processes)
-        self._at(0.0, self._sample, None)
+            self.at(at, self._scale_to, processes)
+        self.at(0.0, self._sample, None)
         try:
             while self._heap and not self._done:
                 t, _, fn, arg = heapq.heappop(self._heap)
@@ -269,7 +437,7 @@ class Simulation:
                 self.now = t
                 fn(arg)
         finally:
-            self._pubsub.close()
+            self.fleet.close()
         return SimRun(
             scenario=self.s.name,
             policy=self.config.policy,
@@ -277,17 +445,22 @@ class Simulation:
             requests=self.requests,
             points=self.points,
             script_calls=self.calls,
+            waiter_entries=self.entries,
         )
 
-    def _at(self, t: float, fn: Callable[[Any], None], arg: Any) -> None:
+    def at(self, t: float, fn: Callable[[Any], None], arg: Any) -> None:
         heapq.heappush(self._heap, (t, next(self._seq), fn, arg))
 
-    def _script(self, call: Call) -> Any:
+    def script(self, call: Call) -> Any:
         self.calls += 1
         return self.client.evalsha(self._shas[call.script], len(call.keys), *call.keys, *call.args)
 
     def _sample(self, _: None) -> None:
-        st = self._state
+        st = self.state
+        if self._server is not None:
+            self._server.knee = self.s.capacity(self.now)
+            for task in self._server.admit():  # the knee grew
+                self._serve(task)
         self.points.append(
             Point(
                 self.now,
@@ -295,11 +468,14 @@ class Simulation:
                 self._in_service,
                 st.current_limit if st else 0,
                 st.rate_limit_ceiling if st else 0,
-                self._queued,
+                self.waiting,
                 self._tasks,
+                len(self._server.waiting) if self._server is not None else 0,
             )
         )
-        self._at(self.now + SAMPLE_SECONDS, self._sample, None)
+        if self.s.count_entries:
+            self.entries.append(self.fleet.waiter_entries())
+        self.at(self.now + SAMPLE_SECONDS, self._sample, None)
 
     def _add_processes(self, n: int, at: float) -> None:
         first = self._tasks // self.s.tasks
@@ -308,7 +484,7 @@ class Simulation:
                 task = _Task(f"p{p}")
                 self._tasks += 1
                 # Spread the starts a little, as real processes start.
-                self._at(at + self._rng.uniform(0, 0.01), self._start_job, task)
+                self.at(at + self._rng.uniform(0, self.s.start_spread), self._start_job, task)
 
     def _scale_to(self, processes: int) -> None:
         now_processes = self._tasks // self.s.tasks
@@ -325,88 +501,14 @@ class Simulation:
         estimate = 0
         if self.s.budget != "ignored":
             estimate = self.s.estimate or self.s.prompt_tokens + self.s.max_tokens
-        lease_id = self.core.new_lease_id(task.process)
-        task.call, task.ref = self.core.acquire_call(
-            PROVIDER, MODEL, DOMAIN, EPOCH + self.now, lease_id, tokens=estimate, wait=True
-        )
-        task.recheck = False
-        self._by_id[lease_id] = task
-        self._ask(task)
+        self.fleet.acquire(task, estimate)
 
-    def _ask(self, task: _Task) -> None:
-        assert task.call is not None
-        assert task.ref is not None
-        call = task.call._replace(args=[check_now(EPOCH + self.now), *task.call.args[1:]])
-        got = self.core.parse_acquire(task.ref, self._script(call))
-        self._state = got.state
-        if isinstance(got, Grant):
-            task.granted_at = got.granted_at
-            self._granted(task, self.latency.network)
-        else:
-            assert isinstance(got, Queued)
-            if not task.queued:
-                task.queued = True
-                self._queued += 1
-            if not task.recheck:
-                task.recheck = True
-                task.call, _ = self.core.acquire_call(
-                    PROVIDER,
-                    MODEL,
-                    DOMAIN,
-                    EPOCH + self.now,
-                    task.ref.lease_id,
-                    tokens=task.ref.tokens,
-                    wait=True,
-                    recheck=True,
-                )
-            poll = self.config.wait_poll_seconds
-            self._recheck_in(task, min(got.retry_in, poll) if got.retry_in > 0 else poll)
-        self._drain_wakeups()
-
-    def _recheck_in(self, task: _Task, seconds: float) -> None:
-        task.token += 1
-        self._at(self.now + seconds, self._recheck, (task, task.token))
-
-    def _recheck(self, arg: tuple[_Task, int]) -> None:
-        task, token = arg
-        if token == task.token:
-            self._ask(task)
-
-    def _granted(self, task: _Task, delay: float) -> None:
+    def granted(self, task: _Task, delay: float) -> None:
         task.token += 1  # no re-check pending any more
         if task.queued:
             task.queued = False
-            self._queued -= 1
-        self._at(self.now + delay, self._arrive, task)
-
-    def _drain_wakeups(self) -> None:
-        """Hand-overs and cooldown notices the last script published, read up
-        to a PING so that none is left in flight."""
-        if self._queued == 0:
-            return
-        self._pubsub.ping()
-        while True:
-            message = self._pubsub.get_message(timeout=5)
-            if message is None:
-                raise RuntimeError("the wake-up channel went silent")
-            if message["type"] == "pong":
-                return
-            if message["type"] != "pmessage":
-                continue
-            text = as_str(message["data"])
-            task = self._by_id.get(text.split(" ", 1)[0])
-            if task is None or not task.queued:
-                continue
-            assert task.ref is not None
-            woke = self.core.parse_wake(task.ref, text)
-            if isinstance(woke, Grant):
-                self._state = woke.state
-                # Claimed at once, as the client does (the claim window is seconds).
-                self._script(self.core.renew_call([task.ref], EPOCH + self.now))
-                task.granted_at = woke.granted_at
-                self._granted(task, self.latency.wake + self.latency.network)
-            else:
-                self._recheck_in(task, min(woke, self.config.wait_poll_seconds))
+            self.waiting -= 1
+        self.at(self.now + delay, self._arrive, task)
 
     # -- the server --------------------------------------------------------------
 
@@ -439,6 +541,9 @@ class Simulation:
         )
 
     def _arrive(self, task: _Task) -> None:
+        if self._server is not None:
+            self._queue(self._server, task)
+            return
         s, now = self.s, self.now
         concurrency, capacity = self._in_service + 1, s.capacity(now)
         cost = s.prompt_tokens + self._rng.randint(s.max_tokens // 2, s.max_tokens)
@@ -453,17 +558,51 @@ class Simulation:
             refusal = (429, s.retry_after)
         if refusal is not None:
             self.requests.append(Request(now, now, refusal[0], concurrency, capacity))
-            self._at(now + self.latency.network, self._refused, (task, refusal[1]))
+            self.at(now + self.latency.network, self._refused, (task, refusal[1]))
             return
         self._in_service += 1
         seconds = s.service(self._rng)
         self.requests.append(Request(now, now + seconds, 200, concurrency, capacity, cost))
         task.used = cost
-        self._at(now + seconds + self.latency.network, self._served, task)
-        self._at(now + seconds + s.release_lag, self._free, None)
+        self.at(now + seconds + self.latency.network, self._served, task)
+        self.at(now + seconds + s.release_lag, self._free, None)
 
     def _free(self, _: None) -> None:
         self._in_service -= 1
+
+    def _queue(self, server: Queue[_Task], task: _Task) -> None:
+        """A request reaches a queueing server: it joins the batch, waits, or gets a 503 past the queue cap."""
+        now = self.now
+        server.knee = self.s.capacity(now)
+        task.arrived, task.at_server = now, server.in_batch + len(server.waiting) + 1
+        joined = server.arrive(task)
+        if joined is None:
+            self.requests.append(Request(now, now, 503, task.at_server, server.knee))
+            self.at(now + self.latency.network, self._refused, (task, self.s.retry_after))
+        elif joined:
+            self._serve(task)
+
+    def _serve(self, task: _Task) -> None:
+        assert self._server is not None
+        assert self.s.batching is not None
+        now, server = self.now, self._server
+        got = server.join(self.s.service(self._rng), now)
+        self._in_service += 1
+        waited = now - task.arrived
+        first = waited + got.first_token if self.s.batching.stream else None
+        self.requests.append(
+            Request(task.arrived, now + got.seconds, 200, task.at_server, server.knee, got.tokens, waited, first)
+        )
+        task.used = got.tokens
+        self.at(now + got.seconds + self.latency.network, self._served, task)
+        self.at(now + got.seconds, self._leave, None)
+
+    def _leave(self, _: None) -> None:
+        assert self._server is not None
+        self._in_service -= 1
+        self._server.knee = self.s.capacity(self.now)
+        for task in self._server.leave():
+            self._serve(task)
 
     def _served(self, task: _Task) -> None:
         self._release(task, "success", None)
@@ -471,31 +610,17 @@ class Simulation:
         if self.s.requests is not None and self._done_count >= self.s.requests:
             self._done = True
             return
-        self._at(self.now, self._start_job, task)
+        self.at(self.now, self._start_job, task)
 
     def _refused(self, arg: tuple[_Task, float | None]) -> None:
         task, retry_after = arg
         self._release(task, "rate_limited", retry_after)
         # The caller honours Retry-After for the request that got it.
-        self._at(self.now + (retry_after or 0.0), self._acquire, task)
+        self.at(self.now + (retry_after or 0.0), self._acquire, task)
 
     def _release(self, task: _Task, outcome: str, retry_after: float | None) -> None:
-        assert task.ref is not None
-        self._by_id.pop(task.ref.lease_id, None)
         used = task.used if outcome == "success" and self.s.budget != "ignored" else None
-        call = self.core.release_call(
-            task.ref,
-            outcome,  # type: ignore[arg-type]
-            retry_after,
-            EPOCH + self.now,
-            task.granted_at,
-            tokens=used,
-            heard=self._heard(),
-        )
-        result, _, _ = self.core.parse_release(task.ref, self._script(call))
-        if result.state is not None:
-            self._state = result.state
-        self._drain_wakeups()
+        self.fleet.release(task, outcome, retry_after, used, self._heard())
 
 
 # -- what a run shows ------------------------------------------------------------
