@@ -32,9 +32,26 @@ from pathlib import Path
 import redis
 
 from aimd_redis.demo.embedded import EmbeddedRedis
-from aimd_redis.demo.simulator import BY_NAME, SCENARIOS, Figures, Scenario, SimRun, figures, simulate, with_
+from aimd_redis.demo.simulator import (
+    BY_NAME,
+    SCENARIOS,
+    Figures,
+    QueueFigures,
+    Scenario,
+    SimRun,
+    figures,
+    queue_figures,
+    simulate,
+    with_,
+)
 
-POLICIES = ("classic", "adaptive")
+#: The policies compared (the first two are checked against each other).
+POLICIES: tuple[str, ...] = ("classic", "adaptive")
+#: The policies the queueing servers' targets bind (the others' figures are shown).
+QUEUE_TARGET_POLICIES: tuple[str, ...] = ("latency",)
+#: Against a server that queues: throughput, latency against no load, and
+#: (the hosted API whose latency doubles) how busy it stays through the spell.
+MIN_THROUGHPUT, MAX_MEDIAN_X, MAX_P90_X, MIN_SLOW_BUSY = 0.9, 2.0, 3.0, 0.85
 #: Targets for the adaptive policy (see the scenario's ``goal`` for the steady share).
 MAX_STEADY_429 = 0.01
 MAX_TO_90 = 10.0
@@ -94,6 +111,75 @@ def checks(s: Scenario, classic: Figures, adaptive: Figures) -> list[tuple[bool,
     return out
 
 
+def queue_checks(s: Scenario, f: QueueFigures) -> list[tuple[bool, str]]:
+    assert s.batching is not None
+    if s.batching.slow:
+        busy = f.slow_busy or 0.0
+        return [
+            (busy >= MIN_SLOW_BUSY, f"{_pct(busy)} busy through the slow spell (at least {_pct(MIN_SLOW_BUSY, 0)})")
+        ]
+    return [
+        (
+            f.throughput_share >= MIN_THROUGHPUT,
+            f"throughput {_pct(f.throughput_share)} of peak (at least {_pct(MIN_THROUGHPUT, 0)})",
+        ),
+        (f.median_x <= MAX_MEDIAN_X, f"median latency {f.median_x:.1f}x no-load (at most {MAX_MEDIAN_X:g}x)"),
+        (f.p90_x <= MAX_P90_X, f"p90 latency {f.p90_x:.1f}x no-load's (at most {MAX_P90_X:g}x)"),
+        (f.refused == 0, f"{f.refused} requests refused (every request served at once)"),
+    ]
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in rows
+    )
+
+
+def queue_table(results: dict[tuple[str, str], QueueFigures], names: list[str]) -> str:
+    rows = [
+        [
+            "scenario",
+            "policy",
+            "no-load",
+            "p90",
+            "peak/s",
+            "served/s",
+            "of peak",
+            "median",
+            "p90",
+            "TTFT med",
+            "TTFT p90",
+        ]
+    ]
+    rows[0] += ["refused", "at server", "queued", "slow busy"]
+    for name in names:
+        for policy in POLICIES:
+            f = results[(name, policy)]
+            first, first90 = ("-", "-") if f.first_x is None else (f"{x:.1f}x" for x in f.first_x)
+            rows.append(
+                [
+                    name,
+                    policy,
+                    f"{1000 * f.no_load:.0f}ms",
+                    f"{1000 * f.no_load_p90:.0f}ms",
+                    f"{f.peak_rate:.1f}",
+                    f"{f.rate:.1f}",
+                    _pct(f.throughput_share),
+                    f"{f.median_x:.1f}x",
+                    f"{f.p90_x:.1f}x",
+                    first,
+                    first90,
+                    str(f.refused),
+                    f"{f.at_server:g}",
+                    f"{f.queued:g}",
+                    _pct(f.slow_busy),
+                ]
+            )
+    return _table(rows)
+
+
 def table(results: dict[tuple[str, str], Figures], names: list[str]) -> str:
     head = ["scenario"]
     for policy in POLICIES:
@@ -114,23 +200,24 @@ def table(results: dict[tuple[str, str], Figures], names: list[str]) -> str:
                 _pct(f.budget_share),
             ]
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join(
-        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-        for r in rows
-    )
+    return _table(rows)
 
 
 def main() -> int:
+    global POLICIES
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", help="Redis URL (default: a private redis-server)")
     parser.add_argument("--scenario", action="append", choices=[s.name for s in SCENARIOS], help="only these")
+    parser.add_argument("--policy", action="append", help=f"only these policies (default: {', '.join(POLICIES)})")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the server and the callers")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--plot", type=Path, default=Path("control.png"))
     args = parser.parse_args()
 
+    POLICIES = tuple(args.policy or POLICIES)
     names = args.scenario or [s.name for s in SCENARIOS]
+    refusing = [n for n in names if BY_NAME[n].batching is None]
+    queueing = [n for n in names if BY_NAME[n].batching is not None]
     embedded = None if args.url else EmbeddedRedis()
     url = args.url or embedded.url  # type: ignore[union-attr]
     print(f"Redis: {url} ({embedded.kind if embedded else 'given'}); {len(names)} scenarios x {len(POLICIES)} policies")
@@ -156,24 +243,54 @@ def main() -> int:
         if embedded is not None:
             embedded.close()
     print(f"\nAll runs in {time.perf_counter() - started:.0f}s of wall time.\n")
-    print(table(results, names))
-    print(
-        "\ngoodput: share of the capacity the fleet could use that went to requests served; steady: in the "
-        "scenario's steady window;\n429s: refusals among requests sent (503/529 for the overloaded server); "
-        "budget: share of the server's budget it admitted in the steady window\n"
-    )
     failed = 0
-    for name in names:
+    if refusing:
+        print(table(results, refusing))
+        print(
+            "\ngoodput: share of the capacity the fleet could use that went to requests served; steady: in the "
+            "scenario's steady window;\n429s: refusals among requests sent (503/529 for the overloaded server); "
+            "budget: share of the server's budget it admitted in the steady window\n"
+        )
+    compared = {"classic", "adaptive"} <= set(POLICIES)
+    for name in refusing if compared else []:
         s = BY_NAME[name]
         found = checks(s, results[(name, "classic")], results[(name, "adaptive")])
         failed += sum(1 for ok, _ in found if not ok)
         print(f"{name}:")
         for ok, text in found:
             print(f"  {'ok  ' if ok else 'MISS'} {text}")
-    from aimd_redis.demo.plot import plot_control
+    queued = {key: queue_figures(runs[key], BY_NAME[key[0]]) for key in runs if key[0] in queueing}
+    if queueing:
+        print("\nServers that queue (steady window; latencies against the no-load latency):\n")
+        print(queue_table(queued, queueing))
+        print(
+            "\nno-load: a lone request's median and p90 latency; served/s against the server's best with the "
+            "fleet's tasks;\nmedian, p90: latency from arrival at the server to the last byte, against no-load's "
+            "median and p90; TTFT: time to the first token of a stream, likewise;\n"
+            "refused: 503s past the queue cap (retried); "
+            "at server, queued: medians of requests at the server and in its queue; slow busy: the batch's fill "
+            "through the slow spell\n"
+        )
+        print(f"Targets (they bind {', '.join(QUEUE_TARGET_POLICIES)}; the others' are shown for comparison):")
+    for name in queueing:
+        for policy in POLICIES:
+            binds = policy in QUEUE_TARGET_POLICIES
+            found = queue_checks(BY_NAME[name], queued[(name, policy)])
+            if binds:
+                failed += sum(1 for ok, _ in found if not ok)
+            marks = ("ok  ", "MISS") if binds else ("ok  ", "miss")
+            print(f"{name}, {policy}:")
+            for ok, text in found:
+                print(f"  {marks[0] if ok else marks[1]} {text}")
+    from aimd_redis.demo.plot import plot_control, plot_queueing
 
-    panels = [(BY_NAME[name], [(policy, runs[(name, policy)]) for policy in POLICIES]) for name in names]
-    print(f"\nPlot: {plot_control(panels, args.plot)}")
+    if refusing:
+        panels = [(BY_NAME[name], [(policy, runs[(name, policy)]) for policy in POLICIES]) for name in refusing]
+        print(f"\nPlot: {plot_control(panels, args.plot)}")
+    if queueing:
+        panels = [(BY_NAME[name], [(policy, runs[(name, policy)]) for policy in POLICIES]) for name in queueing]
+        path = args.plot.with_name(f"{args.plot.stem}-queueing{args.plot.suffix}")
+        print(f"Plot: {plot_queueing(panels, path)}")
     print(f"\n{'all targets met' if not failed else f'{failed} target(s) missed'}")
     return 0 if not failed else 1
 

@@ -6,7 +6,19 @@ from __future__ import annotations
 import pytest
 import redis
 
-from aimd_redis.demo.simulator import BY_NAME, Point, Request, SimRun, figures, simulate, steps, uniform, with_
+from aimd_redis.demo.servers import Batching, Queue
+from aimd_redis.demo.simulator import (
+    BY_NAME,
+    Point,
+    Request,
+    SimRun,
+    figures,
+    queue_figures,
+    simulate,
+    steps,
+    uniform,
+    with_,
+)
 
 
 def test_goodput_counts_capacity_the_fleet_could_use_and_the_time_spent_serving() -> None:
@@ -58,3 +70,63 @@ def test_a_fleet_that_knows_the_token_budget_uses_it_without_429s(real_redis: re
     ignored = got["ignored"].steady_refused_share
     assert ignored is not None
     assert ignored > 0.02  # learning only from 429s costs refusals
+
+
+def test_a_queueing_server_batches_up_to_its_knee_and_queues_the_rest_in_order() -> None:
+    server: Queue[str] = Queue(Batching(growth=0.5, queue_cap=2), knee=2)
+    assert server.arrive("a") is True
+    alone = server.join(1.0, now=0.0)
+    assert alone.seconds == pytest.approx(1.25)  # a batch of 1 of 2: 1 + 0.5 x 1/2
+    assert server.arrive("b") is True
+    assert server.join(1.0, now=0.0).seconds == pytest.approx(1.5)  # a full batch: 1.5x
+    assert [server.arrive(x) for x in "cde"] == [False, False, None]  # queued, queued, 503 past the cap
+    assert server.leave() == ["c"]  # first come, first served
+    server.knee = 4  # scaled out
+    assert server.admit() == ["d"]
+    assert Batching(growth=0.5).rate(batch=8, knee=2, mean_work=1.0) == pytest.approx(2 / 1.5)  # the knee's
+
+
+def test_a_loop_deaf_to_queueing_fills_the_queue_while_a_small_fleet_stays_fast(real_redis: redis.Redis) -> None:
+    """Today's policies against a server that queues: the throughput is all
+    there, but a fleet above the knee waits in the server's queue."""
+    s = with_(BY_NAME["q-batch"], seconds=30.0, steady=(15.0, 30.0))
+    large = queue_figures(simulate(real_redis, s, "adaptive"), s)
+    assert large.throughput_share >= 0.9
+    assert large.median_x > 5  # 64 at the server against a batch of 12
+    assert large.queued >= 50
+    small = with_(BY_NAME["q-small-fleet"], seconds=30.0, steady=(15.0, 30.0))
+    fast = queue_figures(simulate(real_redis, small, "adaptive"), small)
+    assert fast.median_x <= 2.0
+    assert fast.queued == 0
+    assert fast.throughput_share >= 0.9  # of what 8 tasks can get from a batch of 12
+
+
+def test_a_stream_shows_the_queue_in_its_first_token(real_redis: redis.Redis) -> None:
+    s = with_(BY_NAME["q-stream"], seconds=30.0, steady=(15.0, 30.0))
+    f = queue_figures(simulate(real_redis, s, "classic"), s)
+    assert f.first_x is not None
+    # The first token waits out the queue, and alone it comes in a tenth of the answer's time.
+    assert f.first_x[0] > 5 * f.median_x
+
+
+def test_today_s_client_costs_redis_a_waiter_entry_and_a_poll_per_waiting_task(real_redis: redis.Redis) -> None:
+    """4 pods x 64 tasks on 2 s requests, 8 slots a pod: 56 tasks a pod wait,
+    each its own entry in Redis and each re-running the acquire script every
+    ``wait_poll_seconds`` (2 s)."""
+    s = with_(
+        BY_NAME["steady"],
+        seconds=8.0,
+        capacity=steps(10**9),
+        service=uniform(2.0, 0.05),
+        processes=4,
+        tasks=64,
+        peak=32,
+        rampup_seconds=0.0,
+        count_entries=True,
+        start_spread=2.0,
+    )
+    run = simulate(real_redis, s, "classic")
+    assert sum(run.waiter_entries[-20:]) / 20 == pytest.approx(4 * 56, abs=4)
+    calls_per_second = run.script_calls / run.end
+    # 224 waiters x 0.5 polls a second, plus about 2 calls per request at 16 requests a second
+    assert 4 * 56 * 0.5 <= calls_per_second <= 4 * 56 * 0.5 + 16 * 3 + 40

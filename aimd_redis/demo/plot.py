@@ -220,3 +220,74 @@ def plot_budget(runs: Sequence[tuple[str, FleetRun]], tokens_per_minute: int, pa
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_queueing(scenarios: Sequence[tuple[Any, Sequence[tuple[str, Any]]]], path: Path) -> Path:
+    """Simulated runs against servers that queue: requests at the server, in its
+    batch and in its queue, the knee and the limit; and each second's median
+    latency against the no-load latency (right axis)."""
+    import statistics
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from aimd_redis.demo.servers import Reference
+
+    columns = max(len(runs) for _, runs in scenarios)
+    fig, axes = plt.subplots(
+        len(scenarios), columns, figsize=(6.5 * columns, 2.3 * len(scenarios)), squeeze=False, constrained_layout=True
+    )
+    for row, (scenario, runs) in enumerate(scenarios):
+        no_load = Reference.of(scenario.service, scenario.batching, scenario.capacity(0.0)).no_load
+        ymax = 1.1 * max(max((max(p.limit, p.in_service + p.queue) for p in run.points), default=1) for _, run in runs)
+        for col, (policy, run) in enumerate(runs):
+            ax = axes[row][col]
+            t = [p.t for p in run.points]
+            ax.fill_between(t, [p.capacity for p in run.points], step="post", color=COLORS["capacity"], label="knee")
+            ax.step(
+                t,
+                [p.in_service + p.queue for p in run.points],
+                where="post",
+                color="#7f4f24",
+                lw=0.8,
+                label="at server",
+            )
+            ax.step(t, [p.queue for p in run.points], where="post", color="#8e44ad", lw=0.7, label="queued")
+            ax.step(
+                t, [p.in_service for p in run.points], where="post", color=COLORS["in_flight"], lw=0.7, label="in batch"
+            )
+            ax.step(t, [p.limit for p in run.points], where="post", color=COLORS["limit"], lw=1.4, label="limit")
+            by_second: dict[int, list[float]] = {}
+            for r in run.requests:
+                if r.status == 200:
+                    by_second.setdefault(int(r.finished), []).append(r.latency / no_load)
+            seconds = sorted(by_second)
+            right = ax.twinx()
+            right.plot(
+                seconds,
+                [statistics.median(by_second[s]) for s in seconds],
+                ".",
+                color="black",
+                ms=2,
+                label="median latency / no-load",
+            )
+            right.axhline(2.0, color="black", lw=0.5, ls=":")
+            right.set_ylim(0, max(4.0, 1.1 * max((statistics.median(v) for v in by_second.values()), default=1)))
+            right.tick_params(labelsize=7)
+            refused = sum(1 for r in run.requests if r.status != 200)
+            ax.set_title(
+                f"{scenario.name}, {policy}: {len(run.requests) - refused:,} served, {refused} refused", fontsize=9
+            )
+            ax.set_ylim(0, ymax)
+            ax.set_xlim(0, run.end)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+            if row == 0 and col == 0:
+                ax.legend(loc="upper left", fontsize=7, ncol=5)
+                right.legend(loc="upper right", fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=60)
+    plt.close(fig)
+    return path

@@ -151,10 +151,14 @@ class Reference:
 
     no_load: float
     """Median latency of a lone request (a batch of one)."""
+    no_load_p90: float
+    """The 90th percentile of a lone request's latency (a heavy tail's p90 is
+    judged against this, not against the median)."""
     mean_work: float
 
     @classmethod
     def of(cls, work: Work, batching: Batching, knee: int, draws: int = 20_000, seed: int = 12345) -> Reference:
         rng = random.Random(seed)
-        sample = [work(rng) for _ in range(draws)]
-        return cls(statistics.median(sample) * batching.factor(1, knee, -math.inf), statistics.fmean(sample))
+        sample = sorted(work(rng) for _ in range(draws))
+        alone = batching.factor(1, knee, -math.inf)
+        return cls(statistics.median(sample) * alone, sample[int(0.9 * draws)] * alone, statistics.fmean(sample))

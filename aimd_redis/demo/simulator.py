@@ -30,9 +30,10 @@ import heapq
 import itertools
 import math
 import random
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -40,7 +41,7 @@ from aimd_redis._provider import Heard
 from aimd_redis.config import ThrottleConfig
 from aimd_redis.core import Call, Core, as_str, check_now
 from aimd_redis.demo.bucket import Bucket
-from aimd_redis.demo.servers import Batching, Queue
+from aimd_redis.demo.servers import Batching, Queue, Reference, Slow
 from aimd_redis.scripts import sources
 from aimd_redis.structs import DomainState, Grant, LeaseRef, Queued
 
@@ -85,6 +86,11 @@ def uniform(mean: float, spread: float = 0.2) -> ServiceTime:
 def lognormal(median: float, sigma: float, cap: float) -> ServiceTime:
     """Heavy-tailed service times (streamed completions of very different lengths)."""
     return lambda rng: min(cap, median * math.exp(sigma * rng.gauss(0, 1)))
+
+
+def pareto(least: float, alpha: float, cap: float) -> ServiceTime:
+    """Service times of at least ``least``, Pareto-tailed with index ``alpha`` (lower: heavier)."""
+    return lambda rng: min(cap, least * rng.paretovariate(alpha))
 
 
 @dataclass(frozen=True)
@@ -241,6 +247,18 @@ class _Task:
         self.at_server = 0  # requests there when it arrived, itself counted
 
 
+class FleetClient(Protocol):
+    """How the simulated fleet's processes talk to Redis (``TaskClient`` is today's)."""
+
+    def reset(self) -> None: ...
+    def acquire(self, task: _Task, tokens: int) -> None: ...
+    def release(
+        self, task: _Task, outcome: str, retry_after: float | None, tokens: int | None, heard: Heard | None
+    ) -> None: ...
+    def waiter_entries(self) -> int: ...
+    def close(self) -> None: ...
+
+
 class TaskClient:
     """Today's client, task by task: every task acquires on its own, joins the
     Redis queue as its own waiter, re-runs the acquire script every
@@ -387,6 +405,7 @@ class Simulation:
         *,
         namespace: str = "aimd-sim",
         latency: Latency | None = None,
+        fleet: Callable[[Simulation, str], FleetClient] | None = None,
     ) -> None:
         if config.idle_ttl_seconds != 0:
             raise ValueError("simulations need idle_ttl_seconds=0: key expiry runs on the real clock")
@@ -418,7 +437,7 @@ class Simulation:
         self._server: Queue[_Task] | None = None
         if scenario.batching is not None:
             self._server = Queue(scenario.batching, scenario.capacity(0.0))
-        self.fleet = TaskClient(self, namespace)
+        self.fleet: FleetClient = (fleet or TaskClient)(self, namespace)
 
     # -- running ---------------------------------------------------------------
 
@@ -668,9 +687,9 @@ def figures(run: SimRun, s: Scenario) -> Figures:
 
     def used(t0: float, t1: float) -> float:
         return sum(
-            max(0.0, min(r.finished, t1) - max(r.arrived, t0))
+            max(0.0, min(r.finished, t1) - max(r.started, t0))
             for r in requests
-            if r.status == 200 and r.finished > t0 and r.arrived < t1
+            if r.status == 200 and r.finished > t0 and r.started < t1
         )
 
     def refused_share(t0: float, t1: float) -> float | None:
@@ -731,6 +750,12 @@ def simulate(
     latency: Latency | None = None,
 ) -> SimRun:
     """Run ``scenario`` under ``policy`` with the scenario's settings."""
+    config = scenario_config(scenario, policy)
+    return Simulation(client, scenario, config, namespace=namespace, latency=latency).run()
+
+
+def scenario_config(scenario: Scenario, policy: str) -> ThrottleConfig:
+    """The loop's configuration for ``scenario`` under ``policy``."""
     settings = {
         "lease_ttl_seconds": 600.0,
         "idle_ttl_seconds": 0.0,
@@ -738,8 +763,7 @@ def simulate(
         **scenario.config,
         "policy": policy,
     }
-    config = ThrottleConfig(**settings)
-    return Simulation(client, scenario, config, namespace=namespace, latency=latency).run()
+    return ThrottleConfig(**settings)
 
 
 def with_(scenario: Scenario, **changes: Any) -> Scenario:
@@ -955,4 +979,182 @@ BUDGETED: Sequence[Scenario] = (
 )
 SCENARIOS = (*SCENARIOS, *BUDGETED)
 
+
+# -- servers that queue instead of refusing ------------------------------------------
+
+
+class QueueFigures(msgspec.Struct, frozen=True):
+    """A run against a queueing server, judged against what the server does
+    alone (no-load latency) and at its best (peak throughput), in the
+    scenario's steady window."""
+
+    scenario: str
+    policy: str
+    no_load: float
+    """Median latency of a lone request."""
+    no_load_p90: float
+    """The 90th percentile of a lone request's latency."""
+    first_share: float
+    """A lone request's first token comes after this share of its latency."""
+    peak_rate: float
+    """Requests a second the server serves at best in the window (with the fleet's tasks)."""
+    rate: float
+    """Requests a second served (finished) in the window."""
+    throughput_share: float
+    median: float
+    p90: float
+    """Latency (arrival at the server to the last byte) of requests that arrived in the window."""
+    first_median: float | None
+    first_p90: float | None
+    """Time to the first token, for streamed answers."""
+    refused: int
+    """Requests refused over the run (503s past the queue cap); the callers retried them."""
+    at_server: float
+    """Median of the requests at the server (in the batch or queued) in the window."""
+    queued: float
+    """Median of the requests in the server's queue in the window."""
+    slow_busy: float | None
+    """Through the slow spells: the batch's mean fill, of what the fleet's tasks could fill."""
+
+    @property
+    def median_x(self) -> float:
+        return self.median / self.no_load
+
+    @property
+    def p90_x(self) -> float:
+        """The p90 against a lone request's p90."""
+        return self.p90 / self.no_load_p90
+
+    @property
+    def first_x(self) -> tuple[float, float] | None:
+        """The first token's median and p90 against a lone request's."""
+        if self.first_median is None or self.first_p90 is None:
+            return None
+        return self.first_median / (self.no_load * self.first_share), self.first_p90 / (
+            self.no_load_p90 * self.first_share
+        )
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.floor(q * len(ordered)))]
+
+
+def queue_figures(run: SimRun, s: Scenario) -> QueueFigures:
+    batching = s.batching
+    if batching is None or s.steady is None:
+        raise ValueError(f"{s.name} is not a queueing scenario with a steady window")
+    a, b = s.steady
+    ref = Reference.of(s.service, batching, s.capacity(a))
+    window = [p for p in run.points if a <= p.t < b]
+    peak = statistics.fmean(batching.rate(min(p.capacity, p.tasks), p.capacity, ref.mean_work) for p in window)
+    served = [r for r in run.requests if r.status == 200 and r.finished <= run.end]
+    arrived = [r for r in served if a <= r.arrived < b]
+    rate = sum(1 for r in served if a <= r.finished < b) / (b - a)
+    firsts = [r.first_byte for r in arrived if r.first_byte is not None]
+    spell = [p for p in run.points if any(x.start <= p.t < x.end for x in batching.slow)]
+    return QueueFigures(
+        scenario=s.name,
+        policy=run.policy,
+        no_load=ref.no_load,
+        no_load_p90=ref.no_load_p90,
+        first_share=batching.first_token_share,
+        peak_rate=peak,
+        rate=rate,
+        throughput_share=rate / peak,
+        median=_quantile([r.latency for r in arrived], 0.5),
+        p90=_quantile([r.latency for r in arrived], 0.9),
+        first_median=_quantile(firsts, 0.5) if firsts else None,
+        first_p90=_quantile(firsts, 0.9) if firsts else None,
+        refused=sum(1 for r in run.requests if r.status != 200),
+        at_server=statistics.median(p.in_service + p.queue for p in window),
+        queued=statistics.median(p.queue for p in window),
+        slow_busy=(statistics.fmean(p.in_service / min(p.capacity, p.tasks) for p in spell) if spell else None),
+    )
+
+
+_BATCH = Scenario(
+    name="q-batch",
+    about="a server batching 12 at once (0.2 s alone, lognormal; 1.5x slower at a full batch), FIFO queue beyond; "
+    "fleet 4x16, peak 64",
+    seconds=90,
+    capacity=steps(12),
+    service=lognormal(0.2, 0.25, 2.0),
+    mean_service=0.2 * math.exp(0.25**2 / 2),
+    processes=4,
+    tasks=16,
+    peak=64,
+    rampup_seconds=10,
+    steady=(30, 90),
+    batching=Batching(growth=0.5),
+)
+_LONG = lognormal(1.0, 1.0, 30.0)
+QUEUEING: Sequence[Scenario] = (
+    _BATCH,
+    with_(
+        _BATCH,
+        name="q-heavy-tail",
+        about="batch 16; output lengths lognormal (median 1 s, sigma 1, p99 about 10 s)",
+        seconds=240,
+        capacity=steps(16),
+        service=_LONG,
+        mean_service=math.exp(0.5),
+        steady=(60, 240),
+    ),
+    with_(
+        _BATCH,
+        name="q-stream",
+        about="batch 12, streamed answers (first token after 10% of the service), Pareto lengths (0.1 s up, alpha 2)",
+        seconds=120,
+        service=pareto(0.1, 2.0, 5.0),
+        mean_service=0.2,
+        steady=(30, 120),
+        batching=Batching(growth=0.5, stream=True),
+    ),
+    with_(
+        _BATCH,
+        name="q-knee-moves",
+        about="batch 12, scaled out to 24 at 60 s and in to 8 at 120 s",
+        seconds=180,
+        capacity=steps(12, (60, 24), (120, 8)),
+        steady=(30, 180),
+    ),
+    with_(
+        _BATCH,
+        name="q-queue-cap",
+        about="batch 12 and at most 16 queued: past that it answers 503 with Retry-After 1 s",
+        retry_after=1.0,
+        refusal_status=503,
+        batching=Batching(growth=0.5, queue_cap=16),
+    ),
+    with_(
+        _BATCH,
+        name="q-large-fleet",
+        about="batch 12; fleet 16x16 with peak 256",
+        processes=16,
+        peak=256,
+    ),
+    with_(
+        _BATCH,
+        name="q-small-fleet",
+        about="batch 12; fleet 1x8, smaller than the batch",
+        processes=1,
+        tasks=8,
+    ),
+    with_(
+        _BATCH,
+        name="hosted-slow",
+        about="a hosted API (batch 64, hardly slower loaded); fleet 4x8, peak 32; every request twice as slow "
+        "from 60 s to 120 s whatever the load",
+        seconds=180,
+        capacity=steps(64),
+        tasks=8,
+        peak=32,
+        steady=(30, 180),
+        batching=Batching(growth=0.1, slow=(Slow(60.0, 120.0),)),
+    ),
+)
+SCENARIOS = (*SCENARIOS, *QUEUEING)
 BY_NAME = {s.name: s for s in SCENARIOS}
