@@ -68,6 +68,9 @@ def test_a_raised_peak_applies_during_and_after_the_warm_up() -> None:
         {"tokens_per_minute": 0},
         {"completion_tokens": 0},
         {"rate_limit_headers": "x"},
+        {"growth": -1},
+        {"queue_cap": -1},
+        {"first_token_share": 2},
     ],
 )
 def test_settings_are_checked(bad: dict[str, object]) -> None:
@@ -94,6 +97,88 @@ def test_above_capacity_it_answers_429_and_records_every_request() -> None:
         assert (rejected.concurrency, rejected.capacity, rejected.finished) == (3, 2, rejected.arrived)
         served = [r for r in records if r.status == 200]
         assert all(0.4 <= r.finished - r.arrived < 2 for r in served)  # 0.5 s +-20%
+
+
+def _burst(server: ColdServer, n: int, body: dict[str, object] = CHAT) -> list[httpx.Response]:
+    """``n`` chat requests sent at once, in order."""
+    with httpx.Client(base_url=server.url) as client, concurrent.futures.ThreadPoolExecutor(n) as pool:
+        sent = []
+        for _ in range(n):
+            sent.append(pool.submit(client.post, "/v1/chat/completions", json=body))
+            while server.stats().requests + server.stats().in_service + server.stats().queued < len(sent):
+                time.sleep(0.005)
+        return [f.result() for f in sent]
+
+
+def test_a_queueing_server_serves_a_batch_at_a_time_slower_when_full_and_queues_the_rest() -> None:
+    settings = ServerSettings(peak=2, warmup_seconds=0, service_seconds=0.2, queueing=True, growth=0.5)
+    with ColdServer(settings) as server:
+        answers = _burst(server, 4)
+        assert [a.status_code for a in answers] == [200] * 4  # none refused
+        records = sorted(server.records(), key=lambda r: r.arrived)
+    assert [r.concurrency for r in records] == [1, 2, 3, 4]  # requests at the server, queued ones counted
+    first, second, third, fourth = records
+    assert first.queued == pytest.approx(0, abs=0.01)
+    assert second.queued == pytest.approx(0, abs=0.01)
+    # Alone in a batch of 2 a request takes 1.25x its 0.2 s (+-20%); with a second, 1.5x.
+    assert 0.2 <= first.finished - first.arrived <= 0.35
+    assert 0.24 <= second.finished - second.arrived <= 0.42
+    assert min(third.queued, fourth.queued) >= 0.15  # they waited for a place in the batch
+    assert third.arrived + third.queued <= fourth.arrived + fourth.queued  # first come, first served
+
+
+def test_past_its_queue_cap_a_queueing_server_answers_503() -> None:
+    settings = ServerSettings(peak=1, warmup_seconds=0, service_seconds=0.3, queueing=True, queue_cap=1)
+    with ColdServer(settings) as server:
+        answers = _burst(server, 3)
+        assert [a.status_code for a in answers] == [200, 200, 503]
+        assert answers[2].headers["retry-after-ms"] == "500"
+        stats = server.stats()
+        assert (stats.served, stats.rejected, stats.errors, stats.queued) == (2, 1, 0, 0)
+
+
+def test_a_streamed_answer_s_first_token_waits_out_the_queue() -> None:
+    settings = ServerSettings(
+        peak=1, warmup_seconds=0, service_seconds=0.5, queueing=True, first_token_share=0.1, growth=0.0
+    )
+
+    def first_token(client: httpx.Client) -> float:
+        started = time.monotonic()
+        with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as answer:
+            next(answer.iter_lines())
+            return time.monotonic() - started
+
+    with ColdServer(settings) as server, httpx.Client(base_url=server.url) as client:
+        alone = first_token(client)
+        while server.stats().in_service:  # the server lets go of the stream we left
+            time.sleep(0.005)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            ahead = pool.submit(client.post, "/v1/chat/completions", json=CHAT)
+            while server.stats().in_service < 1:
+                time.sleep(0.005)
+            behind = first_token(client)
+            assert ahead.result().status_code == 200
+    assert alone < 0.1  # a tenth of 0.5 s (+-20%), and no queue
+    assert behind >= 0.3  # the request ahead's 0.4 to 0.6 s first
+
+
+def test_a_caller_that_hangs_up_while_queued_leaves_the_queue() -> None:
+    settings = ServerSettings(peak=1, warmup_seconds=0, service_seconds=0.4, queueing=True)
+    with ColdServer(settings) as server, httpx.Client(base_url=server.url) as client:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(client.post, "/v1/chat/completions", json=CHAT)
+            while server.stats().in_service < 1:
+                time.sleep(0.005)
+            with pytest.raises(httpx.ReadTimeout):
+                client.post("/v1/chat/completions", json=CHAT, timeout=0.05)
+            assert ahead.result().status_code == 200
+        deadline = time.monotonic() + 2
+        while server.stats().queued and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stats = server.stats()
+        assert (stats.queued, stats.in_service) == (0, 0)
+        assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+        assert server.records()[-1].queued < 0.05  # nobody ahead of it
 
 
 def test_a_date_retry_after() -> None:
@@ -154,6 +239,17 @@ def test_the_cold_server_command() -> None:
             assert (answer.status_code, answer.headers["x-ratelimit-limit-tokens"]) == (200, "6000")
             report = next(line for line in proc.stdout if "served 1" in line)
             assert f"tokens {answer.json()['usage']['total_tokens']}" in report
+        finally:
+            proc.terminate()
+    queueing = [*command, "--queue", "--queue-cap", "0", "--peak", "1"]
+    with subprocess.Popen(queueing, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().split()[3]
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                answers = list(pool.map(lambda _: httpx.post(f"{url}/chat/completions", json=CHAT).status_code, [0, 1]))
+            assert sorted(answers) == [200, 503]  # a batch of 1 and no room to queue
+            assert "queued 0" in next(line for line in proc.stdout if "served 1" in line)
         finally:
             proc.terminate()
     bad = subprocess.run([*command[:3], "cold-server", "--peak", "0"], capture_output=True, text=True)

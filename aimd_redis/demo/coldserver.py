@@ -48,6 +48,7 @@ import msgspec
 from aiohttp import web
 
 from aimd_redis.demo.bucket import Bucket
+from aimd_redis.demo.servers import Batching, Queue, Served
 
 #: How a 429 says when to retry: OpenAI's pair (``retry-after-ms`` and
 #: ``Retry-After`` in whole seconds), ``Retry-After`` alone as seconds or as
@@ -71,6 +72,23 @@ class _Turn:
     """The answer's length, decided (and charged) at admission."""
     headers: dict[str, str]
     """The rate-limit headers, as they stand after this request's charge."""
+    first_token: float | None = None
+    """When a streamed answer's first chunk goes out (default: the chunks evenly spread)."""
+
+
+@dataclass(frozen=True)
+class _Place:
+    """A request a queueing server admitted, in its batch or its queue."""
+
+    waiter: asyncio.Future[Served]
+    """Resolved once it is in the batch."""
+    work: float
+    arrived: float
+    concurrency: int
+    capacity: int
+    cost: int
+    status: int
+    headers: dict[str, str]
 
 
 #: Serves an admitted request.
@@ -107,6 +125,16 @@ class ServerSettings:
     """How a budgeted server's answers (200 and 429) tell its budgets."""
     completion_tokens: int = 64
     """The most tokens a chat answer has when the request sets no ``max_completion_tokens``/``max_tokens``."""
+    queueing: bool = False
+    """Queue instead of refusing, as self-hosted servers do (``servers.py``): the capacity is then
+    the batch, a request joining a batch of ``n`` takes ``1 + growth * n / capacity`` times its own
+    time, and the rest wait in a FIFO queue (past ``queue_cap``, a 503)."""
+    growth: float = 0.5
+    """(queueing) A full batch serves each request ``1 + growth`` times slower than a lone one."""
+    queue_cap: int | None = None
+    """(queueing) Requests waiting beyond the batch before a 503 (vLLM's ``--max-num-queued-reqs``); None: no cap."""
+    first_token_share: float = 0.1
+    """(queueing) A streamed answer's first token comes after this share of its service time."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -131,6 +159,10 @@ class ServerSettings:
             raise ValueError(f"rate_limit_headers must be openai, anthropic or none, not {self.rate_limit_headers!r}")
         if self.completion_tokens < 1:
             raise ValueError(f"completion_tokens must be at least 1, not {self.completion_tokens!r}")
+        self.batching()  # checks growth, queue_cap and first_token_share
+
+    def batching(self) -> Batching:
+        return Batching(growth=self.growth, queue_cap=self.queue_cap, first_token_share=self.first_token_share)
 
 
 class Record(msgspec.Struct, frozen=True, array_like=True):
@@ -145,6 +177,8 @@ class Record(msgspec.Struct, frozen=True, array_like=True):
     status: int
     tokens: int = 0
     """The tokens charged to an admitted request (prompt plus answer); 0 for a refused one."""
+    queued: float = 0.0
+    """Seconds it waited in the queue of a queueing server before it was served."""
 
 
 class ServerStats(msgspec.Struct, frozen=True):
@@ -161,6 +195,8 @@ class ServerStats(msgspec.Struct, frozen=True):
     """Tokens charged to admitted requests, finished or not."""
     budget_refusals: int
     """The 429s the budgets gave (counted in ``rejected`` too)."""
+    queued: int = 0
+    """Requests waiting in a queueing server's queue."""
 
 
 class _State:
@@ -187,6 +223,8 @@ class _State:
         self.set_budget(0.0, settings.requests_per_minute, settings.tokens_per_minute)
         self.tokens_served = 0
         self.budget_refusals = 0
+        # A queueing server's batch and queue: futures resolved with their place in the batch.
+        self.queue: Queue[tuple[asyncio.Future[Served], float]] = Queue(settings.batching(), settings.peak)
 
     def clock(self) -> float:
         return time.monotonic() - self.started
@@ -433,7 +471,7 @@ class ColdServer:
     def stats(self) -> ServerStats:
         s = self._state
         counts = dict(s.by_status)  # a copy: the server's thread keeps counting
-        refusals = {429, self.settings.refusal_status}
+        refusals = {429, self.settings.refusal_status} | ({503} if self.settings.queueing else set())
         now = s.clock()
         return ServerStats(
             elapsed=now,
@@ -447,6 +485,7 @@ class ColdServer:
             max_concurrency=s.max_concurrency,
             tokens_served=s.tokens_served,
             budget_refusals=s.budget_refusals,
+            queued=len(s.queue.waiting),
         )
 
     # -- handlers ----------------------------------------------------------
@@ -513,25 +552,109 @@ class ColdServer:
                 s.record(Record(arrived, arrived, request.path, s.in_service + 1, s.capacity(arrived), 429))
                 return self._over_budget(*over, cost, arrived)
             concurrency, capacity = s.arrive(arrived)
-            refused: int | None = None
-            if concurrency > capacity:
-                refused = self.settings.refusal_status
-            elif self.settings.reject_rate and s.rng.random() < self.settings.reject_rate:
-                refused = 429
-            if refused is not None:
-                s.record(Record(arrived, arrived, request.path, concurrency, capacity, refused))
-                return self._too_many(refused, headers=s.rate_limit_headers(arrived))
-            s.charge(cost, arrived)
-            headers = s.rate_limit_headers(arrived)
-            s.in_service += 1
-            status = 500 if s.rng.random() < self.settings.error_rate else 200
-            seconds = mean_seconds * s.rng.uniform(0.8, 1.2)
+            place: _Place | None = None
+            if self.settings.queueing:
+                placed = self._enqueue(request.path, arrived, capacity, cost, mean_seconds)
+                if isinstance(placed, web.Response):
+                    return placed
+                place = placed
+            else:
+                refused: int | None = None
+                if concurrency > capacity:
+                    refused = self.settings.refusal_status
+                elif self.settings.reject_rate and s.rng.random() < self.settings.reject_rate:
+                    refused = 429
+                if refused is not None:
+                    s.record(Record(arrived, arrived, request.path, concurrency, capacity, refused))
+                    return self._too_many(refused, headers=s.rate_limit_headers(arrived))
+                s.charge(cost, arrived)
+                headers = s.rate_limit_headers(arrived)
+                s.in_service += 1
+                status = 500 if s.rng.random() < self.settings.error_rate else 200
+                seconds = mean_seconds * s.rng.uniform(0.8, 1.2)
+        if place is not None:
+            return await self._serve_queued(request, place, prompt_tokens, completion_tokens, respond)
         try:
             return await respond(request, _Turn(seconds, status == 500, prompt_tokens, completion_tokens, headers))
         finally:
             s.in_service -= 1
             s.last_activity = s.clock()
             s.record(Record(arrived, s.last_activity, request.path, concurrency, capacity, status, cost))
+
+    # -- a queueing server -----------------------------------------------------
+
+    def _enqueue(
+        self, path: str, arrived: float, capacity: int, cost: int, mean_seconds: float
+    ) -> _Place | web.Response:
+        """Admit a request to the batch or its queue, or refuse it past the queue cap (under the budget lock)."""
+        s = self._state
+        self._admit(arrived)  # the batch may have grown
+        concurrency = s.queue.in_batch + len(s.queue.waiting) + 1  # requests at the server, this one counted
+        work = mean_seconds * s.rng.uniform(0.8, 1.2)
+        waiter: asyncio.Future[Served] = asyncio.get_running_loop().create_future()
+        joined = s.queue.arrive((waiter, work))
+        if joined is None:
+            s.record(Record(arrived, arrived, path, concurrency, capacity, 503))
+            return self._too_many(503, headers=s.rate_limit_headers(arrived))
+        if joined:
+            self._join(waiter, work, arrived)
+        s.charge(cost, arrived)
+        status = 500 if s.rng.random() < self.settings.error_rate else 200
+        return _Place(waiter, work, arrived, concurrency, capacity, cost, status, s.rate_limit_headers(arrived))
+
+    async def _serve_queued(
+        self, request: web.Request, place: _Place, prompt_tokens: int, completion_tokens: int, respond: Responder
+    ) -> web.StreamResponse:
+        s = self._state
+        try:
+            served = await place.waiter
+        except asyncio.CancelledError:  # the caller hung up while it waited
+            if place.waiter.done() and not place.waiter.cancelled():
+                self._leave()  # it had just joined the batch
+            else:
+                s.queue.forget((place.waiter, place.work))
+            raise
+        started = s.clock()
+        try:
+            fail = place.status == 500
+            turn = _Turn(served.seconds, fail, prompt_tokens, completion_tokens, place.headers, served.first_token)
+            return await respond(request, turn)
+        finally:
+            self._leave()
+            s.last_activity = s.clock()
+            s.record(
+                Record(
+                    place.arrived,
+                    s.last_activity,
+                    request.path,
+                    place.concurrency,
+                    place.capacity,
+                    place.status,
+                    place.cost,
+                    started - place.arrived,
+                )
+            )
+
+    def _admit(self, now: float) -> None:
+        """Move queued requests into the batch as far as it has room."""
+        s = self._state
+        s.queue.knee = s.capacity(now)
+        while ready := s.queue.admit():
+            for waiter, work in ready:
+                self._join(waiter, work, now)
+
+    def _join(self, waiter: asyncio.Future[Served], work: float, now: float) -> None:
+        if waiter.cancelled():  # its caller hung up; its place goes to the next
+            return
+        self._state.in_service += 1
+        waiter.set_result(self._state.queue.join(work, now))
+
+    def _leave(self) -> None:
+        s = self._state
+        now = s.clock()
+        s.in_service -= 1
+        s.queue.in_batch -= 1
+        self._admit(now)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await _json(request)
@@ -666,8 +789,10 @@ async def _stream(
     await stream.prepare(request)
     for event in before:
         await stream.write(_sse(event, named))
+    first = turn.seconds / len(words) if turn.first_token is None else turn.first_token
+    rest = (turn.seconds - first) / max(1, len(words) - 1)
     for i, event in enumerate(words):
-        await asyncio.sleep(turn.seconds / len(words))
+        await asyncio.sleep(first if i == 0 else rest)
         if turn.fail and i == 2:
             assert request.transport is not None
             request.transport.close()  # the status line said 200; the body just stops

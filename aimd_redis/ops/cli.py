@@ -369,6 +369,10 @@ def cmd_cold_server(args: argparse.Namespace) -> int:
         requests_per_minute=args.rpm,
         tokens_per_minute=args.tpm,
         rate_limit_headers=args.rate_limit_headers,
+        queueing=args.queue,
+        growth=args.growth,
+        queue_cap=args.queue_cap,
+        first_token_share=args.first_token_share,
     )
     with ColdServer(settings, host=args.host, port=args.port) as server:
         print(
@@ -381,7 +385,8 @@ def cmd_cold_server(args: argparse.Namespace) -> int:
             print(
                 f"{st.elapsed:7.0f}s  capacity {st.capacity}/{st.peak}  in service {st.in_service}  "
                 f"served {st.served}  tokens {st.tokens_served}  429s {st.rejected} "
-                f"({st.budget_refusals} on the budget)  errors {st.errors}",
+                f"({st.budget_refusals} on the budget)  errors {st.errors}"
+                + (f"  queued {st.queued}" if settings.queueing else ""),
                 flush=True,
             )
 
@@ -505,6 +510,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("openai", "anthropic", "none"),
         default="openai",
         help="how a budgeted server tells its budget",
+    )
+    cold.add_argument(
+        "--queue", action="store_true", help="queue beyond the peak (the batch) instead of refusing, as vLLM does"
+    )
+    cold.add_argument("--growth", type=float, default=0.5, help="(--queue) a full batch is 1 + this times slower")
+    cold.add_argument("--queue-cap", type=int, help="(--queue) requests queued before it answers 503 (default: no cap)")
+    cold.add_argument(
+        "--first-token-share", type=float, default=0.1, help="(--queue) a stream's first token after this share"
     )
     cold.add_argument("--report", type=float, default=5.0, help="print counts every this many seconds")
 
