@@ -94,6 +94,8 @@ class Sample(msgspec.Struct, frozen=True, array_like=True):
     leases: int
     served: int
     rejected: int
+    queued: int = 0
+    """Requests waiting in a queueing server's queue."""
 
 
 class FleetRun(msgspec.Struct):
@@ -333,7 +335,7 @@ def _watch(
         st = server.stats()
         limit, ceiling, waiters, leases = observer.read()
         t = st.elapsed - started
-        x = Sample(t, st.capacity, st.in_service, limit, ceiling, waiters, leases, st.served, st.rejected)
+        x = Sample(t, st.capacity, st.in_service, limit, ceiling, waiters, leases, st.served, st.rejected, st.queued)
         samples.append(x)
         return x
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from aimd_redis.demo.fleet import FleetRun
 
@@ -222,10 +222,23 @@ def plot_budget(runs: Sequence[tuple[str, FleetRun]], tokens_per_minute: int, pa
     return path
 
 
-def plot_queueing(scenarios: Sequence[tuple[Any, Sequence[tuple[str, Any]]]], path: Path) -> Path:
-    """Simulated runs against servers that queue: requests at the server, in its
-    batch and in its queue, the knee and the limit; and each second's median
-    latency against the no-load latency (right axis)."""
+class QueuePanel(NamedTuple):
+    """One run against a queueing server, as curves over time."""
+
+    title: str
+    t: Sequence[float]
+    knee: Sequence[int]
+    in_batch: Sequence[int]
+    queued: Sequence[int]
+    limit: Sequence[int | None]
+    latency: Sequence[tuple[float, float]]
+    """(when it finished, latency / no-load) of each request served."""
+
+
+def plot_queue_panels(rows: Sequence[Sequence[QueuePanel]], path: Path) -> Path:
+    """Runs against servers that queue, a row per scenario: requests at the
+    server, in its batch and in its queue, the knee and the limit; and each
+    second's median latency against the no-load latency (right axis)."""
     import statistics
 
     import matplotlib
@@ -233,61 +246,69 @@ def plot_queueing(scenarios: Sequence[tuple[Any, Sequence[tuple[str, Any]]]], pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from aimd_redis.demo.servers import Reference
-
-    columns = max(len(runs) for _, runs in scenarios)
+    columns = max(len(row) for row in rows)
     fig, axes = plt.subplots(
-        len(scenarios), columns, figsize=(6.5 * columns, 2.3 * len(scenarios)), squeeze=False, constrained_layout=True
+        len(rows), columns, figsize=(6.5 * columns, 2.3 * len(rows)), squeeze=False, constrained_layout=True
     )
-    for row, (scenario, runs) in enumerate(scenarios):
-        no_load = Reference.of(scenario.service, scenario.batching, scenario.capacity(0.0)).no_load
-        ymax = 1.1 * max(max((max(p.limit, p.in_service + p.queue) for p in run.points), default=1) for _, run in runs)
-        for col, (policy, run) in enumerate(runs):
-            ax = axes[row][col]
-            t = [p.t for p in run.points]
-            ax.fill_between(t, [p.capacity for p in run.points], step="post", color=COLORS["capacity"], label="knee")
-            ax.step(
-                t,
-                [p.in_service + p.queue for p in run.points],
-                where="post",
-                color="#7f4f24",
-                lw=0.8,
-                label="at server",
-            )
-            ax.step(t, [p.queue for p in run.points], where="post", color="#8e44ad", lw=0.7, label="queued")
-            ax.step(
-                t, [p.in_service for p in run.points], where="post", color=COLORS["in_flight"], lw=0.7, label="in batch"
-            )
-            ax.step(t, [p.limit for p in run.points], where="post", color=COLORS["limit"], lw=1.4, label="limit")
+    for r, row in enumerate(rows):
+        ymax = 1.1 * max(
+            max([*(q + b for q, b in zip(p.queued, p.in_batch, strict=True)), *(x or 0 for x in p.limit), 1])
+            for p in row
+        )
+        for c, p in enumerate(row):
+            ax = axes[r][c]
+            ax.fill_between(p.t, p.knee, step="post", color=COLORS["capacity"], label="knee")
+            at_server = [q + b for q, b in zip(p.queued, p.in_batch, strict=True)]
+            ax.step(p.t, at_server, where="post", color="#7f4f24", lw=0.8, label="at server")
+            ax.step(p.t, p.queued, where="post", color="#8e44ad", lw=0.7, label="queued")
+            ax.step(p.t, p.in_batch, where="post", color=COLORS["in_flight"], lw=0.7, label="in batch")
+            limit = [float("nan") if x is None else x for x in p.limit]
+            ax.step(p.t, limit, where="post", color=COLORS["limit"], lw=1.4, label="limit")
             by_second: dict[int, list[float]] = {}
-            for r in run.requests:
-                if r.status == 200:
-                    by_second.setdefault(int(r.finished), []).append(r.latency / no_load)
+            for when, ratio in p.latency:
+                by_second.setdefault(int(when), []).append(ratio)
             seconds = sorted(by_second)
+            medians = [statistics.median(by_second[s]) for s in seconds]
             right = ax.twinx()
-            right.plot(
-                seconds,
-                [statistics.median(by_second[s]) for s in seconds],
-                ".",
-                color="black",
-                ms=2,
-                label="median latency / no-load",
-            )
+            right.plot(seconds, medians, ".", color="black", ms=2, label="median latency / no-load")
             right.axhline(2.0, color="black", lw=0.5, ls=":")
-            right.set_ylim(0, max(4.0, 1.1 * max((statistics.median(v) for v in by_second.values()), default=1)))
+            right.set_ylim(0, max(4.0, 1.1 * max(medians, default=1.0)))
             right.tick_params(labelsize=7)
-            refused = sum(1 for r in run.requests if r.status != 200)
-            ax.set_title(
-                f"{scenario.name}, {policy}: {len(run.requests) - refused:,} served, {refused} refused", fontsize=9
-            )
+            ax.set_title(p.title, fontsize=9)
             ax.set_ylim(0, ymax)
-            ax.set_xlim(0, run.end)
+            ax.set_xlim(0, max(p.t, default=1.0))
             ax.grid(alpha=0.3)
             ax.tick_params(labelsize=7)
-            if row == 0 and col == 0:
+            if r == 0 and c == 0:
                 ax.legend(loc="upper left", fontsize=7, ncol=5)
                 right.legend(loc="upper right", fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=60)
     plt.close(fig)
     return path
+
+
+def plot_queueing(scenarios: Sequence[tuple[Any, Sequence[tuple[str, Any]]]], path: Path) -> Path:
+    """Simulated runs (``aimd_redis.demo.simulator``) against servers that queue."""
+    from aimd_redis.demo.servers import Reference
+
+    rows = []
+    for scenario, runs in scenarios:
+        no_load = Reference.of(scenario.service, scenario.batching, scenario.capacity(0.0)).no_load
+        row = []
+        for policy, run in runs:
+            refused = sum(1 for r in run.requests if r.status != 200)
+            pts = run.points
+            row.append(
+                QueuePanel(
+                    title=f"{scenario.name}, {policy}: {len(run.requests) - refused:,} served, {refused} refused",
+                    t=[p.t for p in pts],
+                    knee=[p.capacity for p in pts],
+                    in_batch=[p.in_service for p in pts],
+                    queued=[p.queue for p in pts],
+                    limit=[p.limit for p in pts],
+                    latency=[(r.finished, r.latency / no_load) for r in run.requests if r.status == 200],
+                )
+            )
+        rows.append(row)
+    return plot_queue_panels(rows, path)

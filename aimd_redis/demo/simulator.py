@@ -1035,7 +1035,7 @@ class QueueFigures(msgspec.Struct, frozen=True):
         )
 
 
-def _quantile(values: Sequence[float], q: float) -> float:
+def quantile(values: Sequence[float], q: float) -> float:
     if not values:
         return math.nan
     ordered = sorted(values)
@@ -1064,10 +1064,10 @@ def queue_figures(run: SimRun, s: Scenario) -> QueueFigures:
         peak_rate=peak,
         rate=rate,
         throughput_share=rate / peak,
-        median=_quantile([r.latency for r in arrived], 0.5),
-        p90=_quantile([r.latency for r in arrived], 0.9),
-        first_median=_quantile(firsts, 0.5) if firsts else None,
-        first_p90=_quantile(firsts, 0.9) if firsts else None,
+        median=quantile([r.latency for r in arrived], 0.5),
+        p90=quantile([r.latency for r in arrived], 0.9),
+        first_median=quantile(firsts, 0.5) if firsts else None,
+        first_p90=quantile(firsts, 0.9) if firsts else None,
         refused=sum(1 for r in run.requests if r.status != 200),
         at_server=statistics.median(p.in_service + p.queue for p in window),
         queued=statistics.median(p.queue for p in window),
