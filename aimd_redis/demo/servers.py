@@ -73,13 +73,16 @@ class Batching:
 
     def factor(self, batch: int, knee: int, now: float) -> float:
         """How much slower than alone a request joining a batch of ``batch`` (itself counted) is served."""
-        slow = math.prod(s.factor for s in self.slow if s.start <= now < s.end)
-        return (1 + self.growth * batch / max(1, knee)) * slow
+        return (1 + self.growth * batch / max(1, knee)) * self.slowdown(now)
 
-    def rate(self, batch: int, knee: int, mean_work: float) -> float:
+    def slowdown(self, now: float) -> float:
+        """How much slower than usual every request is at ``now`` (the slow spells)."""
+        return math.prod(s.factor for s in self.slow if s.start <= now < s.end)
+
+    def rate(self, batch: int, knee: int, mean_work: float, now: float = -math.inf) -> float:
         """Requests a second with ``batch`` requests always in service (at most ``knee`` of them count)."""
         n = min(batch, knee)
-        return n / (mean_work * (1 + self.growth * n / max(1, knee))) if n > 0 else 0.0
+        return n / (mean_work * self.factor(n, knee, now)) if n > 0 else 0.0
 
 
 @dataclass(frozen=True)

@@ -1049,7 +1049,7 @@ def queue_figures(run: SimRun, s: Scenario) -> QueueFigures:
     a, b = s.steady
     ref = Reference.of(s.service, batching, s.capacity(a))
     window = [p for p in run.points if a <= p.t < b]
-    peak = statistics.fmean(batching.rate(min(p.capacity, p.tasks), p.capacity, ref.mean_work) for p in window)
+    peak = statistics.fmean(batching.rate(min(p.capacity, p.tasks), p.capacity, ref.mean_work, p.t) for p in window)
     served = [r for r in run.requests if r.status == 200 and r.finished <= run.end]
     arrived = [r for r in served if a <= r.arrived < b]
     rate = sum(1 for r in served if a <= r.finished < b) / (b - a)
