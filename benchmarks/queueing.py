@@ -1,7 +1,7 @@
 """A fleet against a real server that queues instead of refusing, in real time.
 
     pip install -e '.[demo]'
-    python benchmarks/queueing.py [--url redis://...] [--seconds 25] [--policy classic --policy adaptive]
+    python benchmarks/queueing.py [--url redis://...] [--seconds 20] [--policy classic --policy adaptive]
                                   [--static 8 --static 12 ...] [--plot queueing.png]
 
 The server is the cold server in its queueing mode (``aimd-redis cold-server
@@ -97,7 +97,7 @@ def panel(title: str, run: FleetRun, ref: Reference) -> QueuePanel:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", help="Redis URL (default: a private redis-server)")
-    parser.add_argument("--seconds", type=float, default=25.0, help="each run's length")
+    parser.add_argument("--seconds", type=float, default=20.0, help="each run's length")
     parser.add_argument("--policy", action="append", help=f"policies (default: {', '.join(POLICIES)})")
     parser.add_argument("--static", type=int, action="append", help=f"static limits (default: {STATIC})")
     parser.add_argument("--plot", type=Path, default=Path("queueing.png"))
