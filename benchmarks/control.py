@@ -1,7 +1,8 @@
 """The two policies side by side, over every control scenario, in one run.
 
     pip install -e '.[demo]'
-    python benchmarks/control.py [--url redis://...] [--scenario NAME ...] [--seed 1] [--plot control.png]
+    python benchmarks/control.py [--url redis://...] [--scenario NAME ...] [--policy NAME ...] [--seed 1]
+                                 [--plot control.png]
 
 Each scenario is simulated twice, under ``policy="classic"`` and
 ``policy="adaptive"``, on the real Lua scripts in a real Redis with injected
@@ -19,6 +20,13 @@ budget per minute on a server that could serve far more at once. The fleet
 registers the budget, learns it from the answers' headers, or ignores it
 (the concurrency loop alone); the figure that counts there is the share of
 the budget the server admitted in the steady window, at the 429 share.
+
+The queueing scenarios (``q-*``, ``hosted-slow``) put the fleet against a
+server that queues instead of refusing; they get a table of their own
+(throughput against the server's peak, latency against a lone request's,
+time to the first token, 503s, the slow spell's busy share), targets that
+bind the policies in ``QUEUE_TARGET_POLICIES``, and a plot of their own
+(``control-queueing.png`` beside ``--plot``).
 """
 
 from __future__ import annotations

@@ -24,6 +24,12 @@ Anthropic's ``anthropic-ratelimit-*``).
         server.set_budget(tokens_per_minute=40_000)
         server.records()           # one Record per request
 
+With ``queueing=True`` it behaves as a self-hosted server (vLLM, TGI)
+instead: the capacity is its batch, requests beyond it wait in a FIFO queue
+(a 503 past ``queue_cap``), a fuller batch serves each request more slowly,
+and a stream's first token waits out the queue (``servers.py`` holds the
+model, shared with the simulator).
+
 Admin endpoints: ``GET /admin/stats``, ``POST /admin/peak {"peak": N}`` and
 ``POST /admin/budget {"requests_per_minute": N|null, "tokens_per_minute": N|null}``.
 """

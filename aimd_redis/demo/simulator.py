@@ -16,12 +16,20 @@ callers, the network and the server are modelled:
 - one-way network latency, the wake-up latency of a hand-over, and an
   optional lag between a response reaching the caller and the server freeing
   its slot (the release/refusal race of servers that clean up after replying);
+- or a server that queues instead of refusing (``servers.py``: continuous
+  batching slower with the batch, a FIFO queue, 503 past a queue cap,
+  streamed first tokens, slow spells), judged by ``queue_figures``;
 - optionally, request and token budgets per minute on the server (token
   buckets, as hosted APIs keep them, charged at admission; a request that does
   not fit is refused with a Retry-After of when it would), which the fleet
   registers, learns from the rate-limit headers of each answer, or ignores.
 
-``benchmarks/control.py`` runs every scenario under both policies.
+The callers reach Redis through ``TaskClient``, today's client task by task
+(the one place that speaks the core's calls and replies); another client
+model can be passed as ``Simulation(..., fleet=...)``.
+
+``benchmarks/control.py`` runs every scenario under both policies;
+``benchmarks/fleet_cost.py`` counts what large fleets cost Redis.
 """
 
 from __future__ import annotations
