@@ -273,7 +273,7 @@ class TaskClient:
     ``wait_poll_seconds`` while it waits, and takes hand-overs from its
     process's wake channel. The one place the simulator speaks the core's
     call-and-reply language; a client that batches a process's tasks would
-    stand beside it with the same three methods."""
+    stand beside it with the same methods (``FleetClient``)."""
 
     def __init__(self, sim: Simulation, namespace: str) -> None:
         self.sim = sim
@@ -287,8 +287,8 @@ class TaskClient:
     def reset(self) -> None:
         """Start from an empty model, registered with the scenario's peak (and budgets if registered)."""
         keys, s = self.keys, self.sim.s
-        self.sim.client.delete(keys.cap, keys.index, keys.events, keys.domain(DOMAIN), keys.leases(DOMAIN), keys.budget)
-        self.sim.client.delete(*keys.queue(DOMAIN))
+        self.sim.client.delete(keys.cap, keys.index, keys.events, keys.budget)
+        self.sim.client.delete(keys.domain(DOMAIN), keys.leases(DOMAIN), keys.tokens(DOMAIN), *keys.queue(DOMAIN))
         rpm, tpm = (s.server_rpm, s.server_tpm) if s.budget == "registered" else (None, None)
         self.sim.script(self.core.register_call(PROVIDER, MODEL, "sim", s.peak, EPOCH, (), rpm, tpm))
 
