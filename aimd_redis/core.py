@@ -72,6 +72,7 @@ class RegisterArgs(NamedTuple):
     rpm: str
     tpm: str
     config: str
+    settings_id: str
 
 
 class AcquireArgs(NamedTuple):
@@ -124,6 +125,7 @@ class ResetArgs(NamedTuple):
 class ConfigureArgs(NamedTuple):
     now: str
     config: str
+    settings_id: str
 
 
 class ProbeArgs(NamedTuple):
@@ -372,6 +374,7 @@ class Core:
             check_budget("requests_per_minute", requests_per_minute),
             check_budget("tokens_per_minute", tokens_per_minute),
             self._settings,
+            secrets.token_hex(8),
         )
         return Call("register", [mk.cap, mk.index, mk.events, *(mk.domain(d) for d in domains)], [*args, *domains])
 
@@ -385,9 +388,8 @@ class Core:
 
     def configure_call(self, provider_name: str, model_id: str, settings: dict[str, Any], now: float | None) -> Call:
         mk = self.keys(provider_name, model_id)
-        return Call(
-            "configure", [mk.cap, mk.events], list(ConfigureArgs(check_now(now), check_settings(self.config, settings)))
-        )
+        args = ConfigureArgs(check_now(now), check_settings(self.config, settings), secrets.token_hex(8))
+        return Call("configure", [mk.cap, mk.events], list(args))
 
     def parse_configure(self, provider_name: str, model_id: str, reply: Any) -> dict[str, float | str]:
         got = replies.CONFIGURE.decode(reply)

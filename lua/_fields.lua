@@ -215,54 +215,53 @@ end
 local CAP_FIELDS = {'effective_max', 'rpm', 'tpm'}
 local CAP_SOURCES = {'rpm_registered', 'tpm_registered', 'rpm_heard', 'tpm_heard'}
 
--- Configurations parsed, by cap key, with the texts they were parsed from: a
--- function library keeps this between calls, and parsing ten settings would
--- be a tenth of a call. An entry serves only while the cap hash holds the
--- same texts (one HMGET reads them with the registration), so a change by
--- register, configure or by hand (HSET) applies at the next call, and a
--- model of another database (the library is the server's, not one
--- database's) never runs this one's. A cached configuration is shared:
--- never changed.
-local recent_configs, recent_count = {}, 0
-
-local function forget_config(cap_key)
-  recent_configs[cap_key] = nil
-end
-
--- The configuration of the texts raw[first .. first + #CONFIG_NAMES - 1]
--- (HMGET order), parsed or from the cache; or nil and the error.
-local function model_config(cap_key, raw, first)
-  local known = recent_configs[cap_key]
-  if known then
-    local texts, same = known.texts, true
-    for i = 1, #CONFIG_NAMES do  -- Lua's strings are interned: each a pointer compare
-      if raw[first + i - 1] ~= texts[i] then same = false break end
-    end
-    if same then return known.config end
-  end
-  local config, texts = {}, {}
+-- The stored configuration, parsed; or nil and the error.
+local function read_config(cap_key)
+  local raw = redis.call('HMGET', cap_key, unpack(CONFIG_NAMES))
+  local config = {}
   for i, name in ipairs(CONFIG_NAMES) do
-    local text = raw[first + i - 1]
-    texts[i] = text
-    if text then
-      local v, err = parse_setting(cap_key, name, text)
+    if raw[i] then
+      local v, err = parse_setting(cap_key, name, raw[i])
       if not v then return nil, err end
       config[name] = v
     else
       config[name] = CONFIG_DEFAULTS[name]
     end
   end
-  if recent_count >= 1000 then recent_configs, recent_count = {}, 0 end
-  if not known then recent_count = recent_count + 1 end
-  recent_configs[cap_key] = {config = config, texts = texts}
+  return config
+end
+
+-- Configurations read within the last CONFIG_FRESH seconds, by the
+-- settings_id register and configure store with them (a token new each
+-- time, so an id names one configuration of one database: the function
+-- library, and so this table, is the server's). A function library keeps it
+-- between calls, and reading and parsing ten settings would be a tenth of a
+-- call. A fleet's own changes apply at the next call (they come with a new
+-- id); a setting changed by hand (HSET) within CONFIG_FRESH seconds. A model
+-- without an id (stored by hand, or by an older release) is read every call.
+-- A cached configuration is shared: never changed.
+local CONFIG_FRESH = 1
+local recent_configs, recent_count = {}, 0
+
+local function model_config(cap_key, id, now)
+  local known = id and recent_configs[id]
+  if known and now >= known.at and now - known.at < CONFIG_FRESH then return known.config end
+  local config, err = read_config(cap_key)
+  if not config then return nil, err end
+  if id then
+    if recent_count >= 1000 then recent_configs, recent_count = {}, 0 end
+    if not known then recent_count = recent_count + 1 end
+    recent_configs[id] = {config = config, at = now}
+  end
   return config
 end
 
 -- The model: m.emax (nil when nobody registered it), m.rpm and m.tpm (the
 -- budget in force, nil when not set) and m.config; with `sources`, also
--- what the budget was made of. nil and the error when a field is broken.
-local function load_model(cap_key, now, sources)
-  local raw = redis.call('HMGET', cap_key, 'effective_max', 'rpm', 'tpm', unpack(CONFIG_NAMES))
+-- what the budget was made of; with `fresh`, the settings as stored now
+-- (never cached). nil and the error when a field is broken.
+local function load_model(cap_key, now, sources, fresh)
+  local raw = redis.call('HMGET', cap_key, 'effective_max', 'rpm', 'tpm', 'settings_id')
   local m = {}
   for i = 1, 3 do
     if raw[i] then
@@ -271,7 +270,7 @@ local function load_model(cap_key, now, sources)
       m[CAP_FIELDS[i]] = v
     end
   end
-  local config, err = model_config(cap_key, raw, 4)
+  local config, err = model_config(cap_key, not fresh and raw[4] or nil, now)
   if not config then return nil, err end
   m.emax, m.effective_max, m.config = m.effective_max, nil, config
   m.idle_ms = idle_ms_of(config.idle_ttl_seconds)
@@ -303,9 +302,10 @@ local function parse_settings(key, json)
   return out
 end
 
--- Stores the settings that differ from what the cap hash holds; each change
--- of a stored value is an event of the model ('*').
-local function save_settings(cap_key, settings)
+-- Stores the settings that differ from what the cap hash holds, and
+-- settings_id (a token new to this call: see model_config); each change of a
+-- stored value is an event of the model ('*').
+local function save_settings(cap_key, settings, settings_id)
   local stored = redis.call('HMGET', cap_key, unpack(CONFIG_NAMES))
   local flat = {}
   for i, name in ipairs(CONFIG_NAMES) do
@@ -320,8 +320,8 @@ local function save_settings(cap_key, settings)
       end
     end
   end
-  if #flat > 0 then redis.call('HSET', cap_key, unpack(flat)) end
-  forget_config(cap_key)
+  flat[#flat + 1], flat[#flat + 2] = 'settings_id', settings_id
+  redis.call('HSET', cap_key, unpack(flat))
 end
 
 -- The model's idle expiry in milliseconds (0: never), for scripts that read

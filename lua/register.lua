@@ -17,7 +17,9 @@
 -- ARGV[5]    tpm               the alias's tokens per minute, or '' for none
 -- ARGV[6]    config            the loop's configuration, JSON: {name: value} under
 --                              ThrottleConfig's names (see CONFIG_NAMES)
--- ARGV[6+i]  name of the domain in KEYS[3+i]
+-- ARGV[7]    settings_id       a token new to this call, stored with the configuration
+--                              (the scripts cache a configuration by it: see _fields.lua)
+-- ARGV[7+i]  name of the domain in KEYS[3+i]
 --
 -- Reply (JSON): {status: 'ok', effective_max, events}, or {status: 'stale',
 --        domains} when the index holds domains the caller did not pass (one
@@ -28,7 +30,7 @@ local now = clock(ARGV[1])
 local alias, max_parallel = ARGV[2], ARGV[3]
 local alias_budget = {rpm = ARGV[4], tpm = ARGV[5]}
 local alias_field = 'alias:' .. alias
-local ARGS = 6
+local ARGS = 7
 local config, err = parse_settings(KEYS[1], ARGV[6])
 if not config then return redis.error_reply(err) end
 local idle_ms = idle_ms_of(config.idle_ttl_seconds or CONFIG_DEFAULTS.idle_ttl_seconds)
@@ -76,7 +78,7 @@ for i = 4, #KEYS do
 end
 
 redis.call('HSET', KEYS[1], alias_field, max_parallel, 'effective_max', fmt(emax))
-save_settings(KEYS[1], config)
+save_settings(KEYS[1], config, ARGV[7])
 if old_max ~= emax then emit('*', 'effective_max', old_max or 0, emax) end
 for _, name in ipairs({'rpm', 'tpm'}) do
   if alias_budget[name] ~= '' then

@@ -49,7 +49,8 @@ def test_keys_follow_the_documented_layout_in_one_cluster_slot(make_throttle: Ma
     ]
     assert len({key_slot(k.encode()) for k in keys}) == 1
     cap = {k.decode(): v.decode() for k, v in client.hgetall("aimd:{openai/gpt-4o}:cap").items()}
-    # The registration, and the loop's settings it stored under ThrottleConfig's names.
+    # The registration, and the loop's settings it stored under ThrottleConfig's names, with their id.
+    assert len(cap.pop("settings_id")) == 16
     assert cap == {"effective_max": "4", "alias:gen": "4", **_stored(ThrottleConfig())}
 
 
