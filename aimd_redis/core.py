@@ -107,6 +107,16 @@ class ReleaseArgs(NamedTuple):
     heard_tokens: str
 
 
+class BatchArgs(NamedTuple):
+    now: str
+    client: str
+    lease_ttl: str
+    claim_ttl: str
+    publish: str
+    beat: str
+    items: str
+
+
 class RenewArgs(NamedTuple):
     now: str
     lease_ttl: str
@@ -137,6 +147,7 @@ SCRIPT_ARGS: dict[str, type[tuple[str, ...]]] = {
     "register": RegisterArgs,
     "acquire": AcquireArgs,
     "release": ReleaseArgs,
+    "batch": BatchArgs,
     "renew": RenewArgs,
     "set_limit": SetLimitArgs,
     "reset": ResetArgs,
@@ -288,6 +299,32 @@ def check_settings(config: ThrottleConfig, settings: dict[str, Any]) -> str:
     return msgspec.json.encode(settings).decode()
 
 
+#: The fields of an outcome in batch.lua's ARGV, in order.
+OUTCOME_FIELDS = (
+    "lease_id",
+    "outcome",
+    "retry_after",
+    "granted_at",
+    "tokens",
+    "heard_rpm",
+    "heard_tpm",
+    "heard_requests",
+    "heard_tokens",
+)
+
+
+class DomainItems(NamedTuple):
+    """What an agent sends for one domain in a batch (see batch.lua)."""
+
+    name: str
+    outcomes: list[dict[str, str]]
+    acks: list[str]
+    tries: list[LeaseRef]
+    want: int
+    ids: list[LeaseRef]
+    tokens: int
+
+
 class Core:
     """Builds script calls for one namespace and configuration, parses replies."""
 
@@ -434,25 +471,36 @@ class Core:
 
     def parse_acquire(self, ref: LeaseRef, reply: Any) -> Grant | Denied | Queued:
         got = replies.ACQUIRE.decode(reply)
-        if got.status == "abandoned":
+        if got.status not in ("abandoned", "oversize"):
+            self._log(ref.provider_name, ref.model_id, got.events)
+        return self.acquired(ref, got.status, got.value, got.state, got.at)
+
+    def acquired(
+        self, ref: LeaseRef, status: str, value: float, state: DomainState | None, at: float = 0.0
+    ) -> Grant | Denied | Queued:
+        """What an acquire's status and value (acquire.lua's, or a 'try' of
+        batch.lua) mean for the caller."""
+        if status == "abandoned":
             raise RuntimeError(f"lease {ref.lease_id} was abandoned before its acquire ran")
-        if got.status == "oversize":
-            raise RequestTooLargeError(
-                f"a request of {ref.tokens} tokens can never fit {ref.provider_name}/{ref.model_id}'s "
-                f"budget of {got.value:g} tokens per minute"
-            )
-        self._log(ref.provider_name, ref.model_id, got.events)
-        state = got.state
+        if status == "oversize":
+            raise self.too_large(ref, value)
         assert state is not None
-        if got.status == "granted":
-            return self._granted(ref, got.value, state)
-        if got.status == "cooldown":
-            return Denied(reason="cooldown", retry_in=got.value, state=state)
-        if got.status == "queued":
-            return Queued(retry_in=got.value, state=state, at=got.at)
-        if got.status == "budget":
-            return Denied(reason="budget", retry_in=got.value, state=state)
+        if status == "granted":
+            return self._granted(ref, value, state)
+        if status == "cooldown":
+            return Denied(reason="cooldown", retry_in=value, state=state)
+        if status == "queued":
+            return Queued(retry_in=value, state=state, at=at)
+        if status == "budget":
+            return Denied(reason="budget", retry_in=value, state=state)
         return Denied(reason="at_capacity", retry_in=CAPACITY_POLL_SECONDS * (0.5 + random.random()), state=state)
+
+    @staticmethod
+    def too_large(ref: LeaseRef, tokens_per_minute: float | None) -> RequestTooLargeError:
+        budget = "" if tokens_per_minute is None else f" of {tokens_per_minute:g} tokens per minute"
+        return RequestTooLargeError(
+            f"a request of {ref.tokens} tokens can never fit {ref.provider_name}/{ref.model_id}'s budget{budget}"
+        )
 
     # -- release and renew --------------------------------------------------
 
@@ -476,49 +524,108 @@ class Core:
         args = self._release_args._replace(
             now=check_now(now),
             domain=ref.domain,
-            lease_id=ref.lease_id,
-            outcome=outcome,
-            retry_after=check_retry_after(retry_after),
-            granted_at="" if granted_at is None else _seconds(granted_at),
-            tokens="" if tokens is None else str(check_int("tokens", tokens, 0, MAX_BUDGET)),
+            **self.outcome_row(ref, outcome, retry_after, granted_at, tokens, heard),
         )
         if next_ref is not None:
             args = args._replace(next_id=next_ref.lease_id, next_tokens=str(next_ref.tokens))
-        if heard is not None:
-            args = args._replace(
-                heard_rpm=_heard(heard.requests_limit),
-                heard_tpm=_heard(heard.tokens_limit),
-                heard_requests=_heard(heard.requests_remaining),
-                heard_tokens=_heard(heard.tokens_remaining),
-            )
         return Call("release", keys, list(args))
+
+    @staticmethod
+    def outcome_row(
+        ref: LeaseRef,
+        outcome: Outcome,
+        retry_after: float | None = None,
+        granted_at: float | None = None,
+        tokens: int | None = None,
+        heard: Heard | None = None,
+    ) -> dict[str, str]:
+        """An outcome's arguments, checked, by release.lua's names (batch.lua
+        takes the same, in the order of :data:`OUTCOME_FIELDS`)."""
+        return {
+            "lease_id": ref.lease_id,
+            "outcome": outcome,
+            "retry_after": check_retry_after(retry_after),
+            "granted_at": "" if granted_at is None else _seconds(granted_at),
+            "tokens": "" if tokens is None else str(check_int("tokens", tokens, 0, MAX_BUDGET)),
+            "heard_rpm": "" if heard is None else _heard(heard.requests_limit),
+            "heard_tpm": "" if heard is None else _heard(heard.tokens_limit),
+            "heard_requests": "" if heard is None else _heard(heard.requests_remaining),
+            "heard_tokens": "" if heard is None else _heard(heard.tokens_remaining),
+        }
+
+    # -- batches of a process's agent ------------------------------------------
+
+    def batch_call(
+        self, provider_name: str, model_id: str, client_id: str, domains: Sequence[DomainItems], now: float | None
+    ) -> Call:
+        """One call for everything an agent has for one model (see batch.lua)."""
+        mk = self.keys(provider_name, model_id)
+        keys = [mk.cap, mk.index, mk.events, mk.budget]
+        items = []
+        for d in domains:
+            check_domain(d.name)
+            keys += [mk.domain(d.name), mk.leases(d.name), *mk.queue(d.name), mk.tokens(d.name)]
+            items.append(
+                {
+                    "name": d.name,
+                    "rel": [[row[f] for f in OUTCOME_FIELDS] for row in d.outcomes],
+                    "ack": d.acks,
+                    "try": [[r.lease_id, str(r.tokens)] for r in d.tries],
+                    "want": d.want,
+                    "ids": [[r.lease_id, str(r.tokens)] for r in d.ids],
+                    "tokens": d.tokens,
+                }
+            )
+        args = BatchArgs(
+            now=check_now(now),
+            client=client_id,
+            lease_ttl=self._acquire_args.lease_ttl,
+            claim_ttl=self._acquire_args.claim_ttl,
+            publish=self._acquire_args.publish,
+            beat=self._acquire_args.beat,
+            items=msgspec.json.encode(items).decode(),
+        )
+        return Call("batch", keys, list(args))
+
+    def parse_batch(self, provider_name: str, model_id: str, reply: Any) -> replies.BatchReply:
+        got = replies.BATCH.decode(reply)
+        self._log(provider_name, model_id, got.events)
+        return got
+
+    def handed(self, ref: LeaseRef, expires_at: float, state: DomainState) -> Grant:
+        """A slot handed over, lasting the claim window until it is claimed."""
+        return Grant(ref=ref, expires_at=expires_at, state=state, granted_at=expires_at - self._claim_s)
 
     def parse_wake(self, ref: LeaseRef, message: str) -> Grant | float:
         """A wake-up ('<id> <JSON>'): a slot handed over, or the seconds until
         a cooldown ends."""
-        woke = replies.WAKE.decode(message.split(" ", 1)[1])
+        woke = self.parse_agent_wake(message)
         if woke.state is None:
             return woke.wait or 0.0
-        # The handed slot lasts the claim window until claimed.
-        return Grant(ref=ref, expires_at=woke.expires_at, state=woke.state, granted_at=woke.expires_at - self._claim_s)
+        return self.handed(ref, woke.expires_at, woke.state)
+
+    @staticmethod
+    def parse_agent_wake(message: str) -> replies.Wake:
+        return replies.WAKE.decode(message.split(" ", 1)[1])
 
     @property
     def claim_seconds(self) -> float:
         """How long a slot handed to a waiter lasts until it is claimed."""
         return self._claim_s
 
-    def background_claim(self, handed: Grant, queued: Queued, since_asked: float) -> float | None:
-        """The seconds a background claim of a slot handed over has to land,
-        or None when the claim is to be waited for before the slot is used.
+    def background_claim(self, expires_at: float, asked_at: float, since_asked: float) -> float | None:
+        """The seconds a claim (an ack) of a slot handed over until
+        ``expires_at`` has to land, or None when the claim is to be waited
+        for before the slot is used.
 
-        ``queued``: the reply of the waiter's last acquire, sent
+        ``asked_at``: Redis's clock in the reply to a call sent
         ``since_asked`` seconds ago (local clock). Redis's clock cannot be
-        past queued.at + since_asked now, so what is left of the claim window
-        is at least handed.expires_at less that, whoever set the window and
-        however old the wake-up. With half a window left (and at least
+        past asked_at + since_asked now, so what is left of the claim window
+        is at least expires_at less that, whoever set the window and however
+        old the wake-up. With half a window left (and at least
         CLAIM_MARGIN_SECONDS) the claim can go out in the background and land
         in time, saving the waiter a round trip."""
-        left = handed.expires_at - (queued.at + since_asked)
+        left = expires_at - (asked_at + since_asked)
         return left if left >= max(self._claim_s / 2, CLAIM_MARGIN_SECONDS) else None
 
     def parse_release(

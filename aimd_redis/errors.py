@@ -80,6 +80,17 @@ class RedisOutOfMemoryError(RedisCommandError):
 _AUTH_REFUSED = ("NOAUTH", "WRONGPASS", "unauthenticated", "invalid username-password", "Authentication required")
 
 
+#: Refusals that leave nothing behind: the call never ran (credentials,
+#: memory, permissions), or the script refused before its first write.
+REFUSED_BEFORE_RUNNING = (
+    NotRegisteredError,
+    CorruptStateError,
+    RedisAuthenticationError,
+    RedisOutOfMemoryError,
+    RedisPermissionError,
+)
+
+
 def _from_script(message: str) -> AimdRedisError | None:
     code, _, rest = message.partition(" ")
     if code == "AIMD_NOT_REGISTERED":

@@ -75,8 +75,9 @@ class ModelKeys:
         return f"{self.tag}:{domain}:leases"
 
     def queue(self, domain: str) -> list[str]:
-        """The wait queue's keys: waiters by ticket, their heartbeats, the ticket counter."""
-        return [f"{self.tag}:{domain}:queue", f"{self.tag}:{domain}:beats", f"{self.tag}:{domain}:tickets"]
+        """The wait queue's keys: waiters by ticket, their heartbeats, the ticket
+        counter, what each process's entry wants, the slots handed to each process."""
+        return [f"{self.tag}:{domain}:{name}" for name in ("queue", "beats", "tickets", "want", "handed")]
 
     def tokens(self, domain: str) -> str:
         """The token reservations of the domain's leases and waiters (with a token budget)."""

@@ -30,6 +30,27 @@ class ReleaseReply(msgspec.Struct, frozen=True):
     events: list[RawEvent] = []
 
 
+class DomainBatchReply(msgspec.Struct, frozen=True):
+    """batch.lua's answer for one domain (see its header)."""
+
+    rel: list[bool] = []
+    ack: list[float] = []
+    got: list[tuple[str, float]] = []
+    handed: list[tuple[str, float]] = []
+    tries: list[tuple[str, float]] = msgspec.field(default_factory=list, name="try")
+    oversize: list[str] = []
+    wait: float = 0.0
+    more: bool = False
+    state: DomainState | None = None
+
+
+class BatchReply(msgspec.Struct, frozen=True):
+    registered: bool
+    at: float = 0.0
+    events: list[RawEvent] = []
+    domains: list[DomainBatchReply] = []
+
+
 class RegisterReply(msgspec.Struct, frozen=True):
     status: Literal["ok", "stale"]
     effective_max: int = 0
@@ -50,10 +71,15 @@ class Wake(msgspec.Struct, frozen=True):
     expires_at: float = 0.0
     state: DomainState | None = None
     wait: float | None = None
+    domain: str = ""
+    """The domain, in a message to a process's agent."""
+    handed: list[str] = []
+    """The slots handed to a process's agent (lease ids)."""
 
 
 ACQUIRE = msgspec.json.Decoder(AcquireReply)
 RELEASE = msgspec.json.Decoder(ReleaseReply)
+BATCH = msgspec.json.Decoder(BatchReply)
 REGISTER = msgspec.json.Decoder(RegisterReply)
 CONFIGURE = msgspec.json.Decoder(ConfigureReply)
 RENEW = msgspec.json.Decoder(list[float])

@@ -20,11 +20,11 @@ from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
-NAMES = ("register", "acquire", "release", "renew", "set_limit", "reset", "configure", "probe")
+NAMES = ("register", "acquire", "release", "batch", "renew", "set_limit", "reset", "configure", "probe")
 #: Shared code put in front of every operation, each file after those it
 #: uses: numbers, clock and events; the hashes' fields; the budgets; leases;
-#: the queue; then the loop's rules.
-LIBRARY = ("_base", "_fields", "_budget", "_leases", "_queue", "_rules")
+#: the queue; the loop's rules; then what one acquire or outcome does.
+LIBRARY = ("_base", "_fields", "_budget", "_leases", "_queue", "_rules", "_items")
 
 
 def _lua_dir() -> Path:

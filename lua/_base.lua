@@ -1,7 +1,7 @@
 -- The ground every script stands on: numbers as the hashes hold them, the
 -- clock, idle expiry and the event log. The library's files are put in front
 -- of every operation in this order (see aimd_redis/scripts.py): _base,
--- _fields, _budget, _leases, _queue, _rules. Each defines locals only and
+-- _fields, _budget, _leases, _queue, _rules, _items. Each defines locals only and
 -- reads no KEYS or ARGV: loaded as a function library, a file runs once at
 -- load time, when Redis 7.0 lets no global (ipairs, string, math, ...) be
 -- called, so only literals and function definitions here.
@@ -110,5 +110,5 @@ end
 -- scripts take them.
 local function domain_keys(K)
   return {cap = K[1], domain = K[2], leases = K[3], index = K[4], events = K[5], queue = K[6], beats = K[7],
-          tickets = K[8], budget = K[9], tokens = K[10]}
+          tickets = K[8], want = K[9], handed = K[10], budget = K[11], tokens = K[12]}
 end

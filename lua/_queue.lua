@@ -1,15 +1,133 @@
 -- The wait queue of a domain: waiters in arrival order across every process.
--- A waiter id is '<client>.<token>': <client> names the process's wake channel
--- (the model's wake prefix .. <client>), and the id doubles as the lease id
--- the waiter gets when a slot is handed to it.
+-- An entry of the queue zset (scored by its ticket, from the tickets counter)
+-- is either
+--   * a process's agent: member '<client>' (its wake channel's name), standing
+--     for all of the process's waiting callers. Its want hash field <client>
+--     holds what it waits for as ordered segments 'ticket:count,...': a new
+--     segment gets a new ticket only when another waiter took one since the
+--     last, so that the fleet's order holds to within one batch; the entry's
+--     score is its oldest segment's ticket. The field '*' is the total wanted
+--     by all agents. Slots handed to it get ids '<client>.h<n>' and are listed
+--     in the handed hash (field <client>: 'id,id,...') until the agent acks
+--     them, so a lost wake-up is found by its next batch;
+--   * a single waiting call (acquire.lua's 'wait' mode): member
+--     '<client>.<token>', which doubles as the lease id it gets.
 -- A slot handed to a waiter lasts claim_ttl seconds until the waiter claims
--- it (re-checking, or renewing it once woken): a waiter that died in the
--- queue does not keep it for a whole lease ttl.
+-- it (re-checking, or acking it): a waiter that died in the queue does not
+-- keep it for a whole lease ttl.
 
 -- The model's wake channels are named after its cap key: '<ns>:{<p>/<m>}:wake:<client>'.
-local function queue_of(k, publish, idle_ms, claim_ttl, b)
-  return {k = k, prefix = string.sub(k.cap, 1, -4) .. 'wake:', publish = publish, idle_ms = idle_ms,
-          claim_ttl = claim_ttl, budget = b, handed = {}}
+local function queue_of(domain, k, publish, idle_ms, claim_ttl, b)
+  return {domain = domain, k = k, prefix = string.sub(k.cap, 1, -4) .. 'wake:', publish = publish,
+          idle_ms = idle_ms, claim_ttl = claim_ttl, budget = b, handed = {}, handed_to = {}, agents = {}}
+end
+
+-- Drops the reservations of waiters that left, whatever the budget.
+local function forget_waiters(q, ids)
+  if #ids > 0 then redis.call('HDEL', q.k.tokens, unpack(ids)) end
+end
+
+-- An agent's segments, {{ticket, count}, ...} oldest first, or nil when
+-- member is no agent's entry.
+local function segments_of(q, member)
+  local text = redis.call('HGET', q.k.want, member)
+  if not text then return nil end
+  local segs = {}
+  for t, c in string.gmatch(text, '(%d+):(%d+)') do segs[#segs + 1] = {tonumber(t), tonumber(c)} end
+  return segs
+end
+
+-- Writes an agent's segments (or removes its entry when none are left) and
+-- moves the total wanted by delta.
+local function save_segments(q, member, segs, delta, beat_deadline)
+  local k = q.k
+  if delta ~= 0 then redis.call('HINCRBY', k.want, '*', delta) end
+  if #segs == 0 then
+    redis.call('HDEL', k.want, member)
+    redis.call('ZREM', k.queue, member)
+    redis.call('ZREM', k.beats, member)
+    forget_waiters(q, {member})
+    return
+  end
+  local parts = {}
+  for i, seg in ipairs(segs) do parts[i] = seg[1] .. ':' .. seg[2] end
+  if redis.call('HSET', k.want, member, table.concat(parts, ',')) == 1 then
+    expire_new(q.idle_ms, k.want)
+    expire_new(q.idle_ms, k.queue)
+    expire_new(q.idle_ms, k.beats)
+  end
+  redis.call('ZADD', k.queue, segs[1][1], member)
+  if beat_deadline then redis.call('ZADD', k.beats, beat_deadline, member) end
+end
+
+-- Sets how many slots agent `client` waits for (an absolute count: a resent
+-- batch changes nothing), with its heartbeat deadline and the tokens each
+-- slot handed to it reserves. More than before: the last segment grows while
+-- no other waiter took a ticket since it, else a new segment is appended.
+-- Fewer: the newest segments shrink.
+local function set_want(q, client, n, beat_deadline, tokens)
+  local k = q.k
+  local segs = segments_of(q, client) or {}
+  local total = 0
+  for _, seg in ipairs(segs) do total = total + seg[2] end
+  if n > total then
+    local last = segs[#segs]
+    if last and last[1] == tonumber(redis.call('GET', k.tickets)) then
+      last[2] = last[2] + n - total
+    else
+      local ticket = redis.call('INCR', k.tickets)
+      if ticket == 1 then expire_new(q.idle_ms, k.tickets) end
+      segs[#segs + 1] = {ticket, n - total}
+    end
+  else
+    local drop = total - n
+    while drop > 0 do
+      local last = segs[#segs]
+      local cut = math.min(drop, last[2])
+      last[2], drop = last[2] - cut, drop - cut
+      if last[2] == 0 then segs[#segs] = nil end
+    end
+  end
+  if n > 0 then budget.reserve(q.budget, k.tokens, client, tokens, q.idle_ms) end
+  if n > 0 or total > 0 then save_segments(q, client, segs, n - total, beat_deadline) end
+end
+
+-- Callers waiting: the single waiters and what the agents want.
+local function waiting_count(q)
+  local k = q.k
+  local n = redis.call('ZCARD', k.queue)
+  if n == 0 then return 0 end
+  local total = redis.call('HGET', k.want, '*')
+  if total then n = n - (redis.call('HLEN', k.want) - 1) + tonumber(total) end
+  return n
+end
+
+-- The slots handed to agent `client` and not acked yet, still live:
+-- {{id, expiry}, ...} (the dead are dropped from its list).
+local function handed_to(q, client, now)
+  local text = redis.call('HGET', q.k.handed, client)
+  if not text then return {} end
+  local live, ids = {}, {}
+  for id in string.gmatch(text, '[^,]+') do
+    local score = tonumber(redis.call('ZSCORE', q.k.leases, id))
+    if score and score > now then
+      live[#live + 1], ids[#ids + 1] = {id, score}, id
+    end
+  end
+  if #ids == 0 then redis.call('HDEL', q.k.handed, client) else redis.call('HSET', q.k.handed, client, table.concat(ids, ',')) end
+  return live
+end
+
+-- Takes lease id off its agent's list of slots handed and not acked (an id
+-- '<client>.h<n>'; any other id changes nothing).
+local function unhand(q, id)
+  local client = string.match(id, '^(.-)%.h%d+$')
+  if not client then return end
+  local text = redis.call('HGET', q.k.handed, client)
+  if not text then return end
+  local ids = {}
+  for other in string.gmatch(text, '[^,]+') do if other ~= id then ids[#ids + 1] = other end end
+  if #ids == 0 then redis.call('HDEL', q.k.handed, client) else redis.call('HSET', q.k.handed, client, table.concat(ids, ',')) end
 end
 
 local function enqueue(q, id, tokens, beat_deadline)
@@ -30,13 +148,16 @@ local function enqueue(q, id, tokens, beat_deadline)
   end
 end
 
--- Drops the reservations of waiters that left, whatever the budget.
-local function forget_waiters(q, ids)
-  if #ids > 0 then redis.call('HDEL', q.k.tokens, unpack(ids)) end
-end
-
--- Whether id was queued.
+-- Whether id was queued (an agent's entry goes whole, with what it wanted).
 local function leave(q, id)
+  local segs = segments_of(q, id)
+  if segs then
+    local total = 0
+    for _, seg in ipairs(segs) do total = total + seg[2] end
+    save_segments(q, id, {}, -total)
+    redis.call('HDEL', q.k.handed, id)
+    return true
+  end
   redis.call('ZREM', q.k.beats, id)
   return redis.call('ZREM', q.k.queue, id) == 1
 end
@@ -45,6 +166,9 @@ end
 local function reap_waiters(q, now)
   local k = q.k
   local dead = redis.call('ZRANGEBYSCORE', k.beats, '-inf', now, 'LIMIT', 0, 100)
+  for _, id in ipairs(dead) do
+    if not string.find(id, '.', 1, true) then leave(q, id) end  -- an agent's entry
+  end
   if #dead > 0 then
     redis.call('ZREM', k.queue, unpack(dead))
     redis.call('ZREM', k.beats, unpack(dead))
@@ -52,11 +176,16 @@ local function reap_waiters(q, now)
   end
 end
 
--- Hands free slots to the longest waiting live waiters, in order. Returns
+-- Hands free slots to the longest waiting live waiters, in order: a single
+-- waiter one slot, an agent as many as its oldest segment asks for (one at
+-- a time under a budget), then it is scored by its next segment. Returns
 -- whether self_id (the caller, alive: its lease lasts lease_ttl) was among
 -- them, and the expiry of the others' leases (until claimed), who are told
--- by publish_handoffs.
-local function promote(q, d, now, lease_ttl, self_id)
+-- by publish_handoffs. An agent calling (self_id its client) takes its slots
+-- from own: {ids = {...}, tokens = {...}, used = 0, got = {}}, the lease ids
+-- it chose for its oldest callers; granted ones go to own.got as {id, expiry},
+-- and own.starved says a slot was left for want of ids.
+local function promote(q, d, now, lease_ttl, self_id, own)
   local k, b = q.k, q.budget
   local got_self = false
   local full, claim = fmt(now + lease_ttl), fmt(now + q.claim_ttl)
@@ -72,16 +201,54 @@ local function promote(q, d, now, lease_ttl, self_id)
       budget.claim(b, head, tokens, tonumber(beat))
       break
     end
-    leave(q, head)
-    if alive and fits and grant(d, k, head, tokens, head == self_id and full or claim, q.idle_ms, b) then
-      if head == self_id then got_self = true else q.handed[#q.handed + 1] = head end
-      -- A lease granted without a token budget has nothing to settle.
-      if not (b and b.tpm) and tokens > 0 then forget_waiters(q, {head}) end
+    local segs = alive and fits and segments_of(q, head)
+    if segs then
+      local n = math.min(d.current_limit - d.in_flight, segs[1][2], b and 1 or segs[1][2])
+      local mine = head == self_id
+      if mine then n = math.min(n, #own.ids - own.used) end
+      if n <= 0 then  -- its own caller is first, with no more lease ids in this call
+        own.starved = true
+        break
+      end
+      local given = 0
+      for _ = 1, n do
+        local id, t, expiry = nil, tokens, claim
+        if mine then
+          own.used = own.used + 1
+          id, t, expiry = own.ids[own.used], own.tokens[own.used], full
+        else
+          id = head .. '.h' .. redis.call('HINCRBY', k.handed, '#', 1)
+        end
+        if grant(d, k, id, t, expiry, q.idle_ms, b) then
+          budget.reserve(b, k.tokens, id, t, q.idle_ms)
+          given = given + 1
+          if mine then
+            own.got[#own.got + 1] = {id, now + lease_ttl}
+          else
+            local list = q.handed_to[head]
+            if not list then
+              list = {}
+              q.handed_to[head], q.agents[#q.agents + 1] = list, head
+            end
+            list[#list + 1] = id
+          end
+        end
+      end
+      segs[1][2] = segs[1][2] - given
+      if segs[1][2] <= 0 then table.remove(segs, 1) end
+      save_segments(q, head, segs, -given)
     else
-      -- Dead, gave up already (its tombstone went), or the budget shrank
-      -- under it (its re-check is refused): dropped.
-      if beat and not alive then redis.call('ZREM', k.leases, head) end
-      forget_waiters(q, {head})
+      leave(q, head)
+      if alive and fits and grant(d, k, head, tokens, head == self_id and full or claim, q.idle_ms, b) then
+        if head == self_id then got_self = true else q.handed[#q.handed + 1] = head end
+        -- A lease granted without a token budget has nothing to settle.
+        if not (b and b.tpm) and tokens > 0 then forget_waiters(q, {head}) end
+      else
+        -- Dead, gave up already (its tombstone went), or the budget shrank
+        -- under it (its re-check is refused): dropped.
+        if beat and not alive then redis.call('ZREM', k.leases, head) end
+        forget_waiters(q, {head})
+      end
     end
   end
   return got_self, claim
@@ -119,12 +286,22 @@ end
 local function notify_head_of_cooldown(q, d, now)
   if now >= d.blocked_until then return end
   local head = redis.call('ZRANGE', q.k.queue, 0, 0)[1]
-  if head then wake(q, head, '{"wait":' .. fmt(d.blocked_until - now) .. '}') end
+  if head then wake(q, head, '{"wait":' .. fmt(d.blocked_until - now) .. ',"domain":"' .. q.domain .. '"}') end
 end
 
--- Wakes the waiters promote handed a slot to.
+-- Wakes the waiters promote handed a slot to: one message per agent, listing
+-- its slots (which are also recorded for its next batch to find).
 local function publish_handoffs(q, d, expiry)
-  if #q.handed == 0 then return end
-  local json = '{"expires_at":' .. expiry .. ',"state":' .. state_json(d) .. '}'
-  for _, id in ipairs(q.handed) do wake(q, id, json) end
+  if #q.handed == 0 and #q.agents == 0 then return end
+  local head = '{"expires_at":' .. expiry .. ',"state":' .. state_json(d)
+  for _, id in ipairs(q.handed) do wake(q, id, head .. '}') end
+  for _, client in ipairs(q.agents) do
+    local ids = q.handed_to[client]
+    local before = redis.call('HGET', q.k.handed, client)
+    local list = table.concat(ids, ',')
+    if before then list = before .. ',' .. list end
+    redis.call('HSET', q.k.handed, client, list)
+    expire_new(q.idle_ms, q.k.handed)
+    wake(q, client, head .. ',"domain":"' .. q.domain .. '","handed":["' .. table.concat(ids, '","') .. '"]}')
+  end
 end

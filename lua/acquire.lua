@@ -10,8 +10,11 @@
 -- KEYS[6]  queue zset     <ns>:{<provider>/<model>}:<domain>:queue (waiter id -> ticket)
 -- KEYS[7]  beats zset     <ns>:{<provider>/<model>}:<domain>:beats (waiter id -> heartbeat deadline)
 -- KEYS[8]  ticket counter <ns>:{<provider>/<model>}:<domain>:tickets
--- KEYS[9]  budget hash    <ns>:{<provider>/<model>}:cap:budget (see _budget.lua)
--- KEYS[10] tokens hash    <ns>:{<provider>/<model>}:<domain>:tokens (lease or waiter id ->
+-- KEYS[9]  want hash      <ns>:{<provider>/<model>}:<domain>:want (agent -> what it waits for)
+-- KEYS[10] handed hash    <ns>:{<provider>/<model>}:<domain>:handed (agent -> slots handed, not acked)
+--                         (see _queue.lua)
+-- KEYS[11] budget hash    <ns>:{<provider>/<model>}:cap:budget (see _budget.lua)
+-- KEYS[12] tokens hash    <ns>:{<provider>/<model>}:<domain>:tokens (lease or waiter id ->
 --                         its reservation; with a token budget only)
 --
 -- ARGV[1]  now               seconds, or '' for the server's TIME
@@ -71,16 +74,9 @@ local d
 d, err = load_domain(k.domain)
 if err then return redis.error_reply(err) end
 
-if not d then
-  d = new_domain(now, m)
-  redis.call('SADD', k.index, domain)
-  -- For the previous release while a fleet upgrades: its scripts require the
-  -- field (the ramp length they ran), and would call the domain corrupt.
-  redis.call('HSET', k.domain, 'rampup_seconds', fmt(m.config.rampup_seconds))
-  emit(domain, d.rampup_active == 1 and 'ramp_start' or 'created', 0, d.current_limit)
-end
+if not d then d = create_domain(domain, k, now, m) end
 
-local q = queue_of(k, publish, m.idle_ms, claim_ttl, b)
+local q = queue_of(domain, k, publish, m.idle_ms, claim_ttl, b)
 reap(domain, d, k, now, b)
 d.in_flight = live_leases(k.leases)
 rules.on_acquire(domain, d, now, m)
@@ -104,18 +100,7 @@ if not status then
     queued = redis.call('ZCARD', k.queue)
   end
   if queued == 0 then
-    if now < d.blocked_until then
-      status, value = 'cooldown', d.blocked_until - now
-    elseif d.in_flight >= d.current_limit then
-      status = 'at_capacity'
-    elseif budget.wait(b, id, tokens) > 0 then
-      status, value = 'budget', budget.wait(b, id, tokens)
-    elseif grant(d, k, id, tokens, expiry_text, m.idle_ms, b) then
-      status, value = 'granted', expiry_text
-      budget.reserve(b, k.tokens, id, tokens, m.idle_ms)
-    else
-      status = 'abandoned'
-    end
+    status, value = try_take(d, k, b, id, tokens, now, lease_ttl, m.idle_ms)
     if waiting and (status == 'cooldown' or status == 'at_capacity' or status == 'budget') then
       enqueue(q, id, tokens, now + beat)
       status, value = 'queued', first_in_line_wait(q, d, id, tokens, now)
@@ -141,12 +126,12 @@ if not status then
   end
 end
 
-if queued > 0 or status == 'queued' then d.waiters = redis.call('ZCARD', k.queue) else d.waiters = 0 end
+if queued > 0 or status == 'queued' then d.waiters = waiting_count(q) else d.waiters = 0 end
 save_domain(k.domain, d)
 budget.save(b, m.idle_ms)
 publish_handoffs(q, d, handoff_expiry)
 flush_events(k.events, now, m.idle_ms)
-touch(m.idle_ms, k.domain, k.cap, k.leases, k.index, k.events, k.queue, k.beats, k.tickets, b and k.budget,
-  b and k.tokens)
+touch(m.idle_ms, k.domain, k.cap, k.leases, k.index, k.events, k.queue, k.beats, k.tickets, k.want, k.handed,
+  b and k.budget, b and k.tokens)
 return '{"status":"' .. status .. '","value":' .. (type(value) == 'string' and value or fmt(value)) .. (status == 'queued' and ',"at":' .. fmt(now) or '') ..
   ',"state":' .. state_json(d) .. events_json() .. '}'

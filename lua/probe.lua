@@ -37,6 +37,7 @@ end
 local may_delete = try({'DEL', scratch})
 -- Tried while the key is absent: none of these writes anything.
 local PROBES = {
+  {'GET', scratch},
   {'HSET', scratch, 'f', 'v', 'odd'},  -- refused for its arity after the permission check
   {'HDEL', scratch, 'f'},
   {'HGET', scratch, 'f'},
@@ -64,11 +65,12 @@ local PROBES = {
 for _, command in ipairs(PROBES) do
   try(command)
 end
--- These two create the key (the second then fails on its type), so only
--- where it can be deleted again.
+-- These create the key (the others then fail on its type), so only where
+-- it can be deleted again.
 local CREATING = {
   {'SADD', scratch, 'm'},
   {'INCR', scratch},
+  {'HINCRBY', scratch, 'f', 1},
 }
 if may_delete then
   for _, command in ipairs(CREATING) do

@@ -1,8 +1,8 @@
 -- release: give a lease back and report how the request went.
 --
--- KEYS[1..10] as acquire.lua: cap hash, domain hash, leases zset, domain index,
---             event stream, queue zset, beats zset, ticket counter, budget hash,
---             tokens hash
+-- KEYS[1..12] as acquire.lua: cap hash, domain hash, leases zset, domain index,
+--             event stream, queue zset, beats zset, ticket counter, want hash,
+--             handed hash, budget hash, tokens hash
 --
 -- ARGV[1]  now               seconds, or '' for the server's TIME
 -- ARGV[2]  domain            the domain's name
@@ -55,7 +55,7 @@
 
 local now = clock(ARGV[1])
 local domain, lease_id, outcome = ARGV[2], ARGV[3], ARGV[4]
-local sample = {retry_after = tonumber(ARGV[5])}
+local retry_after = tonumber(ARGV[5])
 local granted_when, lease_ttl, claim_ttl, publish = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
 local next_id, next_tokens, used = ARGV[10], tonumber(ARGV[11]), tonumber(ARGV[12])
 local heard = {rpm = tonumber(ARGV[13]), tpm = tonumber(ARGV[14])}
@@ -82,42 +82,16 @@ if err then return redis.error_reply(err) end
 if registered and learning then budget.heard_limits(k.cap, m, heard) end
 b = budget.limits(b, m, now)
 
-local q = queue_of(k, publish, m.idle_ms, claim_ttl, b)
+local q = queue_of(domain, k, publish, m.idle_ms, claim_ttl, b)
 if d then reap(domain, d, k, now, b) end
--- The lease's score is its expiry (a live lease), or minus the expiry of a
--- tombstone. A live lease is freed even when the domain hash is gone
--- (evicted, deleted): left in the zset, it would hold a slot of the domain
--- acquire re-creates.
-local score = tonumber(redis.call('ZSCORE', k.leases, lease_id))
-sample.released = score ~= nil and score > 0
-if sample.released then
-  redis.call('ZREM', k.leases, lease_id)
-  sample.granted_at = granted_when or score - lease_ttl
-end
-local reserved = budget.reserved(b, k.tokens, lease_id, true)
-if not b and (outcome == 'abandon' or outcome == 'leave') then
-  forget_waiters(q, {lease_id})  -- a waiter's estimate is kept without a budget too
-end
-if outcome == 'abandon' or outcome == 'leave' then
-  budget.unclaim(b, lease_id)  -- a waiter that gave up claims nothing more
-  leave(q, lease_id)
-  -- An acquire cut off mid-call may still be on its way (another connection,
-  -- a retry), a queued waiter's re-check too: unless it granted, it must
-  -- grant nothing when it runs. A waiter leaving between its calls has
-  -- nothing on the way and leaves no tombstone.
-  if outcome == 'abandon' and not score then bury(k, lease_id, now, lease_ttl, m.idle_ms) end
-  outcome = 'abandon'
-end
-budget.settle(domain, b, sample.released, outcome, reserved, used, heard_requests, heard_tokens)
+local released = give_back(domain, d, q, m, now, lease_ttl, lease_id, {
+  outcome = outcome, retry_after = retry_after, granted_at = granted_when, used = used,
+  requests_left = heard_requests, tokens_left = heard_tokens})
 if not d then
   budget.save(b, m.idle_ms)
   flush_events(k.events, now, m.idle_ms)
-  return '{"released":' .. tostring(sample.released) .. ',"registered":' .. tostring(registered) .. events_json() ..
-    '}'
+  return '{"released":' .. tostring(released) .. ',"registered":' .. tostring(registered) .. events_json() .. '}'
 end
-
-d.in_flight = live_leases(k.leases)
-rules.on_outcome(domain, d, now, m, outcome, sample)
 
 local handoff_expiry
 local queued = redis.call('ZCARD', k.queue)
@@ -127,16 +101,14 @@ if queued > 0 then
   handoff_expiry = expiry
   queued = redis.call('ZCARD', k.queue)
 end
-d.waiters = queued
+d.waiters = waiting_count(q)
 
 local next_expiry = '0'
 if next_id ~= '' and registered and queued == 0 and now >= d.blocked_until then
   rules.on_acquire(domain, d, now, m)
-  local expiry = fmt(now + lease_ttl)
-  if d.in_flight < d.current_limit and budget.fits(b, next_tokens) and budget.wait(b, next_id, next_tokens) == 0
-      and grant(d, k, next_id, next_tokens, expiry, m.idle_ms, b) then
-    budget.reserve(b, k.tokens, next_id, next_tokens, m.idle_ms)
-    next_expiry = expiry
+  if budget.fits(b, next_tokens) then
+    local status, value = try_take(d, k, b, next_id, next_tokens, now, lease_ttl, m.idle_ms)
+    if status == 'granted' then next_expiry = value end
   end
 end
 save_domain(k.domain, d)
@@ -146,7 +118,7 @@ if handoff_expiry then
   notify_head_of_cooldown(q, d, now)
 end
 flush_events(k.events, now, m.idle_ms)
-touch(m.idle_ms, k.domain, k.cap, k.leases, k.index, k.events, k.queue, k.beats, k.tickets, b and k.budget,
-  b and k.tokens)
-return '{"released":' .. tostring(sample.released) .. ',"registered":' .. tostring(registered) .. ',"next":' ..
+touch(m.idle_ms, k.domain, k.cap, k.leases, k.index, k.events, k.queue, k.beats, k.tickets, k.want, k.handed,
+  b and k.budget, b and k.tokens)
+return '{"released":' .. tostring(released) .. ',"registered":' .. tostring(registered) .. ',"next":' ..
   next_expiry .. ',"state":' .. state_json(d) .. events_json() .. '}'

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from aimd_redis import AcquireTimeout, AsyncThrottle, RedisUnavailableError, Throttle, ThrottleConfig
+from aimd_redis import AcquireTimeout, AsyncThrottle, Throttle, ThrottleConfig
 from aimd_redis.core import Core
 from aimd_redis.structs import Grant, LeaseRef, Queued
 
@@ -64,7 +64,7 @@ def test_processes_are_served_in_arrival_order(real_redis: redis.Redis, real_red
     assert (_waiters(real_redis), real_redis.hget(DOMAIN_KEY, "in_flight")) == (0, b"0")
 
 
-async def test_one_release_wakes_one_waiter_which_claims_its_slot_with_one_call(
+async def test_one_release_serves_one_waiter_of_the_same_process_in_the_same_call(
     real_redis: redis.Redis, real_redis_url: str
 ) -> None:
     async with AsyncThrottle(real_redis_url, config=QUIET) as t:
@@ -72,16 +72,17 @@ async def test_one_release_wakes_one_waiter_which_claims_its_slot_with_one_call(
         held = await t.acquire(**TARGET, timeout=0)
         waiters = [asyncio.create_task(t.acquire(**TARGET)) for _ in range(50)]
         await _eventually(lambda: _waiters(real_redis) == 50)
+        assert real_redis.zcard(f"{DOMAIN_KEY}:queue") == 1  # one entry for the process, not 50
         real_redis.config_resetstat()
         await held.success()
         done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED, timeout=5)
         assert len(done) == 1
         first = done.pop().result()
-        # The release, and the woken waiter's claim of the slot (sent once it
-        # returned); no other waiter moved.
-        await _eventually(lambda: script_calls(real_redis) >= 2)
+        # The release's batch gave the slot to the process's oldest waiter; no
+        # other waiter moved.
         await asyncio.sleep(0.05)
-        assert script_calls(real_redis) == 2
+        assert script_calls(real_redis) == 1
+        assert _waiters(real_redis) == 49
         for task in waiters:
             task.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
@@ -94,80 +95,59 @@ def _lease_expiry(client: redis.Redis, lease_id: str) -> float:
     return float(client.zscore(f"{DOMAIN_KEY}:leases", lease_id) or 0)
 
 
-def _handed_over(t: Throttle, client: redis.Redis) -> Any:
-    """A lease of ``t`` that a release handed to its waiting acquire."""
-    held = t.acquire(**TARGET, timeout=0)
+def _handed_over(holder: Throttle, t: Throttle, client: redis.Redis, count: int = 1) -> list[Any]:
+    """Leases of ``t`` that ``holder``'s release handed to its waiting acquires."""
+    held = [holder.acquire(**TARGET, timeout=0) for _ in range(count)]
     got: list[Any] = []
-    waiter = threading.Thread(target=lambda: got.append(t.acquire(**TARGET, timeout=10)))
-    waiter.start()
-    wait_until(lambda: _waiters(client) == 1, "not queued", 10)
-    held.success()
-    waiter.join(10)
-    return got[0]
+    waiters = [threading.Thread(target=lambda: got.append(t.acquire(**TARGET, timeout=10))) for _ in range(count)]
+    for waiter in waiters:
+        waiter.start()
+    wait_until(lambda: _waiters(client) == count, "not queued", 10)
+    # The holder's releases go in one batch.
+    boxes = [holder._agent_for().submit(lease.ref, holder._core.outcome_row(lease.ref, "success")) for lease in held]
+    for box in boxes:
+        box.get(10)
+    for waiter in waiters:
+        waiter.join(10)
+    return got
 
 
-def test_a_slot_handed_over_is_used_at_once_and_claimed_after(real_redis: redis.Redis, real_redis_url: str) -> None:
-    t = Throttle(real_redis_url, config=LONG_LEASES)
-    t._claimer.start = t._claimer.poke = lambda: None  # type: ignore[method-assign]  # claimed below instead
-    t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
-    lease = _handed_over(t, real_redis)
-    # Returned on the wake-up, holding the claim window (2 x wait_poll, 60 s):
-    # no claim was waited for.
-    assert _lease_expiry(real_redis, lease.id) == pytest.approx(lease.granted_at + 60, abs=1)
-    t._claim_handed()
-    # Claimed: a whole lease ttl (300 s) in Redis, and on the lease.
-    assert _lease_expiry(real_redis, lease.id) == pytest.approx(lease.granted_at + 300, abs=1)
-    assert lease.expires_at == pytest.approx(_lease_expiry(real_redis, lease.id), abs=0.01)
-    assert lease.success().released
-    assert real_redis.hget(DOMAIN_KEY, "in_flight") == b"0"
-    t.close()
-
-
-def test_a_slot_handed_over_is_claimed_in_the_background(real_redis: redis.Redis, real_redis_url: str) -> None:
-    t = Throttle(real_redis_url, config=LONG_LEASES)
-    t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
-    lease = _handed_over(t, real_redis)
-    wait_until(lambda: _lease_expiry(real_redis, lease.id) > lease.granted_at + 200, "never claimed", 10)
-    assert lease.success().released
-    t.close()
-
-
-def test_a_claim_that_fails_is_tried_again_within_the_claim_window(
-    real_redis: redis.Redis, real_redis_url: str, caplog: pytest.LogCaptureFixture
+def test_slots_handed_over_are_used_at_once_and_acked_to_a_whole_lease_ttl(
+    real_redis: redis.Redis, real_redis_url: str
 ) -> None:
-    # A claim window of 2 s, tried again every 0.2 s; the lease ttl is 30 s.
-    t = Throttle(real_redis_url, config=ThrottleConfig(wait_poll_seconds=1, lease_ttl_seconds=30))
-    t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
-    run, failed = t._run, []
-
-    def blip(call: Any) -> Any:
-        if call.script == "renew" and not failed:
-            failed.append(call)
-            raise RedisUnavailableError("connection reset")
-        return run(call)
-
-    t._run = blip  # type: ignore[method-assign]
-    with caplog.at_level(logging.WARNING, logger="aimd_redis"):
-        lease = _handed_over(t, real_redis)
-        # Still held when the window has gone by: the second try claimed it.
-        wait_until(lambda: _lease_expiry(real_redis, lease.id) > lease.granted_at + 20, "never claimed", 10)
-    assert failed
-    assert "claimer failed" in caplog.text
-    assert lease.success().released
+    holder, t = Throttle(real_redis_url, config=LONG_LEASES), Throttle(real_redis_url, config=LONG_LEASES)
+    holder.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=3)
+    real_redis.config_resetstat()
+    leases = _handed_over(holder, t, real_redis, count=3)
+    assert len(leases) == 3
+    # Three slots in one wake-up: all handed with the claim window (2 x wait_poll, 60 s).
+    assert all(lease.granted_at == leases[0].granted_at for lease in leases)
+    # Acked by the next batch: a whole lease ttl (300 s) in Redis, and on the leases.
+    for lease in leases:
+        wait_until(lambda lease=lease: _lease_expiry(real_redis, lease.id) > lease.granted_at + 200, "not acked", 10)
+        wait_until(lambda lease=lease: lease.expires_at > lease.granted_at + 200, "not told", 10)
+    assert all(lease.success().released for lease in leases)
+    assert real_redis.hget(DOMAIN_KEY, "in_flight") == b"0"
+    holder.close()
     t.close()
 
 
-def test_a_throttle_closed_claims_what_it_was_to_claim(real_redis: redis.Redis, real_redis_url: str) -> None:
-    t = Throttle(real_redis_url, config=LONG_LEASES)
-    t._claimer.start = t._claimer.poke = lambda: None  # type: ignore[method-assign]  # left to close
-    t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
-    lease = _handed_over(t, real_redis)
+def test_a_lost_wake_up_is_found_by_the_next_heartbeat(real_redis: redis.Redis, real_redis_url: str) -> None:
+    holder = Throttle(real_redis_url, config=QUIET)
+    t = Throttle(real_redis_url, config=ThrottleConfig(wait_poll_seconds=0.3))
+    t._waker = None  # hears no wake-up: its heartbeat's batch finds the slot
+    holder.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=2)
+    started = time.monotonic()
+    leases = _handed_over(holder, t, real_redis, count=2)
+    assert len(leases) == 2
+    assert time.monotonic() - started < 5
+    assert all(lease.success().released for lease in leases)
+    assert (_waiters(real_redis), real_redis.hget(DOMAIN_KEY, "in_flight")) == (0, b"0")
+    holder.close()
     t.close()
-    # It lasts a lease ttl, as any lease held when a throttle closes.
-    assert _lease_expiry(real_redis, lease.id) > lease.granted_at + 200
 
 
-def test_a_dead_wake_up_costs_one_claim_and_no_more(real_redis: redis.Redis, real_redis_url: str) -> None:
+def test_a_dead_wake_up_costs_one_batch_and_no_slot(real_redis: redis.Redis, real_redis_url: str) -> None:
     t = Throttle(real_redis_url, config=QUIET)
     t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
     held = t.acquire(**TARGET, timeout=0)
@@ -175,49 +155,41 @@ def test_a_dead_wake_up_costs_one_claim_and_no_more(real_redis: redis.Redis, rea
     waiter = threading.Thread(target=lambda: got.append(t.acquire(**TARGET, timeout=20)))
     waiter.start()
     wait_until(lambda: _waiters(real_redis) == 1, "not queued", 10)
-    (waiter_id,) = (member.decode() for member in real_redis.zrange(f"{DOMAIN_KEY}:queue", 0, -1))
     now = float(real_redis.time()[0])
     real_redis.config_resetstat()
     # A wake-up for a hand-over whose window has ended (its slot went on).
-    real_redis.publish(t._core.keys(P, M).wake_prefix + t._client_id, _handed(waiter_id, now - 1))
-    time.sleep(0.5)  # waiting is the point: the waiter is to ask once and wait again, not spin
+    message = {"expires_at": now - 1, "state": _STATE, "domain": "chat", "handed": [f"{t._client_id}.h99"]}
+    real_redis.publish(t._core.keys(P, M).wake_prefix + t._client_id, f"{t._client_id} {json.dumps(message)}")
+    time.sleep(0.5)  # waiting is the point: the waiter is to be acked first, refused, and wait on
     calls = script_calls(real_redis)
+    assert not got
     held.success()
     waiter.join(10)
     assert got[0].success().released
     t.close()
-    assert 1 <= calls <= 3  # the claim refused, and one re-check that queues again
+    assert calls == 1  # the ack, refused
 
 
-def test_a_claim_that_finds_its_slot_gone_says_so(
+def test_an_ack_that_finds_its_slot_gone_says_so(
     real_redis: redis.Redis, real_redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    t = Throttle(real_redis_url, config=LONG_LEASES)
-    t._claimer.start = t._claimer.poke = lambda: None  # type: ignore[method-assign]  # claimed below instead
-    t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
-    lease = _handed_over(t, real_redis)
-    real_redis.zrem(f"{DOMAIN_KEY}:leases", lease.id)  # reclaimed: the claim window passed
+    holder, t = Throttle(real_redis_url, config=LONG_LEASES), Throttle(real_redis_url, config=LONG_LEASES)
+    holder.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
+    run = t._run
+
+    def reclaimed_first(call: Any) -> Any:
+        if call.script == "batch" and "ack" in call.args[-1] and '"ack":[]' not in call.args[-1]:
+            real_redis.zrem(f"{DOMAIN_KEY}:leases", *real_redis.zrange(f"{DOMAIN_KEY}:leases", 0, -1))
+        return run(call)
+
+    t._run = reclaimed_first  # type: ignore[method-assign]
+    t._agent = None  # made again with the run above
     with caplog.at_level(logging.WARNING, logger="aimd_redis"):
-        t._claim_handed()
-    assert "went on before its claim" in caplog.text
+        (lease,) = _handed_over(holder, t, real_redis)
+        wait_until(lambda: "went on before its ack" in caplog.text, "not said", 10)
+    assert not lease.success().released
+    holder.close()
     t.close()
-
-
-async def test_a_late_wake_up_is_claimed_before_the_slot_is_used(real_redis: redis.Redis, real_redis_url: str) -> None:
-    async with AsyncThrottle(real_redis_url, config=LONG_LEASES) as t:
-        t._core.background_claim = lambda *args: None  # type: ignore[method-assign]  # as if it came late
-        await t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=1)
-        held = await t.acquire(**TARGET, timeout=0)
-        waiter = asyncio.create_task(t.acquire(**TARGET, timeout=10))
-        await _eventually(lambda: _waiters(real_redis) == 1)
-        real_redis.config_resetstat()
-        await held.success()
-        lease = await waiter
-        # Claimed before acquire returned: the release and the claim are both in.
-        assert script_calls(real_redis) == 2
-        assert _lease_expiry(real_redis, lease.id) == pytest.approx(lease.expires_at, abs=0.01)
-        assert lease.expires_at > lease.granted_at + 200
-        await lease.success()
 
 
 _STATE = {
@@ -263,7 +235,7 @@ def test_a_hand_over_is_used_before_its_claim_only_with_half_its_window_left(
     expiry = 1000.0 + published_after_queued + window  # the window runs from the hand-over
     handed = core.parse_wake(ref, _handed("c.1", expiry))
     assert isinstance(handed, Grant)
-    left = core.background_claim(handed, queued, since_asked)
+    left = core.background_claim(handed.expires_at, queued.at, since_asked)
     assert (left is not None) is fresh
     if fresh:
         assert left == pytest.approx(expiry - 1000.0 - since_asked)
@@ -277,7 +249,7 @@ def test_a_background_claim_is_given_at_least_a_second(left: float, fresh: bool)
     assert isinstance(queued, Queued)
     handed = core.parse_wake(ref, _handed("c.1", 1000.0 + left))
     assert isinstance(handed, Grant)
-    assert (core.background_claim(handed, queued, 0.0) is not None) is fresh
+    assert (core.background_claim(handed.expires_at, queued.at, 0.0) is not None) is fresh
 
 
 def test_a_timed_out_waiter_leaves_no_trace(client: redis.Redis) -> None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from redis.asyncio import ConnectionPool, Redis
 
 Job = Callable[[], Coroutine[Any, Any, None]]
+T = TypeVar("T")
 
 # Tasks still running after their caller was cancelled: the loop keeps only a
 # weak reference to a task.
@@ -109,20 +110,24 @@ class Semaphore:
         self._semaphore.release()
 
 
-class Mailbox:
+class Mailbox(Generic[T]):
     """One message, left by one party for another that waits for it."""
 
     def __init__(self) -> None:
-        self._future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
 
-    def put(self, message: str) -> None:
+    def put(self, message: T) -> None:
         if not self._future.done():
             self._future.set_result(message)
 
-    async def get(self, timeout: float) -> str | None:
-        """The message, or None after ``timeout`` seconds."""
+    async def get(self, timeout: float | None) -> T | None:
+        """The message, or None after ``timeout`` seconds (None: however long it takes)."""
         done, _ = await asyncio.wait({self._future}, timeout=timeout)
         return self._future.result() if done else None
+
+    def peek(self) -> T | None:
+        """The message if it is there, without waiting."""
+        return self._future.result() if self._future.done() else None
 
 
 class Worker:
@@ -144,6 +149,11 @@ class Worker:
             return
         self._task.cancel()
         await asyncio.wait({self._task})  # a cancellation of the caller still reaches it
+
+
+def current() -> object:
+    """What runs this code: the task here, the thread in the sync client."""
+    return asyncio.current_task()
 
 
 async def sleep(seconds: float) -> None:

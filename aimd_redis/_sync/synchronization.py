@@ -8,11 +8,12 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from redis import ConnectionPool, Redis
 
 Job = Callable[[], None]
+T = TypeVar("T")
 
 
 def pending_cancellations() -> int:
@@ -65,18 +66,23 @@ class Semaphore:
         self._semaphore.release()
 
 
-class Mailbox:
+class Mailbox(Generic[T]):
     def __init__(self) -> None:
         self._event = threading.Event()
-        self._message = ""
+        self._message: T | None = None
+        self._lock = threading.Lock()
 
-    def put(self, message: str) -> None:
-        if not self._event.is_set():
-            self._message = message
-            self._event.set()
+    def put(self, message: T) -> None:
+        with self._lock:
+            if not self._event.is_set():
+                self._message = message
+                self._event.set()
 
-    def get(self, timeout: float) -> str | None:
+    def get(self, timeout: float | None) -> T | None:
         return self._message if self._event.wait(timeout) else None
+
+    def peek(self) -> T | None:
+        return self._message if self._event.is_set() else None
 
 
 class Worker:
@@ -95,6 +101,10 @@ class Worker:
         self._stopping.set()
         if self._thread is not threading.current_thread():
             self._thread.join()
+
+
+def current() -> object:
+    return threading.current_thread()
 
 
 def sleep(seconds: float) -> None:

@@ -8,31 +8,32 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, NamedTuple, cast
 
-import redis.exceptions
 from redis import BlockingConnectionPool, Redis
 from redis.cluster import RedisCluster
-from redis.commands.core import Script
 
+from aimd_redis._sync.agent import Agent
 from aimd_redis._sync.background import Periodic
 from aimd_redis._sync.fallback import LocalLimit
+from aimd_redis._sync.runner import ScriptRunner
 from aimd_redis._sync.synchronization import (
+    Mailbox,
+    Semaphore,
     blocking_a_running_loop,
     pending_cancellations,
     raise_swallowed_cancellation,
     run_to_the_end,
-    sleep,
 )
 from aimd_redis._sync.waker import CONFIRM_SECONDS, Waker
 from aimd_redis._provider import read_rate_limit_headers
 from aimd_redis.config import FailOpen, ThrottleConfig
 from aimd_redis.core import (
-    CLAIM_RETRY_SECONDS,
     MAX_BUDGET,
     REGISTER_ATTEMPTS,
     Call,
@@ -49,28 +50,21 @@ from aimd_redis.core import (
     socket_timeout_of,
 )
 from aimd_redis.errors import (
+    REFUSED_BEFORE_RUNNING,
     AcquireTimeout,
     AimdRedisError,
     ArgumentTypeError,
-    CorruptStateError,
     EventLoopBlockedError,
     InvalidArgumentError,
     NotRegisteredError,
-    RedisAuthenticationError,
     RedisCommandError,
-    RedisOutOfMemoryError,
-    RedisPermissionError,
     RedisUnavailableError,
-    flags_refused,
-    function_missing,
-    functions_refused,
     one_line,
     redis_boundary,
 )
 from aimd_redis.keys import check_domain
 from aimd_redis.observer import Observer
 from aimd_redis.permissions import check_probe, probe_call
-from aimd_redis.scripts import library, sources
 from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, Queued, ReleaseResult
 
 logger = logging.getLogger("aimd_redis")
@@ -78,31 +72,25 @@ logger = logging.getLogger("aimd_redis")
 #: Socket timeouts of a client built from a URL: an outage surfaces as
 #: RedisUnavailableError within seconds instead of a hang.
 URL_SOCKET_TIMEOUT_SECONDS = 5.0
-#: Refusals that leave nothing behind: the call never ran (credentials,
-#: memory, permissions), or the script refused before its first write.
-REFUSED_BEFORE_RUNNING = (
-    NotRegisteredError,
-    CorruptStateError,
-    RedisAuthenticationError,
-    RedisOutOfMemoryError,
-    RedisPermissionError,
-)
 #: How often an outcome that did not reach Redis is sent again.
 RESEND_SECONDS = 1.0
-#: Connections a client built from a URL opens at most (its wake-up channel
-#: included); more calls at once wait their turn.
-MAX_CONNECTIONS = 32
+#: Connections a client built from a URL opens at most: the agent's batches,
+#: one for everything else, and the wake-up channel. Waiting callers hold
+#: none; other calls wait their turn (bounded by the socket timeout of the
+#: call ahead, never reported as an outage).
+MAX_CONNECTIONS = 3
 
 
 def _client_from_url(url: str, socket_timeout: float) -> Redis:
     """A client with a bounded pool: a call beyond MAX_CONNECTIONS at once
-    waits for a free connection (as long as a socket timeout) instead of
-    opening one more; thousands of waiting tasks need no connection each."""
+    waits for a free connection (each call ahead is bounded by the socket
+    timeout: never an outage of its own) instead of opening one more;
+    waiting tasks need no connection."""
     try:
         pool = BlockingConnectionPool.from_url(
             url,
             max_connections=MAX_CONNECTIONS,
-            timeout=socket_timeout,
+            timeout=None,
             socket_timeout=socket_timeout,
             socket_connect_timeout=socket_timeout,
         )
@@ -154,9 +142,16 @@ class Throttle:
         cluster = isinstance(redis, RedisCluster)
         # Cluster: sharded pub/sub, so a wake-up stays on the node that owns the model.
         self._core = Core(self.config, namespace, sharded_pubsub=cluster)
-        # Names this process's wake channel; every lease id starts with it.
+        # Names this process's wake channel and queue entries; every lease id
+        # starts with it. Made anew in a child after fork (see _agent_for).
         self._client_id = secrets.token_hex(6)
+        self._pid = os.getpid()
+        self._agent: Agent | None = None
         self._owns_redis = isinstance(redis, str)
+        # A client passed in is used as given, with at most the agent's batch
+        # and one other call of this throttle in flight (a client built here
+        # has a pool that small).
+        self._gate = None if self._owns_redis else Semaphore(1)
         if isinstance(redis, str):
             redis = _client_from_url(redis, socket_timeout)
         elif not isinstance(redis, (Redis, RedisCluster)):
@@ -167,16 +162,7 @@ class Throttle:
         # Any: redis-py annotates its sync and asyncio clients with one shared
         # "Awaitable or value" return type that fits neither.
         self._redis: Any = cast(Any, redis)
-        self._scripts: dict[str, Script] = {
-            name: self._redis.register_script(text) for name, text in sources().items()
-        }
-        self._plain_scripts: dict[str, Script] = {
-            name: self._redis.register_script(text) for name, text in sources(flags=False).items()
-        }
-        self._library = library()
-        # Functions where Redis has them, loaded once; EVALSHA on a cluster,
-        # where redis-py would spend a round trip asking for an FCALL's keys.
-        self._functions = not cluster
+        self._runner = ScriptRunner(self._redis, functions=not cluster)
         # Whether the Redis user may run every command the scripts call (checked on the first call).
         self._permitted = False
         self._publish = "spublish" if cluster else "publish"
@@ -187,20 +173,15 @@ class Throttle:
         # their ttl, so only a dead process's slots ever expire.
         self._held: dict[str, Lease] = {}
         self._renewer = Periodic(self.config.lease_ttl_seconds / 3, self._renew_held, "aimd-redis lease renewer")
-        # Slots handed over and used before their claim is in (see
-        # Core.background_claim), with when their claim window surely ends
-        # (monotonic): claimed at once, and tried again soon should a try fail.
-        self._unclaimed: dict[str, tuple[Lease, float]] = {}
-        retry = max(CLAIM_RETRY_SECONDS, self._core.claim_seconds / 10)
-        self._claimer = Periodic(retry, self._claim_handed, "aimd-redis hand-over claimer")
         # Outcomes and give-backs that did not reach Redis, sent again until
         # Redis takes them or the lease would have expired: lease id -> (call,
         # the lease's name for the logs, monotonic deadline).
         self._unsent: dict[str, tuple[Call, LeaseRef, float]] = {}
         self._resender = Periodic(RESEND_SECONDS, self._resend, "aimd-redis outcome resender")
         # A subscription Redis never confirms is an outage, given the same bound as any call.
-        confirm = socket_timeout_of(redis) or CONFIRM_SECONDS
-        self._waker: Waker | None = Waker(redis, sharded=cluster, confirm_seconds=confirm)
+        self._confirm = socket_timeout_of(redis) or CONFIRM_SECONDS
+        self._cluster = cluster
+        self._waker: Waker | None = Waker(redis, sharded=cluster, confirm_seconds=self._confirm)
         self._fail_open = fail_open
         self._local: dict[tuple[str, str, str], LocalLimit] = {}
         self._failing_open = False  # warned, and not yet seen Redis answer again
@@ -211,10 +192,14 @@ class Throttle:
         return self._core.namespace
 
     def _run(self, call: Call) -> Any:
+        self._check_loop()
         if not self._permitted:
             self._check_permissions(call)
         pending = pending_cancellations()
-        reply = self._call(call)
+        if self._agent is not None and self._agent.is_flusher():
+            reply = self._runner.run(call)
+        else:
+            reply = self._gated(self._runner.run, call)
         # Cancelled meanwhile, which redis-py may have dropped: a reply of a
         # grant is given back, an outcome sent again, by the caller's handler.
         raise_swallowed_cancellation(pending)
@@ -224,50 +209,24 @@ class Throttle:
         """Before the first script call: refuse a Redis user who may not run
         every command the scripts call (see aimd_redis/permissions.py). Asked
         again on the next call while refused, then never again."""
-        check_probe(self._call(probe_call(call.keys[0])), self._publish)
+        check_probe(self._gated(self._runner.run, probe_call(call.keys[0])), self._publish)
         self._permitted = True
 
-    def _call(self, call: Call) -> Any:
+    @staticmethod
+    def _check_loop() -> None:
         if why := blocking_a_running_loop():
             raise EventLoopBlockedError(why)
-        with redis_boundary():
-            if self._functions:
-                name = self._library.functions[call.script]
-                try:
-                    return self._redis.fcall(name, len(call.keys), *call.keys, *call.args)
-                except redis.exceptions.ResponseError as exc:
-                    if function_missing(exc) and self._load_library():
-                        return self._redis.fcall(name, len(call.keys), *call.keys, *call.args)
-                    if not functions_refused(exc):
-                        raise
-                    self._without_functions(exc)
-            try:
-                return self._scripts[call.script](keys=call.keys, args=call.args)
-            except redis.exceptions.ResponseError as exc:
-                if not flags_refused(exc) or self._scripts is self._plain_scripts:
-                    raise
-                # A server before 7 (or fakeredis) cannot read the flags line.
-                self._scripts = self._plain_scripts
-                return self._scripts[call.script](keys=call.keys, args=call.args)
 
-    def _load_library(self) -> bool:
-        """Load the function library (once per server, or after a restart or a
-        FUNCTION FLUSH lost it); False when Redis will not have it here."""
+    def _gated(self, command: Callable[..., Any], *args: Any) -> Any:
+        """``command(*args)`` as the one call in flight besides the agent's (see _gate)."""
+        gate = self._gate
+        if gate is None:
+            return command(*args)
+        gate.acquire(None)
         try:
-            self._redis.function_load(self._library.code)
-        except redis.exceptions.ResponseError as exc:
-            if "already exists" in str(exc):  # another process was first
-                return True
-            if not functions_refused(exc):
-                raise
-            self._without_functions(exc)
-            return False
-        return True
-
-    def _without_functions(self, exc: redis.exceptions.ResponseError) -> None:
-        if self._functions:
-            self._functions = False
-            logger.info("Redis refuses function libraries here (%s); running the scripts with EVALSHA", exc)
+            return command(*args)
+        finally:
+            gate.release()
 
     def register(
         self,
@@ -335,7 +294,7 @@ class Throttle:
         """The model's effective max, read without changing anything."""
         key = self._core.keys(provider_name, model_id).cap
         with redis_boundary():
-            raw = self._redis.hget(key, "effective_max")
+            raw = self._gated(self._redis.hget, key, "effective_max")
         if raw is None:
             raise NotRegisteredError(f"{provider_name}/{model_id} is not registered: call register(...) first")
         return parse_effective_max(key, raw)
@@ -344,7 +303,7 @@ class Throttle:
         """A snapshot of the domain, or None if it was never touched (a plain read)."""
         key = self._core.keys(provider_name, model_id).domain(check_domain(domain))
         with redis_boundary():
-            fields = self._redis.hgetall(key)
+            fields = self._gated(self._redis.hgetall, key)
         return parse_state(key, fields)
 
     def try_acquire(
@@ -359,7 +318,10 @@ class Throttle:
             provider_name, model_id, domain, now, self._core.new_lease_id(self._client_id), tokens=tokens
         )
         try:
-            result = self._acquire_once(call, ref, now)
+            if now is None:  # with the process's other callers, in its agent's next batch
+                result: Grant | Denied | Queued = self._agent_for().try_acquire(ref)
+            else:
+                result = self._acquire_once(call, ref, now)
         except RedisUnavailableError as exc:
             return self._open_fallback(provider_name, model_id, domain, 0, exc)
         self._redis_answers()
@@ -415,14 +377,10 @@ class Throttle:
             self._failing_open = False
             logger.warning("Redis answers again: slots come from the fleet's limit again")
 
-    def _hold(self, lease: Lease, now: float | None, *, claim_by: float | None = None) -> Lease:
+    def _hold(self, lease: Lease, now: float | None) -> Lease:
         if now is None:  # a caller injecting time renews for itself
             self._held[lease.id] = lease
             self._renewer.start()
-            if claim_by is not None:
-                self._unclaimed[lease.id] = (lease, claim_by)
-                self._claimer.start()
-                self._claimer.poke()
         return lease
 
     def _run_quietly(self, call: Call, ref: LeaseRef) -> None:
@@ -524,75 +482,56 @@ class Throttle:
         limit: float | None,
         started: float,
     ) -> Lease:
-        deadline = None if limit is None else started + limit
-        lease_id = self._core.new_lease_id(self._client_id)
-        # Built (and the names checked) first: a bad name has nothing to give back.
-        call, ref = self._core.acquire_call(provider_name, model_id, domain, None, lease_id, tokens=tokens, wait=True)
-        # A cancellation that redis-py's subscribe or a claim dropped is raised
-        # before a slot is returned (the handler below gives it back).
+        # Built (and the names checked) first: a bad name reaches nothing.
+        _, ref = self._core.acquire_call(
+            provider_name, model_id, domain, None, self._core.new_lease_id(self._client_id), tokens=tokens, wait=True
+        )
+        agent = self._agent_for()
+        # A cancellation that redis-py's subscribe dropped is raised before
+        # the caller queues.
         pending = pending_cancellations()
         if self._waker is not None:
+            channel = self._core.keys(provider_name, model_id).wake_prefix + self._client_id
+            agent.watching(channel, provider_name, model_id)
             with redis_boundary():
-                self._waker.watch(self._core.keys(provider_name, model_id).wake_prefix + self._client_id)
-            raise_swallowed_cancellation(pending)
-        recheck = False
-        try:
-            while True:
-                if self._waker is not None:
-                    # A wake-up published before this call ran is spent (the call
-                    # claims the slot) or dead (the slot went on): not waited for.
-                    self._waker.expect(lease_id)
-                asked = time.monotonic()
-                got = self._acquire_once(call, ref, None)
-                if isinstance(got, Grant):
-                    raise_swallowed_cancellation(pending)
-                    if recheck:
-                        self._log_queue("got a slot on re-check", ref, started)
-                    return self._hold(Lease(self, got), None)
-                assert isinstance(got, Queued)
-                if not recheck:
-                    self._log_queue(f"no free slot, queued ({got.state.waiters} waiting)", ref, started)
-                    recheck = True  # from now on the script also looks for a slot handed over
-                    call, ref = self._core.acquire_call(
-                        provider_name, model_id, domain, None, lease_id, tokens=tokens, wait=True, recheck=True
-                    )
-                # The re-check is also the heartbeat: never later than the poll
-                # interval, sooner when the cooldown ends or a lease expires first.
-                poll = self.config.wait_poll_seconds
-                wait = min(got.retry_in, poll) if got.retry_in > 0 else poll
-                while True:  # until a slot is handed over, or it is time to ask again
-                    if deadline is not None:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            raise self._timed_out(timeout, provider_name, model_id, domain, "queued", got.state)
-                        wait = min(wait, left)
-                    if self._waker is None:
-                        sleep(wait)
-                        break
-                    message = self._waker.wait(lease_id, wait)
-                    if message is None:
-                        break
-                    woke = self._core.parse_wake(ref, message)
-                    if isinstance(woke, Grant):
-                        lease = Lease(self, woke)
-                        window = self._core.background_claim(woke, got, time.monotonic() - asked)
-                        if window is not None or self._renew(lease, None):  # claimed: a lease ttl
-                            raise_swallowed_cancellation(pending)
-                            self._log_queue(f"slot handed over ({woke.state.waiters} still waiting)", ref, started)
-                            claim_by = None if window is None else time.monotonic() + window
-                            return self._hold(lease, None, claim_by=claim_by)
-                        break  # the claim came too late and the slot went on: ask again
-                    wait = min(woke, poll)  # a cooldown blocks the queue: ask again when it ends
-                    self._waker.expect(lease_id)
-        except BaseException:
-            # Leave the queue; a slot handed over meanwhile goes to the next
-            # waiter. No acquire is on its way here (_acquire_once gave back a
-            # cut-off one, tombstone and all): no tombstone.
-            self._run_quietly(self._core.release_call(ref, "leave", None, None), ref)
-            raise
-        finally:
+                self._waker.watch(channel)
+        raise_swallowed_cancellation(pending)
+        left = None if limit is None else max(0.0, limit - (time.monotonic() - started))
+        grant = agent.acquire(ref, left)
+        if grant is None:
+            state = agent.state(provider_name, model_id, domain)
+            raise self._timed_out(timeout, provider_name, model_id, domain, "queued", state)
+        self._log_queue("got a slot", ref, started)
+        return self._hold(Lease(self, grant), None)
+
+    def _agent_for(self) -> Agent:
+        """The process's agent; in a child after fork(), a new one (with an id,
+        wake channel and queue entries of its own)."""
+        self._check_loop()
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._client_id = secrets.token_hex(6)
+            self._agent = None
+            self._held.clear()  # the parent's leases: the parent renews and reports them
+            self._unsent.clear()
+            if self._waker is not None:  # its connection is the parent's
+                self._waker = Waker(self._redis, sharded=self._cluster, confirm_seconds=self._confirm)
+        if self._agent is None:
+            self._agent = Agent(
+                self._core,
+                self._client_id,
+                lambda call: self._run(call),
+                lambda provider_name, model_id: self._restore_registration(provider_name, model_id, None),
+                self._acked,
+            )
             if self._waker is not None:
-                self._waker.forget(lease_id)
+                self._waker.route(self._client_id, self._agent.on_wake)
+        return self._agent
+
+    def _acked(self, lease_id: str, expiry: float) -> None:
+        lease = self._held.get(lease_id)
+        if lease is not None:
+            lease.expires_at = expiry
 
     @staticmethod
     def _log_queue(what: str, ref: LeaseRef, started: float) -> None:
@@ -602,11 +541,15 @@ class Throttle:
 
     @staticmethod
     def _timed_out(
-        timeout: float | None, provider_name: str, model_id: str, domain: str, why: str, state: DomainState
+        timeout: float | None, provider_name: str, model_id: str, domain: str, why: str, state: DomainState | None
     ) -> AcquireTimeout:
+        seen = (
+            ""
+            if state is None
+            else (f", limit {state.current_limit}, in flight {state.in_flight}, waiters {state.waiters}")
+        )
         return AcquireTimeout(
-            f"timed out after {timeout}s waiting for a slot on {provider_name}/{model_id} {domain} "
-            f"({why}, limit {state.current_limit}, in flight {state.in_flight}, waiters {state.waiters})"
+            f"timed out after {timeout}s waiting for a slot on {provider_name}/{model_id} {domain} ({why}{seen})"
         )
 
     def slot(
@@ -682,6 +625,10 @@ class Throttle:
         heard = None if headers is None else read_rate_limit_headers(headers)
         call = self._core.release_call(lease.ref, outcome, retry_after, now, lease.granted_at, next_ref, tokens, heard)
         self._held.pop(lease.id, None)  # reported: never renewed again, whatever comes of the call
+        if now is None and next_ref is None:  # in the agent's next batch
+            row = self._core.outcome_row(lease.ref, outcome, retry_after, lease.granted_at, tokens, heard)
+            agent = self._agent_for()
+            return self._reported(lease, outcome, call, agent.submit(lease.ref, row)), None
         try:
             reply = self._run(call)
         except BaseException as exc:
@@ -717,11 +664,47 @@ class Throttle:
             self._restore_quietly(lease.ref)
         return result, taken
 
+    def _reported(self, lease: Lease, outcome: Outcome, call: Call, box: Mailbox[Any]) -> ReleaseResult:
+        """The outcome an agent's batch took (``call``: the same outcome on its own,
+        sent again until Redis takes it should the batch fail)."""
+        try:
+            released, registered, state = self._agent_for().reported(box, lease.ref)
+        except BaseException as exc:
+            self._keep_unsent(call, lease.ref, exc)
+            raise
+        self._unsent.pop(lease.id, None)
+        lease.reported = True
+        result = ReleaseResult(released=released, state=state)
+        if self._observer is not None:
+            self._observer.reported(lease.ref, outcome, result)
+        if released and not registered:
+            self._restore_quietly(lease.ref)
+        return result
+
     def _success_and_acquire(
         self, lease: Lease, timeout: float | None, tokens: int | None, next_tokens: int
     ) -> Lease:
         self._check_report(lease, None, None, tokens, None, timeout, next_tokens)
         ref = lease.ref
+        if lease.local is None and self._pid == os.getpid():
+            # The outcome and the next acquire go in one batch, the outcome first.
+            call = self._core.release_call(ref, "success", None, None, lease.granted_at, None, tokens)
+            self._held.pop(lease.id, None)
+            agent = self._agent_for()
+            row = self._core.outcome_row(ref, "success", None, lease.granted_at, tokens)
+            box = agent.submit(ref, row, now=False)
+            try:
+                return self.acquire(
+                    provider_name=ref.provider_name,
+                    model_id=ref.model_id,
+                    domain=ref.domain,
+                    tokens=next_tokens,
+                    timeout=timeout,
+                )
+            finally:
+                agent.poke(ref)  # should the acquire have sent nothing
+                with contextlib.suppress(AimdRedisError):
+                    self._reported(lease, "success", call, box)
         if lease.local is None:
             next_ref = LeaseRef(
                 provider_name=ref.provider_name,
@@ -751,21 +734,9 @@ class Throttle:
 
     def _renew_held(self) -> None:
         """Renew every held lease."""
-        self._renew_leases(list(self._held.values()), claims=False)
+        self._renew_leases(list(self._held.values()))
 
-    def _claim_handed(self) -> None:
-        """Claim the slots handed over since the last run; should the call
-        fail, they are tried again until their claim window ends (a claim
-        after it is refused: the renewer finds them gone)."""
-        taken = [self._unclaimed.pop(lease_id, None) for lease_id in list(self._unclaimed)]
-        due = [(lease, by) for lease, by in filter(None, taken) if lease.id in self._held and by > time.monotonic()]
-        try:
-            self._renew_leases([lease for lease, _ in due], claims=True)
-        except BaseException:
-            self._unclaimed.update((lease.id, (lease, by)) for lease, by in due)
-            raise
-
-    def _renew_leases(self, leases: list[Lease], *, claims: bool) -> None:
+    def _renew_leases(self, leases: list[Lease]) -> None:
         """One script call per model."""
         by_model: dict[tuple[str, str], list[Lease]] = {}
         for lease in leases:
@@ -776,12 +747,9 @@ class Throttle:
                 if expiry is not None:
                     lease.expires_at = expiry
                 # Gone: released meanwhile (fine), or expired unrenewed or lost
-                # with Redis's data, or a hand-over claimed too late (say so).
+                # with Redis's data (say so).
                 elif self._held.pop(lease.id, None) is not None and not lease.reported:
-                    if claims:
-                        logger.warning("the slot handed to %r went on before its claim: one over the limit", lease)
-                    else:
-                        logger.warning("%r was gone from Redis when it was to be renewed (expired, or lost)", lease)
+                    logger.warning("%r was gone from Redis when it was to be renewed (expired, or lost)", lease)
 
     def _renew(self, lease: Lease, now: float | None) -> bool:
         if lease.local is not None:
@@ -818,7 +786,7 @@ class Throttle:
         if domain is None:
             index = self._core.keys(provider_name, model_id).index
             with redis_boundary():
-                names = sorted(as_str(n) for n in self._redis.smembers(index))
+                names = sorted(as_str(n) for n in self._gated(self._redis.smembers, index))
         else:
             names = [domain]
         if not names:
@@ -829,10 +797,9 @@ class Throttle:
         """Stop renewing leases, and close the Redis client if this throttle
         created it from a URL. Leases still held expire after their ttl."""
         self._renewer.stop()
-        self._claimer.stop()
-        if self._unclaimed:  # claimed, so that they last a lease ttl like the rest
+        if self._agent is not None and self._pid == os.getpid():  # what it has pending goes out first
             with contextlib.suppress(Exception):
-                self._claim_handed()
+                self._agent.stop()
         self._resender.stop()
         if self._unsent:  # one last try for what Redis has not taken yet
             self._resend()

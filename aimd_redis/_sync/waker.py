@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis.exceptions
@@ -66,7 +67,10 @@ class Waker:
         self._lock = Lock()
         self._links: dict[str, _Link] = {}  # by node name; one entry "" unless sharded
         self._confirmed: dict[str, Event] = {}
-        self._waiting: dict[str, Mailbox] = {}
+        self._waiting: dict[str, Mailbox[str]] = {}
+        # Whole channels' messages to one receiver (a process's agent), by the
+        # message's first word.
+        self._handlers: dict[str, Callable[[str, str], None]] = {}
 
     def watch(self, channel: str) -> None:
         """Subscribe to ``channel`` (once) and return when Redis confirmed it."""
@@ -110,6 +114,11 @@ class Waker:
         """The hand-over message for ``waiter_id``, or None after ``timeout``."""
         return self._waiting[waiter_id].get(timeout)
 
+    def route(self, name: str, handler: Callable[[str, str], None]) -> None:
+        """Hand every message whose first word is ``name`` to ``handler``, with
+        its channel (called in the listener: it must not block)."""
+        self._handlers[name] = handler
+
     def forget(self, waiter_id: str) -> None:
         self._waiting.pop(waiter_id, None)
 
@@ -130,7 +139,11 @@ class Waker:
             if kind in ("subscribe", "ssubscribe") and channel in self._confirmed:
                 self._confirmed[channel].set()
             elif kind in ("message", "smessage"):
-                mailbox = self._waiting.get(text.split(" ", 1)[0])
+                name = text.split(" ", 1)[0]
+                handler = self._handlers.get(name)
+                if handler is not None:
+                    handler(channel, text)
+                mailbox = self._waiting.get(name)
                 if mailbox is not None:
                     mailbox.put(text)
 

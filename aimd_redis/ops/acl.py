@@ -18,9 +18,9 @@ from aimd_redis.keys import check_namespace
 
 #: Called by the Lua scripts (tests/test_acl.py checks the scripts against it).
 SCRIPT_COMMANDS = (
-    "del", "hdel", "hget", "hgetall", "hlen", "hmget", "hset", "incr", "pexpire", "pttl", "sadd", "smembers", "srem",
-    "time", "xadd", "zadd", "zcard", "zcount", "zrange", "zrangebyscore", "zrank", "zrem", "zremrangebyscore", "zscore",
-    "publish", "spublish",
+    "del", "get", "hdel", "hget", "hgetall", "hincrby", "hlen", "hmget", "hset", "incr", "pexpire", "pttl", "sadd",
+    "smembers", "srem", "time", "xadd", "zadd", "zcard", "zcount", "zrange", "zrangebyscore", "zrank", "zrem",
+    "zremrangebyscore", "zscore", "publish", "spublish",
 )  # fmt: skip
 #: Sent by the clients: the function library (FCALL, and FUNCTION LOAD once
 #: per server), the scripts where functions are not used (EVALSHA, and EVAL /
