@@ -40,6 +40,9 @@ logger = logging.getLogger("aimd_redis")
 #: Fewer when the domain looked full: as many as looked free, and a few more.
 IDS_PER_BATCH = 128
 IDS_WHEN_FULL = 4
+#: How long a caller that gives up waits, at most, for Redis to hear it: what
+#: it gave back is sent in any case, with the next batch and again after.
+SETTLE_SECONDS = 1.0
 
 Result = Any  # Grant | Denied | (released, registered, state) | BaseException
 Run = Callable[[Call], Awaitable[Any]]
@@ -238,7 +241,7 @@ class AsyncAgent:
 
     @staticmethod
     async def _settled(box: Mailbox[Result]) -> None:
-        await box.get(None)  # failed or not: a give-back that fails is sent again
+        await box.get(SETTLE_SECONDS)  # failed, late or not: a give-back is sent until Redis has it
 
     # -- wake-ups ---------------------------------------------------------------
 
