@@ -700,8 +700,10 @@ class AsyncThrottle:
                     tokens=next_tokens,
                     timeout=timeout,
                 )
+            except BaseException:
+                agent.poke(ref)  # the acquire may have sent nothing
+                raise
             finally:
-                agent.poke(ref)  # should the acquire have sent nothing
                 with contextlib.suppress(AimdRedisError):
                     await self._reported(lease, "success", call, box)
         if lease.local is None:

@@ -28,7 +28,15 @@ from typing import Any
 
 import msgspec
 
-from aimd_redis._sync.synchronization import Event, Mailbox, Worker, current, run_to_the_end
+from aimd_redis._sync.synchronization import (
+    Event,
+    Mailbox,
+    Worker,
+    current,
+    pending_cancellations,
+    raise_swallowed_cancellation,
+    run_to_the_end,
+)
 from aimd_redis.core import Call, Core, DomainItems
 from aimd_redis.errors import REFUSED_BEFORE_RUNNING, NotRegisteredError, one_line
 from aimd_redis.replies import BatchReply, DomainBatchReply
@@ -199,7 +207,10 @@ class Agent:
 
     def reported(self, box: Mailbox[Result], ref: LeaseRef) -> tuple[bool, bool, DomainState | None]:
         """Whether the outcome released the slot, whether the model was
-        registered, and the domain after it."""
+        registered, and the domain after it. A caller being cancelled waits
+        at most SETTLE_SECONDS (the outcome goes out regardless)."""
+        if pending_cancellations() and box.peek() is None and box.get(SETTLE_SECONDS) is None:
+            raise_swallowed_cancellation(0)
         got = self._answer(box, ref)
         assert isinstance(got, tuple)
         return got

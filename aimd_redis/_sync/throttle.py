@@ -701,8 +701,10 @@ class Throttle:
                     tokens=next_tokens,
                     timeout=timeout,
                 )
+            except BaseException:
+                agent.poke(ref)  # the acquire may have sent nothing
+                raise
             finally:
-                agent.poke(ref)  # should the acquire have sent nothing
                 with contextlib.suppress(AimdRedisError):
                     self._reported(lease, "success", call, box)
         if lease.local is None:
