@@ -700,10 +700,8 @@ class AsyncThrottle:
                     tokens=next_tokens,
                     timeout=timeout,
                 )
-            except BaseException:
-                agent.poke(ref)  # the acquire may have sent nothing
-                raise
             finally:
+                agent.send(ref, box)  # should the acquire not have gone through the agent
                 with contextlib.suppress(AimdRedisError):
                     await self._reported(lease, "success", call, box)
         if lease.local is None:

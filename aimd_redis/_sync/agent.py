@@ -193,17 +193,20 @@ class Agent:
 
     def submit(self, ref: LeaseRef, row: dict[str, str], *, now: bool = True) -> Mailbox[Result]:
         """An outcome (``row``: Core.outcome_row), sent with the next batch
-        (not ``now``: with whatever is asked next, see :meth:`poke`); see
+        (not ``now``: with whatever is asked next, see :meth:`send`); see
         :meth:`reported`."""
         box: Mailbox[Result] = Mailbox()
         self._queue_outcome(ref, row, box, now)
         return box
 
-    def poke(self, ref: LeaseRef) -> None:
-        """Send what ``ref``'s domain has pending."""
+    def send(self, ref: LeaseRef, box: Mailbox[Result]) -> None:
+        """Send the outcome submitted (not ``now``) with ``box`` if it is still
+        waiting for a batch (nothing was asked after it)."""
         with self._lock:
-            self._domain(ref).changed = True
-            self._submit()
+            dom = self._domain(ref)
+            if any(mine is box for _, mine in dom.outcomes):
+                dom.changed = True
+                self._submit()
 
     def reported(self, box: Mailbox[Result], ref: LeaseRef) -> tuple[bool, bool, DomainState | None]:
         """Whether the outcome released the slot, whether the model was

@@ -701,10 +701,8 @@ class Throttle:
                     tokens=next_tokens,
                     timeout=timeout,
                 )
-            except BaseException:
-                agent.poke(ref)  # the acquire may have sent nothing
-                raise
             finally:
+                agent.send(ref, box)  # should the acquire not have gone through the agent
                 with contextlib.suppress(AimdRedisError):
                     self._reported(lease, "success", call, box)
         if lease.local is None:
