@@ -1,4 +1,5 @@
-"""Faults found reviewing a4956a2..050ab5a: each test fails on 050ab5a."""
+"""Ways the configuration kept per model, the tokens hash and the give-back
+rule could lose a slot, charge nothing or run another database's rules."""
 
 from __future__ import annotations
 
