@@ -35,9 +35,6 @@ CAPACITY_POLL_SECONDS = 0.05
 #: for its waiter to use it at once, the claim following in the background: a
 #: pause of the process (a busy event loop, a collection) must not outlast it.
 CLAIM_MARGIN_SECONDS = 1.0
-#: How often, at most, a background claim that failed is tried again (a
-#: tenth of the claim window, unless that is shorter).
-CLAIM_RETRY_SECONDS = 0.1
 #: Upper bound on max_parallel_requests: far above any real endpoint, low
 #: enough that a typo (an extra zero or six) is caught.
 MAX_PARALLEL_LIMIT = 1_000_000
@@ -607,11 +604,6 @@ class Core:
     @staticmethod
     def parse_agent_wake(message: str) -> replies.Wake:
         return replies.WAKE.decode(message.split(" ", 1)[1])
-
-    @property
-    def claim_seconds(self) -> float:
-        """How long a slot handed to a waiter lasts until it is claimed."""
-        return self._claim_s
 
     def background_claim(self, expires_at: float, asked_at: float, since_asked: float) -> float | None:
         """The seconds a claim (an ack) of a slot handed over until

@@ -304,6 +304,16 @@ class AsyncAgent:
             dom.acking[lease_id] = expires_at
             dom.changed = True
             return
+        first, ref = self._to_oldest(dom, lease_id)
+        if first is not None:
+            dom.acks.append(lease_id)
+            first.box.put(self._core.handed(ref, expires_at, state))
+        dom.changed = True
+
+    @staticmethod
+    def _to_oldest(dom: _Domain, lease_id: str) -> tuple[_Waiter | None, LeaseRef]:
+        """The oldest waiting caller a slot goes to, and the slot's lease;
+        a slot nobody here waits for any more goes back at once."""
         first = dom.waiters.popleft() if dom.waiters else None
         ref = LeaseRef(
             provider_name=dom.key[0],
@@ -314,10 +324,8 @@ class AsyncAgent:
         )
         if first is None:
             dom.outcomes.append((Core.outcome_row(ref, "abandon"), None))
-        else:
-            dom.acks.append(lease_id)
-            first.box.put(self._core.handed(ref, expires_at, state))
-        dom.changed = True
+            dom.changed = True
+        return first, ref
 
     # -- the flusher ------------------------------------------------------------
 
@@ -441,18 +449,8 @@ class AsyncAgent:
                     box.put(True)
 
     def _give_acked(self, dom: _Domain, lease_id: str, window: float, expiry: float, state: DomainState) -> None:
-        first = dom.waiters.popleft() if dom.waiters else None
-        ref = LeaseRef(
-            provider_name=dom.key[0],
-            model_id=dom.key[1],
-            domain=dom.key[2],
-            lease_id=lease_id,
-            tokens=0 if first is None else first.ref.tokens,
-        )
-        if first is None:
-            dom.outcomes.append((Core.outcome_row(ref, "abandon"), None))
-            dom.changed = True
-        else:
+        first, ref = self._to_oldest(dom, lease_id)
+        if first is not None:
             first.box.put(msgspec.structs.replace(self._core.handed(ref, window, state), expires_at=expiry))
 
     def _deliver_domain(
