@@ -103,8 +103,11 @@ def _handed_over(holder: Throttle, t: Throttle, client: redis.Redis, count: int 
     for waiter in waiters:
         waiter.start()
     wait_until(lambda: _waiters(client) == count, "not queued", 10)
-    # The holder's releases go in one batch.
-    boxes = [holder._agent_for().submit(lease.ref, holder._core.outcome_row(lease.ref, "success")) for lease in held]
+    # The holder's releases go in one batch: queued first, then sent together
+    # (submitted one by one, the flusher could take the first alone).
+    agent = holder._agent_for()
+    boxes = [agent.submit(lease.ref, holder._core.outcome_row(lease.ref, "success"), now=False) for lease in held]
+    agent.send(held[-1].ref, boxes[-1])
     for box in boxes:
         box.get(10)
     for waiter in waiters:
