@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
@@ -78,6 +79,9 @@ RESEND_SECONDS = 1.0
 #: none; other calls wait their turn (bounded by the socket timeout of the
 #: call ahead, never reported as an outage).
 MAX_CONNECTIONS = 3
+#: Early acks kept for callers that have not taken their slot yet (a caller
+#: gone meanwhile leaves one behind).
+EARLY_ACKS_KEPT = 1024
 
 
 def _client_from_url(url: str, socket_timeout: float) -> Redis:
@@ -171,6 +175,10 @@ class AsyncThrottle:
         # Leases this process holds, renewed in the background every third of
         # their ttl, so only a dead process's slots ever expire.
         self._held: dict[str, AsyncLease] = {}
+        # Acks of handed-over slots that came before their caller took the
+        # lease (the flusher may run first): applied when the caller does.
+        self._early_acks: dict[str, float] = {}
+        self._acks_lock = threading.Lock()
         self._renewer = Periodic(self.config.lease_ttl_seconds / 3, self._renew_held, "aimd-redis lease renewer")
         # Outcomes and give-backs that did not reach Redis, sent again until
         # Redis takes them or the lease would have expired: lease id -> (call,
@@ -377,8 +385,11 @@ class AsyncThrottle:
             logger.warning("Redis answers again: slots come from the fleet's limit again")
 
     def _hold(self, lease: AsyncLease, now: float | None) -> AsyncLease:
-        if now is None:  # a caller injecting time renews for itself
-            self._held[lease.id] = lease
+        with self._acks_lock:
+            lease.expires_at = self._early_acks.pop(lease.id, lease.expires_at)
+            if now is None:  # a caller injecting time renews for itself
+                self._held[lease.id] = lease
+        if now is None:
             self._renewer.start()
         return lease
 
@@ -528,9 +539,14 @@ class AsyncThrottle:
         return self._agent
 
     def _acked(self, lease_id: str, expiry: float) -> None:
-        lease = self._held.get(lease_id)
-        if lease is not None:
-            lease.expires_at = expiry
+        with self._acks_lock:
+            lease = self._held.get(lease_id)
+            if lease is not None:
+                lease.expires_at = expiry
+                return
+            self._early_acks[lease_id] = expiry
+            if len(self._early_acks) > EARLY_ACKS_KEPT:  # callers that went before taking theirs
+                del self._early_acks[next(iter(self._early_acks))]
 
     @staticmethod
     def _log_queue(what: str, ref: LeaseRef, started: float) -> None:

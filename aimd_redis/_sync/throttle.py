@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -79,6 +80,9 @@ RESEND_SECONDS = 1.0
 #: none; other calls wait their turn (bounded by the socket timeout of the
 #: call ahead, never reported as an outage).
 MAX_CONNECTIONS = 3
+#: Early acks kept for callers that have not taken their slot yet (a caller
+#: gone meanwhile leaves one behind).
+EARLY_ACKS_KEPT = 1024
 
 
 def _client_from_url(url: str, socket_timeout: float) -> Redis:
@@ -172,6 +176,10 @@ class Throttle:
         # Leases this process holds, renewed in the background every third of
         # their ttl, so only a dead process's slots ever expire.
         self._held: dict[str, Lease] = {}
+        # Acks of handed-over slots that came before their caller took the
+        # lease (the flusher may run first): applied when the caller does.
+        self._early_acks: dict[str, float] = {}
+        self._acks_lock = threading.Lock()
         self._renewer = Periodic(self.config.lease_ttl_seconds / 3, self._renew_held, "aimd-redis lease renewer")
         # Outcomes and give-backs that did not reach Redis, sent again until
         # Redis takes them or the lease would have expired: lease id -> (call,
@@ -378,8 +386,11 @@ class Throttle:
             logger.warning("Redis answers again: slots come from the fleet's limit again")
 
     def _hold(self, lease: Lease, now: float | None) -> Lease:
-        if now is None:  # a caller injecting time renews for itself
-            self._held[lease.id] = lease
+        with self._acks_lock:
+            lease.expires_at = self._early_acks.pop(lease.id, lease.expires_at)
+            if now is None:  # a caller injecting time renews for itself
+                self._held[lease.id] = lease
+        if now is None:
             self._renewer.start()
         return lease
 
@@ -529,9 +540,14 @@ class Throttle:
         return self._agent
 
     def _acked(self, lease_id: str, expiry: float) -> None:
-        lease = self._held.get(lease_id)
-        if lease is not None:
-            lease.expires_at = expiry
+        with self._acks_lock:
+            lease = self._held.get(lease_id)
+            if lease is not None:
+                lease.expires_at = expiry
+                return
+            self._early_acks[lease_id] = expiry
+            if len(self._early_acks) > EARLY_ACKS_KEPT:  # callers that went before taking theirs
+                del self._early_acks[next(iter(self._early_acks))]
 
     @staticmethod
     def _log_queue(what: str, ref: LeaseRef, started: float) -> None:
