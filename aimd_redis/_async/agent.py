@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 
 from aimd_redis._async.synchronization import (
+    CALLER_SENDS,
     Event,
     Mailbox,
     Worker,
@@ -107,9 +108,14 @@ class AsyncAgent:
         self._lock = threading.Lock()
         self._domains: dict[tuple[str, str, str], _Domain] = {}
         self._poked = Event()
+        # Set while no batch is out: one sender at a time, the flusher or
+        # (with CALLER_SENDS) a caller that found none out.
+        self._sending = False
+        self._idle = Event()
+        self._idle.set()
         self._stopping = Event()
         self._worker: Worker | None = None
-        self._flusher: object = None
+        self._sender: object = None
         self._channels: dict[str, tuple[str, str]] = {}
         # Redis's clock in the last reply, and the local clock when its call went.
         self._heard: tuple[float, float] | None = None
@@ -123,11 +129,15 @@ class AsyncAgent:
             dom = self._domains[key] = _Domain(key)
         return dom
 
-    def _submit(self) -> None:
+    def _submit(self, *, carried: bool = False) -> None:
+        """Something to send. ``carried``: its caller waits for the batch and
+        with CALLER_SENDS sends it itself (:meth:`_carry`), so the flusher is
+        not woken for it."""
         if self._worker is None or not self._worker.alive():
             self._stopping = Event()
             self._worker = Worker(self._loop, "aimd-redis agent", self._stopping)
-        self._poked.set()
+        if not (carried and CALLER_SENDS):
+            self._poked.set()
 
     async def acquire(self, ref: LeaseRef, timeout: float | None) -> Grant | None:
         """A slot for ``ref``'s domain, in arrival order; None after ``timeout``."""
@@ -136,8 +146,9 @@ class AsyncAgent:
             dom = self._domain(ref)
             dom.waiters.append(waiter)
             dom.changed = True
-            self._submit()
+            self._submit(carried=True)
         try:
+            await self._carry(waiter.box)
             got = await waiter.box.get(timeout)
         except BaseException:
             late = self._leave(waiter)
@@ -185,7 +196,7 @@ class AsyncAgent:
             dom = self._domain(ref)
             dom.tries.append((ref, box))
             dom.changed = True
-            self._submit()
+            self._submit(carried=True)
         got = await self._answer(box, ref, give_back=True)
         assert isinstance(got, (Grant, Denied))
         return got
@@ -235,10 +246,11 @@ class AsyncAgent:
             dom.outcomes.append((row, box))
             if now:
                 dom.changed = True
-                self._submit()
+                self._submit(carried=box is not None)
 
     async def _answer(self, box: Mailbox[Result], ref: LeaseRef, *, give_back: bool = False) -> Result:
         try:
+            await self._carry(box)
             got = await box.get(None)
         except BaseException:
             # Cancelled while its batch is out: a slot it took, or may yet
@@ -253,8 +265,8 @@ class AsyncAgent:
             raise got
         return got
 
-    @staticmethod
-    async def _settled(box: Mailbox[Result]) -> None:
+    async def _settled(self, box: Mailbox[Result]) -> None:
+        await self._carry(box)
         await box.get(SETTLE_SECONDS)  # failed, late or not: a give-back is sent until Redis has it
 
     # -- wake-ups ---------------------------------------------------------------
@@ -329,12 +341,12 @@ class AsyncAgent:
 
     # -- the flusher ------------------------------------------------------------
 
-    def is_flusher(self) -> bool:
-        """Whether the caller is this agent's flusher."""
-        return self._flusher is not None and current() is self._flusher
+    def is_sender(self) -> bool:
+        """Whether the caller is sending this agent's batch (its calls take
+        the agent's connection, not the gate)."""
+        return self._sender is not None and current() is self._sender
 
     async def _loop(self) -> None:
-        self._flusher = current()
         while not self._stopping.is_set():
             wait = self._next_due()
             if wait > 0:
@@ -342,8 +354,35 @@ class AsyncAgent:
             self._poked.clear()
             if self._stopping.is_set():
                 return
+            if not await self._flush(by_flusher=True):
+                await self._idle.wait()  # a caller's batch is out; it pokes if more came meanwhile
+
+    async def _carry(self, box: Mailbox[Result]) -> None:
+        """With CALLER_SENDS, a caller whose item no batch has taken yet
+        sends the batch itself when none is out."""
+        if CALLER_SENDS and box.peek() is None:
+            await self._flush()
+
+    async def _flush(self, *, by_flusher: bool = False) -> bool:
+        """Send everything due; False when another batch is out (its sender
+        looks again when it is back)."""
+        with self._lock:
+            if self._sending:
+                return False
+            self._sending, self._sender = True, current()
+            self._idle.clear()
+        try:
             for model, batch in self._take().items():
                 await self._send(model, batch)
+        finally:
+            with self._lock:
+                self._sending, self._sender = False, None
+                self._idle.set()
+                # More to send, or (after a caller's batch) heartbeats whose
+                # time the reply may have moved: the flusher looks again.
+                if any(dom.changed or (dom.waiters and not by_flusher) for dom in self._domains.values()):
+                    self._poked.set()
+        return True
 
     def _next_due(self) -> float:
         with self._lock:
@@ -525,6 +564,5 @@ class AsyncAgent:
             self._stopping.set()
             self._poked.set()
             await worker.stop()
-        pending = self._take()
-        for model, batch in pending.items():
-            await self._send(model, batch)
+        while not await self._flush():
+            await self._idle.wait()

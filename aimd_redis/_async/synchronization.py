@@ -54,6 +54,13 @@ def raise_swallowed_cancellation(pending: int) -> None:
         raise asyncio.CancelledError
 
 
+#: Whether a caller that finds no batch out sends it itself (with whatever
+#: else is pending) instead of waiting for the flusher. Not here: a task
+#: switch costs little, and a caller's cancellation must not cut off a batch
+#: that carries other callers' items.
+CALLER_SENDS = False
+
+
 class Event:
     def __init__(self) -> None:
         self._event = asyncio.Event()

@@ -203,7 +203,7 @@ class AsyncThrottle:
         if not self._permitted:
             await self._check_permissions(call)
         pending = pending_cancellations()
-        if self._agent is not None and self._agent.is_flusher():
+        if self._agent is not None and self._agent.is_sender():
             reply = await self._runner.run(call)
         else:
             reply = await self._gated(self._runner.run, call)

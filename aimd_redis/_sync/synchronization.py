@@ -25,6 +25,12 @@ def raise_swallowed_cancellation(pending: int) -> None:
     """Nothing to raise: a thread is never cancelled."""
 
 
+#: Whether a caller that finds no batch out sends it itself (with whatever
+#: else is pending) instead of waiting for the flusher: a lone caller is
+#: spared two thread switches a call (the flusher's wake-up, its answer's).
+CALLER_SENDS = True
+
+
 class Event:
     def __init__(self) -> None:
         self._event = threading.Event()

@@ -204,7 +204,7 @@ class Throttle:
         if not self._permitted:
             self._check_permissions(call)
         pending = pending_cancellations()
-        if self._agent is not None and self._agent.is_flusher():
+        if self._agent is not None and self._agent.is_sender():
             reply = self._runner.run(call)
         else:
             reply = self._gated(self._runner.run, call)
