@@ -370,7 +370,14 @@ def run(url: str | None, s: SoakSettings, progress: bool = True) -> SoakResult:
                 if restarts and embedded is not None and elapsed >= restart_at:
                     reclaimed += int(admin.hget(keys.domain(DOMAIN), "total_reclaimed") or 0)
                     embedded.crash()
-                    time.sleep(1.0)
+                    # Down for a second, and on until a worker has felt it
+                    # (at most 5 s): on a loaded machine a second can pass
+                    # with every task inside a request.
+                    felt, down_until = counts["outages"].value, time.monotonic() + 1.0
+                    while time.monotonic() < down_until or (
+                        counts["outages"].value == felt and time.monotonic() < down_until + 4.0
+                    ):
+                        time.sleep(0.05)
                     embedded.restart()
                     restarted += 1
                     restart_at = float("inf")
