@@ -159,7 +159,7 @@ def test_a_release_during_a_write_pause_is_sent_again_and_the_slot_comes_back(se
     client.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
     with pytest.raises(RedisUnavailableError):
         lease.success()
-    assert lease.id not in t._held  # never renewed again
+    assert lease.id not in t._renewals  # never renewed again
     # A worker trying again for the only slot: it is free once the pause
     # (1.5 s) is over and the outcome got through.
     started = time.monotonic()
@@ -197,7 +197,7 @@ def test_an_outcome_refused_for_a_broken_field_goes_through_once_the_field_is_me
     client.hset(KEY, "current_limit", "abc")
     with pytest.raises(CorruptStateError):
         lease.success()
-    assert lease.id not in t._held
+    assert lease.id not in t._renewals
     client.hset(KEY, "current_limit", "1")
     wait_until(lambda: client.zcard(f"{KEY}:leases") == 0, "the outcome was not sent again", 10)
     t.close()

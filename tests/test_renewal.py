@@ -37,7 +37,7 @@ def test_a_held_lease_outlives_its_ttl_while_its_process_lives(real_redis: redis
     assert lease.expires_at > time.time()
     assert lease.success().released
     holder.close()
-    assert not holder._renewer.running
+    assert not holder._renewals.running
 
 
 async def test_async_held_lease_is_renewed(real_redis: redis.Redis, real_redis_url: str) -> None:
@@ -48,7 +48,7 @@ async def test_async_held_lease_is_renewed(real_redis: redis.Redis, real_redis_u
         await asyncio.sleep(3 * TTL)
         assert lease.expires_at > first_expiry
         assert (await lease.success()).released
-    assert not holder._renewer.running
+    assert not holder._renewals.running
 
 
 def test_leases_taken_with_an_injected_clock_are_not_renewed(real_redis: redis.Redis) -> None:
@@ -56,7 +56,7 @@ def test_leases_taken_with_an_injected_clock_are_not_renewed(real_redis: redis.R
     _register(t, 1)
     lease = t.try_acquire(**TARGET, now=1000.0)
     assert isinstance(lease, Lease)
-    assert not t._renewer.running
+    assert not t._renewals.running
     assert lease.expires_at == 1000.0 + TTL
 
 

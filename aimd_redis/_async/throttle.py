@@ -9,18 +9,19 @@ import contextlib
 import logging
 import os
 import secrets
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 from aimd_redis._async.agent import AsyncAgent
-from aimd_redis._async.background import Periodic
 from aimd_redis._async.fallback import LocalLimit
+from aimd_redis._async.registrations import AsyncRegistrations, Registration
+from aimd_redis._async.renewal import AsyncRenewals
+from aimd_redis._async.resend import AsyncResender
 from aimd_redis._async.runner import AsyncScriptRunner
 from aimd_redis._async.synchronization import (
     Mailbox,
@@ -28,14 +29,12 @@ from aimd_redis._async.synchronization import (
     blocking_a_running_loop,
     pending_cancellations,
     raise_swallowed_cancellation,
-    run_to_the_end,
 )
 from aimd_redis._async.waker import CONFIRM_SECONDS, Waker
 from aimd_redis._provider import read_rate_limit_headers
 from aimd_redis.config import FailOpen, ThrottleConfig
 from aimd_redis.core import (
     MAX_BUDGET,
-    REGISTER_ATTEMPTS,
     Call,
     Core,
     Outcome,
@@ -57,9 +56,7 @@ from aimd_redis.errors import (
     EventLoopBlockedError,
     InvalidArgumentError,
     NotRegisteredError,
-    RedisCommandError,
     RedisUnavailableError,
-    one_line,
     redis_boundary,
 )
 from aimd_redis.keys import check_domain
@@ -72,16 +69,11 @@ logger = logging.getLogger("aimd_redis")
 #: Socket timeouts of a client built from a URL: an outage surfaces as
 #: RedisUnavailableError within seconds instead of a hang.
 URL_SOCKET_TIMEOUT_SECONDS = 5.0
-#: How often an outcome that did not reach Redis is sent again.
-RESEND_SECONDS = 1.0
 #: Connections a client built from a URL opens at most: the agent's batches,
 #: one for everything else, and the wake-up channel. Waiting callers hold
 #: none; other calls wait their turn (bounded by the socket timeout of the
 #: call ahead, never reported as an outage).
 MAX_CONNECTIONS = 3
-#: Early acks kept for callers that have not taken their slot yet (a caller
-#: gone meanwhile leaves one behind).
-EARLY_ACKS_KEPT = 1024
 
 
 def _client_from_url(url: str, socket_timeout: float) -> Redis:
@@ -102,12 +94,6 @@ def _client_from_url(url: str, socket_timeout: float) -> Redis:
             f"redis must be a Redis URL such as 'redis://127.0.0.1:6379/0' (or rediss://, unix://), not {url!r}: {exc}"
         ) from exc
     return Redis.from_pool(pool)
-
-
-class _Registration(NamedTuple):
-    max_parallel: int
-    requests_per_minute: int | None
-    tokens_per_minute: int | None
 
 
 class AsyncThrottle:
@@ -169,22 +155,9 @@ class AsyncThrottle:
         # Whether the Redis user may run every command the scripts call (checked on the first call).
         self._permitted = False
         self._publish = "spublish" if cluster else "publish"
-        # What this process registered, to register again when Redis forgot
-        # the model (idle expiry, or a restart that lost the data).
-        self._registrations: dict[tuple[str, str], dict[str, _Registration]] = {}
-        # Leases this process holds, renewed in the background every third of
-        # their ttl, so only a dead process's slots ever expire.
-        self._held: dict[str, AsyncLease] = {}
-        # Acks of handed-over slots that came before their caller took the
-        # lease (the flusher may run first): applied when the caller does.
-        self._early_acks: dict[str, float] = {}
-        self._acks_lock = threading.Lock()
-        self._renewer = Periodic(self.config.lease_ttl_seconds / 3, self._renew_held, "aimd-redis lease renewer")
-        # Outcomes and give-backs that did not reach Redis, sent again until
-        # Redis takes them or the lease would have expired: lease id -> (call,
-        # the lease's name for the logs, monotonic deadline).
-        self._unsent: dict[str, tuple[Call, LeaseRef, float]] = {}
-        self._resender = Periodic(RESEND_SECONDS, self._resend, "aimd-redis outcome resender")
+        self._registrations = AsyncRegistrations(self._core, self._run)
+        self._renewals = AsyncRenewals(self._core, self._run)
+        self._resender = AsyncResender(self._run, self.config.lease_ttl_seconds)
         # A subscription Redis never confirms is an outage, given the same bound as any call.
         self._confirm = socket_timeout_of(redis) or CONFIRM_SECONDS
         self._cluster = cluster
@@ -254,48 +227,8 @@ class AsyncThrottle:
         budget is the least over the aliases that set one, shared by all its
         domains (and lowered further by what the provider's headers say).
         """
-        registration = _Registration(max_parallel_requests, requests_per_minute, tokens_per_minute)
-        emax = await self._register(provider_name, model_id, alias, registration, now)
-        self._registrations.setdefault((provider_name, model_id), {})[alias] = registration
-        return emax
-
-    async def _register(
-        self, provider_name: str, model_id: str, alias: str, registration: _Registration, now: float | None
-    ) -> int:
-        domains: list[str] = []
-        for _ in range(REGISTER_ATTEMPTS):
-            call = self._core.register_call(
-                provider_name,
-                model_id,
-                alias,
-                registration.max_parallel,
-                now,
-                domains,
-                requests_per_minute=registration.requests_per_minute,
-                tokens_per_minute=registration.tokens_per_minute,
-            )
-            result = self._core.parse_register(provider_name, model_id, await self._run(call))
-            if isinstance(result, int):
-                return result
-            domains = result
-        raise RedisCommandError(f"register of {provider_name}/{model_id} kept racing domain creation")
-
-    async def _restore_registration(self, provider_name: str, model_id: str, now: float | None) -> bool:
-        aliases = self._registrations.get((provider_name, model_id))
-        if not aliases:
-            return False
-        logger.info("%s/%s: Redis has no registration (expired or lost); registering again", provider_name, model_id)
-        for alias, registration in aliases.items():
-            await self._register(provider_name, model_id, alias, registration, now)
-        return True
-
-    async def _restore_quietly(self, ref: LeaseRef) -> None:
-        """Redis lost the model's registration under a held lease: register it
-        again, best effort (the next acquire would, too)."""
-        try:
-            await self._restore_registration(ref.provider_name, ref.model_id, None)
-        except AimdRedisError as exc:
-            logger.warning("could not register %s/%s again: %s", ref.provider_name, ref.model_id, exc)
+        registration = Registration(max_parallel_requests, requests_per_minute, tokens_per_minute)
+        return await self._registrations.register(provider_name, model_id, alias, registration, now)
 
     async def effective_max(self, provider_name: str, model_id: str) -> int:
         """The model's effective max, read without changing anything."""
@@ -337,14 +270,14 @@ class AsyncThrottle:
             if self._observer is not None:
                 self._observer.denied(ref, result.reason, result.state, 0.0)
             return result
-        return self._observed(self._hold(AsyncLease(self, result), now), 0.0)
+        return self._observed(self._renewals.hold(AsyncLease(self, result), now), 0.0)
 
     async def _acquire_once(self, call: Call, ref: LeaseRef, now: float | None) -> Grant | Denied | Queued:
         try:
             try:
                 reply = await self._run(call)
             except NotRegisteredError:
-                if not await self._restore_registration(ref.provider_name, ref.model_id, now):
+                if not await self._registrations.restore(ref.provider_name, ref.model_id, now):
                     raise
                 reply = await self._run(call)
         except REFUSED_BEFORE_RUNNING:
@@ -352,7 +285,7 @@ class AsyncThrottle:
         except BaseException:
             # Cancelled, interrupted or cut off: the script may have granted
             # the slot without our seeing the reply. Give it back by its id.
-            await self._run_quietly(self._core.release_call(ref, "abandon", None, now), ref)
+            await self._resender.run_quietly(self._core.release_call(ref, "abandon", None, now), ref)
             raise
         return self._core.parse_acquire(ref, reply)
 
@@ -383,60 +316,6 @@ class AsyncThrottle:
         if self._failing_open:
             self._failing_open = False
             logger.warning("Redis answers again: slots come from the fleet's limit again")
-
-    def _hold(self, lease: AsyncLease, now: float | None) -> AsyncLease:
-        with self._acks_lock:
-            lease.expires_at = self._early_acks.pop(lease.id, lease.expires_at)
-            if now is None:  # a caller injecting time renews for itself
-                self._held[lease.id] = lease
-        if now is None:
-            self._renewer.start()
-        return lease
-
-    async def _run_quietly(self, call: Call, ref: LeaseRef) -> None:
-        """A call that gives a slot back, after the first try was cut off: sent
-        now, and again in the background until Redis takes it."""
-
-        async def give_back() -> None:
-            try:
-                await self._run(call)
-            except BaseException as exc:  # the caller's own exception is on its way; this one only informs
-                self._keep_unsent(call, ref, exc)
-
-        await run_to_the_end(give_back)
-
-    def _keep_unsent(self, call: Call, ref: LeaseRef, exc: BaseException) -> None:
-        """Send ``call`` (an outcome or a give-back: idempotent by lease id) again
-        until Redis takes it, or until the lease would have expired anyway."""
-        if ref.lease_id not in self._unsent:
-            logger.warning(
-                "could not report on lease %s of %s/%s %s (%s); sending it again until Redis takes it",
-                ref.lease_id,
-                ref.provider_name,
-                ref.model_id,
-                ref.domain,
-                one_line(exc) or exc,
-            )
-        deadline = time.monotonic() + self.config.lease_ttl_seconds
-        self._unsent[ref.lease_id] = (call, ref, deadline)
-        self._resender.start()
-
-    async def _resend(self) -> None:
-        for lease_id, (call, ref, deadline) in list(self._unsent.items()):
-            if time.monotonic() > deadline:  # Redis has reclaimed the slot and would ignore the outcome
-                self._unsent.pop(lease_id, None)
-                logger.warning("gave up reporting on lease %s: it has expired, and its slot is back", lease_id)
-                continue
-            try:
-                await self._run(call)
-            except RedisUnavailableError:
-                return  # still unreachable: so would the rest be; next round
-            except AimdRedisError:
-                continue  # refused for this one (a broken field, memory): the others may go through
-            self._unsent.pop(lease_id, None)
-            logger.info(
-                "reported on lease %s of %s/%s %s after all", lease_id, ref.provider_name, ref.model_id, ref.domain
-            )
 
     async def acquire(
         self, *, provider_name: str, model_id: str, domain: str, tokens: int = 0, timeout: float | None = None
@@ -512,7 +391,7 @@ class AsyncThrottle:
             state = agent.state(provider_name, model_id, domain)
             raise self._timed_out(timeout, provider_name, model_id, domain, "queued", state)
         self._log_queue("got a slot", ref, started)
-        return self._hold(AsyncLease(self, grant), None)
+        return self._renewals.hold(AsyncLease(self, grant), None)
 
     def _agent_for(self) -> AsyncAgent:
         """The process's agent; in a child after fork(), a new one (with an id,
@@ -522,8 +401,8 @@ class AsyncThrottle:
             self._pid = os.getpid()
             self._client_id = secrets.token_hex(6)
             self._agent = None
-            self._held.clear()  # the parent's leases: the parent renews and reports them
-            self._unsent.clear()
+            self._renewals.clear()  # the parent's leases: the parent renews and reports them
+            self._resender.clear()
             if self._waker is not None:  # its connection is the parent's
                 self._waker = Waker(self._redis, sharded=self._cluster, confirm_seconds=self._confirm)
         if self._agent is None:
@@ -531,22 +410,12 @@ class AsyncThrottle:
                 self._core,
                 self._client_id,
                 lambda call: self._run(call),
-                lambda provider_name, model_id: self._restore_registration(provider_name, model_id, None),
-                self._acked,
+                self._registrations.restore,
+                self._renewals.acked,
             )
             if self._waker is not None:
                 self._waker.route(self._client_id, self._agent.on_wake)
         return self._agent
-
-    def _acked(self, lease_id: str, expiry: float) -> None:
-        with self._acks_lock:
-            lease = self._held.get(lease_id)
-            if lease is not None:
-                lease.expires_at = expiry
-                return
-            self._early_acks[lease_id] = expiry
-            if len(self._early_acks) > EARLY_ACKS_KEPT:  # callers that went before taking theirs
-                del self._early_acks[next(iter(self._early_acks))]
 
     @staticmethod
     def _log_queue(what: str, ref: LeaseRef, started: float) -> None:
@@ -620,8 +489,10 @@ class AsyncThrottle:
                 if lease.local is not None:
                     lease.local.give()
                 else:
-                    self._held.pop(lease.id, None)
-                    await self._run_quietly(self._core.release_call(lease.ref, "abandon", None, None), lease.ref)
+                    self._renewals.forget(lease.id)
+                    await self._resender.run_quietly(
+                        self._core.release_call(lease.ref, "abandon", None, None), lease.ref
+                    )
             raise
 
     async def _report(
@@ -639,7 +510,7 @@ class AsyncThrottle:
         same call if a slot is free for it."""
         heard = None if headers is None else read_rate_limit_headers(headers)
         call = self._core.release_call(lease.ref, outcome, retry_after, now, lease.granted_at, next_ref, tokens, heard)
-        self._held.pop(lease.id, None)  # reported: never renewed again, whatever comes of the call
+        self._renewals.forget(lease.id)  # reported: never renewed again, whatever comes of the call
         if now is None and next_ref is None:  # in the agent's next batch
             row = self._core.outcome_row(lease.ref, outcome, retry_after, lease.granted_at, tokens, heard)
             agent = self._agent_for()
@@ -660,23 +531,23 @@ class AsyncThrottle:
                 )
             )
             if isinstance(exc, AimdRedisError):
-                self._keep_unsent(plain, lease.ref, exc)
+                self._resender.keep(plain, lease.ref, exc)
             else:  # cancelled or interrupted: sent again at once, the slot back within a round trip
-                await self._run_quietly(plain, lease.ref)
+                await self._resender.run_quietly(plain, lease.ref)
             if next_ref is not None and not isinstance(exc, REFUSED_BEFORE_RUNNING):
                 give_back = self._core.release_call(next_ref, "abandon", None, now)
                 if isinstance(exc, RedisUnavailableError):  # no use waiting out another timeout now
-                    self._keep_unsent(give_back, next_ref, exc)
+                    self._resender.keep(give_back, next_ref, exc)
                 else:
-                    await self._run_quietly(give_back, next_ref)
+                    await self._resender.run_quietly(give_back, next_ref)
             raise
-        self._unsent.pop(lease.id, None)
+        self._resender.sent(lease.id)
         lease.reported = True
         result, registered, taken = self._core.parse_release(lease.ref, reply, next_ref)
         if self._observer is not None:
             self._observer.reported(lease.ref, outcome, result)
         if result.released and not registered:
-            await self._restore_quietly(lease.ref)
+            await self._registrations.restore_quietly(lease.ref)
         return result, taken
 
     async def _reported(self, lease: AsyncLease, outcome: Outcome, call: Call, box: Mailbox[Any]) -> ReleaseResult:
@@ -685,15 +556,15 @@ class AsyncThrottle:
         try:
             released, registered, state = await self._agent_for().reported(box, lease.ref)
         except BaseException as exc:
-            self._keep_unsent(call, lease.ref, exc)
+            self._resender.keep(call, lease.ref, exc)
             raise
-        self._unsent.pop(lease.id, None)
+        self._resender.sent(lease.id)
         lease.reported = True
         result = ReleaseResult(released=released, state=state)
         if self._observer is not None:
             self._observer.reported(lease.ref, outcome, result)
         if released and not registered:
-            await self._restore_quietly(lease.ref)
+            await self._registrations.restore_quietly(lease.ref)
         return result
 
     async def _success_and_acquire(
@@ -704,7 +575,7 @@ class AsyncThrottle:
         if lease.local is None and self._pid == os.getpid():
             # The outcome and the next acquire go in one batch, the outcome first.
             call = self._core.release_call(ref, "success", None, None, lease.granted_at, None, tokens)
-            self._held.pop(lease.id, None)
+            self._renewals.forget(lease.id)
             agent = self._agent_for()
             row = self._core.outcome_row(ref, "success", None, lease.granted_at, tokens)
             box = agent.submit(ref, row, now=False)
@@ -736,7 +607,7 @@ class AsyncThrottle:
                 grant = None  # the report goes out again once Redis answers; acquire fails open
             if grant is not None:
                 self._redis_answers()
-                return self._observed(self._hold(AsyncLease(self, grant), None), 0.0)
+                return self._observed(self._renewals.hold(AsyncLease(self, grant), None), 0.0)
         else:
             await self._release(lease, "success", None, None)
         return await self.acquire(
@@ -746,34 +617,6 @@ class AsyncThrottle:
             tokens=next_tokens,
             timeout=timeout,
         )
-
-    async def _renew_held(self) -> None:
-        """Renew every held lease."""
-        await self._renew_leases(list(self._held.values()))
-
-    async def _renew_leases(self, leases: list[AsyncLease]) -> None:
-        """One script call per model."""
-        by_model: dict[tuple[str, str], list[AsyncLease]] = {}
-        for lease in leases:
-            by_model.setdefault((lease.ref.provider_name, lease.ref.model_id), []).append(lease)
-        for group in by_model.values():
-            call = self._core.renew_call([lease.ref for lease in group], None)
-            for lease, expiry in zip(group, self._core.parse_renew(await self._run(call)), strict=True):
-                if expiry is not None:
-                    lease.expires_at = expiry
-                # Gone: released meanwhile (fine), or expired unrenewed or lost
-                # with Redis's data (say so).
-                elif self._held.pop(lease.id, None) is not None and not lease.reported:
-                    logger.warning("%r was gone from Redis when it was to be renewed (expired, or lost)", lease)
-
-    async def _renew(self, lease: AsyncLease, now: float | None) -> bool:
-        if lease.local is not None:
-            return not lease.reported  # a local slot does not expire
-        (expiry,) = self._core.parse_renew(await self._run(self._core.renew_call([lease.ref], now)))
-        if expiry is None:
-            return False
-        lease.expires_at = expiry
-        return True
 
     async def set_limit(
         self, provider_name: str, model_id: str, domain: str, limit: int, *, now: float | None = None
@@ -811,13 +654,11 @@ class AsyncThrottle:
     async def aclose(self) -> None:
         """Stop renewing leases, and close the Redis client if this throttle
         created it from a URL. Leases still held expire after their ttl."""
-        await self._renewer.stop()
+        await self._renewals.stop()
         if self._agent is not None and self._pid == os.getpid():  # what it has pending goes out first
             with contextlib.suppress(Exception):
                 await self._agent.stop()
         await self._resender.stop()
-        if self._unsent:  # one last try for what Redis has not taken yet
-            await self._resend()
         if self._waker is not None:
             await self._waker.close()
         if self._owns_redis:
@@ -912,7 +753,7 @@ class AsyncLease:
 
     async def renew(self, now: float | None = None) -> bool:
         """Push the expiry back by ``lease_ttl_seconds``; False if the lease is gone."""
-        return await self._throttle._renew(self, now)
+        return await self._throttle._renewals.renew_one(self, now)
 
     def __repr__(self) -> str:
         r = self.ref

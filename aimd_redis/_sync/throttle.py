@@ -10,18 +10,19 @@ import contextlib
 import logging
 import os
 import secrets
-import threading
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 from redis import BlockingConnectionPool, Redis
 from redis.cluster import RedisCluster
 
 from aimd_redis._sync.agent import Agent
-from aimd_redis._sync.background import Periodic
 from aimd_redis._sync.fallback import LocalLimit
+from aimd_redis._sync.registrations import Registrations, Registration
+from aimd_redis._sync.renewal import Renewals
+from aimd_redis._sync.resend import Resender
 from aimd_redis._sync.runner import ScriptRunner
 from aimd_redis._sync.synchronization import (
     Mailbox,
@@ -29,14 +30,12 @@ from aimd_redis._sync.synchronization import (
     blocking_a_running_loop,
     pending_cancellations,
     raise_swallowed_cancellation,
-    run_to_the_end,
 )
 from aimd_redis._sync.waker import CONFIRM_SECONDS, Waker
 from aimd_redis._provider import read_rate_limit_headers
 from aimd_redis.config import FailOpen, ThrottleConfig
 from aimd_redis.core import (
     MAX_BUDGET,
-    REGISTER_ATTEMPTS,
     Call,
     Core,
     Outcome,
@@ -58,9 +57,7 @@ from aimd_redis.errors import (
     EventLoopBlockedError,
     InvalidArgumentError,
     NotRegisteredError,
-    RedisCommandError,
     RedisUnavailableError,
-    one_line,
     redis_boundary,
 )
 from aimd_redis.keys import check_domain
@@ -73,16 +70,11 @@ logger = logging.getLogger("aimd_redis")
 #: Socket timeouts of a client built from a URL: an outage surfaces as
 #: RedisUnavailableError within seconds instead of a hang.
 URL_SOCKET_TIMEOUT_SECONDS = 5.0
-#: How often an outcome that did not reach Redis is sent again.
-RESEND_SECONDS = 1.0
 #: Connections a client built from a URL opens at most: the agent's batches,
 #: one for everything else, and the wake-up channel. Waiting callers hold
 #: none; other calls wait their turn (bounded by the socket timeout of the
 #: call ahead, never reported as an outage).
 MAX_CONNECTIONS = 3
-#: Early acks kept for callers that have not taken their slot yet (a caller
-#: gone meanwhile leaves one behind).
-EARLY_ACKS_KEPT = 1024
 
 
 def _client_from_url(url: str, socket_timeout: float) -> Redis:
@@ -103,12 +95,6 @@ def _client_from_url(url: str, socket_timeout: float) -> Redis:
             f"redis must be a Redis URL such as 'redis://127.0.0.1:6379/0' (or rediss://, unix://), not {url!r}: {exc}"
         ) from exc
     return Redis.from_pool(pool)
-
-
-class _Registration(NamedTuple):
-    max_parallel: int
-    requests_per_minute: int | None
-    tokens_per_minute: int | None
 
 
 class Throttle:
@@ -170,22 +156,9 @@ class Throttle:
         # Whether the Redis user may run every command the scripts call (checked on the first call).
         self._permitted = False
         self._publish = "spublish" if cluster else "publish"
-        # What this process registered, to register again when Redis forgot
-        # the model (idle expiry, or a restart that lost the data).
-        self._registrations: dict[tuple[str, str], dict[str, _Registration]] = {}
-        # Leases this process holds, renewed in the background every third of
-        # their ttl, so only a dead process's slots ever expire.
-        self._held: dict[str, Lease] = {}
-        # Acks of handed-over slots that came before their caller took the
-        # lease (the flusher may run first): applied when the caller does.
-        self._early_acks: dict[str, float] = {}
-        self._acks_lock = threading.Lock()
-        self._renewer = Periodic(self.config.lease_ttl_seconds / 3, self._renew_held, "aimd-redis lease renewer")
-        # Outcomes and give-backs that did not reach Redis, sent again until
-        # Redis takes them or the lease would have expired: lease id -> (call,
-        # the lease's name for the logs, monotonic deadline).
-        self._unsent: dict[str, tuple[Call, LeaseRef, float]] = {}
-        self._resender = Periodic(RESEND_SECONDS, self._resend, "aimd-redis outcome resender")
+        self._registrations = Registrations(self._core, self._run)
+        self._renewals = Renewals(self._core, self._run)
+        self._resender = Resender(self._run, self.config.lease_ttl_seconds)
         # A subscription Redis never confirms is an outage, given the same bound as any call.
         self._confirm = socket_timeout_of(redis) or CONFIRM_SECONDS
         self._cluster = cluster
@@ -255,48 +228,8 @@ class Throttle:
         budget is the least over the aliases that set one, shared by all its
         domains (and lowered further by what the provider's headers say).
         """
-        registration = _Registration(max_parallel_requests, requests_per_minute, tokens_per_minute)
-        emax = self._register(provider_name, model_id, alias, registration, now)
-        self._registrations.setdefault((provider_name, model_id), {})[alias] = registration
-        return emax
-
-    def _register(
-        self, provider_name: str, model_id: str, alias: str, registration: _Registration, now: float | None
-    ) -> int:
-        domains: list[str] = []
-        for _ in range(REGISTER_ATTEMPTS):
-            call = self._core.register_call(
-                provider_name,
-                model_id,
-                alias,
-                registration.max_parallel,
-                now,
-                domains,
-                requests_per_minute=registration.requests_per_minute,
-                tokens_per_minute=registration.tokens_per_minute,
-            )
-            result = self._core.parse_register(provider_name, model_id, self._run(call))
-            if isinstance(result, int):
-                return result
-            domains = result
-        raise RedisCommandError(f"register of {provider_name}/{model_id} kept racing domain creation")
-
-    def _restore_registration(self, provider_name: str, model_id: str, now: float | None) -> bool:
-        aliases = self._registrations.get((provider_name, model_id))
-        if not aliases:
-            return False
-        logger.info("%s/%s: Redis has no registration (expired or lost); registering again", provider_name, model_id)
-        for alias, registration in aliases.items():
-            self._register(provider_name, model_id, alias, registration, now)
-        return True
-
-    def _restore_quietly(self, ref: LeaseRef) -> None:
-        """Redis lost the model's registration under a held lease: register it
-        again, best effort (the next acquire would, too)."""
-        try:
-            self._restore_registration(ref.provider_name, ref.model_id, None)
-        except AimdRedisError as exc:
-            logger.warning("could not register %s/%s again: %s", ref.provider_name, ref.model_id, exc)
+        registration = Registration(max_parallel_requests, requests_per_minute, tokens_per_minute)
+        return self._registrations.register(provider_name, model_id, alias, registration, now)
 
     def effective_max(self, provider_name: str, model_id: str) -> int:
         """The model's effective max, read without changing anything."""
@@ -338,14 +271,14 @@ class Throttle:
             if self._observer is not None:
                 self._observer.denied(ref, result.reason, result.state, 0.0)
             return result
-        return self._observed(self._hold(Lease(self, result), now), 0.0)
+        return self._observed(self._renewals.hold(Lease(self, result), now), 0.0)
 
     def _acquire_once(self, call: Call, ref: LeaseRef, now: float | None) -> Grant | Denied | Queued:
         try:
             try:
                 reply = self._run(call)
             except NotRegisteredError:
-                if not self._restore_registration(ref.provider_name, ref.model_id, now):
+                if not self._registrations.restore(ref.provider_name, ref.model_id, now):
                     raise
                 reply = self._run(call)
         except REFUSED_BEFORE_RUNNING:
@@ -353,7 +286,7 @@ class Throttle:
         except BaseException:
             # Cancelled, interrupted or cut off: the script may have granted
             # the slot without our seeing the reply. Give it back by its id.
-            self._run_quietly(self._core.release_call(ref, "abandon", None, now), ref)
+            self._resender.run_quietly(self._core.release_call(ref, "abandon", None, now), ref)
             raise
         return self._core.parse_acquire(ref, reply)
 
@@ -384,60 +317,6 @@ class Throttle:
         if self._failing_open:
             self._failing_open = False
             logger.warning("Redis answers again: slots come from the fleet's limit again")
-
-    def _hold(self, lease: Lease, now: float | None) -> Lease:
-        with self._acks_lock:
-            lease.expires_at = self._early_acks.pop(lease.id, lease.expires_at)
-            if now is None:  # a caller injecting time renews for itself
-                self._held[lease.id] = lease
-        if now is None:
-            self._renewer.start()
-        return lease
-
-    def _run_quietly(self, call: Call, ref: LeaseRef) -> None:
-        """A call that gives a slot back, after the first try was cut off: sent
-        now, and again in the background until Redis takes it."""
-
-        def give_back() -> None:
-            try:
-                self._run(call)
-            except BaseException as exc:  # the caller's own exception is on its way; this one only informs
-                self._keep_unsent(call, ref, exc)
-
-        run_to_the_end(give_back)
-
-    def _keep_unsent(self, call: Call, ref: LeaseRef, exc: BaseException) -> None:
-        """Send ``call`` (an outcome or a give-back: idempotent by lease id) again
-        until Redis takes it, or until the lease would have expired anyway."""
-        if ref.lease_id not in self._unsent:
-            logger.warning(
-                "could not report on lease %s of %s/%s %s (%s); sending it again until Redis takes it",
-                ref.lease_id,
-                ref.provider_name,
-                ref.model_id,
-                ref.domain,
-                one_line(exc) or exc,
-            )
-        deadline = time.monotonic() + self.config.lease_ttl_seconds
-        self._unsent[ref.lease_id] = (call, ref, deadline)
-        self._resender.start()
-
-    def _resend(self) -> None:
-        for lease_id, (call, ref, deadline) in list(self._unsent.items()):
-            if time.monotonic() > deadline:  # Redis has reclaimed the slot and would ignore the outcome
-                self._unsent.pop(lease_id, None)
-                logger.warning("gave up reporting on lease %s: it has expired, and its slot is back", lease_id)
-                continue
-            try:
-                self._run(call)
-            except RedisUnavailableError:
-                return  # still unreachable: so would the rest be; next round
-            except AimdRedisError:
-                continue  # refused for this one (a broken field, memory): the others may go through
-            self._unsent.pop(lease_id, None)
-            logger.info(
-                "reported on lease %s of %s/%s %s after all", lease_id, ref.provider_name, ref.model_id, ref.domain
-            )
 
     def acquire(
         self, *, provider_name: str, model_id: str, domain: str, tokens: int = 0, timeout: float | None = None
@@ -513,7 +392,7 @@ class Throttle:
             state = agent.state(provider_name, model_id, domain)
             raise self._timed_out(timeout, provider_name, model_id, domain, "queued", state)
         self._log_queue("got a slot", ref, started)
-        return self._hold(Lease(self, grant), None)
+        return self._renewals.hold(Lease(self, grant), None)
 
     def _agent_for(self) -> Agent:
         """The process's agent; in a child after fork(), a new one (with an id,
@@ -523,8 +402,8 @@ class Throttle:
             self._pid = os.getpid()
             self._client_id = secrets.token_hex(6)
             self._agent = None
-            self._held.clear()  # the parent's leases: the parent renews and reports them
-            self._unsent.clear()
+            self._renewals.clear()  # the parent's leases: the parent renews and reports them
+            self._resender.clear()
             if self._waker is not None:  # its connection is the parent's
                 self._waker = Waker(self._redis, sharded=self._cluster, confirm_seconds=self._confirm)
         if self._agent is None:
@@ -532,22 +411,12 @@ class Throttle:
                 self._core,
                 self._client_id,
                 lambda call: self._run(call),
-                lambda provider_name, model_id: self._restore_registration(provider_name, model_id, None),
-                self._acked,
+                self._registrations.restore,
+                self._renewals.acked,
             )
             if self._waker is not None:
                 self._waker.route(self._client_id, self._agent.on_wake)
         return self._agent
-
-    def _acked(self, lease_id: str, expiry: float) -> None:
-        with self._acks_lock:
-            lease = self._held.get(lease_id)
-            if lease is not None:
-                lease.expires_at = expiry
-                return
-            self._early_acks[lease_id] = expiry
-            if len(self._early_acks) > EARLY_ACKS_KEPT:  # callers that went before taking theirs
-                del self._early_acks[next(iter(self._early_acks))]
 
     @staticmethod
     def _log_queue(what: str, ref: LeaseRef, started: float) -> None:
@@ -621,8 +490,10 @@ class Throttle:
                 if lease.local is not None:
                     lease.local.give()
                 else:
-                    self._held.pop(lease.id, None)
-                    self._run_quietly(self._core.release_call(lease.ref, "abandon", None, None), lease.ref)
+                    self._renewals.forget(lease.id)
+                    self._resender.run_quietly(
+                        self._core.release_call(lease.ref, "abandon", None, None), lease.ref
+                    )
             raise
 
     def _report(
@@ -640,7 +511,7 @@ class Throttle:
         same call if a slot is free for it."""
         heard = None if headers is None else read_rate_limit_headers(headers)
         call = self._core.release_call(lease.ref, outcome, retry_after, now, lease.granted_at, next_ref, tokens, heard)
-        self._held.pop(lease.id, None)  # reported: never renewed again, whatever comes of the call
+        self._renewals.forget(lease.id)  # reported: never renewed again, whatever comes of the call
         if now is None and next_ref is None:  # in the agent's next batch
             row = self._core.outcome_row(lease.ref, outcome, retry_after, lease.granted_at, tokens, heard)
             agent = self._agent_for()
@@ -661,23 +532,23 @@ class Throttle:
                 )
             )
             if isinstance(exc, AimdRedisError):
-                self._keep_unsent(plain, lease.ref, exc)
+                self._resender.keep(plain, lease.ref, exc)
             else:  # cancelled or interrupted: sent again at once, the slot back within a round trip
-                self._run_quietly(plain, lease.ref)
+                self._resender.run_quietly(plain, lease.ref)
             if next_ref is not None and not isinstance(exc, REFUSED_BEFORE_RUNNING):
                 give_back = self._core.release_call(next_ref, "abandon", None, now)
                 if isinstance(exc, RedisUnavailableError):  # no use waiting out another timeout now
-                    self._keep_unsent(give_back, next_ref, exc)
+                    self._resender.keep(give_back, next_ref, exc)
                 else:
-                    self._run_quietly(give_back, next_ref)
+                    self._resender.run_quietly(give_back, next_ref)
             raise
-        self._unsent.pop(lease.id, None)
+        self._resender.sent(lease.id)
         lease.reported = True
         result, registered, taken = self._core.parse_release(lease.ref, reply, next_ref)
         if self._observer is not None:
             self._observer.reported(lease.ref, outcome, result)
         if result.released and not registered:
-            self._restore_quietly(lease.ref)
+            self._registrations.restore_quietly(lease.ref)
         return result, taken
 
     def _reported(self, lease: Lease, outcome: Outcome, call: Call, box: Mailbox[Any]) -> ReleaseResult:
@@ -686,15 +557,15 @@ class Throttle:
         try:
             released, registered, state = self._agent_for().reported(box, lease.ref)
         except BaseException as exc:
-            self._keep_unsent(call, lease.ref, exc)
+            self._resender.keep(call, lease.ref, exc)
             raise
-        self._unsent.pop(lease.id, None)
+        self._resender.sent(lease.id)
         lease.reported = True
         result = ReleaseResult(released=released, state=state)
         if self._observer is not None:
             self._observer.reported(lease.ref, outcome, result)
         if released and not registered:
-            self._restore_quietly(lease.ref)
+            self._registrations.restore_quietly(lease.ref)
         return result
 
     def _success_and_acquire(
@@ -705,7 +576,7 @@ class Throttle:
         if lease.local is None and self._pid == os.getpid():
             # The outcome and the next acquire go in one batch, the outcome first.
             call = self._core.release_call(ref, "success", None, None, lease.granted_at, None, tokens)
-            self._held.pop(lease.id, None)
+            self._renewals.forget(lease.id)
             agent = self._agent_for()
             row = self._core.outcome_row(ref, "success", None, lease.granted_at, tokens)
             box = agent.submit(ref, row, now=False)
@@ -737,7 +608,7 @@ class Throttle:
                 grant = None  # the report goes out again once Redis answers; acquire fails open
             if grant is not None:
                 self._redis_answers()
-                return self._observed(self._hold(Lease(self, grant), None), 0.0)
+                return self._observed(self._renewals.hold(Lease(self, grant), None), 0.0)
         else:
             self._release(lease, "success", None, None)
         return self.acquire(
@@ -747,34 +618,6 @@ class Throttle:
             tokens=next_tokens,
             timeout=timeout,
         )
-
-    def _renew_held(self) -> None:
-        """Renew every held lease."""
-        self._renew_leases(list(self._held.values()))
-
-    def _renew_leases(self, leases: list[Lease]) -> None:
-        """One script call per model."""
-        by_model: dict[tuple[str, str], list[Lease]] = {}
-        for lease in leases:
-            by_model.setdefault((lease.ref.provider_name, lease.ref.model_id), []).append(lease)
-        for group in by_model.values():
-            call = self._core.renew_call([lease.ref for lease in group], None)
-            for lease, expiry in zip(group, self._core.parse_renew(self._run(call)), strict=True):
-                if expiry is not None:
-                    lease.expires_at = expiry
-                # Gone: released meanwhile (fine), or expired unrenewed or lost
-                # with Redis's data (say so).
-                elif self._held.pop(lease.id, None) is not None and not lease.reported:
-                    logger.warning("%r was gone from Redis when it was to be renewed (expired, or lost)", lease)
-
-    def _renew(self, lease: Lease, now: float | None) -> bool:
-        if lease.local is not None:
-            return not lease.reported  # a local slot does not expire
-        (expiry,) = self._core.parse_renew(self._run(self._core.renew_call([lease.ref], now)))
-        if expiry is None:
-            return False
-        lease.expires_at = expiry
-        return True
 
     def set_limit(
         self, provider_name: str, model_id: str, domain: str, limit: int, *, now: float | None = None
@@ -812,13 +655,11 @@ class Throttle:
     def close(self) -> None:
         """Stop renewing leases, and close the Redis client if this throttle
         created it from a URL. Leases still held expire after their ttl."""
-        self._renewer.stop()
+        self._renewals.stop()
         if self._agent is not None and self._pid == os.getpid():  # what it has pending goes out first
             with contextlib.suppress(Exception):
                 self._agent.stop()
         self._resender.stop()
-        if self._unsent:  # one last try for what Redis has not taken yet
-            self._resend()
         if self._waker is not None:
             self._waker.close()
         if self._owns_redis:
@@ -913,7 +754,7 @@ class Lease:
 
     def renew(self, now: float | None = None) -> bool:
         """Push the expiry back by ``lease_ttl_seconds``; False if the lease is gone."""
-        return self._throttle._renew(self, now)
+        return self._throttle._renewals.renew_one(self, now)
 
     def __repr__(self) -> str:
         r = self.ref
