@@ -50,6 +50,8 @@ from aimd_redis.config import ThrottleConfig
 from aimd_redis.core import Call, Core, as_str, check_now
 from aimd_redis.demo.bucket import Bucket
 from aimd_redis.demo.servers import Batching, Queue, Reference, Slow
+from aimd_redis.process_queue import Batch, ProcessQueue, Waiter
+from aimd_redis.replies import BatchReply, Wake
 from aimd_redis.scripts import sources
 from aimd_redis.structs import DomainState, Grant, LeaseRef, Queued
 
@@ -267,19 +269,14 @@ class FleetClient(Protocol):
     def close(self) -> None: ...
 
 
-class TaskClient:
-    """Today's client, task by task: every task acquires on its own, joins the
-    Redis queue as its own waiter, re-runs the acquire script every
-    ``wait_poll_seconds`` while it waits, and takes hand-overs from its
-    process's wake channel. The one place the simulator speaks the core's
-    call-and-reply language; a client that batches a process's tasks would
-    stand beside it with the same methods (``FleetClient``)."""
+class _Client:
+    """What every client model shares: the model's keys in Redis, and the
+    processes' wake channels, read after each script call."""
 
     def __init__(self, sim: Simulation, namespace: str) -> None:
         self.sim = sim
         self.core = Core(sim.config, namespace)
         self.keys = self.core.keys(PROVIDER, MODEL)
-        self._by_id: dict[str, _Task] = {}
         self._pubsub = sim.client.pubsub()
         self._pubsub.psubscribe(self.keys.wake_prefix + "*")
         self._pubsub.get_message(timeout=5)  # the subscription's confirmation
@@ -298,6 +295,36 @@ class TaskClient:
 
     def close(self) -> None:
         self._pubsub.close()
+
+    def _drain_wakeups(self) -> None:
+        """Hand-overs and cooldown notices the last script published, read up
+        to a PING so that none is left in flight."""
+        if self.sim.waiting == 0:
+            return
+        self._pubsub.ping()
+        while True:
+            message = self._pubsub.get_message(timeout=5)
+            if message is None:
+                raise RuntimeError("the wake-up channel went silent")
+            if message["type"] == "pong":
+                return
+            if message["type"] == "pmessage":
+                self._woken(as_str(message["data"]))
+
+    def _woken(self, text: str) -> None:
+        """A message on a wake channel: '<waiter or process> <JSON>'."""
+        raise NotImplementedError
+
+
+class TaskClient(_Client):
+    """Today's client, task by task: every task acquires on its own, joins the
+    Redis queue as its own waiter, re-runs the acquire script every
+    ``wait_poll_seconds`` while it waits, and takes hand-overs from its
+    process's wake channel."""
+
+    def __init__(self, sim: Simulation, namespace: str) -> None:
+        super().__init__(sim, namespace)
+        self._by_id: dict[str, _Task] = {}
 
     def acquire(self, task: _Task, tokens: int) -> None:
         """Ask for a slot; the simulation's ``granted`` is called once the task has one."""
@@ -369,35 +396,144 @@ class TaskClient:
         if token == task.token:
             self._ask(task)
 
-    def _drain_wakeups(self) -> None:
-        """Hand-overs and cooldown notices the last script published, read up
-        to a PING so that none is left in flight."""
+    def _woken(self, text: str) -> None:
         sim = self.sim
-        if sim.waiting == 0:
+        task = self._by_id.get(text.split(" ", 1)[0])
+        if task is None or not task.queued:
             return
-        self._pubsub.ping()
-        while True:
-            message = self._pubsub.get_message(timeout=5)
-            if message is None:
-                raise RuntimeError("the wake-up channel went silent")
-            if message["type"] == "pong":
-                return
-            if message["type"] != "pmessage":
-                continue
-            text = as_str(message["data"])
-            task = self._by_id.get(text.split(" ", 1)[0])
-            if task is None or not task.queued:
-                continue
-            assert task.ref is not None
-            woke = self.core.parse_wake(task.ref, text)
-            if isinstance(woke, Grant):
-                sim.state = woke.state
-                # Claimed at once, as the client does (the claim window is seconds).
-                sim.script(self.core.renew_call([task.ref], EPOCH + sim.now))
-                task.granted_at = woke.granted_at
-                sim.granted(task, sim.latency.wake + sim.latency.network)
-            else:
-                self._recheck_in(task, min(woke, sim.config.wait_poll_seconds))
+        assert task.ref is not None
+        woke = self.core.parse_wake(task.ref, text)
+        if isinstance(woke, Grant):
+            sim.state = woke.state
+            # Claimed at once, as the client does (the claim window is seconds).
+            sim.script(self.core.renew_call([task.ref], EPOCH + sim.now))
+            task.granted_at = woke.granted_at
+            sim.granted(task, sim.latency.wake + sim.latency.network)
+        else:
+            self._recheck_in(task, min(woke, sim.config.wait_poll_seconds))
+
+
+class _Process:
+    """One process's agent: its queues (the agent's own decisions), and its flusher's state."""
+
+    __slots__ = ("client_id", "out", "queue", "timer")
+
+    def __init__(self, core: Core, client_id: str) -> None:
+        self.client_id = client_id
+        self.queue: ProcessQueue[_Task] = ProcessQueue(core)
+        self.out = False  # a batch is on its way
+        self.timer: float | None = None  # when the flusher looks next
+
+
+class AgentClient(_Client):
+    """The process agent (``aimd_redis/_async/agent.py``): each process's
+    tasks queue locally, and its flusher sends one batch.lua call with
+    everything pending whenever something changed and no batch is out (the
+    next gathers while one is; a round trip takes ``latency.network``), and a
+    heartbeat every ``wait_poll_seconds`` while tasks wait. Slots handed over
+    by other processes' releases arrive on the wake channel and are acked by
+    the next batch. What goes in a batch and who gets what of its reply is
+    decided by the agent's own code (``aimd_redis/process_queue.py``)."""
+
+    def __init__(self, sim: Simulation, namespace: str) -> None:
+        super().__init__(sim, namespace)
+        self._processes: dict[str, _Process] = {}
+
+    def _process(self, name: str) -> _Process:
+        agent = self._processes.get(name)
+        if agent is None:
+            agent = self._processes[name] = _Process(self.core, name)
+        return agent
+
+    def acquire(self, task: _Task, tokens: int) -> None:
+        agent = self._process(task.process)
+        task.ref = LeaseRef(
+            provider_name=PROVIDER,
+            model_id=MODEL,
+            domain=DOMAIN,
+            lease_id=self.core.new_lease_id(agent.client_id),
+            tokens=tokens,
+        )
+        task.queued = True
+        self.sim.waiting += 1
+        agent.queue.domain(task.ref).join(Waiter(task.ref, task))
+        self._kick(agent, 0.0)
+
+    def release(
+        self, task: _Task, outcome: str, retry_after: float | None, tokens: int | None, heard: Heard | None
+    ) -> None:
+        assert task.ref is not None
+        agent = self._process(task.process)
+        row = Core.outcome_row(task.ref, outcome, retry_after, task.granted_at, tokens, heard)  # type: ignore[arg-type]
+        agent.queue.domain(task.ref).outcome(row, None)
+        self._kick(agent, 0.0)
+
+    def _kick(self, agent: _Process, delay: float) -> None:
+        """The flusher looks in ``delay`` seconds (or sooner, if it already meant to)."""
+        at = self.sim.now + delay
+        if agent.timer is not None and agent.timer <= at:
+            return
+        agent.timer = at
+        self.sim.at(at, self._flush, (agent, at))
+
+    def _flush(self, arg: tuple[_Process, float]) -> None:
+        agent, at = arg
+        if agent.timer != at:  # superseded by an earlier look
+            return
+        agent.timer = None
+        if agent.out:  # the reply to the batch out looks next
+            return
+        sim = self.sim
+        for model, batch in agent.queue.take(sim.now).items():
+            call = self.core.batch_call(*model, agent.client_id, [b.items for b in batch], EPOCH + sim.now)
+            reply = self.core.parse_batch(*model, sim.script(call))
+            agent.out = True
+            sim.at(sim.now + sim.latency.network, self._replied, (agent, batch, reply, sim.now))
+            self._drain_wakeups()
+        if not agent.out:
+            self._next(agent)
+
+    def _replied(self, arg: tuple[_Process, list[Batch[_Task]], BatchReply, float]) -> None:
+        agent, batch, reply, sent = arg
+        agent.out = False
+        agent.queue.deliver(batch, reply, sent, self.sim.now)
+        for got in reply.domains:
+            if got.state is not None:
+                self.sim.state = got.state
+        self._post(agent)
+        self._next(agent)
+
+    def _next(self, agent: _Process) -> None:
+        wait = agent.queue.next_due(self.sim.now, math.inf)
+        if wait < math.inf:
+            self._kick(agent, wait)
+
+    def _post(self, agent: _Process) -> None:
+        out, _ = agent.queue.drain()  # acked leases: renewal is not modelled (leases outlast the runs)
+        for task, got in out:
+            if isinstance(got, BaseException):
+                raise got
+            assert isinstance(got, Grant)
+            task.ref = got.ref
+            task.granted_at = got.granted_at
+            self.sim.granted(task, self.sim.latency.network)
+
+    def _woken(self, text: str) -> None:
+        client, _ = text.split(" ", 1)
+        agent = self._processes.get(client)
+        if agent is not None:
+            woke = self.core.parse_agent_wake(text)
+            self.sim.at(self.sim.now + self.sim.latency.wake, self._wake, (agent, woke))
+
+    def _wake(self, arg: tuple[_Process, Wake]) -> None:
+        agent, woke = arg
+        agent.queue.on_wake((PROVIDER, MODEL), woke, self.sim.now)
+        self._post(agent)
+        self._kick(agent, 0.0)
+
+
+#: The client models, by name.
+CLIENTS: dict[str, Callable[[Simulation, str], FleetClient]] = {"task": TaskClient, "agent": AgentClient}
 
 
 class Simulation:
@@ -756,10 +892,12 @@ def simulate(
     *,
     namespace: str = "aimd-sim",
     latency: Latency | None = None,
+    fleet: Callable[[Simulation, str], FleetClient] | None = None,
 ) -> SimRun:
-    """Run ``scenario`` under ``policy`` with the scenario's settings."""
+    """Run ``scenario`` under ``policy`` with the scenario's settings
+    (``fleet``: the client model, see ``CLIENTS``)."""
     config = scenario_config(scenario, policy)
-    return Simulation(client, scenario, config, namespace=namespace, latency=latency).run()
+    return Simulation(client, scenario, config, namespace=namespace, latency=latency, fleet=fleet).run()
 
 
 def scenario_config(scenario: Scenario, policy: str) -> ThrottleConfig:
