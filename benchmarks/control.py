@@ -2,7 +2,7 @@
 
     pip install -e '.[demo]'
     python benchmarks/control.py [--url redis://...] [--scenario NAME ...] [--policy NAME ...] [--seed 1]
-                                 [--plot control.png]
+                                 [--client agent|task] [--plot control.png]
 
 Each scenario is simulated twice, under ``policy="classic"`` and
 ``policy="adaptive"``, on the real Lua scripts in a real Redis with injected
@@ -42,6 +42,8 @@ import redis
 from aimd_redis.demo.embedded import EmbeddedRedis
 from aimd_redis.demo.simulator import (
     BY_NAME,
+    CLIENTS,
+    DEFAULT_CLIENT,
     SCENARIOS,
     Figures,
     QueueFigures,
@@ -69,12 +71,12 @@ GOODPUT_SLACK, REFUSED_SLACK = 0.02, 0.005
 MIN_BUDGET_SHARE = 0.9
 
 
-def _run(job: tuple[str, str, str, int]) -> tuple[str, str, SimRun, float]:
-    url, name, policy, seed = job
+def _run(job: tuple[str, str, str, int, str]) -> tuple[str, str, SimRun, float]:
+    url, name, policy, seed, fleet = job
     client = redis.Redis.from_url(url)
     started = time.perf_counter()
     scenario = with_(BY_NAME[name], seed=seed)
-    run = simulate(client, scenario, policy, namespace=f"aimd-control-{name}-{policy}")
+    run = simulate(client, scenario, policy, namespace=f"aimd-control-{name}-{policy}", fleet=CLIENTS[fleet])
     client.close()
     return name, policy, run, time.perf_counter() - started
 
@@ -219,6 +221,7 @@ def main() -> int:
     parser.add_argument("--policy", action="append", help=f"only these policies (default: {', '.join(POLICIES)})")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the server and the callers")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--client", choices=list(CLIENTS), default=DEFAULT_CLIENT, help="the client model")
     parser.add_argument("--plot", type=Path, default=Path("control.png"))
     args = parser.parse_args()
 
@@ -228,14 +231,17 @@ def main() -> int:
     queueing = [n for n in names if BY_NAME[n].batching is not None]
     embedded = None if args.url else EmbeddedRedis()
     url = args.url or embedded.url  # type: ignore[union-attr]
-    print(f"Redis: {url} ({embedded.kind if embedded else 'given'}); {len(names)} scenarios x {len(POLICIES)} policies")
+    print(
+        f"Redis: {url} ({embedded.kind if embedded else 'given'}); {len(names)} scenarios x {len(POLICIES)} policies; "
+        f"{args.client} client"
+    )
     for name in names:
         print(f"  {name:18} {BY_NAME[name].about}")
     print()
     runs: dict[tuple[str, str], SimRun] = {}
     results: dict[tuple[str, str], Figures] = {}
     started = time.perf_counter()
-    jobs = [(url, name, policy, args.seed) for name in names for policy in POLICIES]
+    jobs = [(url, name, policy, args.seed, args.client) for name in names for policy in POLICIES]
     try:
         with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
             for name, policy, run, wall in pool.imap_unordered(_run, jobs):

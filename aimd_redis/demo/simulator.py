@@ -532,8 +532,9 @@ class AgentClient(_Client):
         self._kick(agent, 0.0)
 
 
-#: The client models, by name.
+#: The client models, by name, and the one a simulation runs unless told.
 CLIENTS: dict[str, Callable[[Simulation, str], FleetClient]] = {"task": TaskClient, "agent": AgentClient}
+DEFAULT_CLIENT = "agent"
 
 
 class Simulation:
@@ -581,7 +582,7 @@ class Simulation:
         self._server: Queue[_Task] | None = None
         if scenario.batching is not None:
             self._server = Queue(scenario.batching, scenario.capacity(0.0))
-        self.fleet: FleetClient = (fleet or TaskClient)(self, namespace)
+        self.fleet: FleetClient = (fleet or CLIENTS[DEFAULT_CLIENT])(self, namespace)
 
     # -- running ---------------------------------------------------------------
 
