@@ -9,11 +9,15 @@ import redis
 from aimd_redis.demo.servers import Batching, Queue
 from aimd_redis.demo.simulator import (
     BY_NAME,
+    CLIENTS,
     Point,
     Request,
+    Scenario,
     SimRun,
+    Simulation,
     figures,
     queue_figures,
+    scenario_config,
     simulate,
     steps,
     uniform,
@@ -109,11 +113,9 @@ def test_a_stream_shows_the_queue_in_its_first_token(real_redis: redis.Redis) ->
     assert f.first_x[0] > 5 * f.median_x
 
 
-def test_today_s_client_costs_redis_a_waiter_entry_and_a_poll_per_waiting_task(real_redis: redis.Redis) -> None:
-    """4 pods x 64 tasks on 2 s requests, 8 slots a pod: 56 tasks a pod wait,
-    each its own entry in Redis and each re-running the acquire script every
-    ``wait_poll_seconds`` (2 s)."""
-    s = with_(
+def _waiting_fleet() -> Scenario:
+    """4 pods x 64 tasks on 2 s requests, 8 slots a pod: 56 tasks a pod wait."""
+    return with_(
         BY_NAME["steady"],
         seconds=8.0,
         capacity=steps(10**9),
@@ -125,8 +127,32 @@ def test_today_s_client_costs_redis_a_waiter_entry_and_a_poll_per_waiting_task(r
         count_entries=True,
         start_spread=2.0,
     )
-    run = simulate(real_redis, s, "classic")
+
+
+def test_the_task_client_costs_redis_a_waiter_entry_and_a_poll_per_waiting_task(real_redis: redis.Redis) -> None:
+    """Each waiting task is its own entry in Redis and re-runs the acquire
+    script every ``wait_poll_seconds`` (2 s)."""
+    run = simulate(real_redis, _waiting_fleet(), "classic", fleet=CLIENTS["task"])
     assert sum(run.waiter_entries[-20:]) / 20 == pytest.approx(4 * 56, abs=4)
     calls_per_second = run.script_calls / run.end
     # 224 waiters x 0.5 polls a second, plus about 2 calls per request at 16 requests a second
     assert 4 * 56 * 0.5 <= calls_per_second <= 4 * 56 * 0.5 + 16 * 3 + 40
+
+
+def test_the_agent_costs_redis_one_waiter_entry_per_pod_and_batches_per_request(real_redis: redis.Redis) -> None:
+    """A pod's waiting tasks are one entry in Redis, with no poll of their
+    own: what the pods cost is their requests' batches and a heartbeat each."""
+    s = _waiting_fleet()
+    sim = Simulation(real_redis, s, scenario_config(s, "classic"), fleet=CLIENTS["agent"])
+    started: list[int] = []
+    sim.at(4.0, lambda _: started.append(sim.calls), None)  # every task has started
+    run = sim.run()
+    assert run.waiter_entries[-20:] == [4] * 20
+    # The limit is used whole: 32 slots of 2 s requests, 16 a second.
+    late = [r for r in run.requests if r.arrived >= 4.0]
+    assert len(late) / (run.end - 4.0) == pytest.approx(16, rel=0.15)
+    assert max(r.concurrency for r in run.requests) <= 32
+    # Per request, the release, the want that follows it, and the ack of
+    # the slot handed over; plus 4 heartbeats every 2 s: nothing per waiting task.
+    calls_per_second = (run.script_calls - started[0]) / (run.end - 4.0)
+    assert 16 * 2 <= calls_per_second <= 16 * 3 + 4 * 0.5 + 4
