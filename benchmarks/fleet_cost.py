@@ -229,7 +229,7 @@ def plot(costs: list[Cost], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(SHARES), figsize=(11, 4), sharey=True)
+    fig, axes = plt.subplots(1, len(SHARES), figsize=(11, 4))
     for ax, case in zip(axes, SHARES, strict=True):
         for fleet in CLIENTS:
             mine = sorted((c for c in costs if c.case == case and c.client == fleet), key=lambda c: c.pods)
@@ -242,8 +242,8 @@ def plot(costs: list[Cost], path: Path) -> Path:
                 )
         ax.set_title(f"{case} (measured)")
         ax.set_xlabel("pods x 64 tasks")
-        ax.set_yscale("log")
-        ax.grid(True, which="both", alpha=0.3)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("Redis script ms per simulated second, per pod")
     axes[0].legend()
     fig.tight_layout()
