@@ -24,9 +24,11 @@ callers, the network and the server are modelled:
   not fit is refused with a Retry-After of when it would), which the fleet
   registers, learns from the rate-limit headers of each answer, or ignores.
 
-The callers reach Redis through ``TaskClient``, today's client task by task
-(the one place that speaks the core's calls and replies); another client
-model can be passed as ``Simulation(..., fleet=...)``.
+The callers reach Redis through a client model (``CLIENTS``, the only
+places that speak the core's calls and replies): ``AgentClient``, the
+process agent running the agent's own decisions (``process_queue.py``), by
+default; or ``TaskClient``, the client before it, task by task
+(``Simulation(..., fleet=...)``).
 
 ``benchmarks/control.py`` runs every scenario under both policies;
 ``benchmarks/fleet_cost.py`` counts what large fleets cost Redis.
@@ -258,7 +260,7 @@ class _Task:
 
 
 class FleetClient(Protocol):
-    """How the simulated fleet's processes talk to Redis (``TaskClient`` is today's)."""
+    """How the simulated fleet's processes talk to Redis (``AgentClient``, ``TaskClient``)."""
 
     def reset(self) -> None: ...
     def acquire(self, task: _Task, tokens: int) -> None: ...
@@ -317,10 +319,10 @@ class _Client:
 
 
 class TaskClient(_Client):
-    """Today's client, task by task: every task acquires on its own, joins the
-    Redis queue as its own waiter, re-runs the acquire script every
-    ``wait_poll_seconds`` while it waits, and takes hand-overs from its
-    process's wake channel."""
+    """The client before the agent, task by task: every task acquires on
+    its own, joins the Redis queue as its own waiter, re-runs the acquire
+    script every ``wait_poll_seconds`` while it waits, and takes hand-overs
+    from its process's wake channel."""
 
     def __init__(self, sim: Simulation, namespace: str) -> None:
         super().__init__(sim, namespace)
