@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections import deque
 from typing import Any, Generic, TypeVar
 
@@ -34,6 +35,12 @@ logger = logging.getLogger("aimd_redis")
 #: Fewer when the domain looked full: as many as looked free, and a few more.
 IDS_PER_BATCH = 128
 IDS_WHEN_FULL = 4
+#: How long an ack of a slot already in use, or one more caller for a full
+#: domain whose queue the process is in already, may wait for the process's
+#: next batch before a batch goes for it alone. Under load most ride with a
+#: release (a request then costs Redis one batch, not three); the newcomer's
+#: place in the fleet's queue comes at most this late.
+LINGER_SECONDS = 0.25
 
 B = TypeVar("B")
 Result = Any  # Grant | Denied | (released, registered, state) | BaseException
@@ -94,6 +101,7 @@ class DomainQueue(Generic[B]):
         # Callers that went, waiting for the next batch to tell Redis.
         self.barriers: list[B] = []
         self.changed = False  # to be looked at now
+        self.linger = math.inf  # when what may wait for the next batch goes anyway
         self.told = 0  # how many slots Redis's entry of the process wants, as far as it knows
         self.due = 0.0  # when the next heartbeat (or re-check) goes
         self.state: DomainState | None = None
@@ -104,9 +112,24 @@ class DomainQueue(Generic[B]):
 
     # -- what callers do ------------------------------------------------------
 
-    def join(self, waiter: Waiter[B]) -> None:
+    def join(self, waiter: Waiter[B], now: float) -> None:
         self.waiters.append(waiter)
-        self.changed = True
+        self._wants_more(now)
+
+    def _wants_more(self, now: float) -> None:
+        """More callers wait than Redis was told: told at once, unless the
+        process is queued in a full domain already (then within LINGER_SECONDS)."""
+        st = self.state
+        if self.told > 0 and st is not None and (st.waiters > 0 or st.in_flight >= st.current_limit):
+            self.linger = min(self.linger, now + LINGER_SECONDS)
+        else:
+            self.changed = True
+
+    def next_due(self) -> float:
+        """When this domain's next batch is due (now: -inf; none expected: inf)."""
+        if self.changed:
+            return -math.inf
+        return min(self.due if self.waiters else math.inf, self.linger)
 
     def leave(self, waiter: Waiter[B]) -> bool:
         """A caller gives up waiting (before anything was delivered to it)."""
@@ -147,9 +170,9 @@ class DomainQueue(Generic[B]):
         """This domain's part of the next batch, if it has one due at ``now``
         (the pending lists go with it)."""
         beat = bool(self.waiters) and self.due <= now
-        if not (self.changed or beat):
+        if not (self.changed or beat or self.linger <= now):
             return None
-        self.changed = False
+        self.changed, self.linger = False, math.inf
         pending = self.outcomes or self.tries or self.acks or self.barriers
         if not (beat or pending or len(self.waiters) != self.told):
             return None
@@ -223,8 +246,10 @@ class DomainQueue(Generic[B]):
         # What the entry wants now, as the script set it (before the slots it
         # handed out since, which on_handed counts off).
         self.told = max(0, items.want - len(got.got) - len(got.oversize) - len(got.handed))
-        if len(self.waiters) != self.told:
-            self.changed = True  # callers came or went while the batch was out
+        if len(self.waiters) > self.told:  # callers came while the batch was out
+            self._wants_more(now)
+        elif len(self.waiters) < self.told:  # or went
+            self.changed = True
         for box in batch.barriers:
             self.out.append((box, True))
 
@@ -271,16 +296,18 @@ class DomainQueue(Generic[B]):
             return
         self.taken.add(lease_id)
         self.told = max(0, self.told - 1)  # Redis took it off the process's entry
-        fresh = heard is not None and self.core.background_claim(expires_at, heard[0], now - heard[1]) is not None
-        self.changed = True
-        if self.waiters and not fresh:
+        left = None if heard is None else self.core.background_claim(expires_at, heard[0], now - heard[1])
+        if self.waiters and left is None:
             self.acks.append(lease_id)
             self.acking[lease_id] = expires_at
+            self.changed = True
             return
         first, ref = self._to_oldest(lease_id)
         if first is not None:
+            # In use at once; the ack rides with the next batch, well within the claim window.
             self.acks.append(lease_id)
             self.out.append((first.box, self.core.handed(ref, expires_at, state)))
+            self.linger = min(self.linger, now + min(LINGER_SECONDS, (left or 0.0) / 4))
 
     def _give_acked(self, lease_id: str, window: float, expiry: float, state: DomainState) -> None:
         first, ref = self._to_oldest(lease_id)
@@ -334,8 +361,8 @@ class ProcessQueue(Generic[B]):
 
     def next_due(self, now: float, idle: float) -> float:
         """Seconds until a batch is due (``idle`` when none is expected)."""
-        due = [0.0 if d.changed else d.due - now for d in self.domains.values() if d.changed or d.waiters]
-        return max(0.0, min(due)) if due else idle
+        due = min((d.next_due() for d in self.domains.values()), default=math.inf)
+        return idle if due == math.inf else max(0.0, due - now)
 
     def take(self, now: float) -> dict[ModelKey, list[Batch[B]]]:
         """Everything due at ``now``, by model; domains with nothing left are forgotten."""

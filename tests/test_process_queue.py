@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from aimd_redis import ThrottleConfig
 from aimd_redis.core import Core
 from aimd_redis.errors import RedisOutOfMemoryError, RedisUnavailableError
-from aimd_redis.process_queue import Batch, ProcessQueue, Waiter
+from aimd_redis.process_queue import LINGER_SECONDS, Batch, ProcessQueue, Waiter
 from aimd_redis.replies import BatchReply, DomainBatchReply, Wake
 from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef
 
@@ -41,10 +42,10 @@ class Callers:
         self.q: ProcessQueue[str] = ProcessQueue(CORE)
         self.waiters: dict[str, Waiter[str]] = {}
 
-    def wait(self, *names: str) -> None:
+    def wait(self, *names: str, now: float = 0.0) -> None:
         for name in names:
             self.waiters[name] = Waiter(ref(f"p1.{name}"), name)
-            self.q.domain(ref("")).join(self.waiters[name])
+            self.q.domain(ref("")).join(self.waiters[name], now)
 
     def take(self, now: float = 0.0) -> list[Batch[str]]:
         batches = self.q.take(now)
@@ -81,9 +82,29 @@ def test_a_slot_handed_over_goes_to_the_oldest_caller_then_the_next() -> None:
     c.q.on_wake(("openai", "gpt-4o"), wake, 0.0)  # heard at 0, Redis's clock AT: the whole window is left
     out, _ = c.q.drain()
     assert [(box, g.ref.lease_id) for box, g in out] == [("a", "p1.h1"), ("b", "p1.h2")]
-    (acks,) = c.take()
-    assert acks.items.acks == ["p1.h1", "p1.h2"]  # claimed in the next batch
+    # Claimed with the process's next batch, which goes for them alone at
+    # the latest LINGER_SECONDS later.
+    assert c.take() == []
+    assert 0 < c.q.next_due(0.0, 60.0) <= LINGER_SECONDS
+    (acks,) = c.take(LINGER_SECONDS)
+    assert acks.items.acks == ["p1.h1", "p1.h2"]
     assert acks.items.want == 0
+
+
+def test_an_ack_rides_with_a_release_and_a_caller_for_a_full_domain_with_the_next_batch() -> None:
+    c = Callers()
+    c.wait("a", "b")
+    (batch,) = c.take()
+    full = msgspec.structs.replace(STATE, in_flight=STATE.current_limit, waiters=5)
+    c.reply([batch], state=full)
+    c.q.on_wake(("openai", "gpt-4o"), Wake(expires_at=AT + 4, state=full, domain="chat", handed=["p1.h1"]), 0.0)
+    c.q.drain()
+    c.wait("c", now=0.01)  # one more caller: the process is in the queue already
+    assert c.take(0.01) == []
+    c.q.domain(ref("")).outcome(CORE.outcome_row(ref("p1.old"), "success"), "holder")  # a release goes at once
+    (batch,) = c.take(0.02)
+    assert [row["lease_id"] for row in batch.items.outcomes] == ["p1.old"]
+    assert (batch.items.acks, batch.items.want) == (["p1.h1"], 2)
 
 
 def test_a_freed_slot_goes_to_redis_with_the_next_caller_s_want_never_straight_to_the_caller() -> None:

@@ -105,7 +105,7 @@ class Agent:
         """A slot for ``ref``'s domain, in arrival order; None after ``timeout``."""
         waiter: Waiter[Box] = Waiter(ref, Mailbox())
         with self._lock:
-            self._domain(ref).join(waiter)
+            self._domain(ref).join(waiter, time.monotonic())
             self._submit(carried=True)
         try:
             self._carry(waiter.box)

@@ -458,7 +458,7 @@ class AgentClient(_Client):
         )
         task.queued = True
         self.sim.waiting += 1
-        agent.queue.domain(task.ref).join(Waiter(task.ref, task))
+        agent.queue.domain(task.ref).join(Waiter(task.ref, task), self.sim.now)
         self._kick(agent, 0.0)
 
     def release(
