@@ -3,10 +3,13 @@
 -- is either
 --   * a process's agent: member '<client>' (its wake channel's name), standing
 --     for all of the process's waiting callers. Its want hash field <client>
---     holds what it waits for as ordered segments 'ticket:count,...': a new
---     segment gets a new ticket only when another waiter took one since the
---     last, so that the fleet's order holds to within one batch; the entry's
---     score is its oldest segment's ticket. The field '*' is the total wanted
+--     holds what it waits for, 'total=ticket:count,ticket:count,...', the
+--     segments oldest first: a new segment gets a new ticket only when
+--     another waiter took one since the last, so that the fleet's order holds
+--     to within one batch; the entry's score is its oldest segment's ticket.
+--     The common changes (the same count again, one more at the end, slots
+--     off the oldest segment) touch the text at its ends, never parsing it
+--     whole: a process with many waiters has many segments. The field '*' is the total wanted
 --     by all agents. Slots handed to it get ids '<client>.h<n>' and are listed
 --     in the handed hash (field <client>: 'id,id,...') until the agent acks
 --     them, so a lost wake-up is found by its next batch;
@@ -33,8 +36,23 @@ local function segments_of(q, member)
   local text = redis.call('HGET', q.k.want, member)
   if not text then return nil end
   local segs = {}
-  for t, c in string.gmatch(text, '(%d+):(%d+)') do segs[#segs + 1] = {tonumber(t), tonumber(c)} end
+  for t, c in string.gmatch(string.match(text, '=(.*)$'), '(%d+):(%d+)') do
+    segs[#segs + 1] = {tonumber(t), tonumber(c)}
+  end
   return segs
+end
+
+-- Writes an agent's want field: its total and its segments' text (as
+-- 'ticket:count,...'), moving the total wanted by all agents by delta.
+local function write_want(q, member, total, segs_text, delta)
+  local k = q.k
+  if delta ~= 0 then redis.call('HINCRBY', k.want, '*', delta) end
+  local value = total .. '=' .. segs_text
+  if redis.call('HSET', k.want, member, value) == 1 then
+    expire_new(q.idle_ms, k.want)
+    expire_new(q.idle_ms, k.queue)
+    expire_new(q.idle_ms, k.beats)
+  end
 end
 
 -- Writes an agent's segments (or removes its entry when none are left) and
@@ -49,13 +67,11 @@ local function save_segments(q, member, segs, delta, beat_deadline)
     forget_waiters(q, {member})
     return
   end
-  local parts = {}
-  for i, seg in ipairs(segs) do parts[i] = seg[1] .. ':' .. seg[2] end
-  if redis.call('HSET', k.want, member, table.concat(parts, ',')) == 1 then
-    expire_new(q.idle_ms, k.want)
-    expire_new(q.idle_ms, k.queue)
-    expire_new(q.idle_ms, k.beats)
+  local parts, total = {}, 0
+  for i, seg in ipairs(segs) do
+    parts[i], total = seg[1] .. ':' .. seg[2], total + seg[2]
   end
+  write_want(q, member, total, table.concat(parts, ','), 0)
   redis.call('ZADD', k.queue, segs[1][1], member)
   if beat_deadline then redis.call('ZADD', k.beats, beat_deadline, member) end
 end
@@ -67,6 +83,31 @@ end
 -- Fewer: the newest segments shrink.
 local function set_want(q, client, n, beat_deadline, tokens)
   local k = q.k
+  if n > 0 then budget.reserve(q.budget, k.tokens, client, tokens, q.idle_ms) end
+  local text = redis.call('HGET', k.want, client)
+  if text then
+    local total = tonumber(string.match(text, '^(%d+)='))
+    if n == total then  -- as before: a heartbeat
+      if beat_deadline then redis.call('ZADD', k.beats, beat_deadline, client) end
+      return
+    end
+    if n > total then
+      -- The last segment starts after the last comma (or the '='); a
+      -- pattern that looks for it from the front backtracks at every digit.
+      local from = string.find(text, '=', 1, true) + 1
+      local last = string.match(text, '^.*,()') or from
+      local before, last_t, last_c = string.sub(text, from, last - 1), string.match(text, '^(%d+):(%d+)$', last)
+      local segs_text
+      if tonumber(last_t) == tonumber(redis.call('GET', k.tickets)) then
+        segs_text = before .. last_t .. ':' .. (tonumber(last_c) + n - total)
+      else
+        segs_text = before .. last_t .. ':' .. last_c .. ',' .. redis.call('INCR', k.tickets) .. ':' .. (n - total)
+      end
+      write_want(q, client, n, segs_text, n - total)
+      if beat_deadline then redis.call('ZADD', k.beats, beat_deadline, client) end
+      return
+    end
+  end
   local segs = segments_of(q, client) or {}
   local total = 0
   for _, seg in ipairs(segs) do total = total + seg[2] end
@@ -88,7 +129,6 @@ local function set_want(q, client, n, beat_deadline, tokens)
       if last[2] == 0 then segs[#segs] = nil end
     end
   end
-  if n > 0 then budget.reserve(q.budget, k.tokens, client, tokens, q.idle_ms) end
   if n > 0 or total > 0 then save_segments(q, client, segs, n - total, beat_deadline) end
 end
 
@@ -201,9 +241,12 @@ local function promote(q, d, now, lease_ttl, self_id, own)
       budget.claim(b, head, tokens, tonumber(beat))
       break
     end
-    local segs = alive and fits and segments_of(q, head)
-    if segs then
-      local n = math.min(d.current_limit - d.in_flight, segs[1][2], b and 1 or segs[1][2])
+    local text = alive and fits and redis.call('HGET', k.want, head)
+    if text then
+      -- The oldest segment, and the text of the others.
+      local total, first_t, first_c, rest = string.match(text, '^(%d+)=(%d+):(%d+),?(.*)$')
+      total, first_c = tonumber(total), tonumber(first_c)
+      local n = math.min(d.current_limit - d.in_flight, first_c, b and 1 or first_c)
       local mine = head == self_id
       if mine then n = math.min(n, #own.ids - own.used) end
       if n <= 0 then  -- its own caller is first, with no more lease ids in this call
@@ -234,9 +277,15 @@ local function promote(q, d, now, lease_ttl, self_id, own)
           end
         end
       end
-      segs[1][2] = segs[1][2] - given
-      if segs[1][2] <= 0 then table.remove(segs, 1) end
-      save_segments(q, head, segs, -given)
+      first_c, total = first_c - given, total - given
+      if total <= 0 then
+        save_segments(q, head, {}, -given)
+      elseif first_c > 0 then
+        write_want(q, head, total, first_t .. ':' .. first_c .. (rest ~= '' and ',' .. rest or ''), -given)
+      else  -- the next segment is the oldest now
+        write_want(q, head, total, rest, -given)
+        redis.call('ZADD', k.queue, string.match(rest, '^(%d+)'), head)
+      end
     else
       leave(q, head)
       if alive and fits and grant(d, k, head, tokens, head == self_id and full or claim, q.idle_ms, b) then

@@ -178,7 +178,7 @@ for i, item in ipairs(items) do
       res.try[j] = {status, value}
     end
 
-    if segments_of(q, client) then res.wait = first_in_line_wait(q, d, client, tonumber(item.tokens) or 0, now) end
+    if redis.call('HGET', k.want, client) then res.wait = first_in_line_wait(q, d, client, tonumber(item.tokens) or 0, now) end
     d.waiters = waiting_count(q)
     save_domain(k.domain, d)
   end
