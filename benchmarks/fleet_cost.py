@@ -21,7 +21,7 @@ limit is either 8 slots a pod (most tasks wait: 56 of every 64) or 128 a pod
 After a warm-up of one request's length it resets Redis's command statistics
 and, over the rest of the run, reports per simulated second the script calls
 and the Redis time they took (INFO commandstats: what Redis itself spent in
-EVALSHA), and the waiter entries Redis holds (the queue's size), in all and
+FCALL, as the clients run them on Redis 7), and the waiter entries Redis holds (the queue's size), in all and
 per pod, and the agent's figures against the task client's. Per-pod figures
 that stay flat as the fleet grows extrapolate to 1,000 pods on paper (printed
 as such); ``--pods 1000`` measures it. Results go to
@@ -292,7 +292,7 @@ def main() -> int:
     everything = costs + on_paper(costs, TARGET_PODS)
     text = table(everything) + "\n\n" + ratios(everything)
     note = (
-        "\nPer simulated second, after the warm-up. calls/s: script calls (EVALSHA); Redis ms/s: Redis's own time "
+        "\nPer simulated second, after the warm-up. calls/s: script calls (FCALL); Redis ms/s: Redis's own time "
         "in them (INFO commandstats), a Redis core is 1,000 ms/s; entries: mean waiter entries in Redis's queue; "
         "(paper): the largest fleet measured, scaled by its per-pod figures."
     )

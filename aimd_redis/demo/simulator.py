@@ -48,13 +48,13 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from aimd_redis._provider import Heard
+from aimd_redis._sync.runner import ScriptRunner
 from aimd_redis.config import ThrottleConfig
 from aimd_redis.core import Call, Core, as_str, check_now
 from aimd_redis.demo.bucket import Bucket
 from aimd_redis.demo.servers import Batching, Queue, Reference, Slow
 from aimd_redis.process_queue import Batch, ProcessQueue, Waiter
 from aimd_redis.replies import BatchReply, Wake
-from aimd_redis.scripts import sources
 from aimd_redis.structs import DomainState, Grant, LeaseRef, Queued
 
 PROVIDER, MODEL, DOMAIN = "sim", "model", "chat"
@@ -560,7 +560,9 @@ class Simulation:
         self.s = scenario
         self.config = config
         self.latency = latency or Latency()
-        self._shas = {name: client.script_load(text) for name, text in sources().items()}
+        # The scripts run as the client runs them: the function library where
+        # the server has functions (their shared code loaded once), else EVALSHA.
+        self._runner = ScriptRunner(client, functions=True)
         self._rng = random.Random(scenario.seed)
         self._heap: list[tuple[float, int, Callable[[Any], None], Any]] = []
         self._seq = itertools.count()
@@ -619,7 +621,7 @@ class Simulation:
 
     def script(self, call: Call) -> Any:
         self.calls += 1
-        return self.client.evalsha(self._shas[call.script], len(call.keys), *call.keys, *call.args)
+        return self._runner.run(call)
 
     def _sample(self, _: None) -> None:
         st = self.state
