@@ -39,12 +39,15 @@ class ThrottleConfig(_Settings):
     renewal, polling.
     """
 
-    policy: Literal["classic", "adaptive"] = "classic"
+    policy: Literal["classic", "adaptive", "latency"] = "classic"
     """How the limit moves after the ramp (the rules are in ``lua/_rules.lua``).
     ``"classic"``: additive increase, multiplicative decrease, and a cooldown
     for the whole fleet on every 429. ``"adaptive"``: holds just under the
     level a 429 marked and probes it less often the longer it holds, follows
-    a drop step by step, and pauses the fleet only when 429s persist."""
+    a drop step by step, and pauses the fleet only when 429s persist.
+    ``"latency"``: adaptive, and for servers that queue instead of refusing,
+    holds the fleet where latency passes ``latency_tolerance`` times the
+    no-load latency (docs/queueing.md)."""
     reduce_factor: float = Field(0.75, gt=0, lt=1)
     """The limit is multiplied by this on the first 429 of a cascade."""
     additive_increase: int = Field(1, ge=1)
@@ -72,6 +75,14 @@ class ThrottleConfig(_Settings):
     """The longest cooldown one 429 imposes on the fleet, whatever its
     Retry-After says: a server that always answers a long Retry-After
     cannot freeze the fleet for longer than this."""
+
+    latency_tolerance: float = Field(1.5, gt=1, le=100, allow_inf_nan=False)
+    """``policy="latency"``: how many times the no-load latency the fleet's
+    median may reach before the limit stops climbing and steps down."""
+    latency_window_seconds: float = Field(30.0, gt=0, allow_inf_nan=False)
+    """``policy="latency"``: how long a no-load latency is trusted while the
+    latency says "queue"; then the limit dips to a quarter for a moment to
+    measure it again (a server slower for everyone is not a queue)."""
 
     @model_validator(mode="after")
     def _idle_outlasts_leases(self) -> ThrottleConfig:

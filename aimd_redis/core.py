@@ -102,6 +102,7 @@ class ReleaseArgs(NamedTuple):
     heard_tpm: str
     heard_requests: str
     heard_tokens: str
+    ttfb: str
 
 
 class BatchArgs(NamedTuple):
@@ -286,6 +287,18 @@ def check_retry_after(retry_after: float | None) -> str:
     return _seconds(retry_after) if math.isfinite(retry_after) and retry_after > 0 else ""
 
 
+def check_ttfb(ttfb: float | None) -> str:
+    """A success's time to the first byte (seconds, as the caller measured
+    it) as the release script takes it: '' when not known."""
+    if ttfb is None:
+        return ""
+    if isinstance(ttfb, bool) or not isinstance(ttfb, (int, float)):
+        raise ArgumentTypeError(f"ttfb must be a number of seconds or None, not {ttfb!r}")
+    if not (math.isfinite(ttfb) and 0 <= ttfb <= MAX_TIME):
+        raise InvalidArgumentError(f"ttfb must be a finite number of seconds >= 0, not {ttfb!r}")
+    return _seconds(ttfb)
+
+
 def check_settings(config: ThrottleConfig, settings: dict[str, Any]) -> str:
     """Settings of the loop as the scripts take them (JSON), checked as
     ThrottleConfig checks them beside the rest of ``config``."""
@@ -307,6 +320,7 @@ OUTCOME_FIELDS = (
     "heard_tpm",
     "heard_requests",
     "heard_tokens",
+    "ttfb",
 )
 
 
@@ -364,6 +378,7 @@ class Core:
             heard_tpm="",
             heard_requests="",
             heard_tokens="",
+            ttfb="",
         )
 
     def keys(self, provider_name: str, model_id: str) -> ModelKeys:
@@ -511,17 +526,19 @@ class Core:
         next_ref: LeaseRef | None = None,
         tokens: int | None = None,
         heard: Heard | None = None,
+        ttfb: float | None = None,
     ) -> Call:
         """``granted_at``: when Redis granted the lease (Grant.granted_at), if
         known. ``next_ref``: a new lease of the same domain to take in the
         same call when a slot is free for it (see :meth:`parse_release`).
         ``tokens``: what the request used, if known; ``heard``: what the
-        provider's headers said of its limits."""
+        provider's headers said of its limits; ``ttfb``: seconds to the
+        response's first byte, if measured."""
         keys = self._domain_keys(ref.provider_name, ref.model_id, ref.domain)
         args = self._release_args._replace(
             now=check_now(now),
             domain=ref.domain,
-            **self.outcome_row(ref, outcome, retry_after, granted_at, tokens, heard),
+            **self.outcome_row(ref, outcome, retry_after, granted_at, tokens, heard, ttfb),
         )
         if next_ref is not None:
             args = args._replace(next_id=next_ref.lease_id, next_tokens=str(next_ref.tokens))
@@ -535,6 +552,7 @@ class Core:
         granted_at: float | None = None,
         tokens: int | None = None,
         heard: Heard | None = None,
+        ttfb: float | None = None,
     ) -> dict[str, str]:
         """An outcome's arguments, checked, by release.lua's names (batch.lua
         takes the same, in the order of :data:`OUTCOME_FIELDS`)."""
@@ -548,6 +566,7 @@ class Core:
             "heard_tpm": "" if heard is None else _heard(heard.tokens_limit),
             "heard_requests": "" if heard is None else _heard(heard.requests_remaining),
             "heard_tokens": "" if heard is None else _heard(heard.tokens_remaining),
+            "ttfb": check_ttfb(ttfb),
         }
 
     # -- batches of a process's agent ------------------------------------------

@@ -16,7 +16,7 @@ from aimd_redis.errors import CorruptStateError
 
 Kind = Literal["pos", "count", "time", "flag", "policy"]
 """pos: whole number >= 1; count: whole number >= 0; time: seconds >= 0;
-flag: 0 or 1; policy: 'classic' or 'adaptive'."""
+flag: 0 or 1; policy: 'classic', 'adaptive' or 'latency'."""
 
 #: Every field, in the order of the state the scripts reply with.
 FIELDS: tuple[tuple[str, Kind], ...] = (
@@ -36,13 +36,28 @@ FIELDS: tuple[tuple[str, Kind], ...] = (
     ("probe_after", "count"),
     ("increase_step", "count"),
     ("policy", "policy"),
+    ("latency_noload", "time"),
+    ("latency_recent", "time"),
+    ("latency_round", "count"),
+    ("latency_window_at", "time"),
+    ("latency_dip", "count"),
 )
 #: The first this many are the public state (``DomainState``); the scripts
 #: reply with them, comma-joined, and wake-ups carry them the same way.
 PUBLIC = 9
 #: Fields an older release did not write, and what they count as when missing.
-DEFAULTS: dict[str, Any] = {"last_cut_at": 0, "probe_after": 0, "increase_step": 0, "policy": "classic"}
-POLICIES = ("classic", "adaptive")
+DEFAULTS: dict[str, Any] = {
+    "last_cut_at": 0,
+    "probe_after": 0,
+    "increase_step": 0,
+    "policy": "classic",
+    "latency_noload": 0,
+    "latency_recent": 0,
+    "latency_round": 0,
+    "latency_window_at": 0,
+    "latency_dip": 0,
+}
+POLICIES = ("classic", "adaptive", "latency")
 #: The loop's settings a model's cap hash stores under ThrottleConfig's names
 #: (the last register's, or an operator's): every script runs these, whatever
 #: the calling process was configured with.
@@ -57,6 +72,8 @@ SETTINGS = (
     "ceiling_ttl_seconds",
     "max_cooldown_seconds",
     "idle_ttl_seconds",
+    "latency_tolerance",
+    "latency_window_seconds",
 )
 #: Beyond these a value is a mistake, not a measurement. The scripts hold
 #: the same bounds (MAX_TIME, MAX_COUNT in lua/_base.lua; tests/test_scripts.py
@@ -87,6 +104,11 @@ class DomainRecord(msgspec.Struct, frozen=True, kw_only=True):
     probe_after: int
     increase_step: int
     policy: str
+    latency_noload: float = 0.0
+    latency_recent: float = 0.0
+    latency_round: int = 0
+    latency_window_at: float = 0.0
+    latency_dip: int = 0
 
 
 def parse_field(key: str, name: str, text: str | None, kind: Kind) -> float | str:

@@ -4,7 +4,7 @@
 
 -- Kinds: pos: whole number >= 1; count: whole number >= 0; time: number >= 0;
 -- flag: 0 or 1; policy: a policy's name.
-local POLICIES = {classic = true, adaptive = true}
+local POLICIES = {classic = true, adaptive = true, latency = true}
 
 -- The number (or name) a field's text holds and whether the text is plain
 -- (as the scripts write it: rewritten plain when it is saved if not); nil and
@@ -38,25 +38,30 @@ end
 -- Then: when a 429 last confirmed the ceiling (it is forgotten ceiling_ttl
 -- after), when the limit was last cut (a request granted before it is stale),
 -- two counters for monitoring, the adaptive policy's two (see _rules.lua),
--- and the policy the domain runs (the model's, once the domain has switched
--- to it: see rules.on_touch).
+-- the policy the domain runs (the model's, once the domain has switched
+-- to it: see rules.on_touch), and the latency policy's five: its no-load and
+-- recent latency (seconds, or seconds per token), successes since its last
+-- step, when its window began, and the limit a dip will go back to (0: none).
 local FIELD_NAMES = {
   'current_limit', 'in_flight', 'blocked_until', 'success_streak', 'waiters', 'rate_limit_ceiling',
   'consecutive_429s', 'rampup_started_at', 'rampup_active',
   'ceiling_confirmed_at', 'last_cut_at', 'total_429s', 'total_reclaimed', 'probe_after', 'increase_step',
-  'policy',
+  'policy', 'latency_noload', 'latency_recent', 'latency_round', 'latency_window_at', 'latency_dip',
 }
 local FIELD_KINDS = {
   'pos', 'count', 'time', 'count', 'count', 'count', 'count', 'time', 'flag',
-  'time', 'time', 'count', 'count', 'count', 'count', 'policy',
+  'time', 'time', 'count', 'count', 'count', 'count', 'policy', 'time', 'time', 'count', 'time', 'count',
 }
 -- Fields an older release did not write, and what they count as when missing.
-local FIELD_DEFAULTS = {last_cut_at = 0, probe_after = 0, increase_step = 0, policy = 'classic'}
+local FIELD_DEFAULTS = {
+  last_cut_at = 0, probe_after = 0, increase_step = 0, policy = 'classic', latency_noload = 0, latency_recent = 0,
+  latency_round = 0, latency_window_at = 0, latency_dip = 0,
+}
 
--- The numeric fields (all but the policy) as the scripts write them, joined
--- by commas: one match instead of one per field on the common path.
+-- Every field as the scripts write them, joined by commas: one match
+-- instead of one per field on the common path (the policy is judged apart).
 local PLAIN_FIELDS = '^%d+,%d+,%d+%.?%d*,%d+,%d+,%d+,%d+,%d+%.?%d*,%d+,%d+%.?%d*,%d+%.?%d*,' ..
-  '%d+,%d+,%d+,%d+$'
+  '%d+,%d+,%d+,%d+,%a+,%d+%.?%d*,%d+%.?%d*,%d+,%d+%.?%d*,%d+$'
 
 -- The domain as the scripts wrote it, or nil when anything is missing,
 -- spelled otherwise or out of range (load_domain then judges field by field).
@@ -65,25 +70,28 @@ local PLAIN_FIELDS = '^%d+,%d+,%d+%.?%d*,%d+,%d+,%d+,%d+,%d+%.?%d*,%d+,%d+%.?%d*
 local function load_plain(raw)
   local policy = raw[16]
   if not POLICIES[policy] then return nil end
-  local ok, joined = pcall(table.concat, raw, ',', 1, 15)
+  local ok, joined = pcall(table.concat, raw, ',', 1, 21)
   if not ok or not string.find(joined, PLAIN_FIELDS) then return nil end
   local read = {
     tonumber(raw[1]), tonumber(raw[2]), tonumber(raw[3]), tonumber(raw[4]), tonumber(raw[5]),
     tonumber(raw[6]), tonumber(raw[7]), tonumber(raw[8]), tonumber(raw[9]), tonumber(raw[10]),
     tonumber(raw[11]), tonumber(raw[12]), tonumber(raw[13]), tonumber(raw[14]), tonumber(raw[15]), policy,
+    tonumber(raw[17]), tonumber(raw[18]), tonumber(raw[19]), tonumber(raw[20]), tonumber(raw[21]),
   }
   -- The pattern has made every number whole or decimal and not negative;
   -- a leading zero ('07') or a bare point ('5.') is not plain.
   if string.find(joined, '^0%d') or string.find(joined, ',0%d') or string.find(joined, '%.,') then return nil end
   if read[1] < 1 or read[9] > 1 or read[3] > MAX_TIME or read[8] > MAX_TIME or read[10] > MAX_TIME
-    or read[11] > MAX_TIME or math.max(read[1], read[2], read[4], read[5], read[6], read[7], read[12],
-    read[13], read[14], read[15]) > MAX_COUNT then return nil end
+    or read[11] > MAX_TIME or math.max(read[17], read[18], read[20]) > MAX_TIME
+    or math.max(read[1], read[2], read[4], read[5], read[6], read[7], read[12], read[13], read[14], read[15],
+    read[19], read[21]) > MAX_COUNT then return nil end
   return {
     current_limit = read[1], in_flight = read[2], blocked_until = read[3], success_streak = read[4],
     waiters = read[5], rate_limit_ceiling = read[6], consecutive_429s = read[7], rampup_started_at = read[8],
     rampup_active = read[9], ceiling_confirmed_at = read[10], last_cut_at = read[11], total_429s = read[12],
     total_reclaimed = read[13], probe_after = read[14], increase_step = read[15], policy = policy,
-    raw = raw, read = read,
+    latency_noload = read[17], latency_recent = read[18], latency_round = read[19], latency_window_at = read[20],
+    latency_dip = read[21], raw = raw, read = read,
   }
 end
 
@@ -130,6 +138,7 @@ local function new_domain(now, m)
     success_streak = 0, waiters = 0, rate_limit_ceiling = 0, consecutive_429s = 0,
     rampup_started_at = now, rampup_active = ramp and 1 or 0, ceiling_confirmed_at = 0, last_cut_at = 0,
     total_429s = 0, total_reclaimed = 0, probe_after = 0, increase_step = 0, policy = m.config.policy,
+    latency_noload = 0, latency_recent = 0, latency_round = 0, latency_window_at = 0, latency_dip = 0,
     raw = {}, read = {},
   }
 end
@@ -170,7 +179,8 @@ end
 -- runs the model's stored configuration, whatever the caller's own is.
 local CONFIG_NAMES = {
   'policy', 'reduce_factor', 'additive_increase', 'success_window', 'cooldown_seconds', 'ceiling_overshoot',
-  'rampup_seconds', 'ceiling_ttl_seconds', 'max_cooldown_seconds', 'idle_ttl_seconds',
+  'rampup_seconds', 'ceiling_ttl_seconds', 'max_cooldown_seconds', 'idle_ttl_seconds', 'latency_tolerance',
+  'latency_window_seconds',
 }
 -- Each setting's least and greatest value, and whether it is whole; the
 -- bounds are ThrottleConfig's (open bounds are the next value in).
@@ -178,14 +188,14 @@ local CONFIG_RANGES = {
   reduce_factor = {1e-9, 1 - 1e-9}, additive_increase = {1, MAX_COUNT, true},
   success_window = {1, MAX_COUNT, true}, cooldown_seconds = {1e-9, MAX_TIME}, ceiling_overshoot = {0, MAX_COUNT},
   rampup_seconds = {0, MAX_TIME}, ceiling_ttl_seconds = {0, MAX_TIME}, max_cooldown_seconds = {1e-9, MAX_TIME},
-  idle_ttl_seconds = {0, MAX_TIME},
+  idle_ttl_seconds = {0, MAX_TIME}, latency_tolerance = {1 + 1e-9, 100}, latency_window_seconds = {1e-9, MAX_TIME},
 }
 -- What a model registered by an older release (which stored none) runs:
 -- ThrottleConfig's defaults.
 local CONFIG_DEFAULTS = {
   policy = 'classic', reduce_factor = 0.75, additive_increase = 1, success_window = 25, cooldown_seconds = 2,
   ceiling_overshoot = 0.1, rampup_seconds = 0, ceiling_ttl_seconds = 300, max_cooldown_seconds = 3600,
-  idle_ttl_seconds = 600,
+  idle_ttl_seconds = 600, latency_tolerance = 1.5, latency_window_seconds = 30,
 }
 
 local function idle_ms_of(seconds)

@@ -32,10 +32,10 @@ end
 -- Gives lease id back with its outcome (see release.lua's header for
 -- 'abandon' and 'leave'), settles its reservation and tells the rules (d: the domain,
 -- nil when its hash is gone). r: {outcome, retry_after, granted_at, used,
--- requests_left, tokens_left}. Returns whether this call released the slot.
+-- requests_left, tokens_left, ttfb}. Returns whether this call released the slot.
 local function give_back(domain, d, q, m, now, lease_ttl, id, r)
   local k, b = q.k, q.budget
-  local sample = {retry_after = r.retry_after}
+  local sample = {retry_after = r.retry_after, ttfb = r.ttfb, tokens = r.used}
   -- The lease's score is its expiry (a live lease), or minus the expiry of a
   -- tombstone. A live lease is freed even when the domain hash is gone
   -- (evicted, deleted): left in the zset, it would hold a slot of the domain

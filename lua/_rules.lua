@@ -13,7 +13,9 @@
 -- d is the domain (its hash fields, see _fields.lua), m the model (m.emax, nil
 -- when its registration is gone; m.config, the stored configuration). sample
 -- says what the plumbing knows of the lease: released (whether this call gave
--- it back), granted_at (Redis time) and retry_after (seconds, or nil). The
+-- it back), granted_at (Redis time), retry_after (seconds, or nil), and what
+-- the caller measured of a success: ttfb (seconds to the first byte) and
+-- tokens (used), or nil. The
 -- rules work out everything else themselves, change d and report every change
 -- with emit(); they never call Redis.
 
@@ -36,6 +38,7 @@ local function take_up_policy(domain, d, cfg)
   if d.policy ~= cfg.policy then
     emit(domain, 'policy', d.policy, cfg.policy)
     d.policy, d.success_streak, d.probe_after, d.increase_step = cfg.policy, 0, 0, 0
+    d.latency_round, d.latency_dip = 0, 0
   end
 end
 
@@ -285,6 +288,131 @@ function adaptive.on_failure(domain, d)
   if d.in_flight == 0 then d.consecutive_429s = 0 end
 end
 
+-- == latency: adaptive, and hold where the server starts to queue ============
+--
+-- A server that queues instead of refusing serves more at once up to its
+-- knee (its batch), and no more beyond it: past the knee every request only
+-- waits longer (Little's law: latency grows with what is at the server,
+-- throughput does not). So latency against the no-load latency says where
+-- the fleet is: up to tolerance times no load is the batch filling, beyond
+-- it is a queue. The policy is adaptive's (429s, overload statuses and
+-- failures go to adaptive, and so does every success while latency is
+-- under tolerance times no load); above it, the limit stops climbing and
+-- once a round (as many successes as the limit) takes a gradient step, as
+-- Netflix's Gradient2 and Envoy's adaptive concurrency do:
+--
+--   limit = floor(limit * max(1/2, tolerance * no_load / recent) + sqrt(limit))
+--
+-- only ever down. It holds where recent / no_load is between tolerance and
+-- tolerance / (1 - 1/sqrt(limit)), a band of fixed points: a latency above
+-- it cuts, one under it lets adaptive climb, and a step is at most a halving.
+--
+-- A sample is the time to the first byte when the caller reported one (a
+-- stream), else the request's time on Redis's clock (granted to reported)
+-- divided by the tokens it used when reported (so a long answer is not read
+-- as queueing), else that time. latency_recent is a streaming median of the
+-- samples (each moves it RECENT_STEP of itself towards the sample): a heavy
+-- tail moves it no more than a short answer. latency_noload is the least
+-- latency_recent seen since the last relearning.
+--
+-- A no-load latency that only goes down cannot tell a server that got
+-- slower for everyone (a hosted API's bad hour) from a queue, and would cut
+-- the fleet to nothing. So, as Envoy's minRTT window (and BBR's PROBE_RTT)
+-- do, once latency_window_seconds (0.9 to 1.1 of it, jittered per window)
+-- have passed and the latency says "queue", the limit dips to a quarter
+-- for DIP_ROUNDS rounds of requests sent during the dip, which finds the
+-- no-load latency as it is now; then it goes back to where it was (unless a
+-- 429 cut it meanwhile). A server that got slower for everyone shows the
+-- same latency at a quarter of the load: the new no-load latency, and the
+-- fleet goes back to its full limit. A queue drains in the dip: the no-load
+-- latency stays, and the next step cuts.
+
+local latency = {}
+rules.latency = latency
+
+local RECENT_STEP, DIP_STEP = 0.06, 0.12
+local DIP_ROUNDS, DIP_LEAST = 2, 8
+
+-- What the request says of the server's latency: nil when nothing was measured.
+local function latency_sample(now, sample)
+  if sample.ttfb then return sample.ttfb > 0 and sample.ttfb or nil end
+  local took = now - sample.granted_at
+  if took <= 0 then return nil end
+  if sample.tokens and sample.tokens > 0 then return took / sample.tokens end
+  return took
+end
+
+local function track(d, x, step)
+  local recent = d.latency_recent
+  if recent <= 0 then
+    d.latency_recent = x
+  elseif x > recent then
+    d.latency_recent = math.min(x, recent * (1 + step))
+  elseif x < recent then
+    d.latency_recent = math.max(x, recent * (1 - step))
+  end
+end
+
+local function dip_samples(level)
+  return math.max(DIP_LEAST, DIP_ROUNDS * level)
+end
+
+-- The window, jittered by when it began: domains started together do not dip together.
+local function window_over(d, now, cfg)
+  local jitter = 0.9 + 0.2 * (math.floor(d.latency_window_at * 1000) % 1000) / 1000
+  return now - d.latency_window_at >= cfg.latency_window_seconds * jitter
+end
+
+local function end_dip(domain, d, now, emax)
+  d.latency_noload = d.latency_recent
+  emit(domain, 'latency_noload', d.latency_window_at, d.latency_noload)
+  local back = math.min(emax, d.latency_dip)
+  if d.last_cut_at < d.latency_window_at then set_limit(domain, d, 'latency_back', back) end
+  d.latency_dip, d.latency_round, d.latency_window_at = 0, 0, now
+end
+
+function latency.on_success(domain, d, now, emax, cfg, fresh, saturated, sample)
+  local x = latency_sample(now, sample)
+  if d.latency_dip > 0 then
+    if fresh then d.consecutive_429s = 0 end
+    if x and sample.granted_at >= d.latency_window_at then
+      track(d, x, DIP_STEP)
+      d.latency_round = d.latency_round + 1
+      if d.latency_round >= dip_samples(d.current_limit) then end_dip(domain, d, now, emax) end
+    end
+    return
+  end
+  if x then
+    track(d, x, RECENT_STEP)
+    if d.latency_noload <= 0 or d.latency_recent < d.latency_noload then d.latency_noload = d.latency_recent end
+  end
+  if d.latency_recent <= cfg.latency_tolerance * d.latency_noload then
+    d.latency_round = 0
+    return adaptive.on_success(domain, d, now, emax, cfg, fresh, saturated)
+  end
+  if fresh then d.consecutive_429s = 0 end
+  stop_ramp(domain, d)  -- queueing already: the ramp has gone far enough
+  d.success_streak = 0
+  d.latency_round = d.latency_round + 1
+  local limit = d.current_limit
+  if d.latency_round < limit then return end
+  d.latency_round = 0
+  if window_over(d, now, cfg) then
+    d.latency_dip, d.latency_window_at = limit, now
+    d.latency_recent = d.latency_noload  -- where the dip's samples start from
+    set_limit(domain, d, 'latency_dip', math.max(1, math.floor(limit / 4)))
+    return
+  end
+  local gradient = math.max(0.5, cfg.latency_tolerance * d.latency_noload / d.latency_recent)
+  local to = math.max(1, math.floor(limit * gradient + math.sqrt(limit)))
+  if to < limit then
+    set_limit(domain, d, 'latency', to)
+    d.increase_step = 1
+  end
+end
+
+latency.on_rate_limited, latency.on_failure = adaptive.on_rate_limited, adaptive.on_failure
+
 function rules.on_acquire(domain, d, now, m)
   refresh(domain, d, now, m.emax, m.config, true)
   ramp(domain, d, now, m.emax, m.config)
@@ -303,7 +431,7 @@ function rules.on_outcome(domain, d, now, m, outcome, sample)
   local fresh = sample.granted_at >= d.last_cut_at
   local saturated = d.in_flight + 1 >= d.current_limit
   if outcome == 'success' then
-    policy.on_success(domain, d, now, emax, cfg, fresh, saturated)
+    policy.on_success(domain, d, now, emax, cfg, fresh, saturated, sample)
   elseif outcome == 'rate_limited' then
     policy.on_rate_limited(domain, d, now, emax, cfg, cooldown_for(cfg, sample.retry_after), fresh, saturated)
     d.total_429s = d.total_429s + 1
@@ -313,8 +441,8 @@ function rules.on_outcome(domain, d, now, m, outcome, sample)
 end
 
 -- An operator set the limit by hand: clamped to 1..effective max, and a
--- running ramp stops (the operator's number wins). Under the adaptive policy
--- that also sets the ceiling just above it, so that the loop holds there and
+-- running ramp stops (the operator's number wins), and so does a latency
+-- dip. Under the adaptive and latency policies that also sets the ceiling just above it, so that the loop holds there and
 -- probes it in time instead of climbing straight back.
 function rules.on_set_limit(domain, d, now, m, limit)
   take_up_policy(domain, d, m.config)  -- the operator's number, under the rules that will run it
@@ -325,7 +453,8 @@ function rules.on_set_limit(domain, d, now, m, limit)
     emit(domain, 'ramp_stopped', before, before)
   end
   emit(domain, 'set_limit', before, d.current_limit)
-  if d.policy == 'adaptive' and d.current_limit < m.emax then
+  d.latency_dip, d.latency_round = 0, 0
+  if d.policy ~= 'classic' and d.current_limit < m.emax then
     local ceiling = d.current_limit + 1
     if d.rate_limit_ceiling ~= ceiling then emit(domain, 'ceiling', d.rate_limit_ceiling, ceiling) end
     d.rate_limit_ceiling, d.ceiling_confirmed_at, d.last_cut_at, d.success_streak = ceiling, now, now, 0

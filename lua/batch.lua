@@ -21,7 +21,7 @@
 --            name     the domain's name
 --            rel      outcomes, in order: [lease id, outcome, retry_after, granted_at,
 --                     tokens used, heard rpm, heard tpm, heard requests left, heard
---                     tokens left] ('' where unknown; as release.lua takes them)
+--                     tokens left, ttfb] ('' where unknown; as release.lua takes them)
 --            ack      ids of slots handed to this agent that it has taken up: each
 --                     now lasts a lease ttl
 --            try      'try' acquires: [lease id, tokens]
@@ -124,7 +124,7 @@ for i, item in ipairs(items) do
   for j, r in ipairs(item.rel) do
     res.rel[j] = give_back(domain, d, q, m, now, lease_ttl, r[1], {
       outcome = r[2], retry_after = tonumber(r[3]), granted_at = tonumber(r[4]), used = tonumber(r[5]),
-      requests_left = tonumber(r[8]), tokens_left = tonumber(r[9])})
+      requests_left = tonumber(r[8]), tokens_left = tonumber(r[9]), ttfb = tonumber(r[10])})
   end
 
   local expiry_text = fmt(now + lease_ttl)

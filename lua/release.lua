@@ -32,6 +32,8 @@
 -- ARGV[14] heard_tpm         the response's headers; '' for what it did not say
 -- ARGV[15] heard_requests
 -- ARGV[16] heard_tokens
+-- ARGV[17] ttfb              seconds from sending the request to its first byte (a
+--                            stream's), as the caller measured it, or ''
 --
 -- The outcome goes to the rules of the model's stored configuration. A slot
 -- given back goes to the longest waiting live waiter, who is woken on its
@@ -62,7 +64,7 @@ local heard = {rpm = tonumber(ARGV[13]), tpm = tonumber(ARGV[14])}
 for name, v in pairs(heard) do  -- a limit below 1 (or not whole) says nothing usable
   if v ~= v or v < 1 or v % 1 ~= 0 or v > MAX_COUNT then heard[name] = nil end
 end
-local heard_requests, heard_tokens = tonumber(ARGV[15]), tonumber(ARGV[16])
+local heard_requests, heard_tokens, ttfb = tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17])
 local k = domain_keys(KEYS)
 
 local learning = heard.rpm or heard.tpm
@@ -86,7 +88,7 @@ local q = queue_of(domain, k, publish, m.idle_ms, claim_ttl, b)
 if d then reap(domain, d, k, now, b) end
 local released = give_back(domain, d, q, m, now, lease_ttl, lease_id, {
   outcome = outcome, retry_after = retry_after, granted_at = granted_when, used = used,
-  requests_left = heard_requests, tokens_left = heard_tokens})
+  requests_left = heard_requests, tokens_left = heard_tokens, ttfb = ttfb})
 if not d then
   budget.save(b, m.idle_ms)
   flush_events(k.events, now, m.idle_ms)

@@ -242,6 +242,7 @@ class _Task:
         "recheck",
         "ref",
         "token",
+        "ttfb",
         "used",
     )
 
@@ -255,6 +256,7 @@ class _Task:
         self.job_started = 0.0
         self.granted_at: float | None = None
         self.used = 0
+        self.ttfb: float | None = None  # a streamed answer's first byte, as the caller measures it
         self.arrived = 0.0  # at a queueing server
         self.at_server = 0  # requests there when it arrived, itself counted
 
@@ -352,6 +354,7 @@ class TaskClient(_Client):
             task.granted_at,
             tokens=tokens,
             heard=heard,
+            ttfb=task.ttfb if outcome == "success" else None,
         )
         result, _, _ = self.core.parse_release(task.ref, sim.script(call))
         if result.state is not None:
@@ -762,6 +765,7 @@ class Simulation:
             Request(task.arrived, now + got.seconds, 200, task.at_server, server.knee, got.tokens, waited, first)
         )
         task.used = got.tokens
+        task.ttfb = None if first is None else first + 2 * self.latency.network
         self.at(now + got.seconds + self.latency.network, self._served, task)
         self.at(now + got.seconds, self._leave, None)
 
@@ -787,7 +791,10 @@ class Simulation:
         self.at(self.now + (retry_after or 0.0), self._acquire, task)
 
     def _release(self, task: _Task, outcome: str, retry_after: float | None) -> None:
-        used = task.used if outcome == "success" and self.s.budget != "ignored" else None
+        # The usage an answer reports: for the budget, and for a queueing
+        # server's latency per token.
+        reported = self.s.budget != "ignored" or self.s.batching is not None
+        used = task.used if outcome == "success" and reported else None
         self.fleet.release(task, outcome, retry_after, used, self._heard())
 
 
