@@ -1,18 +1,19 @@
-"""The two policies side by side, over every control scenario, in one run.
+"""The policies side by side, over every control scenario, in one run.
 
     pip install -e '.[demo]'
     python benchmarks/control.py [--url redis://...] [--scenario NAME ...] [--policy NAME ...] [--seed 1]
                                  [--client agent|task] [--plot control.png]
 
-Each scenario is simulated twice, under ``policy="classic"`` and
-``policy="adaptive"``, on the real Lua scripts in a real Redis with injected
+Each scenario is simulated under ``policy="classic"``, ``"adaptive"`` and
+``"latency"``, on the real Lua scripts in a real Redis with injected
 time (``aimd_redis/demo/simulator.py``): minutes of simulated time take seconds.
 Runs are spread over two worker processes. For each run it prints the share
 of the usable capacity that went to requests served (overall and in the
 scenario's steady window), the 429 share (overall, in the steady window,
 during the server's warm-up), the time to 90% of capacity after a step up
 and the most requests the server saw at once; then it checks the adaptive
-policy against its targets and against classic, and draws limit, ceiling,
+policy against its targets and against classic, the latency policy against
+adaptive (it must do as well against servers that refuse), and draws limit, ceiling,
 requests in service and capacity over time for every run.
 
 The budget-bound scenarios (``tpm-*``, ``rpm-*``) put a token or request
@@ -55,8 +56,8 @@ from aimd_redis.demo.simulator import (
     with_,
 )
 
-#: The policies compared (the first two are checked against each other).
-POLICIES: tuple[str, ...] = ("classic", "adaptive")
+#: The policies compared (adaptive is checked against classic, latency against adaptive).
+POLICIES: tuple[str, ...] = ("classic", "adaptive", "latency")
 #: The policies the queueing servers' targets bind (the others' figures are shown).
 QUEUE_TARGET_POLICIES: tuple[str, ...] = ("latency",)
 #: Against a server that queues: throughput, latency against no load, and
@@ -119,6 +120,18 @@ def checks(s: Scenario, classic: Figures, adaptive: Figures) -> list[tuple[bool,
     out.append((dg >= -GOODPUT_SLACK, f"goodput {100 * dg:+.1f} points against classic"))
     out.append((dr <= REFUSED_SLACK, f"429 share {100 * dr:+.2f} points against classic"))
     return out
+
+
+def against_adaptive(s: Scenario, adaptive: Figures, latency: Figures) -> list[tuple[bool, str]]:
+    """The latency policy against a server that refuses: as adaptive does."""
+    if s.server_tpm or s.server_rpm:
+        return []
+    dg = latency.goodput - adaptive.goodput
+    dr = latency.refused_share - adaptive.refused_share
+    return [
+        (dg >= -GOODPUT_SLACK, f"latency: goodput {100 * dg:+.1f} points against adaptive"),
+        (dr <= REFUSED_SLACK, f"latency: 429 share {100 * dr:+.2f} points against adaptive"),
+    ]
 
 
 def queue_checks(s: Scenario, f: QueueFigures) -> list[tuple[bool, str]]:
@@ -266,9 +279,13 @@ def main() -> int:
             "budget: share of the server's budget it admitted in the steady window\n"
         )
     compared = {"classic", "adaptive"} <= set(POLICIES)
-    for name in refusing if compared else []:
+    for name in refusing:
         s = BY_NAME[name]
-        found = checks(s, results[(name, "classic")], results[(name, "adaptive")])
+        found = checks(s, results[(name, "classic")], results[(name, "adaptive")]) if compared else []
+        if {"adaptive", "latency"} <= set(POLICIES):
+            found += against_adaptive(s, results[(name, "adaptive")], results[(name, "latency")])
+        if not found:
+            continue
         failed += sum(1 for ok, _ in found if not ok)
         print(f"{name}:")
         for ok, text in found:

@@ -307,10 +307,12 @@ end
 -- tolerance / (1 - 1/sqrt(limit)), a band of fixed points: a latency above
 -- it cuts, one under it lets adaptive climb, and a step is at most a halving.
 --
--- A sample is the time to the first byte when the caller reported one (a
--- stream), else the request's time on Redis's clock (granted to reported)
--- divided by the tokens it used when reported (so a long answer is not read
--- as queueing), else that time. latency_recent is a streaming median of the
+-- A sample is the request's time on Redis's clock (granted to reported)
+-- divided by the tokens it used when the caller reported them (so a long
+-- answer is not read as queueing); else the time to the first byte when it
+-- reported one (a stream without usage: the first byte comes after the
+-- queue and the prompt, whatever the answer's length); else the request's
+-- time. latency_recent is a streaming median of the
 -- samples (each moves it RECENT_STEP of itself towards the sample): a heavy
 -- tail moves it no more than a short answer. latency_noload is the least
 -- latency_recent seen since the last relearning.
@@ -335,11 +337,10 @@ local DIP_ROUNDS, DIP_LEAST = 2, 8
 
 -- What the request says of the server's latency: nil when nothing was measured.
 local function latency_sample(now, sample)
-  if sample.ttfb then return sample.ttfb > 0 and sample.ttfb or nil end
   local took = now - sample.granted_at
-  if took <= 0 then return nil end
-  if sample.tokens and sample.tokens > 0 then return took / sample.tokens end
-  return took
+  if sample.tokens and sample.tokens > 0 then return took > 0 and took / sample.tokens or nil end
+  if sample.ttfb then return sample.ttfb > 0 and sample.ttfb or nil end
+  return took > 0 and took or nil
 end
 
 local function track(d, x, step)
@@ -364,8 +365,8 @@ local function window_over(d, now, cfg)
 end
 
 local function end_dip(domain, d, now, emax)
+  emit(domain, 'latency_noload', d.latency_noload, d.latency_recent)
   d.latency_noload = d.latency_recent
-  emit(domain, 'latency_noload', d.latency_window_at, d.latency_noload)
   local back = math.min(emax, d.latency_dip)
   if d.last_cut_at < d.latency_window_at then set_limit(domain, d, 'latency_back', back) end
   d.latency_dip, d.latency_round, d.latency_window_at = 0, 0, now

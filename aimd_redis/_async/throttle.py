@@ -43,6 +43,7 @@ from aimd_redis.core import (
     check_now,
     check_retry_after,
     check_timeout,
+    check_ttfb,
     local_state,
     parse_effective_max,
     parse_state,
@@ -451,15 +452,16 @@ class AsyncThrottle:
         now: float | None,
         tokens: int | None = None,
         headers: Mapping[str, str] | None = None,
+        ttfb: float | None = None,
     ) -> ReleaseResult:
-        await self._check_report(lease, retry_after, now, tokens, headers)
+        await self._check_report(lease, retry_after, now, tokens, headers, ttfb=ttfb)
         if lease.local is not None:  # taken while failing open: nothing to tell Redis
             if not lease.reported:
                 lease.reported = True
                 lease.local.give()
                 return ReleaseResult(released=True, state=local_state(lease.local))
             return ReleaseResult(released=False, state=local_state(lease.local))
-        result, _ = await self._report(lease, outcome, retry_after, now, None, tokens, headers)
+        result, _ = await self._report(lease, outcome, retry_after, now, None, tokens, headers, ttfb)
         return result
 
     async def _check_report(
@@ -471,12 +473,14 @@ class AsyncThrottle:
         headers: Mapping[str, str] | None,
         timeout: float | None = None,
         next_tokens: int = 0,
+        ttfb: float | None = None,
     ) -> None:
         """Refuse a report's bad argument before anything else, and give the
         lease back without an outcome (see AsyncLease.success)."""
         try:
             check_now(now)
             check_retry_after(retry_after)
+            check_ttfb(ttfb)
             if tokens is not None:
                 check_int("tokens", tokens, 0, MAX_BUDGET)
             if headers is not None and not isinstance(headers, Mapping):
@@ -504,15 +508,18 @@ class AsyncThrottle:
         next_ref: LeaseRef | None,
         tokens: int | None = None,
         headers: Mapping[str, str] | None = None,
+        ttfb: float | None = None,
     ) -> tuple[ReleaseResult, Grant | None]:
         """Report the outcome (with the tokens used and the response's
         headers, if known); with ``next_ref``, take that next lease in the
         same call if a slot is free for it."""
         heard = None if headers is None else read_rate_limit_headers(headers)
-        call = self._core.release_call(lease.ref, outcome, retry_after, now, lease.granted_at, next_ref, tokens, heard)
+        call = self._core.release_call(
+            lease.ref, outcome, retry_after, now, lease.granted_at, next_ref, tokens, heard, ttfb
+        )
         self._renewals.forget(lease.id)  # reported: never renewed again, whatever comes of the call
         if now is None and next_ref is None:  # in the agent's next batch
-            row = self._core.outcome_row(lease.ref, outcome, retry_after, lease.granted_at, tokens, heard)
+            row = self._core.outcome_row(lease.ref, outcome, retry_after, lease.granted_at, tokens, heard, ttfb)
             agent = self._agent_for()
             return await self._reported(lease, outcome, call, agent.submit(lease.ref, row)), None
         try:
@@ -527,7 +534,7 @@ class AsyncThrottle:
                 call
                 if next_ref is None
                 else self._core.release_call(
-                    lease.ref, outcome, retry_after, now, lease.granted_at, None, tokens, heard
+                    lease.ref, outcome, retry_after, now, lease.granted_at, None, tokens, heard, ttfb
                 )
             )
             if isinstance(exc, AimdRedisError):
@@ -704,18 +711,26 @@ class AsyncLease:
         return self.ref.tokens
 
     async def success(
-        self, now: float | None = None, *, tokens: int | None = None, headers: Mapping[str, str] | None = None
+        self,
+        now: float | None = None,
+        *,
+        tokens: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        ttfb: float | None = None,
     ) -> ReleaseResult:
         """Report success. ``tokens``: what the request used (the response's
         usage); the difference from the reservation goes back to the budget,
         or is charged. ``headers``: the response's, whose rate-limit headers
         teach the fleet the provider's budget and what is left of it.
+        ``ttfb``: seconds from sending the request to its first byte, for a
+        streamed answer (``policy="latency"`` reads it as the server's
+        queueing; otherwise it reads the lease's time, per token used).
 
         A bad argument (any outcome method's) raises InvalidArgumentError or
         ArgumentTypeError and gives the slot back at once, reporting nothing:
         the fleet gets the slot back and the loop learns nothing from a
         report it could not read; a report after that changes nothing."""
-        return await self._throttle._release(self, "success", None, now, tokens, headers)
+        return await self._throttle._release(self, "success", None, now, tokens, headers, ttfb)
 
     async def success_and_acquire(
         self, *, timeout: float | None = None, tokens: int | None = None, next_tokens: int = 0

@@ -7,6 +7,7 @@ this file by tools/unasync.py.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from types import ModuleType
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
@@ -52,19 +53,24 @@ class AsyncSender(Protocol[RequestIn, ResponseOut]):
 
 
 class AsyncReportingStream:
-    """A response body that reports the lease's outcome, and the tokens its
-    usage says were used, when it is closed. Made a byte stream of each
-    library by ``_binding``."""
+    """A response body that reports the lease's outcome, the tokens its
+    usage says were used and when its first byte came (``time.monotonic``),
+    when it is closed. Made a byte stream of each library by ``_binding``."""
 
-    def __init__(self, inner: Any, usage: UsageReader, report: Callable[[bool, int | None], Awaitable[None]]) -> None:
+    def __init__(
+        self, inner: Any, usage: UsageReader, report: Callable[[bool, int | None, float | None], Awaitable[None]]
+    ) -> None:
         self._inner = inner
         self._usage = usage
         self._report = report
         self._broken = False
+        self._first: float | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._inner:
+                if self._first is None and chunk:
+                    self._first = time.monotonic()
                 self._usage.feed(chunk)
                 yield chunk
         except Exception:  # the body broke off; a caller who stops reading early is no failure
@@ -75,7 +81,7 @@ class AsyncReportingStream:
         try:
             await self._inner.aclose()
         finally:
-            await self._report(self._broken, self._usage.tokens)
+            await self._report(self._broken, self._usage.tokens, self._first)
 
 
 _bound: dict[str, tuple[type[AsyncReportingStream], LibraryCodecs]] = {}
@@ -108,7 +114,9 @@ class AsyncAimdTransportBase(Generic[RequestT, ResponseT]):
     response that says no usage (a stream without
     ``stream_options.include_usage``, a body not read to the end) keeps the
     estimate as used. Every response's rate-limit headers teach the fleet the
-    provider's budget and what is left of it.
+    provider's budget and what is left of it. A streamed answer
+    (``text/event-stream``) also reports the time to its first byte, which
+    ``policy="latency"`` reads as the server's queueing.
 
     The transport never retries: a rate-limited response reaches the caller,
     already reported, so that a retry (the same call again, as the SDKs' own
@@ -143,6 +151,7 @@ class AsyncAimdTransportBase(Generic[RequestT, ResponseT]):
             return await self._inner.handle_async_request(request)
         tokens = self._estimate(request.content)
         lease = await self._throttle.acquire(**target._asdict(), tokens=tokens, timeout=self._timeout)
+        sent = time.monotonic()
         try:
             response = await self._inner.handle_async_request(request)
         except (self._library.ConnectError, self._library.ConnectTimeout):
@@ -153,9 +162,11 @@ class AsyncAimdTransportBase(Generic[RequestT, ResponseT]):
             await lease.failure()
             raise
         outcome, headers = outcome_of(response.status_code, self._rate_limited), response.headers
+        streamed = "text/event-stream" in headers.get("content-type", "")
 
-        async def report(broken: bool, used: int | None) -> None:
-            await report_outcome(lease, outcome, headers, broken=broken, used=used)
+        async def report(broken: bool, used: int | None, first: float | None) -> None:
+            ttfb = first - sent if streamed and first is not None else None
+            await report_outcome(lease, outcome, headers, broken=broken, used=used, ttfb=ttfb)
 
         stream, codecs = _binding(self._library)
         assert isinstance(response.stream, self._library.AsyncByteStream)

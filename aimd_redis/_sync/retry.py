@@ -37,16 +37,23 @@ AnswerT = TypeVar("AnswerT", bound=HTTPAnswer)
 
 
 def report_outcome(
-    lease: Lease, outcome: str, headers: Mapping[str, str], *, broken: bool = False, used: int | None = None
+    lease: Lease,
+    outcome: str,
+    headers: Mapping[str, str],
+    *,
+    broken: bool = False,
+    used: int | None = None,
+    ttfb: float | None = None,
 ) -> None:
     """Report what a response says (``outcome_of`` its status) on its lease;
-    ``broken``: its body broke off, a failure whatever the status said."""
+    ``broken``: its body broke off, a failure whatever the status said;
+    ``used``, ``ttfb``: a success's tokens and time to its first byte."""
     if broken or outcome == "failure":
         lease.failure(headers=headers)
     elif outcome == "rate_limited":
         lease.rate_limited(retry_after=retry_after_seconds(headers), headers=headers)
     else:
-        lease.success(tokens=used, headers=headers)
+        lease.success(tokens=used, headers=headers, ttfb=ttfb)
 
 
 def with_retries(

@@ -125,7 +125,14 @@ def _model_lines(r: DomainReport) -> list[str]:
     return [head, "  rules: " + " ".join(f"{name}={value}" for name, value in r.settings.items())]
 
 
-DOMAIN_COLUMNS = ["DOMAIN", "LIMIT", "IN FLIGHT", "WAITERS", "COOLDOWN", "CEILING", "RAMP", "LAST CHANGE"]
+DOMAIN_COLUMNS = ["DOMAIN", "LIMIT", "IN FLIGHT", "WAITERS", "COOLDOWN", "CEILING", "RAMP", "LATENCY", "LAST CHANGE"]
+
+
+def _latency_cell(r: DomainReport) -> str:
+    """'1.6x no load', with ' (dip)' while the limit dips to measure it; '-' unmeasured."""
+    if r.latency_noload <= 0:
+        return "-"
+    return f"{r.latency_recent / r.latency_noload:.1f}x no load" + (" (dip)" if r.latency_dip else "")
 
 
 def _domain_row(r: DomainReport) -> list[str]:
@@ -135,7 +142,8 @@ def _domain_row(r: DomainReport) -> list[str]:
     ceiling = "-" if not r.rate_limit_ceiling else f"{r.rate_limit_ceiling} ({_age(r.ceiling_age)} ago)"
     last = "-" if r.last_change is None else f"{r.last_change} ({_age(r.last_change_age)} ago)"
     cooldown = "-" if r.cooldown_left <= 0 else f"{r.cooldown_left:.1f}s"
-    return [r.domain, str(r.current_limit), str(r.in_flight), str(r.waiters), cooldown, ceiling, ramp, last]
+    cells = [r.domain, str(r.current_limit), str(r.in_flight), str(r.waiters), cooldown, ceiling, ramp]
+    return [*cells, _latency_cell(r), last]
 
 
 def status_table(reports: list[DomainReport]) -> str:

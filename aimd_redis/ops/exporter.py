@@ -30,6 +30,12 @@ class ThrottleCollector(Collector):
             "waiters": GaugeMetricFamily("aimd_waiters", "Queued waiters", labels=LABELS),
             "cooldown": GaugeMetricFamily("aimd_cooldown_seconds", "Cooldown left after a 429", labels=LABELS),
             "ceiling": GaugeMetricFamily("aimd_rate_limit_ceiling", "Learned ceiling (0: none)", labels=LABELS),
+            "noload": GaugeMetricFamily(
+                "aimd_latency_noload", "No-load latency, seconds or per token (0: unmeasured)", labels=LABELS
+            ),
+            "recent": GaugeMetricFamily(
+                "aimd_latency_recent", "Recent median latency, seconds or per token (0: unmeasured)", labels=LABELS
+            ),
         }
         counters = {
             "429s": CounterMetricFamily("aimd_rate_limited", "429s reported", labels=LABELS),
@@ -60,6 +66,8 @@ class ThrottleCollector(Collector):
             gauges["waiters"].add_metric(labels, r.waiters)
             gauges["cooldown"].add_metric(labels, r.cooldown_left)
             gauges["ceiling"].add_metric(labels, r.rate_limit_ceiling)
+            gauges["noload"].add_metric(labels, r.latency_noload)
+            gauges["recent"].add_metric(labels, r.latency_recent)
             counters["429s"].add_metric(labels, r.total_429s)
             counters["reclaimed"].add_metric(labels, r.total_reclaimed)
         yield from gauges.values()

@@ -86,6 +86,12 @@ class DomainReport(msgspec.Struct, kw_only=True):
     total_reclaimed: int
     policy: str = "classic"
     """The policy the domain runs (it takes up the model's at its next touch)."""
+    latency_noload: float = 0.0
+    latency_recent: float = 0.0
+    """``policy="latency"``: the no-load and recent latency (seconds, or per
+    token used); 0 until measured."""
+    latency_dip: bool = False
+    """``policy="latency"``: the limit is dipped to measure the no-load latency."""
     settings: dict[str, str] = {}
     """The model's stored loop settings (the last register's), by name."""
     budget: Budget | None = None
@@ -283,6 +289,9 @@ def _domain_report(m: _Model, name: str, raw: Any, live: Any, now: float) -> lis
             total_429s=record.total_429s,
             total_reclaimed=record.total_reclaimed,
             policy=record.policy,
+            latency_noload=record.latency_noload,
+            latency_recent=record.latency_recent,
+            latency_dip=record.latency_dip > 0,
             settings=m.settings,
             budget=m.budget,
         )
