@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import gzip
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -333,3 +334,29 @@ def test_a_request_never_sent_gives_its_slot_and_budget_back(throttle: Throttle,
         client.post("/v1/chat/completions", json=BODY)
     assert _state(throttle).in_flight == 0
     assert _budget_left(real_redis)["requests"] == pytest.approx(60, abs=0.01)  # nothing was sent
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_streams_first_byte_is_reported_with_its_success(
+    throttle: Throttle, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    reported: list[float | None] = []
+    release_call = throttle._core.release_call
+
+    def spy(*args: object, **kwargs: object) -> object:
+        reported.append(args[8] if len(args) > 8 else kwargs.get("ttfb"))  # type: ignore[arg-type]
+        return release_call(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(throttle._core, "release_call", spy)
+    body = {**BODY, "max_tokens": 20, "stream": stream}
+    with cold_server(service_seconds=0.4) as s, _client(throttle, s.url) as client:
+        started = time.monotonic()
+        with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            response.read()
+        took = time.monotonic() - started
+    if not stream:
+        assert reported == [None]  # an answer in one piece: its time per token is the signal
+    else:
+        (ttfb,) = reported
+        assert ttfb is not None
+        assert 0 < ttfb < took / 2  # the first of the chunks spread over the answer
