@@ -76,7 +76,7 @@ class ThrottleConfig(_Settings):
     Retry-After says: a server that always answers a long Retry-After
     cannot freeze the fleet for longer than this."""
 
-    latency_tolerance: float = Field(1.5, gt=1, le=100, allow_inf_nan=False)
+    latency_tolerance: float = Field(1.4, gt=1, le=100, allow_inf_nan=False)
     """``policy="latency"``: how many times the no-load latency the fleet's
     median may reach before the limit stops climbing and steps down."""
     latency_window_seconds: float = Field(30.0, gt=0, allow_inf_nan=False)

@@ -38,6 +38,7 @@ FIELDS: tuple[tuple[str, Kind], ...] = (
     ("policy", "policy"),
     ("latency_noload", "time"),
     ("latency_recent", "time"),
+    ("latency_spread", "time"),
     ("latency_round", "count"),
     ("latency_window_at", "time"),
     ("latency_dip", "count"),
@@ -53,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "policy": "classic",
     "latency_noload": 0,
     "latency_recent": 0,
+    "latency_spread": 0,
     "latency_round": 0,
     "latency_window_at": 0,
     "latency_dip": 0,
@@ -106,6 +108,7 @@ class DomainRecord(msgspec.Struct, frozen=True, kw_only=True):
     policy: str
     latency_noload: float = 0.0
     latency_recent: float = 0.0
+    latency_spread: float = 0.0
     latency_round: int = 0
     latency_window_at: float = 0.0
     latency_dip: int = 0

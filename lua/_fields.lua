@@ -39,29 +39,56 @@ end
 -- after), when the limit was last cut (a request granted before it is stale),
 -- two counters for monitoring, the adaptive policy's two (see _rules.lua),
 -- the policy the domain runs (the model's, once the domain has switched
--- to it: see rules.on_touch), and the latency policy's five: its no-load and
--- recent latency (seconds, or seconds per token), successes since its last
--- step, when its window began, and the limit a dip will go back to (0: none).
+-- to it: see rules.on_touch), and the latency policy's five (in the hash of
+-- a domain that runs it): its no-load and recent latency (seconds, or
+-- seconds per token), the samples' spread around the recent one (a number),
+-- successes since its last step, when its window began, and the limit a dip
+-- will go back to (0: none).
 local FIELD_NAMES = {
   'current_limit', 'in_flight', 'blocked_until', 'success_streak', 'waiters', 'rate_limit_ceiling',
   'consecutive_429s', 'rampup_started_at', 'rampup_active',
   'ceiling_confirmed_at', 'last_cut_at', 'total_429s', 'total_reclaimed', 'probe_after', 'increase_step',
-  'policy', 'latency_noload', 'latency_recent', 'latency_round', 'latency_window_at', 'latency_dip',
+  'policy', 'latency_noload', 'latency_recent', 'latency_spread', 'latency_round', 'latency_window_at',
+  'latency_dip',
 }
 local FIELD_KINDS = {
   'pos', 'count', 'time', 'count', 'count', 'count', 'count', 'time', 'flag',
-  'time', 'time', 'count', 'count', 'count', 'count', 'policy', 'time', 'time', 'count', 'time', 'count',
+  'time', 'time', 'count', 'count', 'count', 'count', 'policy', 'time', 'time', 'time', 'count', 'time', 'count',
 }
 -- Fields an older release did not write, and what they count as when missing.
 local FIELD_DEFAULTS = {
   last_cut_at = 0, probe_after = 0, increase_step = 0, policy = 'classic', latency_noload = 0, latency_recent = 0,
-  latency_round = 0, latency_window_at = 0, latency_dip = 0,
+  latency_spread = 0, latency_round = 0, latency_window_at = 0, latency_dip = 0,
 }
 
--- Every field as the scripts write them, joined by commas: one match
--- instead of one per field on the common path (the policy is judged apart).
+-- The fields every policy keeps; the latency policy's follow them, and are
+-- read and written only for a domain that runs it (the other policies pay
+-- nothing for them; missing, they count as their defaults).
+local SHARED_FIELDS = 16
+
+-- The numeric fields as the scripts write them, joined by commas: one match
+-- instead of one per field on the common path.
 local PLAIN_FIELDS = '^%d+,%d+,%d+%.?%d*,%d+,%d+,%d+,%d+,%d+%.?%d*,%d+,%d+%.?%d*,%d+%.?%d*,' ..
-  '%d+,%d+,%d+,%d+,%a+,%d+%.?%d*,%d+%.?%d*,%d+,%d+%.?%d*,%d+$'
+  '%d+,%d+,%d+,%d+$'
+local PLAIN_LATENCY = '^%d+%.?%d*,%d+%.?%d*,%d+%.?%d*,%d+,%d+%.?%d*,%d+$'
+
+-- A leading zero ('07') or a bare point ('5.') is not plain.
+local function odd_spelling(joined)
+  return string.find(joined, '^0%d') or string.find(joined, ',0%d') or string.find(joined, '%.,')
+    or string.find(joined, '%.$')
+end
+
+-- The latency policy's fields as the scripts wrote them (into d), or nil.
+local function load_plain_latency(raw, read, d)
+  local ok, joined = pcall(table.concat, raw, ',', SHARED_FIELDS + 1, #FIELD_NAMES)
+  if not ok or not string.find(joined, PLAIN_LATENCY) or odd_spelling(joined) then return nil end
+  for i = SHARED_FIELDS + 1, #FIELD_NAMES do
+    local v = tonumber(raw[i])
+    if v > (FIELD_KINDS[i] == 'time' and MAX_TIME or MAX_COUNT) then return nil end
+    read[i], d[FIELD_NAMES[i]] = v, v
+  end
+  return d
+end
 
 -- The domain as the scripts wrote it, or nil when anything is missing,
 -- spelled otherwise or out of range (load_domain then judges field by field).
@@ -70,35 +97,38 @@ local PLAIN_FIELDS = '^%d+,%d+,%d+%.?%d*,%d+,%d+,%d+,%d+,%d+%.?%d*,%d+,%d+%.?%d*
 local function load_plain(raw)
   local policy = raw[16]
   if not POLICIES[policy] then return nil end
-  local ok, joined = pcall(table.concat, raw, ',', 1, 21)
+  local ok, joined = pcall(table.concat, raw, ',', 1, 15)
   if not ok or not string.find(joined, PLAIN_FIELDS) then return nil end
   local read = {
     tonumber(raw[1]), tonumber(raw[2]), tonumber(raw[3]), tonumber(raw[4]), tonumber(raw[5]),
     tonumber(raw[6]), tonumber(raw[7]), tonumber(raw[8]), tonumber(raw[9]), tonumber(raw[10]),
     tonumber(raw[11]), tonumber(raw[12]), tonumber(raw[13]), tonumber(raw[14]), tonumber(raw[15]), policy,
-    tonumber(raw[17]), tonumber(raw[18]), tonumber(raw[19]), tonumber(raw[20]), tonumber(raw[21]),
   }
-  -- The pattern has made every number whole or decimal and not negative;
-  -- a leading zero ('07') or a bare point ('5.') is not plain.
+  -- The pattern has made every number whole or decimal and not negative.
   if string.find(joined, '^0%d') or string.find(joined, ',0%d') or string.find(joined, '%.,') then return nil end
   if read[1] < 1 or read[9] > 1 or read[3] > MAX_TIME or read[8] > MAX_TIME or read[10] > MAX_TIME
-    or read[11] > MAX_TIME or math.max(read[17], read[18], read[20]) > MAX_TIME
-    or math.max(read[1], read[2], read[4], read[5], read[6], read[7], read[12], read[13], read[14], read[15],
-    read[19], read[21]) > MAX_COUNT then return nil end
-  return {
+    or read[11] > MAX_TIME or math.max(read[1], read[2], read[4], read[5], read[6], read[7], read[12],
+    read[13], read[14], read[15]) > MAX_COUNT then return nil end
+  local d = {
     current_limit = read[1], in_flight = read[2], blocked_until = read[3], success_streak = read[4],
     waiters = read[5], rate_limit_ceiling = read[6], consecutive_429s = read[7], rampup_started_at = read[8],
     rampup_active = read[9], ceiling_confirmed_at = read[10], last_cut_at = read[11], total_429s = read[12],
     total_reclaimed = read[13], probe_after = read[14], increase_step = read[15], policy = policy,
-    latency_noload = read[17], latency_recent = read[18], latency_round = read[19], latency_window_at = read[20],
-    latency_dip = read[21], raw = raw, read = read,
+    latency_noload = 0, latency_recent = 0, latency_spread = 0, latency_round = 0, latency_window_at = 0,
+    latency_dip = 0, raw = raw, read = read,
   }
+  if policy == 'latency' then return load_plain_latency(raw, read, d) end
+  return d
 end
 
 -- The domain as a table of numbers, or nil if it does not exist. d.raw keeps
 -- the strings as read, so that saving touches only what changed.
 local function load_domain(key)
-  local raw = redis.call('HMGET', key, unpack(FIELD_NAMES))
+  local raw = redis.call('HMGET', key, unpack(FIELD_NAMES, 1, SHARED_FIELDS))
+  if raw[SHARED_FIELDS] == 'latency' then
+    local more = redis.call('HMGET', key, unpack(FIELD_NAMES, SHARED_FIELDS + 1))
+    for i = 1, #more do raw[SHARED_FIELDS + i] = more[i] end
+  end
   local d = load_plain(raw)
   if d then return d end
   local read = {}
@@ -138,8 +168,8 @@ local function new_domain(now, m)
     success_streak = 0, waiters = 0, rate_limit_ceiling = 0, consecutive_429s = 0,
     rampup_started_at = now, rampup_active = ramp and 1 or 0, ceiling_confirmed_at = 0, last_cut_at = 0,
     total_429s = 0, total_reclaimed = 0, probe_after = 0, increase_step = 0, policy = m.config.policy,
-    latency_noload = 0, latency_recent = 0, latency_round = 0, latency_window_at = 0, latency_dip = 0,
-    raw = {}, read = {},
+    latency_noload = 0, latency_recent = 0, latency_spread = 0, latency_round = 0, latency_window_at = 0,
+    latency_dip = 0, raw = {}, read = {},
   }
 end
 
@@ -147,7 +177,7 @@ end
 -- scripts would spell otherwise).
 local function save_domain(key, d)
   local flat, n, raw, read = {}, 0, d.raw, d.read
-  for i = 1, #FIELD_NAMES do
+  for i = 1, d.policy == 'latency' and #FIELD_NAMES or SHARED_FIELDS do
     local name = FIELD_NAMES[i]
     local v = d[name]
     if not raw[i] or read[i] ~= v then
@@ -195,7 +225,7 @@ local CONFIG_RANGES = {
 local CONFIG_DEFAULTS = {
   policy = 'classic', reduce_factor = 0.75, additive_increase = 1, success_window = 25, cooldown_seconds = 2,
   ceiling_overshoot = 0.1, rampup_seconds = 0, ceiling_ttl_seconds = 300, max_cooldown_seconds = 3600,
-  idle_ttl_seconds = 600, latency_tolerance = 1.5, latency_window_seconds = 30,
+  idle_ttl_seconds = 600, latency_tolerance = 1.4, latency_window_seconds = 30,
 }
 
 local function idle_ms_of(seconds)

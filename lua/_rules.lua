@@ -315,7 +315,17 @@ end
 -- time. latency_recent is a streaming median of the
 -- samples (each moves it RECENT_STEP of itself towards the sample): a heavy
 -- tail moves it no more than a short answer. latency_noload is the least
--- latency_recent seen since the last relearning.
+-- latency_recent seen since the last relearning; each window without a queue
+-- lets it rise back towards latency_recent by at most NOLOAD_RISE (the least
+-- of a noisy estimate is below what it estimates, and would otherwise read
+-- noise as a queue ever more often).
+--
+-- latency_spread is the samples' mean distance (in log) from the median while
+-- no queue is heard (and in dips), which widens the tolerance by
+-- exp(SPREAD_WEIGHT * spread): the median of widely scattered samples (an
+-- answer's length unknown) wanders, and its least wanders further; that must
+-- not read as a queue. A queue's own scatter is not counted, or the queue
+-- would widen its own tolerance.
 --
 -- A no-load latency that only goes down cannot tell a server that got
 -- slower for everyone (a hosted API's bad hour) from a queue, and would cut
@@ -332,8 +342,13 @@ end
 local latency = {}
 rules.latency = latency
 
-local RECENT_STEP, DIP_STEP = 0.06, 0.12
+local RECENT_STEP, DIP_STEP, SPREAD_STEP = 0.06, 0.12, 0.05
 local DIP_ROUNDS, DIP_LEAST = 2, 8
+-- How far the no-load latency follows the median down, per sample: a lasting
+-- drop within a hundred samples or so, a dip of the median's own noise hardly.
+local NOLOAD_DOWN = 0.02
+-- How much wider the tolerance gets per unit of spread (see tolerance).
+local SPREAD_WEIGHT = 0.5
 
 -- What the request says of the server's latency: nil when nothing was measured.
 local function latency_sample(now, sample)
@@ -343,15 +358,31 @@ local function latency_sample(now, sample)
   return took > 0 and took or nil
 end
 
-local function track(d, x, step)
+-- calm: no queue heard (or a dip): the spread is the samples' own, not a queue's.
+local function track(d, x, step, calm)
   local recent = d.latency_recent
   if recent <= 0 then
     d.latency_recent = x
-  elseif x > recent then
+    return
+  end
+  if calm then
+    local spread = d.latency_spread + SPREAD_STEP * (math.abs(math.log(x / recent)) - d.latency_spread)
+    d.latency_spread = math.floor(spread * 1e6 + 0.5) / 1e6  -- short in redis-cli
+  end
+  if x > recent then
     d.latency_recent = math.min(x, recent * (1 + step))
   elseif x < recent then
     d.latency_recent = math.max(x, recent * (1 - step))
   end
+end
+
+-- The tolerance, widened by the samples' spread: a median of samples that
+-- scatter over a factor of e (a lognormal sigma of 1) wanders by half of that
+-- on its own, and its least over a window further still; that is noise, not
+-- a queue. Samples per token used scatter little, and keep it near
+-- latency_tolerance.
+local function tolerance(d, cfg)
+  return cfg.latency_tolerance * math.exp(SPREAD_WEIGHT * d.latency_spread)
 end
 
 local function dip_samples(level)
@@ -377,36 +408,42 @@ function latency.on_success(domain, d, now, emax, cfg, fresh, saturated, sample)
   if d.latency_dip > 0 then
     if fresh then d.consecutive_429s = 0 end
     if x and sample.granted_at >= d.latency_window_at then
-      track(d, x, DIP_STEP)
+      track(d, x, DIP_STEP, true)
       d.latency_round = d.latency_round + 1
       if d.latency_round >= dip_samples(d.current_limit) then end_dip(domain, d, now, emax) end
     end
     return
   end
   if x then
-    track(d, x, RECENT_STEP)
-    if d.latency_noload <= 0 or d.latency_recent < d.latency_noload then d.latency_noload = d.latency_recent end
+    track(d, x, RECENT_STEP, d.latency_recent <= tolerance(d, cfg) * d.latency_noload)
+    if d.latency_noload <= 0 then
+      d.latency_noload = d.latency_recent
+    elseif d.latency_recent < d.latency_noload then
+      d.latency_noload = d.latency_noload + NOLOAD_DOWN * (d.latency_recent - d.latency_noload)
+    end
   end
-  if d.latency_recent <= cfg.latency_tolerance * d.latency_noload then
+  local tol = tolerance(d, cfg)
+  if d.latency_recent <= tol * d.latency_noload then
     d.latency_round = 0
     return adaptive.on_success(domain, d, now, emax, cfg, fresh, saturated)
   end
   if fresh then d.consecutive_429s = 0 end
-  stop_ramp(domain, d)  -- queueing already: the ramp has gone far enough
   d.success_streak = 0
   d.latency_round = d.latency_round + 1
   local limit = d.current_limit
   if d.latency_round < limit then return end
   d.latency_round = 0
   if window_over(d, now, cfg) then
+    stop_ramp(domain, d)  -- a queue already: the ramp has gone far enough
     d.latency_dip, d.latency_window_at = limit, now
     d.latency_recent = d.latency_noload  -- where the dip's samples start from
     set_limit(domain, d, 'latency_dip', math.max(1, math.floor(limit / 4)))
     return
   end
-  local gradient = math.max(0.5, cfg.latency_tolerance * d.latency_noload / d.latency_recent)
+  local gradient = math.max(0.5, tol * d.latency_noload / d.latency_recent)
   local to = math.max(1, math.floor(limit * gradient + math.sqrt(limit)))
   if to < limit then
+    stop_ramp(domain, d)
     set_limit(domain, d, 'latency', to)
     d.increase_step = 1
   end

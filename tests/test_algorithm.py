@@ -71,11 +71,6 @@ def test_a_new_domain_holds_every_state_field(make_throttle: MakeThrottle, clien
         "probe_after": "0",
         "increase_step": "0",
         "policy": "classic",
-        "latency_noload": "0",
-        "latency_recent": "0",
-        "latency_round": "0",
-        "latency_window_at": "0",
-        "latency_dip": "0",
         "rampup_seconds": "10",  # for the previous release during an upgrade
     }
 
