@@ -347,8 +347,17 @@ local DIP_ROUNDS, DIP_LEAST = 2, 8
 -- How far the no-load latency follows the median down, per sample: a lasting
 -- drop within a hundred samples or so, a dip of the median's own noise hardly.
 local NOLOAD_DOWN = 0.02
+-- The step's headroom, in square roots of the limit: how far above tolerance
+-- the latency may go before the limit steps down.
+local HEADROOM = 0.5
+-- Samples that scatter more than this (a lognormal of sigma 0.75) say too
+-- little about a queue in the time a queue takes to build: the policy then
+-- does what adaptive does. A spread not measured yet counts as SPREAD_UNKNOWN.
+local SPREAD_MAX, SPREAD_UNKNOWN = 0.6, 0.5
+-- Near no load: the samples' spread is their own, not a queue's.
+local CALM = 1.2
 -- How much wider the tolerance gets per unit of spread (see tolerance).
-local SPREAD_WEIGHT = 0.5
+local SPREAD_WEIGHT = 0
 
 -- What the request says of the server's latency: nil when nothing was measured.
 local function latency_sample(now, sample)
@@ -362,7 +371,7 @@ end
 local function track(d, x, step, calm)
   local recent = d.latency_recent
   if recent <= 0 then
-    d.latency_recent = x
+    d.latency_recent, d.latency_spread = x, SPREAD_UNKNOWN
     return
   end
   if calm then
@@ -415,7 +424,7 @@ function latency.on_success(domain, d, now, emax, cfg, fresh, saturated, sample)
     return
   end
   if x then
-    track(d, x, RECENT_STEP, d.latency_recent <= tolerance(d, cfg) * d.latency_noload)
+    track(d, x, RECENT_STEP, d.latency_recent <= CALM * d.latency_noload)
     if d.latency_noload <= 0 then
       d.latency_noload = d.latency_recent
     elseif d.latency_recent < d.latency_noload then
@@ -423,7 +432,7 @@ function latency.on_success(domain, d, now, emax, cfg, fresh, saturated, sample)
     end
   end
   local tol = tolerance(d, cfg)
-  if d.latency_recent <= tol * d.latency_noload then
+  if d.latency_recent <= tol * d.latency_noload or d.latency_spread > SPREAD_MAX then
     d.latency_round = 0
     return adaptive.on_success(domain, d, now, emax, cfg, fresh, saturated)
   end
@@ -433,19 +442,19 @@ function latency.on_success(domain, d, now, emax, cfg, fresh, saturated, sample)
   local limit = d.current_limit
   if d.latency_round < limit then return end
   d.latency_round = 0
+  local gradient = math.max(0.5, tol * d.latency_noload / d.latency_recent)
+  local to = math.max(1, math.floor(limit * gradient + HEADROOM * math.sqrt(limit)))
+  if to >= limit then return end
+  stop_ramp(domain, d)  -- a queue already: the ramp has gone far enough
+  d.increase_step = 1
   if window_over(d, now, cfg) then
-    stop_ramp(domain, d)  -- a queue already: the ramp has gone far enough
-    d.latency_dip, d.latency_window_at = limit, now
+    -- Measure the no-load latency again before cutting on the old one; the
+    -- step is taken meanwhile, should the dip confirm it.
+    d.latency_dip, d.latency_window_at = to, now
     d.latency_recent = d.latency_noload  -- where the dip's samples start from
     set_limit(domain, d, 'latency_dip', math.max(1, math.floor(limit / 4)))
-    return
-  end
-  local gradient = math.max(0.5, tol * d.latency_noload / d.latency_recent)
-  local to = math.max(1, math.floor(limit * gradient + math.sqrt(limit)))
-  if to < limit then
-    stop_ramp(domain, d)
+  else
     set_limit(domain, d, 'latency', to)
-    d.increase_step = 1
   end
 end
 
