@@ -344,6 +344,10 @@ rules.latency = latency
 
 local RECENT_STEP, DIP_STEP, SPREAD_STEP = 0.06, 0.12, 0.05
 local DIP_ROUNDS, DIP_LEAST = 2, 8
+-- Samples the median takes before it is the first no-load latency.
+local FIRST_SAMPLES = 20
+-- A dip lasts at most this share of the window, once it heard DIP_FEW samples.
+local DIP_LONGEST, DIP_FEW = 0.1, 3
 -- How far the no-load latency follows the median down, per sample: a lasting
 -- drop within a hundred samples or so, a dip of the median's own noise hardly.
 local NOLOAD_DOWN = 0.02
@@ -353,9 +357,11 @@ local HEADROOM = 0.5
 -- Samples that scatter more than this (a lognormal of sigma 0.75) say too
 -- little about a queue in the time a queue takes to build: the policy then
 -- does what adaptive does. A spread not measured yet counts as SPREAD_UNKNOWN.
-local SPREAD_MAX, SPREAD_UNKNOWN = 0.6, 0.5
--- Near no load: the samples' spread is their own, not a queue's.
-local CALM = 1.2
+local SPREAD_MAX, SPREAD_UNKNOWN = 0.6, 1
+-- Unless the latency is this many times the no-load latency: no scatter
+-- moves a median that far, a queue does (and a queue's waits scatter as
+-- much as the answers' lengths, so a spread measured under one is high).
+local NOISE_BOUND = 4
 -- How much wider the tolerance gets per unit of spread (see tolerance).
 local SPREAD_WEIGHT = 0
 
@@ -367,17 +373,14 @@ local function latency_sample(now, sample)
   return took > 0 and took or nil
 end
 
--- calm: no queue heard (or a dip): the spread is the samples' own, not a queue's.
-local function track(d, x, step, calm)
+local function track(d, x, step)
   local recent = d.latency_recent
   if recent <= 0 then
     d.latency_recent, d.latency_spread = x, SPREAD_UNKNOWN
     return
   end
-  if calm then
-    local spread = d.latency_spread + SPREAD_STEP * (math.abs(math.log(x / recent)) - d.latency_spread)
-    d.latency_spread = math.floor(spread * 1e6 + 0.5) / 1e6  -- short in redis-cli
-  end
+  local spread = d.latency_spread + SPREAD_STEP * (math.abs(math.log(x / recent)) - d.latency_spread)
+  d.latency_spread = math.floor(spread * 1e6 + 0.5) / 1e6  -- short in redis-cli
   if x > recent then
     d.latency_recent = math.min(x, recent * (1 + step))
   elseif x < recent then
@@ -417,22 +420,34 @@ function latency.on_success(domain, d, now, emax, cfg, fresh, saturated, sample)
   if d.latency_dip > 0 then
     if fresh then d.consecutive_429s = 0 end
     if x and sample.granted_at >= d.latency_window_at then
-      track(d, x, DIP_STEP, true)
+      track(d, x, DIP_STEP)
       d.latency_round = d.latency_round + 1
-      if d.latency_round >= dip_samples(d.current_limit) then end_dip(domain, d, now, emax) end
+    end
+    -- Enough samples; or long enough (a heavy tail takes long to drain):
+    -- what the dip heard so far, if anything, is the new no-load latency.
+    if d.latency_round >= dip_samples(d.current_limit) or (d.latency_round >= DIP_FEW
+        and now - d.latency_window_at >= DIP_LONGEST * cfg.latency_window_seconds) then
+      end_dip(domain, d, now, emax)
     end
     return
   end
+  if d.latency_noload <= 0 then  -- the first samples: the median found, the no-load latency is that
+    if x then
+      track(d, x, DIP_STEP)
+      d.latency_round = d.latency_round + 1
+    end
+    if d.latency_round >= FIRST_SAMPLES then d.latency_noload, d.latency_round = d.latency_recent, 0 end
+    return adaptive.on_success(domain, d, now, emax, cfg, fresh, saturated)
+  end
   if x then
-    track(d, x, RECENT_STEP, d.latency_recent <= CALM * d.latency_noload)
-    if d.latency_noload <= 0 then
-      d.latency_noload = d.latency_recent
-    elseif d.latency_recent < d.latency_noload then
+    track(d, x, RECENT_STEP)
+    if d.latency_recent < d.latency_noload then
       d.latency_noload = d.latency_noload + NOLOAD_DOWN * (d.latency_recent - d.latency_noload)
     end
   end
   local tol = tolerance(d, cfg)
-  if d.latency_recent <= tol * d.latency_noload or d.latency_spread > SPREAD_MAX then
+  local ratio = d.latency_recent / d.latency_noload
+  if ratio <= tol or (d.latency_spread > SPREAD_MAX and ratio < NOISE_BOUND) then
     d.latency_round = 0
     return adaptive.on_success(domain, d, now, emax, cfg, fresh, saturated)
   end
