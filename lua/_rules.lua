@@ -362,6 +362,9 @@ local SPREAD_MAX, SPREAD_UNKNOWN = 0.6, 1
 -- moves a median that far, a queue does (and a queue's waits scatter as
 -- much as the answers' lengths, so a spread measured under one is high).
 local NOISE_BOUND = 4
+-- A latency held above this many times the no-load latency for a window
+-- has the no-load latency measured again.
+local CHECK_RATIO = 1.2
 -- How much wider the tolerance gets per unit of spread (see tolerance).
 local SPREAD_WEIGHT = 0
 
@@ -407,6 +410,15 @@ local function window_over(d, now, cfg)
   return now - d.latency_window_at >= cfg.latency_window_seconds * jitter
 end
 
+-- The limit dips to a quarter; back goes the limit to `back` after it.
+local function start_dip(domain, d, now, back)
+  stop_ramp(domain, d)
+  local limit = d.current_limit
+  d.latency_dip, d.latency_window_at, d.latency_round = back, now, 0
+  d.latency_recent = d.latency_noload  -- where the dip's samples start from
+  set_limit(domain, d, 'latency_dip', math.max(1, math.floor(limit / 4)))
+end
+
 local function end_dip(domain, d, now, emax)
   emit(domain, 'latency_noload', d.latency_noload, d.latency_recent)
   d.latency_noload = d.latency_recent
@@ -447,8 +459,14 @@ function latency.on_success(domain, d, now, emax, cfg, fresh, saturated, sample)
   end
   local tol = tolerance(d, cfg)
   local ratio = d.latency_recent / d.latency_noload
-  if ratio <= tol or (d.latency_spread > SPREAD_MAX and ratio < NOISE_BOUND) then
+  local noisy = d.latency_spread > SPREAD_MAX and ratio < NOISE_BOUND
+  if ratio <= tol or noisy then
     d.latency_round = 0
+    -- Held just under tolerance a whole window: the no-load latency may be
+    -- too high (measured in a dip that still queued); measure it again.
+    if not noisy and ratio > CHECK_RATIO and window_over(d, now, cfg) then
+      return start_dip(domain, d, now, d.current_limit)
+    end
     return adaptive.on_success(domain, d, now, emax, cfg, fresh, saturated)
   end
   if fresh then d.consecutive_429s = 0 end
@@ -465,9 +483,7 @@ function latency.on_success(domain, d, now, emax, cfg, fresh, saturated, sample)
   if window_over(d, now, cfg) then
     -- Measure the no-load latency again before cutting on the old one; the
     -- step is taken meanwhile, should the dip confirm it.
-    d.latency_dip, d.latency_window_at = to, now
-    d.latency_recent = d.latency_noload  -- where the dip's samples start from
-    set_limit(domain, d, 'latency_dip', math.max(1, math.floor(limit / 4)))
+    start_dip(domain, d, now, to)
   else
     set_limit(domain, d, 'latency', to)
   end
