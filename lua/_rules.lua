@@ -342,7 +342,7 @@ end
 local latency = {}
 rules.latency = latency
 
-local RECENT_STEP, DIP_STEP, SPREAD_STEP = 0.06, 0.12, 0.05
+local RECENT_STEP, SPREAD_STEP = 0.06, 0.05
 local DIP_ROUNDS, DIP_LEAST = 2, 8
 -- Samples the median takes before it is the first no-load latency.
 local FIRST_SAMPLES = 20
@@ -362,9 +362,6 @@ local SPREAD_MAX, SPREAD_UNKNOWN = 0.6, 1
 -- moves a median that far, a queue does (and a queue's waits scatter as
 -- much as the answers' lengths, so a spread measured under one is high).
 local NOISE_BOUND = 4
--- A latency held above this many times the no-load latency for a window
--- has the no-load latency measured again.
-local CHECK_RATIO = 1.2
 -- How much wider the tolerance gets per unit of spread (see tolerance).
 local SPREAD_WEIGHT = 0
 
@@ -376,19 +373,34 @@ local function latency_sample(now, sample)
   return took > 0 and took or nil
 end
 
+local function track_spread(d, x)
+  local spread = d.latency_spread + SPREAD_STEP * (math.abs(math.log(x / d.latency_recent)) - d.latency_spread)
+  d.latency_spread = math.floor(spread * 1e6 + 0.5) / 1e6  -- short in redis-cli
+end
+
 local function track(d, x, step)
   local recent = d.latency_recent
-  if recent <= 0 then
-    d.latency_recent, d.latency_spread = x, SPREAD_UNKNOWN
-    return
-  end
-  local spread = d.latency_spread + SPREAD_STEP * (math.abs(math.log(x / recent)) - d.latency_spread)
-  d.latency_spread = math.floor(spread * 1e6 + 0.5) / 1e6  -- short in redis-cli
+  track_spread(d, x)
   if x > recent then
     d.latency_recent = math.min(x, recent * (1 + step))
   elseif x < recent then
     d.latency_recent = math.max(x, recent * (1 - step))
   end
+end
+
+-- A dip's samples, and the first ones: their running geometric mean (the
+-- median of a lognormal), exact from the first sample on, in latency_recent;
+-- latency_round counts them.
+local function average(d, x)
+  local n = d.latency_round + 1
+  if n == 1 then
+    d.latency_recent = x
+    if d.latency_noload <= 0 then d.latency_spread = SPREAD_UNKNOWN end
+  else
+    track_spread(d, x)
+    d.latency_recent = math.exp(((n - 1) * math.log(d.latency_recent) + math.log(x)) / n)
+  end
+  d.latency_round = n
 end
 
 -- The tolerance, widened by the samples' spread: a median of samples that
@@ -410,18 +422,26 @@ local function window_over(d, now, cfg)
   return now - d.latency_window_at >= cfg.latency_window_seconds * jitter
 end
 
--- The limit dips to a quarter; back goes the limit to `back` after it.
-local function start_dip(domain, d, now, back)
+-- The limit dips to a quarter of what it is (the limit goes back to `back`
+-- after the dip).
+local function dip(domain, d, now, back)
   stop_ramp(domain, d)
-  local limit = d.current_limit
   d.latency_dip, d.latency_window_at, d.latency_round = back, now, 0
-  d.latency_recent = d.latency_noload  -- where the dip's samples start from
-  set_limit(domain, d, 'latency_dip', math.max(1, math.floor(limit / 4)))
+  set_limit(domain, d, 'latency_dip', math.max(1, math.floor(d.current_limit / 4)))
 end
 
-local function end_dip(domain, d, now, emax)
-  emit(domain, 'latency_noload', d.latency_noload, d.latency_recent)
+-- A dip heard enough: its latency is the no-load latency. Unless it is
+-- tolerance times the last one: the server got slower for everyone, or the
+-- dip was still above the knee (the first, from a limit far too high). A
+-- dip to a quarter of this one tells which: the same latency again is the
+-- new no-load latency, a lower one is the queue draining.
+local function end_dip(domain, d, now, emax, cfg)
+  local before = d.latency_noload
+  emit(domain, 'latency_noload', before, d.latency_recent)
   d.latency_noload = d.latency_recent
+  if d.latency_recent > cfg.latency_tolerance * before and d.current_limit > 1 then
+    return dip(domain, d, now, d.latency_dip)
+  end
   local back = math.min(emax, d.latency_dip)
   if d.last_cut_at < d.latency_window_at then set_limit(domain, d, 'latency_back', back) end
   d.latency_dip, d.latency_round, d.latency_window_at = 0, 0, now
@@ -431,23 +451,17 @@ function latency.on_success(domain, d, now, emax, cfg, fresh, saturated, sample)
   local x = latency_sample(now, sample)
   if d.latency_dip > 0 then
     if fresh then d.consecutive_429s = 0 end
-    if x and sample.granted_at >= d.latency_window_at then
-      track(d, x, DIP_STEP)
-      d.latency_round = d.latency_round + 1
-    end
+    if x and sample.granted_at >= d.latency_window_at then average(d, x) end
     -- Enough samples; or long enough (a heavy tail takes long to drain):
     -- what the dip heard so far, if anything, is the new no-load latency.
     if d.latency_round >= dip_samples(d.current_limit) or (d.latency_round >= DIP_FEW
         and now - d.latency_window_at >= DIP_LONGEST * cfg.latency_window_seconds) then
-      end_dip(domain, d, now, emax)
+      end_dip(domain, d, now, emax, cfg)
     end
     return
   end
   if d.latency_noload <= 0 then  -- the first samples: the median found, the no-load latency is that
-    if x then
-      track(d, x, DIP_STEP)
-      d.latency_round = d.latency_round + 1
-    end
+    if x then average(d, x) end
     if d.latency_round >= FIRST_SAMPLES then d.latency_noload, d.latency_round = d.latency_recent, 0 end
     return adaptive.on_success(domain, d, now, emax, cfg, fresh, saturated)
   end
@@ -462,11 +476,6 @@ function latency.on_success(domain, d, now, emax, cfg, fresh, saturated, sample)
   local noisy = d.latency_spread > SPREAD_MAX and ratio < NOISE_BOUND
   if ratio <= tol or noisy then
     d.latency_round = 0
-    -- Held just under tolerance a whole window: the no-load latency may be
-    -- too high (measured in a dip that still queued); measure it again.
-    if not noisy and ratio > CHECK_RATIO and window_over(d, now, cfg) then
-      return start_dip(domain, d, now, d.current_limit)
-    end
     return adaptive.on_success(domain, d, now, emax, cfg, fresh, saturated)
   end
   if fresh then d.consecutive_429s = 0 end
@@ -483,7 +492,7 @@ function latency.on_success(domain, d, now, emax, cfg, fresh, saturated, sample)
   if window_over(d, now, cfg) then
     -- Measure the no-load latency again before cutting on the old one; the
     -- step is taken meanwhile, should the dip confirm it.
-    start_dip(domain, d, now, to)
+    dip(domain, d, now, to)
   else
     set_limit(domain, d, 'latency', to)
   end
