@@ -147,3 +147,26 @@ def test_a_bad_ttfb_is_refused_before_redis_and_the_slot_comes_back(
         lease.success(now=2.0, ttfb=ttfb)
     assert state(t).in_flight == 0
     assert isinstance(lease, Lease)
+
+
+def test_status_and_the_exporter_show_the_latency_against_no_load(real_redis: Any) -> None:
+    from aimd_redis import ThrottleConfig
+    from aimd_redis.ops.cli import status_table
+    from aimd_redis.ops.exporter import ThrottleCollector
+    from aimd_redis.ops.inspect import report
+
+    t = Throttle(real_redis, config=ThrottleConfig(policy="latency"))
+    try:
+        reg(t, 16)
+        clock = Clock(t, now=1000.0)
+        clock.serve(20, 0.5)
+        clock.serve(5, 0.8)
+    finally:
+        t.close()
+    (r,) = report(real_redis, "aimd")
+    assert r.latency_noload == 0.5
+    assert r.latency_recent == pytest.approx(0.5 * 1.06**5)  # on its way to 0.8, 6% a sample
+    assert f"{0.5 * 1.06**5 / 0.5:.1f}x no load" in status_table([r])
+    metrics = {f.name: f.samples[0].value for f in ThrottleCollector(real_redis, "aimd").collect() if f.samples}
+    assert metrics["aimd_latency_noload"] == 0.5
+    assert metrics["aimd_latency_recent"] == pytest.approx(0.5 * 1.06**5)
