@@ -426,6 +426,9 @@ end
 -- after the dip).
 local function dip(domain, d, now, back)
   stop_ramp(domain, d)
+  -- The first dip: the first samples may have come from a full queue (a
+  -- fleet that starts at its max), so it always dips again (see end_dip).
+  if d.latency_window_at == 0 then d.latency_noload = 0 end
   d.latency_dip, d.latency_window_at, d.latency_round = back, now, 0
   set_limit(domain, d, 'latency_dip', math.max(1, math.floor(d.current_limit / 4)))
 end
