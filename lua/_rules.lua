@@ -481,8 +481,11 @@ function latency.on_success(domain, d, now, emax, cfg, fresh, saturated, sample)
     d.latency_round = 0
     return adaptive.on_success(domain, d, now, emax, cfg, fresh, saturated)
   end
-  if fresh then d.consecutive_429s = 0 end
   d.success_streak = 0
+  -- A round counts requests sent since the last step: those sent before it
+  -- still carry the queue the step was to drain.
+  if not fresh then return end
+  d.consecutive_429s = 0
   d.latency_round = d.latency_round + 1
   local limit = d.current_limit
   if d.latency_round < limit then return end
@@ -498,6 +501,7 @@ function latency.on_success(domain, d, now, emax, cfg, fresh, saturated, sample)
     dip(domain, d, now, to)
   else
     set_limit(domain, d, 'latency', to)
+    d.last_cut_at = now
   end
 end
 
