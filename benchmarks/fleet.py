@@ -14,6 +14,8 @@ Retry-After, as the provider SDKs do:
                     its own namespace: the in-process design, eight loops;
 - shared classic:   8 x 8, one loop in Redis for the fleet, classic rules;
 - shared adaptive:  the same with ``policy="adaptive"``;
+- shared latency:   the same with ``policy="latency"`` (it must do here what
+                    adaptive does: the server refuses, it does not queue);
 - one process:      1 x 64 on the shared classic loop, the reference for the
                     shared loop's 429 rate.
 
@@ -48,6 +50,7 @@ RUNS = [
     ("per-process", "per-process", 8, 8, "classic"),
     ("shared classic", "shared", 8, 8, "classic"),
     ("shared adaptive", "shared", 8, 8, "adaptive"),
+    ("shared latency", "shared", 8, 8, "latency"),
     ("one process", "shared", 1, 64, "classic"),
 ]
 #: The simulator's scenario of the same shape (server, fleet, peak, ramp).
@@ -113,7 +116,7 @@ def main() -> int:
     print(summary_table([(name, m) for name, _, m in results]))
     by_name = {name: m for name, _, m in results}
     shared, single, per = by_name["shared classic"], by_name["one process"], by_name["per-process"]
-    adaptive = by_name["shared adaptive"]
+    adaptive, latency = by_name["shared adaptive"], by_name["shared latency"]
     ratio = shared.rejected_rate / single.rejected_rate if single.rejected_rate else float("inf")
     checks = [
         (f"shared 429 rate {shared.rejected_rate:.2%}, 1x64 {single.rejected_rate:.2%}: x{ratio:.2f}", ratio <= 1.5),
@@ -124,6 +127,11 @@ def main() -> int:
             f"adaptive: {adaptive.oracle_share:.0%} of capacity at {adaptive.rejected_rate:.2%} 429s "
             "(at least 90%, at most 1%)",
             adaptive.oracle_share >= 0.9 and adaptive.rejected_rate <= 0.01,
+        ),
+        (
+            f"latency: {latency.oracle_share:.0%} of capacity at {latency.rejected_rate:.2%} 429s "
+            "(at least 90%, at most 1%)",
+            latency.oracle_share >= 0.9 and latency.rejected_rate <= 0.01,
         ),
     ]
     print("\nThe simulator against the real run (same shape, same number of requests):")
