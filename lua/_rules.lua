@@ -298,46 +298,45 @@ end
 -- it is a queue. The policy is adaptive's (429s, overload statuses and
 -- failures go to adaptive, and so does every success while latency is
 -- under tolerance times no load); above it, the limit stops climbing and
--- once a round (as many successes as the limit) takes a gradient step, as
--- Netflix's Gradient2 and Envoy's adaptive concurrency do:
+-- once a round (as many successes as the limit, counting only requests sent
+-- since the last step) takes a gradient step, as Netflix's Gradient2 and
+-- Envoy's gradient controller do:
 --
---   limit = floor(limit * max(1/2, tolerance * no_load / recent) + sqrt(limit))
+--   limit = floor(limit * max(1/2, tolerance * no_load / recent) + HEADROOM * sqrt(limit))
 --
 -- only ever down. It holds where recent / no_load is between tolerance and
--- tolerance / (1 - 1/sqrt(limit)), a band of fixed points: a latency above
--- it cuts, one under it lets adaptive climb, and a step is at most a halving.
+-- tolerance / (1 - HEADROOM / sqrt(limit)), a band of fixed points: a
+-- latency above it cuts, one under it lets adaptive climb, and a step is at
+-- most a halving.
 --
 -- A sample is the request's time on Redis's clock (granted to reported)
 -- divided by the tokens it used when the caller reported them (so a long
 -- answer is not read as queueing); else the time to the first byte when it
 -- reported one (a stream without usage: the first byte comes after the
 -- queue and the prompt, whatever the answer's length); else the request's
--- time. latency_recent is a streaming median of the
--- samples (each moves it RECENT_STEP of itself towards the sample): a heavy
--- tail moves it no more than a short answer. latency_noload is the least
--- latency_recent seen since the last relearning; each window without a queue
--- lets it rise back towards latency_recent by at most NOLOAD_RISE (the least
--- of a noisy estimate is below what it estimates, and would otherwise read
--- noise as a queue ever more often).
+-- time. latency_recent is a running median of the samples (each moves it
+-- RECENT_STEP of itself towards the sample): a heavy tail moves it no more
+-- than a short answer. latency_noload is first the geometric mean of the
+-- first FIRST_SAMPLES samples; then it follows latency_recent down, slowly
+-- (NOLOAD_DOWN), and goes up only when a dip measures it.
 --
--- latency_spread is the samples' mean distance (in log) from the median while
--- no queue is heard (and in dips), which widens the tolerance by
--- exp(SPREAD_WEIGHT * spread): the median of widely scattered samples (an
--- answer's length unknown) wanders, and its least wanders further; that must
--- not read as a queue. A queue's own scatter is not counted, or the queue
--- would widen its own tolerance.
+-- latency_spread is the samples' mean distance (in log) from the median.
+-- Above SPREAD_MAX (raw times of answers of unknown length) the median
+-- wanders by itself as far as a queue would move it: the policy leaves the
+-- limit to adaptive, unless the latency passes NOISE_BOUND times no load.
 --
 -- A no-load latency that only goes down cannot tell a server that got
 -- slower for everyone (a hosted API's bad hour) from a queue, and would cut
 -- the fleet to nothing. So, as Envoy's minRTT window (and BBR's PROBE_RTT)
--- do, once latency_window_seconds (0.9 to 1.1 of it, jittered per window)
--- have passed and the latency says "queue", the limit dips to a quarter
--- for DIP_ROUNDS rounds of requests sent during the dip, which finds the
--- no-load latency as it is now; then it goes back to where it was (unless a
--- 429 cut it meanwhile). A server that got slower for everyone shows the
--- same latency at a quarter of the load: the new no-load latency, and the
--- fleet goes back to its full limit. A queue drains in the dip: the no-load
--- latency stays, and the next step cuts.
+-- do, the first step due once latency_window_seconds (0.9 to 1.1 of it,
+-- jittered per window) have passed since the last measure is a dip: the
+-- limit goes to a quarter, and the geometric mean of the requests sent
+-- during the dip is the no-load latency as it is now; then the limit goes
+-- to the step it was to take (unless a 429 cut it meanwhile). A dip that
+-- finds tolerance times the old no-load latency dips again, to a quarter of
+-- itself: a server slower for everyone is as slow there (its new no-load
+-- latency), a queue that had not drained yet (the first dip, from a limit
+-- far too high) is not.
 
 local latency = {}
 rules.latency = latency
@@ -362,8 +361,6 @@ local SPREAD_MAX, SPREAD_UNKNOWN = 0.6, 1
 -- moves a median that far, a queue does (and a queue's waits scatter as
 -- much as the answers' lengths, so a spread measured under one is high).
 local NOISE_BOUND = 4
--- How much wider the tolerance gets per unit of spread (see tolerance).
-local SPREAD_WEIGHT = 0
 
 -- What the request says of the server's latency: nil when nothing was measured.
 local function latency_sample(now, sample)
@@ -401,15 +398,6 @@ local function average(d, x)
     d.latency_recent = math.exp(((n - 1) * math.log(d.latency_recent) + math.log(x)) / n)
   end
   d.latency_round = n
-end
-
--- The tolerance, widened by the samples' spread: a median of samples that
--- scatter over a factor of e (a lognormal sigma of 1) wanders by half of that
--- on its own, and its least over a window further still; that is noise, not
--- a queue. Samples per token used scatter little, and keep it near
--- latency_tolerance.
-local function tolerance(d, cfg)
-  return cfg.latency_tolerance * math.exp(SPREAD_WEIGHT * d.latency_spread)
 end
 
 local function dip_samples(level)
@@ -474,7 +462,7 @@ function latency.on_success(domain, d, now, emax, cfg, fresh, saturated, sample)
       d.latency_noload = d.latency_noload + NOLOAD_DOWN * (d.latency_recent - d.latency_noload)
     end
   end
-  local tol = tolerance(d, cfg)
+  local tol = cfg.latency_tolerance
   local ratio = d.latency_recent / d.latency_noload
   local noisy = d.latency_spread > SPREAD_MAX and ratio < NOISE_BOUND
   if ratio <= tol or noisy then
