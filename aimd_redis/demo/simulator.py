@@ -469,7 +469,8 @@ class AgentClient(_Client):
     ) -> None:
         assert task.ref is not None
         agent = self._process(task.process)
-        row = Core.outcome_row(task.ref, outcome, retry_after, task.granted_at, tokens, heard)  # type: ignore[arg-type]
+        ttfb = task.ttfb if outcome == "success" else None
+        row = Core.outcome_row(task.ref, outcome, retry_after, task.granted_at, tokens, heard, ttfb)  # type: ignore[arg-type]
         agent.queue.domain(task.ref).outcome(row, None)
         self._kick(agent, 0.0)
 
