@@ -31,7 +31,7 @@ end
 
 -- Gives lease id back with its outcome (see release.lua's header for
 -- 'abandon' and 'leave'), settles its reservation and tells the rules (d: the domain,
--- nil when its hash is gone). r: {outcome, retry_after, granted_at, used,
+-- nil when its hash is gone; its in_flight counted from the leases since the last reap). r: {outcome, retry_after, granted_at, used,
 -- requests_left, tokens_left, ttfb}. Returns whether this call released the slot.
 local function give_back(domain, d, q, m, now, lease_ttl, id, r)
   local k, b = q.k, q.budget
@@ -62,7 +62,7 @@ local function give_back(domain, d, q, m, now, lease_ttl, id, r)
   end
   budget.settle(domain, b, sample.released, outcome, reserved, r.used, r.requests_left, r.tokens_left)
   if d then
-    d.in_flight = live_leases(k.leases)
+    if sample.released then d.in_flight = d.in_flight - 1 end  -- counted by the caller after its reap
     rules.on_outcome(domain, d, now, m, outcome, sample)
   end
   return sample.released

@@ -85,7 +85,10 @@ if registered and learning then budget.heard_limits(k.cap, m, heard) end
 b = budget.limits(b, m, now)
 
 local q = queue_of(domain, k, publish, m.idle_ms, claim_ttl, b)
-if d then reap(domain, d, k, now, b) end
+if d then
+  reap(domain, d, k, now, b)
+  d.in_flight = live_leases(k.leases)
+end
 local released = give_back(domain, d, q, m, now, lease_ttl, lease_id, {
   outcome = outcome, retry_after = retry_after, granted_at = granted_when, used = used,
   requests_left = heard_requests, tokens_left = heard_tokens, ttfb = ttfb})
