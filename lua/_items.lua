@@ -51,7 +51,7 @@ local function give_back(domain, d, q, m, now, lease_ttl, id, r)
   if outcome == 'abandon' or outcome == 'leave' then
     if not b then forget_waiters(q, {id}) end  -- a waiter's estimate is kept without a budget too
     budget.unclaim(b, id)  -- a waiter that gave up claims nothing more
-    unhand(q, id)
+    unhand(q, {id})
     leave(q, id)
     -- An acquire cut off mid-call may still be on its way (another connection,
     -- a retry), a queued waiter's re-check too: unless it granted, it must

@@ -158,16 +158,34 @@ local function handed_to(q, client, now)
   return live
 end
 
--- Takes lease id off its agent's list of slots handed and not acked (an id
--- '<client>.h<n>'; any other id changes nothing).
-local function unhand(q, id)
-  local client = string.match(id, '^(.-)%.h%d+$')
-  if not client then return end
-  local text = redis.call('HGET', q.k.handed, client)
-  if not text then return end
-  local ids = {}
-  for other in string.gmatch(text, '[^,]+') do if other ~= id then ids[#ids + 1] = other end end
-  if #ids == 0 then redis.call('HDEL', q.k.handed, client) else redis.call('HSET', q.k.handed, client, table.concat(ids, ',')) end
+-- Takes lease ids off their agents' lists of slots handed and not acked
+-- (ids '<client>.h<n>'; any other id changes nothing): one read and one
+-- write per agent, however many of its slots a batch acks.
+local function unhand(q, ids)
+  local by_client = {}
+  for _, id in ipairs(ids) do
+    local client = string.match(id, '^(.-)%.h%d+$')
+    if client then
+      local gone = by_client[client]
+      if not gone then
+        gone = {}
+        by_client[client] = gone
+      end
+      gone[id] = true
+    end
+  end
+  for client, gone in pairs(by_client) do
+    local text = redis.call('HGET', q.k.handed, client)
+    if text then
+      local left = {}
+      for other in string.gmatch(text, '[^,]+') do if not gone[other] then left[#left + 1] = other end end
+      if #left == 0 then
+        redis.call('HDEL', q.k.handed, client)
+      else
+        redis.call('HSET', q.k.handed, client, table.concat(left, ','))
+      end
+    end
+  end
 end
 
 local function enqueue(q, id, tokens, beat_deadline)

@@ -128,15 +128,19 @@ for i, item in ipairs(items) do
   end
 
   local expiry_text = fmt(now + lease_ttl)
-  for j, id in ipairs(item.ack) do
-    local score = tonumber(redis.call('ZSCORE', k.leases, id))
-    unhand(q, id)
-    if score and score > now then
-      redis.call('ZADD', k.leases, 'XX', expiry_text, id)
-      res.ack[j] = now + lease_ttl
-    else
-      res.ack[j] = 0
+  if #item.ack > 0 then
+    unhand(q, item.ack)
+    local renewed = {}
+    for j, id in ipairs(item.ack) do
+      local score = tonumber(redis.call('ZSCORE', k.leases, id))
+      if score and score > now then
+        renewed[#renewed + 1], renewed[#renewed + 2] = expiry_text, id
+        res.ack[j] = now + lease_ttl
+      else
+        res.ack[j] = 0
+      end
     end
+    if #renewed > 0 then redis.call('ZADD', k.leases, 'XX', unpack(renewed)) end
   end
 
   if d then
