@@ -324,6 +324,14 @@ OUTCOME_FIELDS = (
 )
 
 
+def _trimmed(values: list[str]) -> list[str]:
+    """An outcome row without its trailing unknowns (''): what the script
+    reads past the end is unknown too, and a batch decodes less."""
+    while values and values[-1] == "":
+        values.pop()
+    return values
+
+
 class DomainItems(NamedTuple):
     """What an agent sends for one domain in a batch (see batch.lua)."""
 
@@ -584,7 +592,7 @@ class Core:
             items.append(
                 {
                     "name": d.name,
-                    "rel": [[row[f] for f in OUTCOME_FIELDS] for row in d.outcomes],
+                    "rel": [_trimmed([row[f] for f in OUTCOME_FIELDS]) for row in d.outcomes],
                     "ack": d.acks,
                     "try": [[r.lease_id, str(r.tokens)] for r in d.tries],
                     "want": d.want,

@@ -21,7 +21,8 @@
 --            name     the domain's name
 --            rel      outcomes, in order: [lease id, outcome, retry_after, granted_at,
 --                     tokens used, heard rpm, heard tpm, heard requests left, heard
---                     tokens left, ttfb] ('' where unknown; as release.lua takes them)
+--                     tokens left, ttfb] ('' where unknown, and trailing unknowns left
+--                     out; as release.lua takes them)
 --            ack      ids of slots handed to this agent that it has taken up: each
 --                     now lasts a lease ttl
 --            try      'try' acquires: [lease id, tokens]
