@@ -272,13 +272,15 @@ local function promote(q, d, now, lease_ttl, self_id, own)
         break
       end
       local given = 0
-      for _ = 1, n do
+      -- Ids for the slots handed to another agent, numbered in one go.
+      local numbered = mine and 0 or redis.call('HINCRBY', k.handed, '#', n) - n
+      for i = 1, n do
         local id, t, expiry = nil, tokens, claim
         if mine then
           own.used = own.used + 1
           id, t, expiry = own.ids[own.used], own.tokens[own.used], full
         else
-          id = head .. '.h' .. redis.call('HINCRBY', k.handed, '#', 1)
+          id = head .. '.h' .. (numbered + i)
         end
         if grant(d, k, id, t, expiry, q.idle_ms, b) then
           budget.reserve(b, k.tokens, id, t, q.idle_ms)
