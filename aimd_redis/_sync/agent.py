@@ -19,6 +19,7 @@ by tools/unasync.py: edit that file, not this one.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -279,9 +280,13 @@ class Agent:
             with self._lock:
                 self._sending, self._sender = False, None
                 self._idle.set()
-                # More to send, or (after a caller's batch) heartbeats whose
-                # time the reply may have moved: the flusher looks again.
-                if any(dom.changed or (dom.waiters and not by_flusher) for dom in self._queue.domains.values()):
+                # More to send, or (after a caller's batch) a heartbeat or a
+                # lingering ack whose time the reply may have set: the flusher
+                # looks again.
+                if any(
+                    dom.changed or (not by_flusher and dom.next_due() < math.inf)
+                    for dom in self._queue.domains.values()
+                ):
                     self._poked.set()
         return True
 
