@@ -85,51 +85,41 @@ local function set_want(q, client, n, beat_deadline, tokens)
   local k = q.k
   if n > 0 then budget.reserve(q.budget, k.tokens, client, tokens, q.idle_ms) end
   local text = redis.call('HGET', k.want, client)
-  if text then
-    local total = tonumber(string.match(text, '^(%d+)='))
-    if n == total then  -- as before: a heartbeat
-      if beat_deadline then redis.call('ZADD', k.beats, beat_deadline, client) end
-      return
-    end
-    if n > total then
-      -- The last segment starts after the last comma (or the '='); a
-      -- pattern that looks for it from the front backtracks at every digit.
-      local from = string.find(text, '=', 1, true) + 1
-      local last = string.match(text, '^.*,()') or from
-      local before, last_t, last_c = string.sub(text, from, last - 1), string.match(text, '^(%d+):(%d+)$', last)
-      local segs_text
-      if tonumber(last_t) == tonumber(redis.call('GET', k.tickets)) then
-        segs_text = before .. last_t .. ':' .. (tonumber(last_c) + n - total)
-      else
-        segs_text = before .. last_t .. ':' .. last_c .. ',' .. redis.call('INCR', k.tickets) .. ':' .. (n - total)
-      end
-      write_want(q, client, n, segs_text, n - total)
-      if beat_deadline then redis.call('ZADD', k.beats, beat_deadline, client) end
-      return
-    end
+  local total = text and tonumber(string.match(text, '^(%d+)=')) or 0
+  if n == total then  -- as before: a heartbeat (or nothing wanted, and no entry)
+    if text and beat_deadline then redis.call('ZADD', k.beats, beat_deadline, client) end
+    return
   end
-  local segs = segments_of(q, client) or {}
-  local total = 0
-  for _, seg in ipairs(segs) do total = total + seg[2] end
-  if n > total then
-    local last = segs[#segs]
-    if last and last[1] == tonumber(redis.call('GET', k.tickets)) then
-      last[2] = last[2] + n - total
-    else
-      local ticket = redis.call('INCR', k.tickets)
-      if ticket == 1 then expire_new(q.idle_ms, k.tickets) end
-      segs[#segs + 1] = {ticket, n - total}
-    end
-  else
-    local drop = total - n
+  if not text then  -- a new entry: one segment, with a new ticket
+    local ticket = redis.call('INCR', k.tickets)
+    if ticket == 1 then expire_new(q.idle_ms, k.tickets) end
+    save_segments(q, client, {{ticket, n}}, n, beat_deadline)
+    return
+  end
+  if n < total then  -- fewer: the newest segments shrink
+    local segs, drop = segments_of(q, client), total - n
     while drop > 0 do
       local last = segs[#segs]
       local cut = math.min(drop, last[2])
       last[2], drop = last[2] - cut, drop - cut
       if last[2] == 0 then segs[#segs] = nil end
     end
+    save_segments(q, client, segs, n - total, beat_deadline)
+    return
   end
-  if n > 0 or total > 0 then save_segments(q, client, segs, n - total, beat_deadline) end
+  -- More: the last segment starts after the last comma (or the '='); a
+  -- pattern that looks for it from the front backtracks at every digit.
+  local from = string.find(text, '=', 1, true) + 1
+  local last = string.match(text, '^.*,()') or from
+  local before, last_t, last_c = string.sub(text, from, last - 1), string.match(text, '^(%d+):(%d+)$', last)
+  local segs_text
+  if tonumber(last_t) == tonumber(redis.call('GET', k.tickets)) then
+    segs_text = before .. last_t .. ':' .. (tonumber(last_c) + n - total)
+  else
+    segs_text = before .. last_t .. ':' .. last_c .. ',' .. redis.call('INCR', k.tickets) .. ':' .. (n - total)
+  end
+  write_want(q, client, n, segs_text, n - total)
+  if beat_deadline then redis.call('ZADD', k.beats, beat_deadline, client) end
 end
 
 -- Callers waiting: the single waiters and what the agents want.
