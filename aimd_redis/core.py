@@ -19,7 +19,7 @@ from aimd_redis import replies
 from aimd_redis._provider import Heard
 from aimd_redis.config import ThrottleConfig
 from aimd_redis.errors import ArgumentTypeError, CorruptStateError, InvalidArgumentError, RequestTooLargeError
-from aimd_redis.keys import ModelKeys, check_alias, check_domain, check_namespace, model_keys
+from aimd_redis.keys import ModelKeys, check_alias, check_domain, check_group, check_namespace, check_weight, model_keys
 from aimd_redis.replies import RawEvent
 from aimd_redis.schema import MAX_TIME, SETTINGS, DomainRecord, parse_domain
 from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, LimitEvent, Queued, ReleaseResult
@@ -83,6 +83,7 @@ class AcquireArgs(NamedTuple):
     recheck: str
     claim_ttl: str
     publish: str
+    weight: str
 
 
 class ReleaseArgs(NamedTuple):
@@ -342,6 +343,8 @@ class DomainItems(NamedTuple):
     want: int
     ids: list[LeaseRef]
     tokens: int
+    group: str | None = None
+    weight: float = 1.0
 
 
 class Core:
@@ -368,6 +371,7 @@ class Core:
             recheck="",
             claim_ttl=_seconds(self._claim_s),
             publish="SPUBLISH" if sharded_pubsub else "PUBLISH",
+            weight="1",
         )
         self._release_args = ReleaseArgs(
             now="",
@@ -456,9 +460,13 @@ class Core:
     # -- acquire ------------------------------------------------------------
 
     @staticmethod
-    def new_lease_id(client_id: str) -> str:
-        """'<client>.<token>': the client part names the process's wake channel."""
-        return f"{client_id}.{secrets.token_hex(8)}"
+    def new_lease_id(client_id: str, group: str | None = None) -> str:
+        """'<client>.<token>', or '<client>~<group>.<token>': the client part
+        names the process's wake channel, the group is the one the lease
+        counts in (see check_group)."""
+        if group is None:
+            return f"{client_id}.{secrets.token_hex(8)}"
+        return f"{client_id}~{group}.{secrets.token_hex(8)}"
 
     def acquire_call(
         self,
@@ -471,13 +479,26 @@ class Core:
         tokens: int = 0,
         wait: bool = False,
         recheck: bool = False,
+        group: str | None = None,
+        weight: float = 1.0,
     ) -> tuple[Call, LeaseRef]:
         """The call, and the lease it grants if it does (chosen before the call,
         so a caller that never sees the reply can still give the slot back).
         ``tokens``: the request's estimate, reserved of the model's budget with
-        the slot. With ``wait`` a caller that gets no slot joins the queue."""
+        the slot. With ``wait`` a caller that gets no slot joins the queue,
+        in ``group`` with ``weight``; ``lease_id`` must be one of
+        ``new_lease_id(client, group)``."""
         check_int("tokens", tokens, 0, MAX_BUDGET)
-        ref = LeaseRef(provider_name=provider_name, model_id=model_id, domain=domain, lease_id=lease_id, tokens=tokens)
+        group, weight = check_group(group), check_weight(weight)
+        ref = LeaseRef(
+            provider_name=provider_name,
+            model_id=model_id,
+            domain=domain,
+            lease_id=lease_id,
+            tokens=tokens,
+            group=group,
+            weight=weight,
+        )
         keys = self._domain_keys(provider_name, model_id, domain)
         args = self._acquire_args._replace(
             now=check_now(now),
@@ -486,6 +507,7 @@ class Core:
             tokens=str(tokens),
             mode="wait" if wait else "try",
             recheck="1" if recheck else "",
+            weight=repr(weight),
         )
         return Call("acquire", keys, list(args)), ref
 
@@ -585,21 +607,24 @@ class Core:
         """One call for everything an agent has for one model (see batch.lua)."""
         mk = self.keys(provider_name, model_id)
         keys = [mk.cap, mk.index, mk.events, mk.budget]
-        items = []
+        items: list[dict[str, Any]] = []
         for d in domains:
             check_domain(d.name)
             keys += [mk.domain(d.name), mk.leases(d.name), *mk.queue(d.name), mk.tokens(d.name)]
-            items.append(
-                {
-                    "name": d.name,
-                    "rel": [_trimmed([row[f] for f in OUTCOME_FIELDS]) for row in d.outcomes],
-                    "ack": d.acks,
-                    "try": [[r.lease_id, str(r.tokens)] for r in d.tries],
-                    "want": d.want,
-                    "ids": [[r.lease_id, str(r.tokens)] for r in d.ids],
-                    "tokens": d.tokens,
-                }
-            )
+            item: dict[str, Any] = {
+                "name": d.name,
+                "rel": [_trimmed([row[f] for f in OUTCOME_FIELDS]) for row in d.outcomes],
+                "ack": d.acks,
+                "try": [[r.lease_id, str(r.tokens)] for r in d.tries],
+                "want": d.want,
+                "ids": [[r.lease_id, str(r.tokens)] for r in d.ids],
+                "tokens": d.tokens,
+            }
+            if d.group is not None:
+                item["group"] = d.group
+            if d.weight != 1.0:
+                item["weight"] = d.weight
+            items.append(item)
         args = BatchArgs(
             now=check_now(now),
             client=client_id,
@@ -630,7 +655,11 @@ class Core:
 
     @staticmethod
     def parse_agent_wake(message: str) -> replies.Wake:
-        return replies.WAKE.decode(message.split(" ", 1)[1])
+        """'<entry> <JSON>', the entry '<client>' or '<client>~<group>'."""
+        entry, _, body = message.partition(" ")
+        group = entry.partition(".")[0].partition("~")[2]
+        woke = replies.WAKE.decode(body)
+        return msgspec.structs.replace(woke, group=group) if group else woke
 
     def background_claim(self, expires_at: float, asked_at: float, since_asked: float) -> float | None:
         """The seconds a claim (an ack) of a slot handed over until

@@ -20,6 +20,11 @@ _DOMAIN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # "<namespace>:*": a ':' or a glob character in it would let one namespace's
 # rule cover another's keys.
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: The group of waiters and leases without one.
+DEFAULT_GROUP = "default"
+#: Weights outside this range would make the virtual clock's steps (1/weight)
+#: lose precision against each other.
+WEIGHT_RANGE = (0.001, 1000.0)
 #: Names under the model's tag that are not domains.
 RESERVED_DOMAINS = frozenset({"cap", "events", "domains"})
 
@@ -59,6 +64,29 @@ def check_domain(domain: object) -> str:
     return domain
 
 
+def check_group(group: object) -> str | None:
+    """A group name as stored (``None`` for the default group, which
+    ``"default"`` also names): it becomes part of lease ids and queue entries,
+    so it holds only characters that cannot be mistaken for their separators."""
+    if group is None:
+        return None
+    if not isinstance(group, str):
+        raise ArgumentTypeError(f"group must be a str or None, not {type(group).__name__}")
+    if not _DOMAIN.fullmatch(group):
+        raise InvalidArgumentError(f"group {group!r} must be 1 to 64 characters from A-Z a-z 0-9 _ -")
+    return None if group == DEFAULT_GROUP else group
+
+
+def check_weight(weight: object) -> float:
+    """A group's weight: a finite number in WEIGHT_RANGE."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise ArgumentTypeError(f"weight must be a number, not {type(weight).__name__}")
+    low, high = WEIGHT_RANGE
+    if not low <= weight <= high:  # also refuses nan
+        raise InvalidArgumentError(f"weight must be between {low:g} and {high:g}, not {weight!r}")
+    return float(weight)
+
+
 @dataclass(frozen=True, slots=True)
 class ModelKeys:
     """The keys of one model."""
@@ -75,9 +103,10 @@ class ModelKeys:
         return f"{self.tag}:{domain}:leases"
 
     def queue(self, domain: str) -> list[str]:
-        """The wait queue's keys: waiters by ticket, their heartbeats, the ticket
-        counter, what each process's entry wants, the slots handed to each process."""
-        return [f"{self.tag}:{domain}:{name}" for name in ("queue", "beats", "tickets", "want", "handed")]
+        """The wait queue's keys: waiters by virtual start time, their
+        heartbeats, each group's virtual finish time, what each process's entry
+        wants, the slots handed to each process."""
+        return [f"{self.tag}:{domain}:{name}" for name in ("queue", "beats", "groups", "want", "handed")]
 
     def tokens(self, domain: str) -> str:
         """The token reservations of the domain's leases and waiters (with a token budget)."""

@@ -44,7 +44,9 @@ LINGER_SECONDS = 0.25
 
 B = TypeVar("B")
 Result = Any  # Grant | Denied | (released, registered, state) | BaseException
-DomainKey = tuple[str, str, str]
+#: (provider, model, domain, group): a process's callers of one domain wait
+#: in one entry per group.
+DomainKey = tuple[str, str, str, str | None]
 ModelKey = tuple[str, str]
 #: Redis's clock in the last reply, and the local clock when its call went.
 Heard = tuple[float, float]
@@ -81,7 +83,7 @@ class Batch(Generic[B]):
 
 
 class DomainQueue(Generic[B]):
-    """What a process has for one domain of one model."""
+    """What a process has for one domain of one model and one group."""
 
     def __init__(self, core: Core, key: DomainKey, out: list[tuple[B, Result]], acked: list[tuple[str, float]]) -> None:
         self.core = core
@@ -105,6 +107,7 @@ class DomainQueue(Generic[B]):
         self.told = 0  # how many slots Redis's entry of the process wants, as far as it knows
         self.due = 0.0  # when the next heartbeat (or re-check) goes
         self.state: DomainState | None = None
+        self.weight = 1.0  # the group's weight, as its newest caller gave it
 
     def idle(self) -> bool:
         """Nothing pending, nothing expected."""
@@ -114,6 +117,9 @@ class DomainQueue(Generic[B]):
 
     def join(self, waiter: Waiter[B], now: float) -> None:
         self.waiters.append(waiter)
+        if waiter.ref.weight != self.weight:
+            self.weight = waiter.ref.weight
+            self.changed = True
         self._wants_more(now)
 
     def _wants_more(self, now: float) -> None:
@@ -190,6 +196,8 @@ class DomainQueue(Generic[B]):
             want=len(self.waiters),
             ids=[w.ref for w in itertools.islice(self.waiters, count)],
             tokens=self.waiters[0].ref.tokens if self.waiters else 0,
+            group=self.key[3],
+            weight=self.weight,
         )
         return Batch(self, items, outcomes, tries, barriers)
 
@@ -320,13 +328,15 @@ class DomainQueue(Generic[B]):
         """The oldest waiting caller a slot goes to, and the slot's lease;
         a slot nobody here waits for any more goes back at once."""
         first = self.waiters.popleft() if self.waiters else None
-        provider_name, model_id, domain = self.key
+        provider_name, model_id, domain, group = self.key
         ref = LeaseRef(
             provider_name=provider_name,
             model_id=model_id,
             domain=domain,
             lease_id=lease_id,
             tokens=0 if first is None else first.ref.tokens,
+            group=group,
+            weight=self.weight,
         )
         if first is None:
             self.give_back(ref)
@@ -346,11 +356,16 @@ class ProcessQueue(Generic[B]):
         self.heard: Heard | None = None
 
     def domain(self, ref: LeaseRef) -> DomainQueue[B]:
-        key = (ref.provider_name, ref.model_id, ref.domain)
+        key = (ref.provider_name, ref.model_id, ref.domain, ref.group)
         dom = self.domains.get(key)
         if dom is None:
             dom = self.domains[key] = DomainQueue(self.core, key, self.out, self.acked)
         return dom
+
+    def state(self, provider_name: str, model_id: str, domain: str) -> DomainState | None:
+        """The domain as the last batch of any of its groups saw it."""
+        seen = [d.state for k, d in self.domains.items() if k[:3] == (provider_name, model_id, domain)]
+        return next((s for s in seen if s is not None), None)
 
     def drain(self) -> tuple[list[tuple[B, Result]], list[tuple[str, float]]]:
         """The answers and acked slots since the last drain."""
@@ -390,11 +405,13 @@ class ProcessQueue(Generic[B]):
     def on_wake(self, model: ModelKey, woke: Wake, now: float) -> None:
         """A wake-up on the process's channel of ``model``: slots handed over,
         or when a cooldown that blocks the queue ends."""
-        dom = self.domains.get((*model, woke.domain))
+        dom = self.domains.get((*model, woke.domain, woke.group))
         if dom is None:
             if not woke.handed:
                 return
-            dom = self.domain(LeaseRef(provider_name=model[0], model_id=model[1], domain=woke.domain, lease_id=""))
+            dom = self.domain(
+                LeaseRef(provider_name=model[0], model_id=model[1], domain=woke.domain, lease_id="", group=woke.group)
+            )
         if woke.state is None:
             dom.due = min(dom.due, now + (woke.wait or 0.0))
         else:

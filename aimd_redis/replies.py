@@ -75,6 +75,8 @@ class Wake(msgspec.Struct, frozen=True):
     """The domain, in a message to a process's agent."""
     handed: list[str] = []
     """The slots handed to a process's agent (lease ids)."""
+    group: str | None = None
+    """The group of the agent's entry the message is for (None: the default)."""
 
 
 ACQUIRE = msgspec.json.Decoder(AcquireReply)

@@ -87,6 +87,10 @@ class LeaseRef(msgspec.Struct, frozen=True, kw_only=True):
     lease_id: str
     tokens: int = 0
     """The tokens it reserves of the model's budget."""
+    group: str | None = None
+    """The group it waits and counts in (None: the default group)."""
+    weight: float = 1.0
+    """Its group's weight while it waits."""
 
 
 class Grant(msgspec.Struct, frozen=True, kw_only=True):

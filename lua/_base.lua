@@ -110,5 +110,5 @@ end
 -- scripts take them.
 local function domain_keys(K)
   return {cap = K[1], domain = K[2], leases = K[3], index = K[4], events = K[5], queue = K[6], beats = K[7],
-          tickets = K[8], want = K[9], handed = K[10], budget = K[11], tokens = K[12]}
+          groups = K[8], want = K[9], handed = K[10], budget = K[11], tokens = K[12]}
 end

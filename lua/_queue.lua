@@ -1,20 +1,34 @@
--- The wait queue of a domain: waiters in arrival order across every process.
--- An entry of the queue zset (scored by its ticket, from the tickets counter)
+-- The wait queue of a domain: the waiters of every process, in the order of
+-- start-time fair queuing across their groups. Every waiting request has a
+-- virtual start tag: a group's next request starts where its last one
+-- finished, or at the virtual time V (the smallest tag still queued) if that
+-- is later, and finishes 1/weight after its start; the queue is served in
+-- tag order. Within a group that is arrival order; across groups, while all
+-- wait, each gets slots in proportion to its weight; a group that starts
+-- waiting joins at V, neither ahead of the others nor behind a backlog
+-- queued before it came. The groups zset keeps each waiting group's finish
+-- tag ('default' for callers without a group); it goes when the queue
+-- empties, and the tags start again from 0.
+--
+-- An entry of the queue zset, scored by the start tag of its next request,
 -- is either
---   * a process's agent: member '<client>' (its wake channel's name), standing
---     for all of the process's waiting callers. Its want hash field <client>
---     holds what it waits for, 'total=ticket:count,ticket:count,...', the
---     segments oldest first: a new segment gets a new ticket only when
---     another waiter took one since the last, so that the fleet's order holds
---     to within one batch; the entry's score is its oldest segment's ticket.
---     The common changes (the same count again, one more at the end, slots
---     off the oldest segment) touch the text at its ends, never parsing it
---     whole: a process with many waiters has many segments. The field '*' is the total wanted
---     by all agents. Slots handed to it get ids '<client>.h<n>' and are listed
---     in the handed hash (field <client>: 'id,id,...') until the agent acks
---     them, so a lost wake-up is found by its next batch;
+--   * a process's agent for one group: member '<client>' (its wake channel's
+--     name) for the default group, '<client>~<group>' for another, standing
+--     for all of the process's callers of that group. Its want hash field
+--     holds what it waits for, 'total=start:count,start:count,...' (at weight
+--     1; 'totalxweight=...' otherwise), the segments oldest first, the
+--     requests of a segment starting at start, start + 1/weight, ...: a
+--     segment grows while no other entry of the group took tags after it, so
+--     the order holds to within one batch. The common changes (the same
+--     count again, more at the end, slots off the oldest segment) touch the
+--     text at its ends, never parsing it whole: a process with many waiters
+--     has many segments. The field '*' is the total wanted by all agents.
+--     Slots handed to it get ids '<entry>.h<n>' and are listed in the handed
+--     hash (field <entry>: 'id,id,...') until the agent acks them, so a lost
+--     wake-up is found by its next batch;
 --   * a single waiting call (acquire.lua's 'wait' mode): member
---     '<client>.<token>', which doubles as the lease id it gets.
+--     '<client>.<token>' or '<client>~<group>.<token>', which doubles as the
+--     lease id it gets.
 -- A slot handed to a waiter lasts claim_ttl seconds until the waiter claims
 -- it (re-checking, or acking it): a waiter that died in the queue does not
 -- keep it for a whole lease ttl.
@@ -25,29 +39,70 @@ local function queue_of(domain, k, publish, idle_ms, claim_ttl, b)
           idle_ms = idle_ms, claim_ttl = claim_ttl, budget = b, handed = {}, handed_to = {}, agents = {}}
 end
 
+-- The group an entry, waiter or lease id counts in ('<client>~<group>...'),
+-- or nil for the default group.
+local function group_of(id)
+  return string.match(id, '^[^.~]*~([%w_-]+)')
+end
+
+-- Tags are sums of 1/weight: equal within rounding.
+local function same_tag(a, b)
+  return math.abs(a - b) <= 1e-9 * math.max(1, math.abs(a))
+end
+
+-- The finish tag of group g's last queued request (nil: none queued).
+local function finish_of(q, g)
+  return tonumber(redis.call('ZSCORE', q.k.groups, g or 'default'))
+end
+
+local function set_finish(q, g, tag)
+  if redis.call('ZADD', q.k.groups, tag, g or 'default') == 1 then expire_new(q.idle_ms, q.k.groups) end
+end
+
+-- The start tag of n requests of group g joining the queue at 1/weight each
+-- (the group's finish tag moves past them).
+local function take_tags(q, g, n, step)
+  local head = redis.call('ZRANGE', q.k.queue, 0, 0, 'WITHSCORES')
+  local start = 0
+  if head[2] then
+    start = math.max(tonumber(head[2]), finish_of(q, g) or 0)
+  else  -- nobody waits: the tags start again
+    redis.call('DEL', q.k.groups)
+  end
+  set_finish(q, g, start + n * step)
+  return start
+end
+
+-- An agent's want text: its total, weight and segments' text.
+local function parse_want(text)
+  local total, w, segs = string.match(text, '^(%d+)x?([^=]*)=(.*)$')
+  return tonumber(total), tonumber(w) or 1, segs
+end
+
 -- Drops the reservations of waiters that left, whatever the budget.
 local function forget_waiters(q, ids)
   if #ids > 0 then redis.call('HDEL', q.k.tokens, unpack(ids)) end
 end
 
--- An agent's segments, {{ticket, count}, ...} oldest first, or nil when
--- member is no agent's entry.
+-- An agent's segments, {{start, count}, ...} oldest first, and its weight;
+-- nil when member is no agent's entry.
 local function segments_of(q, member)
   local text = redis.call('HGET', q.k.want, member)
   if not text then return nil end
   local segs = {}
-  for t, c in string.gmatch(string.match(text, '=(.*)$'), '(%d+):(%d+)') do
+  local _, weight, rest = parse_want(text)
+  for t, c in string.gmatch(rest, '([^:,]+):(%d+)') do
     segs[#segs + 1] = {tonumber(t), tonumber(c)}
   end
-  return segs
+  return segs, weight
 end
 
--- Writes an agent's want field: its total and its segments' text (as
--- 'ticket:count,...'), moving the total wanted by all agents by delta.
-local function write_want(q, member, total, segs_text, delta)
+-- Writes an agent's want field: its total, weight and its segments' text
+-- (as 'start:count,...'), moving the total wanted by all agents by delta.
+local function write_want(q, member, total, weight, segs_text, delta)
   local k = q.k
   if delta ~= 0 then redis.call('HINCRBY', k.want, '*', delta) end
-  local value = total .. '=' .. segs_text
+  local value = total .. (weight ~= 1 and 'x' .. fmt(weight) or '') .. '=' .. segs_text
   if redis.call('HSET', k.want, member, value) == 1 then
     expire_new(q.idle_ms, k.want)
     expire_new(q.idle_ms, k.queue)
@@ -57,7 +112,7 @@ end
 
 -- Writes an agent's segments (or removes its entry when none are left) and
 -- moves the total wanted by delta.
-local function save_segments(q, member, segs, delta, beat_deadline)
+local function save_segments(q, member, segs, weight, delta, beat_deadline)
   local k = q.k
   if delta ~= 0 then redis.call('HINCRBY', k.want, '*', delta) end
   if #segs == 0 then
@@ -69,57 +124,66 @@ local function save_segments(q, member, segs, delta, beat_deadline)
   end
   local parts, total = {}, 0
   for i, seg in ipairs(segs) do
-    parts[i], total = seg[1] .. ':' .. seg[2], total + seg[2]
+    parts[i], total = fmt(seg[1]) .. ':' .. seg[2], total + seg[2]
   end
-  write_want(q, member, total, table.concat(parts, ','), 0)
+  write_want(q, member, total, weight, table.concat(parts, ','), 0)
   redis.call('ZADD', k.queue, segs[1][1], member)
   if beat_deadline then redis.call('ZADD', k.beats, beat_deadline, member) end
 end
 
--- Sets how many slots agent `client` waits for (an absolute count: a resent
--- batch changes nothing), with its heartbeat deadline and the tokens each
--- slot handed to it reserves. More than before: the last segment grows while
--- no other waiter took a ticket since it, else a new segment is appended.
--- Fewer: the newest segments shrink.
-local function set_want(q, client, n, beat_deadline, tokens)
+-- Sets how many slots agent `client` waits for in group g (nil: the
+-- default) at weight (an absolute count: a resent batch changes nothing),
+-- with its heartbeat deadline and the tokens each slot handed to it
+-- reserves. More than before: the last segment grows while no other entry of
+-- the group took tags after it, else a new segment is appended. Fewer: the
+-- newest segments shrink. A new weight applies to the tags taken from then on.
+local function set_want(q, client, g, weight, n, beat_deadline, tokens)
   local k = q.k
-  if n > 0 then budget.reserve(q.budget, k.tokens, client, tokens, q.idle_ms) end
-  local text = redis.call('HGET', k.want, client)
-  local total = text and tonumber(string.match(text, '^(%d+)=')) or 0
-  if n == total then  -- as before: a heartbeat (or nothing wanted, and no entry)
-    if text and beat_deadline then redis.call('ZADD', k.beats, beat_deadline, client) end
-    return
+  local member = g and client .. '~' .. g or client
+  if n > 0 then budget.reserve(q.budget, k.tokens, member, tokens, q.idle_ms) end
+  local text = redis.call('HGET', k.want, member)
+  local total, old_weight = 0, weight
+  if text then total, old_weight = parse_want(text) end
+  if n == total and weight == old_weight then  -- as before: a heartbeat (or nothing wanted, and no entry)
+    if text and beat_deadline then redis.call('ZADD', k.beats, beat_deadline, member) end
+    return member
   end
-  if not text then  -- a new entry: one segment, with a new ticket
-    local ticket = redis.call('INCR', k.tickets)
-    if ticket == 1 then expire_new(q.idle_ms, k.tickets) end
-    save_segments(q, client, {{ticket, n}}, n, beat_deadline)
-    return
+  local step = 1 / weight
+  if not text then  -- a new entry: one segment
+    save_segments(q, member, {{take_tags(q, g, n, step), n}}, weight, n, beat_deadline)
+    return member
   end
-  if n < total then  -- fewer: the newest segments shrink
-    local segs, drop = segments_of(q, client), total - n
+  if n <= total then  -- fewer (or a new weight): the newest segments shrink
+    local segs, drop = segments_of(q, member), total - n
+    local last = segs[#segs]
+    local was_last = same_tag(last[1] + last[2] / old_weight, finish_of(q, g) or -1)
     while drop > 0 do
-      local last = segs[#segs]
+      last = segs[#segs]
       local cut = math.min(drop, last[2])
       last[2], drop = last[2] - cut, drop - cut
       if last[2] == 0 then segs[#segs] = nil end
     end
-    save_segments(q, client, segs, n - total, beat_deadline)
-    return
+    -- Tags the group no longer needs are given back if nobody took later ones.
+    if was_last and #segs > 0 then set_finish(q, g, segs[#segs][1] + segs[#segs][2] * step) end
+    save_segments(q, member, segs, weight, n - total, beat_deadline)
+    return member
   end
   -- More: the last segment starts after the last comma (or the '='); a
   -- pattern that looks for it from the front backtracks at every digit.
   local from = string.find(text, '=', 1, true) + 1
   local last = string.match(text, '^.*,()') or from
-  local before, last_t, last_c = string.sub(text, from, last - 1), string.match(text, '^(%d+):(%d+)$', last)
+  local before, last_t, last_c = string.sub(text, from, last - 1), string.match(text, '^([^:]+):(%d+)$', last)
+  local start, count, finish = tonumber(last_t), tonumber(last_c), finish_of(q, g)
   local segs_text
-  if tonumber(last_t) == tonumber(redis.call('GET', k.tickets)) then
-    segs_text = before .. last_t .. ':' .. (tonumber(last_c) + n - total)
+  if finish and same_tag(start + count * step, finish) then
+    segs_text = before .. last_t .. ':' .. (count + n - total)
+    set_finish(q, g, start + (count + n - total) * step)
   else
-    segs_text = before .. last_t .. ':' .. last_c .. ',' .. redis.call('INCR', k.tickets) .. ':' .. (n - total)
+    segs_text = before .. last_t .. ':' .. last_c .. ',' .. fmt(take_tags(q, g, n - total, step)) .. ':' .. (n - total)
   end
-  write_want(q, client, n, segs_text, n - total)
-  if beat_deadline then redis.call('ZADD', k.beats, beat_deadline, client) end
+  write_want(q, member, n, weight, segs_text, n - total)
+  if beat_deadline then redis.call('ZADD', k.beats, beat_deadline, member) end
+  return member
 end
 
 -- Callers waiting: the single waiters and what the agents want.
@@ -178,11 +242,9 @@ local function unhand(q, ids)
   end
 end
 
-local function enqueue(q, id, tokens, beat_deadline)
+local function enqueue(q, id, tokens, beat_deadline, weight)
   local k = q.k
-  local ticket = redis.call('INCR', k.tickets)
-  if ticket == 1 then expire_new(q.idle_ms, k.tickets) end
-  redis.call('ZADD', k.queue, 'NX', ticket, id)
+  redis.call('ZADD', k.queue, 'NX', take_tags(q, group_of(id), 1, 1 / weight), id)
   redis.call('ZADD', k.beats, beat_deadline, id)
   expire_new(q.idle_ms, k.queue)
   expire_new(q.idle_ms, k.beats)
@@ -202,7 +264,7 @@ local function leave(q, id)
   if segs then
     local total = 0
     for _, seg in ipairs(segs) do total = total + seg[2] end
-    save_segments(q, id, {}, -total)
+    save_segments(q, id, {}, 1, -total)
     redis.call('HDEL', q.k.handed, id)
     return true
   end
@@ -239,7 +301,8 @@ local function promote(q, d, now, lease_ttl, self_id, own)
   local full, claim = fmt(now + lease_ttl), fmt(now + q.claim_ttl)
   for _ = 1, 1000 do
     if d.in_flight >= d.current_limit or now < d.blocked_until then break end
-    local head = redis.call('ZRANGE', k.queue, 0, 0)[1]
+    local first = redis.call('ZRANGE', k.queue, 0, 1, 'WITHSCORES')
+    local head = first[1]
     if not head then break end
     local beat = redis.call('ZSCORE', k.beats, head)
     local tokens = tonumber(redis.call('HGET', k.tokens, head)) or 0
@@ -252,9 +315,13 @@ local function promote(q, d, now, lease_ttl, self_id, own)
     local text = alive and fits and redis.call('HGET', k.want, head)
     if text then
       -- The oldest segment, and the text of the others.
-      local total, first_t, first_c, rest = string.match(text, '^(%d+)=(%d+):(%d+),?(.*)$')
-      total, first_c = tonumber(total), tonumber(first_c)
+      local total, weight, segs = parse_want(text)
+      local first_t, first_c, rest = string.match(segs, '^([^:]+):(%d+),?(.*)$')
+      local start, step = tonumber(first_t), 1 / weight
+      first_c = tonumber(first_c)
       local n = math.min(d.current_limit - d.in_flight, first_c, b and 1 or first_c)
+      -- As many as start no later than the next entry's next request.
+      if first[4] then n = math.min(n, math.floor((tonumber(first[4]) - start) / step + 1e-9) + 1) end
       local mine = head == self_id
       if mine then n = math.min(n, #own.ids - own.used) end
       if n <= 0 then  -- its own caller is first, with no more lease ids in this call
@@ -289,12 +356,14 @@ local function promote(q, d, now, lease_ttl, self_id, own)
       end
       first_c, total = first_c - given, total - given
       if total <= 0 then
-        save_segments(q, head, {}, -given)
+        save_segments(q, head, {}, 1, -given)
       elseif first_c > 0 then
-        write_want(q, head, total, first_t .. ':' .. first_c .. (rest ~= '' and ',' .. rest or ''), -given)
+        start = start + given * step
+        write_want(q, head, total, weight, fmt(start) .. ':' .. first_c .. (rest ~= '' and ',' .. rest or ''), -given)
+        redis.call('ZADD', k.queue, start, head)
       else  -- the next segment is the oldest now
-        write_want(q, head, total, rest, -given)
-        redis.call('ZADD', k.queue, string.match(rest, '^(%d+)'), head)
+        write_want(q, head, total, weight, rest, -given)
+        redis.call('ZADD', k.queue, string.match(rest, '^([^:]+)'), head)
       end
     else
       leave(q, head)
@@ -334,10 +403,9 @@ end
 -- A wake-up is a courtesy: a waiter that misses one finds its slot when it
 -- re-checks. pcall, so that a refused publish (no SPUBLISH before Redis 7,
 -- an ACL without the channel) never fails a script whose writes are done.
--- The message: '<waiter id> <JSON>'.
+-- The message: '<waiter id or agent entry> <JSON>'.
 local function wake(q, id, json)
-  local client = string.match(id, '^(.-)%.') or id
-  redis.pcall(q.publish, q.prefix .. client, id .. ' ' .. json)
+  redis.pcall(q.publish, q.prefix .. string.match(id, '^[^.~]+'), id .. ' ' .. json)
 end
 
 -- While a cooldown blocks the queue, tells the first waiter when it ends: its

@@ -7,9 +7,9 @@
 --                         of an acquire given up before it ran (forgotten at t)
 -- KEYS[4]  domain index   <ns>:{<provider>/<model>}:domains (set of domain names)
 -- KEYS[5]  event stream   <ns>:{<provider>/<model>}:events
--- KEYS[6]  queue zset     <ns>:{<provider>/<model>}:<domain>:queue (waiter id -> ticket)
+-- KEYS[6]  queue zset     <ns>:{<provider>/<model>}:<domain>:queue (waiter id -> virtual start time)
 -- KEYS[7]  beats zset     <ns>:{<provider>/<model>}:<domain>:beats (waiter id -> heartbeat deadline)
--- KEYS[8]  ticket counter <ns>:{<provider>/<model>}:<domain>:tickets
+-- KEYS[8]  groups zset    <ns>:{<provider>/<model>}:<domain>:groups (group -> virtual finish time)
 -- KEYS[9]  want hash      <ns>:{<provider>/<model>}:<domain>:want (agent -> what it waits for)
 -- KEYS[10] handed hash    <ns>:{<provider>/<model>}:<domain>:handed (agent -> slots handed, not acked)
 --                         (see _queue.lua)
@@ -28,6 +28,8 @@
 --                            handed-over slot: this call claims it), else ''
 -- ARGV[9]  claim_ttl         seconds a slot handed to a waiter lasts until claimed
 -- ARGV[10] publish           'PUBLISH', or 'SPUBLISH' on a cluster
+-- ARGV[11] weight            the weight of the waiter's group (its lease id names the
+--                            group: '<client>~<group>.<token>'; see _queue.lua)
 --
 -- The rules are the model's stored configuration (see register). A newcomer
 -- never passes a queued waiter: while the queue is not empty, free slots go
@@ -59,6 +61,7 @@ local now = clock(ARGV[1])
 local domain, id, tokens = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local lease_ttl, waiting, beat = tonumber(ARGV[5]), ARGV[6] == 'wait', tonumber(ARGV[7])
 local recheck, claim_ttl, publish = ARGV[8] == '1', tonumber(ARGV[9]), ARGV[10]
+local weight = tonumber(ARGV[11]) or 1
 local k = domain_keys(KEYS)
 
 local m, err = load_model(k.cap, now)
@@ -102,13 +105,13 @@ if not status then
   if queued == 0 then
     status, value = try_take(d, k, b, id, tokens, now, lease_ttl, m.idle_ms)
     if waiting and (status == 'cooldown' or status == 'at_capacity' or status == 'budget') then
-      enqueue(q, id, tokens, now + beat)
+      enqueue(q, id, tokens, now + beat, weight)
       status, value = 'queued', first_in_line_wait(q, d, id, tokens, now)
     end
   else
     local mine = redis.call('ZSCORE', k.queue, id)
     if waiting then
-      if mine then redis.call('ZADD', k.beats, now + beat, id) else enqueue(q, id, tokens, now + beat) end
+      if mine then redis.call('ZADD', k.beats, now + beat, id) else enqueue(q, id, tokens, now + beat, weight) end
     end
     local got_self, claim = promote(q, d, now, lease_ttl, id)
     handoff_expiry = claim
@@ -131,7 +134,7 @@ save_domain(k.domain, d)
 budget.save(b, m.idle_ms)
 publish_handoffs(q, d, handoff_expiry)
 flush_events(k.events, now, m.idle_ms)
-touch(m.idle_ms, k.domain, k.cap, k.leases, k.index, k.events, k.queue, k.beats, k.tickets, k.want, k.handed,
+touch(m.idle_ms, k.domain, k.cap, k.leases, k.index, k.events, k.queue, k.beats, k.groups, k.want, k.handed,
   b and k.budget, b and k.tokens)
 return '{"status":"' .. status .. '","value":' .. (type(value) == 'string' and value or fmt(value)) .. (status == 'queued' and ',"at":' .. fmt(now) or '') ..
   ',"state":' .. state_json(d) .. events_json() .. '}'

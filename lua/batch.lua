@@ -8,7 +8,7 @@
 -- KEYS[3]       event stream   <ns>:{<provider>/<model>}:events
 -- KEYS[4]       budget hash    <ns>:{<provider>/<model>}:cap:budget
 -- KEYS[8i-3..8i+4] for domain i: its hash <ns>:{<provider>/<model>}:<domain>, and its
---               :leases, :queue, :beats, :tickets, :want, :handed and :tokens keys
+--               :leases, :queue, :beats, :groups, :want, :handed and :tokens keys
 --               (see acquire.lua and _queue.lua)
 --
 -- ARGV[1]  now               seconds, or '' for the server's TIME
@@ -31,9 +31,14 @@
 --                     yet acked)
 --            ids      lease ids for the oldest of them, in order: [lease id, tokens]
 --            tokens   what each slot handed to the agent reserves
+--            group    the group its callers wait in (absent: the default group);
+--                     the agent's entry is '<client>~<group>', and the lease ids
+--                     are '<client>~<group>.<token>'. A domain may come in several
+--                     items, one per group.
+--            weight   the group's weight (absent: 1)
 --
 -- Per domain: outcomes first (their freed slots go to the queue in order),
--- then acks, then the agent's entry is set and the queue served in ticket
+-- then acks, then the agent's entry is set and the queue served in tag
 -- order (the agent's own slots granted to its ids), then the 'try's, which
 -- never pass a waiter. Each item is all or nothing (slot and budget), as
 -- acquire.lua and release.lua do it one at a time: the same functions.
@@ -80,17 +85,23 @@ local b
 b, err = budget.load(m, KEYS[4], now, learning)
 if err then return redis.error_reply(err) end
 
--- Every domain read and judged before the first write.
-local doms = {}
+-- Every domain read and judged before the first write; the items of one
+-- domain (one per group) share it.
+local doms, by_name = {}, {}
 for i, item in ipairs(items) do
   local base = 8 * i - 3
-  local k = {cap = KEYS[1], domain = KEYS[base], leases = KEYS[base + 1], index = KEYS[2], events = KEYS[3],
-             queue = KEYS[base + 2], beats = KEYS[base + 3], tickets = KEYS[base + 4], want = KEYS[base + 5],
-             handed = KEYS[base + 6], budget = KEYS[4], tokens = KEYS[base + 7]}
-  local d
-  d, err = load_domain(k.domain)
-  if err then return redis.error_reply(err) end
-  doms[i] = {k = k, d = d}
+  local dom = by_name[item.name]
+  if not dom then
+    local k = {cap = KEYS[1], domain = KEYS[base], leases = KEYS[base + 1], index = KEYS[2], events = KEYS[3],
+               queue = KEYS[base + 2], beats = KEYS[base + 3], groups = KEYS[base + 4], want = KEYS[base + 5],
+               handed = KEYS[base + 6], budget = KEYS[4], tokens = KEYS[base + 7]}
+    local d
+    d, err = load_domain(k.domain)
+    if err then return redis.error_reply(err) end
+    dom = {k = k, d = d}
+    by_name[item.name] = dom
+  end
+  doms[i] = dom
 end
 
 if registered and learning then budget.heard_limits(KEYS[1], m, heard) end
@@ -115,7 +126,10 @@ for i, item in ipairs(items) do
     if budget.fits(b, tonumber(pair[2])) then tries[#tries + 1] = j else res.try[j] = {'oversize', b.tpm} end
   end
   local wants = item.want > #res.oversize or #tries > 0
-  if not d and wants then d = create_domain(domain, k, now, m) end
+  if not d and wants then
+    d = create_domain(domain, k, now, m)
+    doms[i].d = d
+  end
   local q = queue_of(domain, k, publish, m.idle_ms, claim_ttl, b)
   if d then
     reap(domain, d, k, now, b)
@@ -147,7 +161,9 @@ for i, item in ipairs(items) do
   if d then
     if wants then rules.on_acquire(domain, d, now, m) end
     if redis.call('ZCARD', k.queue) > 0 then reap_waiters(q, now) end
-    res.handed = handed_to(q, client, now)
+    local group = item.group ~= cjson.null and item.group or nil
+    local entry = group and client .. '~' .. group or client
+    res.handed = handed_to(q, entry, now)
     local want = math.max(0, item.want - #res.oversize - #res.handed)
     -- Nobody waits: the agent's oldest callers take what is free, as newcomers do.
     if redis.call('ZCARD', k.queue) == 0 then
@@ -164,8 +180,8 @@ for i, item in ipairs(items) do
         end
       end
     end
-    set_want(q, client, want, beat_deadline, tonumber(item.tokens) or 0)
-    local _, claim = promote(q, d, now, lease_ttl, client, own)
+    set_want(q, client, group, tonumber(item.weight) or 1, want, beat_deadline, tonumber(item.tokens) or 0)
+    local _, claim = promote(q, d, now, lease_ttl, entry, own)
     res.more = own.starved
     publishing[#publishing + 1] = {q, d, claim, #item.rel > 0}
 
@@ -183,7 +199,7 @@ for i, item in ipairs(items) do
       res.try[j] = {status, value}
     end
 
-    if redis.call('HGET', k.want, client) then res.wait = first_in_line_wait(q, d, client, tonumber(item.tokens) or 0, now) end
+    if redis.call('HGET', k.want, entry) then res.wait = first_in_line_wait(q, d, entry, tonumber(item.tokens) or 0, now) end
     d.waiters = waiting_count(q)
     save_domain(k.domain, d)
   end
@@ -202,7 +218,7 @@ end
 flush_events(KEYS[3], now, m.idle_ms)
 for i = 1, #items do
   local k = doms[i].k
-  touch(m.idle_ms, k.domain, k.cap, k.leases, k.index, k.events, k.queue, k.beats, k.tickets, k.want, k.handed,
+  touch(m.idle_ms, k.domain, k.cap, k.leases, k.index, k.events, k.queue, k.beats, k.groups, k.want, k.handed,
     b and k.budget, b and k.tokens)
 end
 return '{"registered":' .. tostring(registered) .. ',"at":' .. fmt(now) .. ',"domains":[' .. table.concat(out, ',') ..

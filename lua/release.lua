@@ -1,7 +1,7 @@
 -- release: give a lease back and report how the request went.
 --
 -- KEYS[1..12] as acquire.lua: cap hash, domain hash, leases zset, domain index,
---             event stream, queue zset, beats zset, ticket counter, want hash,
+--             event stream, queue zset, beats zset, groups zset, want hash,
 --             handed hash, budget hash, tokens hash
 --
 -- ARGV[1]  now               seconds, or '' for the server's TIME
@@ -123,7 +123,7 @@ if handoff_expiry then
   notify_head_of_cooldown(q, d, now)
 end
 flush_events(k.events, now, m.idle_ms)
-touch(m.idle_ms, k.domain, k.cap, k.leases, k.index, k.events, k.queue, k.beats, k.tickets, k.want, k.handed,
+touch(m.idle_ms, k.domain, k.cap, k.leases, k.index, k.events, k.queue, k.beats, k.groups, k.want, k.handed,
   b and k.budget, b and k.tokens)
 return '{"released":' .. tostring(released) .. ',"registered":' .. tostring(registered) .. ',"next":' ..
   next_expiry .. ',"state":' .. state_json(d) .. events_json() .. '}'

@@ -6,7 +6,7 @@
 -- KEYS[2]     domain index   <ns>:{<provider>/<model>}:domains
 -- KEYS[3]     event stream   <ns>:{<provider>/<model>}:events
 -- KEYS[8i-4..8i+3] for domain i: its hash <ns>:{<provider>/<model>}:<domain>, and
---             its :leases, :queue, :beats, :tickets, :want, :handed and :tokens keys
+--             its :leases, :queue, :beats, :groups, :want, :handed and :tokens keys
 --
 -- ARGV[1]     now               seconds, or '' for the server's TIME
 -- ARGV[1+i]   name of domain i

@@ -64,20 +64,20 @@ def test_a_process_waits_as_one_entry_whose_count_grows_while_nobody_else_queues
     _batch(t, "a", 1.0, want=1, ids=("a.1",))
     _batch(t, "a", 1.1, want=3, ids=("a.1", "a.2", "a.3"))  # two more callers, nobody else between
     assert client.zcard(f"{DOMAIN_KEY}:queue") == 1
-    assert client.hget(f"{DOMAIN_KEY}:want", "a") in (b"3=1:3", "3=1:3")  # three slots in one segment: ticket 1
+    assert client.hget(f"{DOMAIN_KEY}:want", "a") in (b"3=0:3", "3=0:3")  # one segment: tags 0, 1, 2
     assert int(client.hget(DOMAIN_KEY, "waiters")) == 3
     _batch(t, "a", 1.2, want=1, ids=("a.1",))  # two gave up: the newest go
     assert int(client.hget(DOMAIN_KEY, "waiters")) == 1
 
 
-def test_processes_are_served_in_ticket_order_to_within_a_batch(make_throttle: MakeThrottle) -> None:
+def test_processes_are_served_in_arrival_order_to_within_a_batch(make_throttle: MakeThrottle) -> None:
     t = make_throttle()
     reg(t, 2)
     held = _batch(t, "h", 1.0, want=2, ids=("h.1", "h.2")).got
     assert len(held) == 2
-    _batch(t, "a", 1.1, want=1, ids=("a.1",))  # ticket 1
-    _batch(t, "b", 1.2, want=1, ids=("b.1",))  # ticket 2
-    _batch(t, "a", 1.3, want=2, ids=("a.1", "a.2"))  # a's second caller: ticket 3, behind b's
+    _batch(t, "a", 1.1, want=1, ids=("a.1",))  # tag 0
+    _batch(t, "b", 1.2, want=1, ids=("b.1",))  # tag 1
+    _batch(t, "a", 1.3, want=2, ids=("a.1", "a.2"))  # a's second caller: tag 2, behind b's
     # One batch gives both slots back (and h asks for one more): they go to
     # a's first caller and to b, not to a's second, nor to h.
     got = _batch(t, "h", 1.4, releases=("h.1", "h.2"), want=1, ids=("h.3",))

@@ -108,7 +108,7 @@ def test_an_ack_rides_with_a_release_and_a_caller_for_a_full_domain_with_the_nex
 
 
 def test_a_freed_slot_goes_to_redis_with_the_next_caller_s_want_never_straight_to_the_caller() -> None:
-    """Redis serves its queue in ticket order: the process's own next caller
+    """Redis serves its queue in arrival order: the process's own next caller
     gets the slot only if no older waiter of another process is first."""
     c = Callers()
     c.q.domain(ref("")).outcome(CORE.outcome_row(ref("p1.done"), "success"), "holder")

@@ -60,7 +60,7 @@ from aimd_redis.errors import (
     RedisUnavailableError,
     redis_boundary,
 )
-from aimd_redis.keys import check_domain
+from aimd_redis.keys import check_domain, check_group, check_weight
 from aimd_redis.observer import Observer
 from aimd_redis.permissions import check_probe, probe_call
 from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, Queued, ReleaseResult
@@ -248,15 +248,31 @@ class AsyncThrottle:
         return parse_state(key, fields)
 
     async def try_acquire(
-        self, *, provider_name: str, model_id: str, domain: str, tokens: int = 0, now: float | None = None
+        self,
+        *,
+        provider_name: str,
+        model_id: str,
+        domain: str,
+        tokens: int = 0,
+        now: float | None = None,
+        group: str | None = None,
+        weight: float = 1.0,
     ) -> AsyncLease | Denied:
         """Take a slot if one is free now, else say why not and how long to wait.
 
         Never queues, and never takes a slot a queued waiter is owed. With a
         budget, the slot comes with one request and ``tokens`` (the request's
-        estimate) of the model's budget, or not at all."""
+        estimate) of the model's budget, or not at all. The lease counts in
+        ``group`` (see ``acquire``)."""
         call, ref = self._core.acquire_call(
-            provider_name, model_id, domain, now, self._core.new_lease_id(self._client_id), tokens=tokens
+            provider_name,
+            model_id,
+            domain,
+            now,
+            self._core.new_lease_id(self._client_id, check_group(group)),
+            tokens=tokens,
+            group=group,
+            weight=weight,
         )
         try:
             if now is None:  # with the process's other callers, in its agent's next batch
@@ -319,29 +335,45 @@ class AsyncThrottle:
             logger.warning("Redis answers again: slots come from the fleet's limit again")
 
     async def acquire(
-        self, *, provider_name: str, model_id: str, domain: str, tokens: int = 0, timeout: float | None = None
+        self,
+        *,
+        provider_name: str,
+        model_id: str,
+        domain: str,
+        tokens: int = 0,
+        timeout: float | None = None,
+        group: str | None = None,
+        weight: float = 1.0,
     ) -> AsyncLease:
         """Wait for a slot; ``timeout=None`` waits for ever, ``0`` fails at once.
 
-        Waiters of every process are served in arrival order: a released slot
-        is handed to the longest waiting one, which is woken on its process's
-        channel. Raises AcquireTimeout when no slot came in time; never sleeps
-        past the deadline, and leaves the queue on timeout or cancellation.
-        ``tokens`` are reserved with the slot as in ``try_acquire``; a request
-        larger than the model's whole budget per minute raises
-        RequestTooLargeError at once.
+        While the domain is full, freed slots go to the waiting groups of the
+        whole fleet in proportion to their ``weight`` (callers without a
+        ``group`` form one group), and within a group to the longest waiting
+        caller, who is woken on its process's channel. Raises AcquireTimeout
+        when no slot came in time; never sleeps past the deadline, and leaves
+        the queue on timeout or cancellation. ``tokens`` are reserved with the
+        slot as in ``try_acquire``; a request larger than the model's whole
+        budget per minute raises RequestTooLargeError at once.
         """
         limit = check_timeout(timeout)
         if limit == 0:
             result = await self.try_acquire(
-                provider_name=provider_name, model_id=model_id, domain=domain, tokens=tokens
+                provider_name=provider_name,
+                model_id=model_id,
+                domain=domain,
+                tokens=tokens,
+                group=group,
+                weight=weight,
             )
             if isinstance(result, Denied):
                 raise self._timed_out(timeout, provider_name, model_id, domain, result.reason, result.state)
             return result
         started = time.monotonic()
         try:
-            lease = await self._wait_in_queue(provider_name, model_id, domain, tokens, timeout, limit, started)
+            lease = await self._wait_in_queue(
+                provider_name, model_id, domain, tokens, timeout, limit, started, check_group(group), weight
+            )
         except AcquireTimeout:
             if self._observer is not None:
                 ref = LeaseRef(provider_name=provider_name, model_id=model_id, domain=domain, lease_id="")
@@ -371,10 +403,20 @@ class AsyncThrottle:
         timeout: float | None,
         limit: float | None,
         started: float,
+        group: str | None,
+        weight: float,
     ) -> AsyncLease:
         # Built (and the names checked) first: a bad name reaches nothing.
         _, ref = self._core.acquire_call(
-            provider_name, model_id, domain, None, self._core.new_lease_id(self._client_id), tokens=tokens, wait=True
+            provider_name,
+            model_id,
+            domain,
+            None,
+            self._core.new_lease_id(self._client_id, group),
+            tokens=tokens,
+            wait=True,
+            group=group,
+            weight=weight,
         )
         agent = self._agent_for()
         # A cancellation that redis-py's subscribe dropped is raised before
@@ -438,11 +480,21 @@ class AsyncThrottle:
         )
 
     def slot(
-        self, *, provider_name: str, model_id: str, domain: str, tokens: int = 0, timeout: float | None = None
+        self,
+        *,
+        provider_name: str,
+        model_id: str,
+        domain: str,
+        tokens: int = 0,
+        timeout: float | None = None,
+        group: str | None = None,
+        weight: float = 1.0,
     ) -> AsyncSlot:
         """Context manager around acquire: leaving the block reports success,
         unless an outcome was already reported; an exception reports failure."""
-        return AsyncSlot(self, provider_name, model_id, domain, tokens, timeout)
+        check_group(group)
+        check_weight(weight)
+        return AsyncSlot(self, provider_name, model_id, domain, tokens, timeout, group, weight)
 
     async def _release(
         self,
@@ -593,6 +645,8 @@ class AsyncThrottle:
                     domain=ref.domain,
                     tokens=next_tokens,
                     timeout=timeout,
+                    group=ref.group,
+                    weight=ref.weight,
                 )
             finally:
                 agent.send(ref, box)  # should the acquire not have gone through the agent
@@ -603,8 +657,10 @@ class AsyncThrottle:
                 provider_name=ref.provider_name,
                 model_id=ref.model_id,
                 domain=ref.domain,
-                lease_id=self._core.new_lease_id(self._client_id),
+                lease_id=self._core.new_lease_id(self._client_id, ref.group),
                 tokens=next_tokens,
+                group=ref.group,
+                weight=ref.weight,
             )
             try:
                 _, grant = await self._report(lease, "success", None, None, next_ref, tokens)
@@ -623,6 +679,8 @@ class AsyncThrottle:
             domain=ref.domain,
             tokens=next_tokens,
             timeout=timeout,
+            group=ref.group,
+            weight=ref.weight,
         )
 
     async def set_limit(
@@ -786,17 +844,27 @@ class AsyncSlot:
         domain: str,
         tokens: int,
         timeout: float | None,
+        group: str | None,
+        weight: float,
     ) -> None:
         self._throttle = throttle
         self._target = (provider_name, model_id, domain)
         self._tokens = tokens
         self._timeout = timeout
+        self._group = (group, weight)
         self._lease: AsyncLease | None = None
 
     async def __aenter__(self) -> AsyncLease:
         provider_name, model_id, domain = self._target
+        group, weight = self._group
         self._lease = await self._throttle.acquire(
-            provider_name=provider_name, model_id=model_id, domain=domain, tokens=self._tokens, timeout=self._timeout
+            provider_name=provider_name,
+            model_id=model_id,
+            domain=domain,
+            tokens=self._tokens,
+            timeout=self._timeout,
+            group=group,
+            weight=weight,
         )
         return self._lease
 

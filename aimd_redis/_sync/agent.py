@@ -184,8 +184,7 @@ class Agent:
 
     def state(self, provider_name: str, model_id: str, domain: str) -> DomainState | None:
         """The domain as the last batch saw it."""
-        dom = self._queue.domains.get((provider_name, model_id, domain))
-        return None if dom is None else dom.state
+        return self._queue.state(provider_name, model_id, domain)
 
     def give_back(self, ref: LeaseRef) -> None:
         """A slot no caller wants (or an id a lost reply may have granted):
