@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from aimd_redis.errors import ConfigError, InvalidArgumentError
+from aimd_redis.keys import DEFAULT_GROUP, check_group
 from aimd_redis.schema import SETTINGS
 
+#: The most of a limit that reservations may hold together: the groups
+#: without one always keep a tenth.
+MAX_RESERVED = 0.9
 #: The longest cooldown a single 429 can impose unless configured otherwise
 #: (``max_cooldown_seconds``). A Retry-After of a day is almost always a
 #: misparsed header; an hour still honours real quota resets while bounding
@@ -83,6 +89,42 @@ class ThrottleConfig(_Settings):
     """``policy="latency"``: how long a no-load latency is trusted while the
     latency says "queue"; then the limit dips to a quarter for a moment to
     measure it again (a server slower for everyone is not a queue)."""
+
+    reserved: str = ""
+    """Shares of the limit held for groups, which no other group may use even
+    while they are idle: ``{"interactive": 0.2}`` (or its stored form,
+    ``"interactive=0.2"``) keeps ``floor(0.2 * current_limit)`` slots for
+    the group ``interactive``; beyond them it competes for the rest by
+    weight. Together at most 0.9; the default group cannot hold one
+    (docs/fairness.md)."""
+
+    @field_validator("reserved", mode="before")
+    @classmethod
+    def _reserved_text(cls, value: object) -> object:
+        """A mapping of shares, or its text, as stored: 'group=share,...'."""
+        if isinstance(value, str):
+            pairs: list[tuple[str, object]] = []
+            for part in filter(None, value.split(",")):
+                name, eq, share = part.partition("=")
+                if not eq:
+                    raise InvalidArgumentError(f"reserved: {part!r} is not 'group=share'")
+                try:
+                    pairs.append((name, float(share)))
+                except ValueError:
+                    raise InvalidArgumentError(f"reserved: {share!r} is not a number") from None
+            value = dict(pairs)
+        if not isinstance(value, Mapping):
+            raise InvalidArgumentError("reserved must be a mapping of group to share, or 'group=share,...'")
+        total = 0.0
+        for name, share in value.items():
+            if check_group(name) is None or name == DEFAULT_GROUP:
+                raise InvalidArgumentError("reserved: the default group cannot hold a reservation")
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.001 <= share <= MAX_RESERVED:
+                raise InvalidArgumentError(f"reserved: the share of {name!r} must be 0.001 to {MAX_RESERVED}")
+            total += share
+        if total > MAX_RESERVED + 1e-9 or math.isnan(total):
+            raise InvalidArgumentError(f"reserved: the shares add up to {total:g}, more than {MAX_RESERVED}")
+        return ",".join(f"{name}={share:.6f}".rstrip("0") for name, share in sorted(value.items()))
 
     @model_validator(mode="after")
     def _idle_outlasts_leases(self) -> ThrottleConfig:

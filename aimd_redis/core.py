@@ -306,8 +306,8 @@ def check_settings(config: ThrottleConfig, settings: dict[str, Any]) -> str:
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
         raise InvalidArgumentError(f"not a setting of the loop stored in Redis: {', '.join(unknown)}")
-    ThrottleConfig(**{**config.model_dump(), **settings})  # ConfigError names the field
-    return msgspec.json.encode(settings).decode()
+    checked = ThrottleConfig(**{**config.model_dump(), **settings}).settings()  # ConfigError names the field
+    return msgspec.json.encode({name: checked[name] for name in settings}).decode()
 
 
 #: The fields of an outcome in batch.lua's ARGV, in order.

@@ -76,6 +76,7 @@ SETTINGS = (
     "idle_ttl_seconds",
     "latency_tolerance",
     "latency_window_seconds",
+    "reserved",
 )
 #: Beyond these a value is a mistake, not a measurement. The scripts hold
 #: the same bounds (MAX_TIME, MAX_COUNT in lua/_base.lua; tests/test_scripts.py

@@ -210,7 +210,7 @@ end
 local CONFIG_NAMES = {
   'policy', 'reduce_factor', 'additive_increase', 'success_window', 'cooldown_seconds', 'ceiling_overshoot',
   'rampup_seconds', 'ceiling_ttl_seconds', 'max_cooldown_seconds', 'idle_ttl_seconds', 'latency_tolerance',
-  'latency_window_seconds',
+  'latency_window_seconds', 'reserved',
 }
 -- Each setting's least and greatest value, and whether it is whole; the
 -- bounds are ThrottleConfig's (open bounds are the next value in).
@@ -225,8 +225,32 @@ local CONFIG_RANGES = {
 local CONFIG_DEFAULTS = {
   policy = 'classic', reduce_factor = 0.75, additive_increase = 1, success_window = 25, cooldown_seconds = 2,
   ceiling_overshoot = 0.1, rampup_seconds = 0, ceiling_ttl_seconds = 300, max_cooldown_seconds = 3600,
-  idle_ttl_seconds = 600, latency_tolerance = 1.4, latency_window_seconds = 30,
+  idle_ttl_seconds = 600, latency_tolerance = 1.4, latency_window_seconds = 30, reserved = '',
 }
+
+-- The shares of the limit held for groups, '<group>=<share>,...' (each share
+-- above 0, all together at most MAX_RESERVED; 'default' cannot hold one:
+-- its in-flight count is not kept), as {group = share}; nil for none, false
+-- when the text is not that. Parsed once per text.
+local MAX_RESERVED = 0.9
+local reserved_parsed, reserved_count = {}, 0
+
+local function reserved_shares(text)
+  if text == '' then return nil end
+  local known = reserved_parsed[text]
+  if known ~= nil then return known end
+  local shares, sum = {}, 0
+  for part in string.gmatch(text, '[^,]+') do
+    local g, v = string.match(part, '^([%w_-]+)=([%d.]+)$')
+    v = tonumber(v)
+    if not v or v <= 0 or #g > 64 or g == 'default' or shares[g] then return false end
+    shares[g], sum = v, sum + v
+  end
+  if sum == 0 or sum > MAX_RESERVED + 1e-9 then return false end
+  if reserved_count >= 100 then reserved_parsed, reserved_count = {}, 0 end
+  reserved_parsed[text], reserved_count = shares, reserved_count + 1
+  return shares
+end
 
 local function idle_ms_of(seconds)
   return seconds > 0 and math.max(1, math.floor(seconds * 1000 + 0.5)) or 0
@@ -243,6 +267,10 @@ end
 -- A setting's value from its text, or nil and the error.
 local function parse_setting(key, name, text)
   if name == 'policy' then return parse(key, name, text, 'policy') end
+  if name == 'reserved' then
+    if reserved_shares(text) == false then return nil, corrupt(key, name, text) end
+    return text
+  end
   local range = CONFIG_RANGES[name]
   local v = tonumber(text)
   if not v or v ~= v or v < range[1] or v > range[2] or (range[3] and v % 1 ~= 0) then
@@ -334,7 +362,9 @@ local function parse_settings(key, json)
   if not ok or type(given) ~= 'table' then return nil, 'AIMD_BAD_CONFIG ' .. json end
   local out = {}
   for name, value in pairs(given) do
-    if not CONFIG_RANGES[name] and name ~= 'policy' then return nil, 'AIMD_BAD_CONFIG unknown setting ' .. name end
+    if not CONFIG_RANGES[name] and name ~= 'policy' and name ~= 'reserved' then
+      return nil, 'AIMD_BAD_CONFIG unknown setting ' .. name
+    end
     local v, err = parse_setting(key, name, tostring(value))
     if not v then return nil, err end
     out[name] = v
@@ -351,7 +381,7 @@ local function save_settings(cap_key, settings, settings_id)
   for i, name in ipairs(CONFIG_NAMES) do
     local v = settings[name]
     if v ~= nil then
-      local text = name == 'policy' and v or fmt(v)
+      local text = type(v) == 'string' and v or fmt(v)
       if text ~= stored[i] then
         flat[#flat + 1], flat[#flat + 2] = name, text
         -- from: the stored value, or its text when it is none (a hand-broken

@@ -18,7 +18,7 @@ end
 -- expiry as the lease's score holds it, as text).
 local function try_take(d, k, b, id, tokens, now, lease_ttl, idle_ms)
   if now < d.blocked_until then return 'cooldown', d.blocked_until - now end
-  if d.in_flight >= d.current_limit then return 'at_capacity', 0 end
+  if room(d, group_of(id)) <= 0 then return 'at_capacity', 0 end
   local wait = budget.wait(b, id, tokens)
   if wait > 0 then return 'budget', wait end
   local expiry = fmt(now + lease_ttl)
@@ -44,6 +44,7 @@ local function give_back(domain, d, q, m, now, lease_ttl, id, r)
   sample.released = score ~= nil and score > 0
   if sample.released then
     redis.call('ZREM', k.leases, id)
+    if d then count_in_group(d, k, id, -1) end
     sample.granted_at = r.granted_at or score - lease_ttl
   end
   local reserved = budget.reserved(b, k.tokens, id, true)

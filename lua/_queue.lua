@@ -39,12 +39,6 @@ local function queue_of(domain, k, publish, idle_ms, claim_ttl, b)
           idle_ms = idle_ms, claim_ttl = claim_ttl, budget = b, handed = {}, handed_to = {}, agents = {}}
 end
 
--- The group an entry, waiter or lease id counts in ('<client>~<group>...'),
--- or nil for the default group.
-local function group_of(id)
-  return string.match(id, '^[^.~]*~([%w_-]+)')
-end
-
 -- Tags are sums of 1/weight: equal within rounding.
 local function same_tag(a, b)
   return math.abs(a - b) <= 1e-9 * math.max(1, math.abs(a))
@@ -60,17 +54,25 @@ local function set_finish(q, g, tag)
 end
 
 -- The start tag of n requests of group g joining the queue at 1/weight each
--- (the group's finish tag moves past them).
+-- (the group's finish tag moves past them). Groups whose last request
+-- finished by V have nobody waiting (V is the least start tag queued): they
+-- go, as if they had never waited.
 local function take_tags(q, g, n, step)
   local head = redis.call('ZRANGE', q.k.queue, 0, 0, 'WITHSCORES')
   local start = 0
   if head[2] then
+    redis.call('ZREMRANGEBYSCORE', q.k.groups, '-inf', head[2])
     start = math.max(tonumber(head[2]), finish_of(q, g) or 0)
   else  -- nobody waits: the tags start again
     redis.call('DEL', q.k.groups)
   end
   set_finish(q, g, start + n * step)
   return start
+end
+
+-- An entry went: with the last, the groups go too.
+local function left(q)
+  if redis.call('ZCARD', q.k.queue) == 0 then redis.call('DEL', q.k.groups) end
 end
 
 -- An agent's want text: its total, weight and segments' text.
@@ -120,6 +122,7 @@ local function save_segments(q, member, segs, weight, delta, beat_deadline)
     redis.call('ZREM', k.queue, member)
     redis.call('ZREM', k.beats, member)
     forget_waiters(q, {member})
+    left(q)
     return
   end
   local parts, total = {}, 0
@@ -269,7 +272,9 @@ local function leave(q, id)
     return true
   end
   redis.call('ZREM', q.k.beats, id)
-  return redis.call('ZREM', q.k.queue, id) == 1
+  if redis.call('ZREM', q.k.queue, id) == 0 then return false end
+  left(q)
+  return true
 end
 
 -- Drops waiters whose process stopped beating (at most 100 a call).
@@ -283,6 +288,17 @@ local function reap_waiters(q, now)
     redis.call('ZREM', k.queue, unpack(dead))
     redis.call('ZREM', k.beats, unpack(dead))
     forget_waiters(q, dead)
+    left(q)
+  end
+end
+
+-- The first of the first 100 queued whose group has a reservation with
+-- slots free (nil if none): the slots held for a group go to its waiters
+-- whatever their place in the queue.
+local function reserved_waiter(q, d)
+  for _, id in ipairs(redis.call('ZRANGE', q.k.queue, 0, 99)) do
+    local g = group_of(id)
+    if g and d.reserved[g] and room(d, g) > 0 then return id end
   end
 end
 
@@ -302,8 +318,15 @@ local function promote(q, d, now, lease_ttl, self_id, own)
   for _ = 1, 1000 do
     if d.in_flight >= d.current_limit or now < d.blocked_until then break end
     local first = redis.call('ZRANGE', k.queue, 0, 1, 'WITHSCORES')
-    local head = first[1]
+    local head, next_tag = first[1], first[4]
     if not head then break end
+    local free = room(d, group_of(head))
+    if free <= 0 then
+      -- What is free is held for reserved groups: their waiters go ahead.
+      head, next_tag = d.reserved and reserved_waiter(q, d), nil
+      if not head then break end
+      free = room(d, group_of(head))
+    end
     local beat = redis.call('ZSCORE', k.beats, head)
     local tokens = tonumber(redis.call('HGET', k.tokens, head)) or 0
     local alive, fits = beat and tonumber(beat) > now, budget.fits(b, tokens)
@@ -319,9 +342,9 @@ local function promote(q, d, now, lease_ttl, self_id, own)
       local first_t, first_c, rest = string.match(segs, '^([^:]+):(%d+),?(.*)$')
       local start, step = tonumber(first_t), 1 / weight
       first_c = tonumber(first_c)
-      local n = math.min(d.current_limit - d.in_flight, first_c, b and 1 or first_c)
+      local n = math.min(free, first_c, b and 1 or first_c)
       -- As many as start no later than the next entry's next request.
-      if first[4] then n = math.min(n, math.floor((tonumber(first[4]) - start) / step + 1e-9) + 1) end
+      if next_tag then n = math.min(n, math.floor((tonumber(next_tag) - start) / step + 1e-9) + 1) end
       local mine = head == self_id
       if mine then n = math.min(n, #own.ids - own.used) end
       if n <= 0 then  -- its own caller is first, with no more lease ids in this call

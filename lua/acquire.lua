@@ -80,8 +80,7 @@ if err then return redis.error_reply(err) end
 if not d then d = create_domain(domain, k, now, m) end
 
 local q = queue_of(domain, k, publish, m.idle_ms, claim_ttl, b)
-reap(domain, d, k, now, b)
-d.in_flight = live_leases(k.leases)
+count_leases(domain, d, k, now, b, m)
 rules.on_acquire(domain, d, now, m)
 
 local status, value = nil, 0

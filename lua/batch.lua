@@ -132,8 +132,7 @@ for i, item in ipairs(items) do
   end
   local q = queue_of(domain, k, publish, m.idle_ms, claim_ttl, b)
   if d then
-    reap(domain, d, k, now, b)
-    d.in_flight = live_leases(k.leases)
+    count_leases(domain, d, k, now, b, m)
   end
 
   for j, r in ipairs(item.rel) do
@@ -188,7 +187,9 @@ for i, item in ipairs(items) do
     for _, j in ipairs(tries) do
       local id, tokens = item.try[j][1], tonumber(item.try[j][2])
       local status, value
-      if redis.call('ZCARD', k.queue) == 0 then
+      -- (The queue was served just now: a reserved group's slots still
+      -- free are nobody else's.)
+      if redis.call('ZCARD', k.queue) == 0 or (d.reserved and d.reserved[group]) then
         status, value = try_take(d, k, b, id, tokens, now, lease_ttl, m.idle_ms)
         value = tonumber(value)
       elseif now < d.blocked_until then

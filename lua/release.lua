@@ -86,8 +86,7 @@ b = budget.limits(b, m, now)
 
 local q = queue_of(domain, k, publish, m.idle_ms, claim_ttl, b)
 if d then
-  reap(domain, d, k, now, b)
-  d.in_flight = live_leases(k.leases)
+  count_leases(domain, d, k, now, b, m)
 end
 local released = give_back(domain, d, q, m, now, lease_ttl, lease_id, {
   outcome = outcome, retry_after = retry_after, granted_at = granted_when, used = used,

@@ -119,13 +119,13 @@ def test_one_schema_of_the_domain_hash_in_lua_and_python() -> None:
 
 def test_one_list_of_the_stored_settings_with_throttleconfig_s_defaults() -> None:
     assert tuple(re.findall(r"'(\w+)'", _lua_table("_fields.lua", "CONFIG_NAMES"))) == schema.SETTINGS
-    defaults = dict(re.findall(r"(\w+) = '?([\w.]+)'?", _lua_table("_fields.lua", "CONFIG_DEFAULTS")))
+    defaults = dict(re.findall(r"(\w+) = '?([\w.]*)'?", _lua_table("_fields.lua", "CONFIG_DEFAULTS")))
     expected = ThrottleConfig().settings()
     assert set(defaults) == set(expected)
     for name, value in expected.items():
         assert defaults[name] == value if isinstance(value, str) else float(defaults[name]) == value, name
     ranged = re.findall(r"(\w+) = {", _lua_table("_fields.lua", "CONFIG_RANGES") + "}")
-    assert {"policy", *ranged} == set(schema.SETTINGS)
+    assert {"policy", "reserved", *ranged} == set(schema.SETTINGS)
 
 
 def test_the_sync_client_is_generated_from_the_async_one() -> None:
