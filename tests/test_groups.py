@@ -256,3 +256,20 @@ def test_the_throttle_waits_in_its_group(make_throttle: MakeThrottle, client: An
     assert isinstance(nxt, Lease)
     assert nxt.ref.group is None
     nxt.success()
+
+
+def test_a_budget_goes_to_the_groups_in_their_weighted_turn(make_throttle: MakeThrottle) -> None:
+    """Under a budget of requests the first in line claims the budget and
+    everyone behind it waits: the claim passes from group to group by tag,
+    so a group with a long backlog does not keep it."""
+    t = make_throttle()
+    t.register(provider_name=P, model_id=M, alias="gen", max_parallel_requests=100, requests_per_minute=60, now=0.0)
+    procs = [Process(t, "p0", "a", 3.0), Process(t, "p1", "b", 1.0)]
+    for p in procs:
+        p.batch(1.0, want=100)
+    for s in range(40):  # a request a second comes free
+        for p in procs:
+            p.batch(2.0 + s + (0.1 if p is procs[1] else 0.0), want=100, ids=1)
+    shares = _shares(procs)
+    assert sum(p.got for p in procs) >= 30
+    assert abs(shares["a"] - 0.75) <= 0.1, shares
