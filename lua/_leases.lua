@@ -16,6 +16,7 @@ end
 -- The group a lease, waiter or queue entry counts in ('<client>~<group>...'),
 -- or nil for the default group.
 local function group_of(id)
+  if not string.find(id, '~', 1, true) then return nil end  -- the common case, cheaply
   return string.match(id, '^[^.~]*~([%w_-]+)')
 end
 

@@ -273,3 +273,20 @@ def test_a_budget_goes_to_the_groups_in_their_weighted_turn(make_throttle: MakeT
     shares = _shares(procs)
     assert sum(p.got for p in procs) >= 30
     assert abs(shares["a"] - 0.75) <= 0.1, shares
+
+
+def test_a_dead_process_s_group_entry_and_leases_go(make_throttle: MakeThrottle, client: Any) -> None:
+    t = make_throttle(wait_poll_seconds=1.0, lease_ttl_seconds=5.0, idle_ttl_seconds=0)
+    reg(t, 2)
+    dead = Process(t, "dead", "nightly")
+    assert len(dead.batch(1.0, want=10, ids=10).got) == 2  # and 8 waiting; then it dies
+    assert int(client.hget(DOMAIN_KEY, "in_flight:nightly")) == 2
+    alive = Process(t, "alive", "chat")
+    alive.batch(2.0, want=1, ids=1)
+    # Its entry goes with its heartbeat (3 s), its leases with their ttl (5 s):
+    # the slots come back to the living, and the group leaves no trace.
+    got = alive.batch(7.0, want=1, ids=1)
+    assert len(got.got) == 1
+    assert client.hget(DOMAIN_KEY, "in_flight:nightly") is None
+    assert client.hget(f"{DOMAIN_KEY}:want", "dead~nightly") is None
+    assert client.zscore(f"{DOMAIN_KEY}:groups", "nightly") is None
