@@ -8,6 +8,8 @@ injected times, so that who gets which slot is exact."""
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -290,3 +292,21 @@ def test_a_dead_process_s_group_entry_and_leases_go(make_throttle: MakeThrottle,
     assert client.hget(DOMAIN_KEY, "in_flight:nightly") is None
     assert client.hget(f"{DOMAIN_KEY}:want", "dead~nightly") is None
     assert client.zscore(f"{DOMAIN_KEY}:groups", "nightly") is None
+
+
+def test_a_slot_is_handed_over_to_a_waiter_of_another_group(make_throttle: MakeThrottle) -> None:
+    """Woken on its process's channel: its next heartbeat (30 s) is far off."""
+    holder, waiter = make_throttle(), make_throttle(wait_poll_seconds=30.0)  # two processes' throttles
+    reg(holder, 1)
+    held = holder.acquire(**TARGET, group="batch", timeout=5)
+    got: list[Lease] = []
+    thread = threading.Thread(target=lambda: got.append(waiter.acquire(**TARGET, group="chat", weight=5, timeout=10)))
+    thread.start()
+    deadline = time.monotonic() + 5
+    while (holder.domain_state(P, M, "chat") or held.state).waiters == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # until it waits in Redis
+    held.success()
+    thread.join(5)
+    assert got
+    assert got[0].ref.group == "chat"
+    got[0].success()

@@ -115,8 +115,9 @@ class Waker:
         return await self._waiting[waiter_id].get(timeout)
 
     def route(self, name: str, handler: Callable[[str, str], None]) -> None:
-        """Hand every message whose first word is ``name`` to ``handler``, with
-        its channel (called in the listener: it must not block)."""
+        """Hand every message whose first word is ``name`` (or
+        ``name~<group>``) to ``handler``, with its channel (called in the
+        listener: it must not block)."""
         self._handlers[name] = handler
 
     def forget(self, waiter_id: str) -> None:
@@ -140,7 +141,7 @@ class Waker:
                 self._confirmed[channel].set()
             elif kind in ("message", "smessage"):
                 name = text.split(" ", 1)[0]
-                handler = self._handlers.get(name)
+                handler = self._handlers.get(name.partition("~")[0])  # an agent's entry of a group: '<agent>~<group>'
                 if handler is not None:
                     handler(channel, text)
                 mailbox = self._waiting.get(name)
