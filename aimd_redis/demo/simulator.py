@@ -525,8 +525,8 @@ class AgentClient(_Client):
             self.sim.granted(task, self.sim.latency.network)
 
     def _woken(self, text: str) -> None:
-        client, _ = text.split(" ", 1)
-        agent = self._processes.get(client)
+        entry, _ = text.split(" ", 1)
+        agent = self._processes.get(entry.partition("~")[0])  # '<process>~<group>' for a group's entry
         if agent is not None:
             woke = self.core.parse_agent_wake(text)
             self.sim.at(self.sim.now + self.sim.latency.wake, self._wake, (agent, woke))
