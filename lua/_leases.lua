@@ -56,6 +56,14 @@ local function count_leases(domain, d, k, now, b, m)
     d.total_reclaimed = d.total_reclaimed + n
   end
   d.in_flight = live_leases(k.leases)
+  -- A count can only be wrong by hand (leases deleted): never above all
+  -- the leases, and none once none is left.
+  for g, count in pairs(d.groups or {}) do
+    if count > d.in_flight then
+      d.groups[g] = d.in_flight
+      if d.in_flight == 0 then redis.call('HDEL', k.domain, 'in_flight:' .. g) end
+    end
+  end
 end
 
 -- Slots group g (nil: the default) may take now: the free ones, less those
