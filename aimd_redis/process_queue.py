@@ -39,7 +39,8 @@ IDS_WHEN_FULL = 4
 #: domain whose queue the process is in already, may wait for the process's
 #: next batch before a batch goes for it alone. Under load most ride with a
 #: release (a request then costs Redis one batch, not three); the newcomer's
-#: place in the fleet's queue comes at most this late.
+#: place in the fleet's queue comes at most this late (a newcomer of a group
+#: of weight w > 1, at most this / w).
 LINGER_SECONDS = 0.25
 
 B = TypeVar("B")
@@ -127,7 +128,8 @@ class DomainQueue(Generic[B]):
         process is queued in a full domain already (then within LINGER_SECONDS)."""
         st = self.state
         if self.told > 0 and st is not None and (st.waiters > 0 or st.in_flight >= st.current_limit):
-            self.linger = min(self.linger, now + LINGER_SECONDS)
+            # A group of more weight is served sooner: its newcomers wait less.
+            self.linger = min(self.linger, now + LINGER_SECONDS / max(1.0, self.weight))
         else:
             self.changed = True
 
