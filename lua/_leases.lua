@@ -61,7 +61,8 @@ local function count_leases(domain, d, k, now, b, m)
   for g, count in pairs(d.groups or {}) do
     if count > d.in_flight then
       d.groups[g] = d.in_flight
-      if d.in_flight == 0 then redis.call('HDEL', k.domain, 'in_flight:' .. g) end
+      local field = 'in_flight:' .. g
+      if d.in_flight == 0 then redis.call('HDEL', k.domain, field) end
     end
   end
 end
