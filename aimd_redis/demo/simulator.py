@@ -106,6 +106,25 @@ def pareto(least: float, alpha: float, cap: float) -> ServiceTime:
 
 
 @dataclass(frozen=True)
+class Group:
+    """Tasks of one group of a fair-share scenario: ``tasks`` on each of
+    ``processes`` processes from ``first`` on (groups may share processes)."""
+
+    name: str | None
+    weight: float = 1.0
+    processes: int = 1
+    tasks: int = 8
+    first: int = 0
+    """The first process of the group's (``p<first>``)."""
+    start: float = 0.0
+    """When its tasks start."""
+    think: float = 0.0
+    """Mean pause (exponential) between a task's requests: 0 sends the next at once."""
+    service: ServiceTime | None = None
+    """Its requests' service time (None: the scenario's)."""
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     about: str
@@ -166,6 +185,8 @@ class Scenario:
     """Sample the waiter entries Redis holds (one more command per sample)."""
     start_spread: float = 0.01
     """Tasks start at random within this many seconds."""
+    groups: tuple[Group, ...] = ()
+    """Tasks of groups (fair share), instead of ``processes`` x ``tasks`` without a group."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +210,8 @@ class Request(msgspec.Struct, array_like=True):
     """Seconds it waited in a queueing server's queue before it was served."""
     first_byte: float | None = None
     """A streamed answer's first token, in seconds after it arrived (None: not streamed)."""
+    group: str | None = None
+    """The group of the task that sent it."""
 
     @property
     def started(self) -> float:
@@ -218,6 +241,15 @@ class Point(msgspec.Struct, array_like=True):
     """Requests waiting in a queueing server's queue."""
 
 
+class Granted(msgspec.Struct, array_like=True):
+    """A slot granted to a task."""
+
+    at: float
+    group: str | None
+    waited: float
+    """Seconds from the task's ask to its grant."""
+
+
 class SimRun(msgspec.Struct):
     scenario: str
     policy: str
@@ -228,14 +260,17 @@ class SimRun(msgspec.Struct):
     script_calls: int
     waiter_entries: list[int] = []
     """Waiter entries in Redis at each sample (with ``Scenario.count_entries``)."""
+    grants: list[Granted] = []
 
 
 class _Task:
     __slots__ = (
         "arrived",
+        "asked",
         "at_server",
         "call",
         "granted_at",
+        "group",
         "job_started",
         "process",
         "queued",
@@ -246,19 +281,25 @@ class _Task:
         "used",
     )
 
-    def __init__(self, process: str) -> None:
+    def __init__(self, process: str, group: Group | None = None) -> None:
         self.process = process
+        self.group = group
         self.token = 0  # invalidates a scheduled re-check once the task has moved on
         self.queued = False
         self.recheck = False
         self.call: Call | None = None
         self.ref: LeaseRef | None = None
         self.job_started = 0.0
+        self.asked = 0.0  # when it last asked for a slot
         self.granted_at: float | None = None
         self.used = 0
         self.ttfb: float | None = None  # a streamed answer's first byte, as the caller measures it
         self.arrived = 0.0  # at a queueing server
         self.at_server = 0  # requests there when it arrived, itself counted
+
+
+def _group_name(task: _Task) -> str | None:
+    return None if task.group is None else task.group.name
 
 
 class FleetClient(Protocol):
@@ -584,6 +625,7 @@ class Simulation:
         self.calls = 0
         self.entries: list[int] = []
         """Waiter entries in Redis at each sample."""
+        self.grants: list[Granted] = []
         # The server's budgets, full at the start, as the cold server keeps them.
         limits = {"requests": scenario.server_rpm, "tokens": scenario.server_tpm}
         self._buckets = {kind: Bucket(limit, float(limit), 0.0) for kind, limit in limits.items() if limit is not None}
@@ -596,7 +638,10 @@ class Simulation:
 
     def run(self) -> SimRun:
         self.fleet.reset()
-        self._add_processes(self.s.processes, 0.0)
+        if self.s.groups:
+            self._add_groups()
+        else:
+            self._add_processes(self.s.processes, 0.0)
         for at, processes in self.s.scale:
             self.at(at, self._scale_to, processes)
         self.at(0.0, self._sample, None)
@@ -618,6 +663,7 @@ class Simulation:
             points=self.points,
             script_calls=self.calls,
             waiter_entries=self.entries,
+            grants=self.grants,
         )
 
     def at(self, t: float, fn: Callable[[Any], None], arg: Any) -> None:
@@ -653,10 +699,18 @@ class Simulation:
         first = self._tasks // self.s.tasks
         for p in range(first, first + n):
             for _ in range(self.s.tasks):
-                task = _Task(f"p{p}")
-                self._tasks += 1
-                # Spread the starts a little, as real processes start.
-                self.at(at + self._rng.uniform(0, self.s.start_spread), self._start_job, task)
+                self._add_task(_Task(f"p{p}"), at)
+
+    def _add_groups(self) -> None:
+        for g in self.s.groups:
+            for p in range(g.first, g.first + g.processes):
+                for _ in range(g.tasks):
+                    self._add_task(_Task(f"p{p}", g), g.start)
+
+    def _add_task(self, task: _Task, at: float) -> None:
+        self._tasks += 1
+        # Spread the starts a little, as real processes start.
+        self.at(at + self._rng.uniform(0, self.s.start_spread), self._start_job, task)
 
     def _scale_to(self, processes: int) -> None:
         now_processes = self._tasks // self.s.tasks
@@ -670,6 +724,7 @@ class Simulation:
         self._acquire(task)
 
     def _acquire(self, task: _Task) -> None:
+        task.asked = self.now
         estimate = 0
         if self.s.budget != "ignored":
             estimate = self.s.estimate or self.s.prompt_tokens + self.s.max_tokens
@@ -677,6 +732,7 @@ class Simulation:
 
     def granted(self, task: _Task, delay: float) -> None:
         task.token += 1  # no re-check pending any more
+        self.grants.append(Granted(self.now, _group_name(task), self.now - task.asked))
         if task.queued:
             task.queued = False
             self.waiting -= 1
@@ -729,15 +785,20 @@ class Simulation:
         elif s.random_refusals and self._rng.random() < s.random_refusals:
             refusal = (429, s.retry_after)
         if refusal is not None:
-            self.requests.append(Request(now, now, refusal[0], concurrency, capacity))
+            self.requests.append(Request(now, now, refusal[0], concurrency, capacity, group=_group_name(task)))
             self.at(now + self.latency.network, self._refused, (task, refusal[1]))
             return
         self._in_service += 1
-        seconds = s.service(self._rng)
-        self.requests.append(Request(now, now + seconds, 200, concurrency, capacity, cost))
+        seconds = self._service(task)
+        self.requests.append(Request(now, now + seconds, 200, concurrency, capacity, cost, group=_group_name(task)))
         task.used = cost
         self.at(now + seconds + self.latency.network, self._served, task)
         self.at(now + seconds + s.release_lag, self._free, None)
+
+    def _service(self, task: _Task) -> float:
+        """A request's own service time (its group's, or the scenario's)."""
+        g = task.group
+        return (g.service if g is not None and g.service is not None else self.s.service)(self._rng)
 
     def _free(self, _: None) -> None:
         self._in_service -= 1
@@ -758,7 +819,7 @@ class Simulation:
         assert self._server is not None
         assert self.s.batching is not None
         now, server = self.now, self._server
-        got = server.join(self.s.service(self._rng), now)
+        got = server.join(self._service(task), now)
         self._in_service += 1
         waited = now - task.arrived
         first = waited + got.first_token if self.s.batching.stream else None
@@ -783,7 +844,8 @@ class Simulation:
         if self.s.requests is not None and self._done_count >= self.s.requests:
             self._done = True
             return
-        self.at(self.now, self._start_job, task)
+        think = task.group.think if task.group is not None else 0.0
+        self.at(self.now + (self._rng.expovariate(1 / think) if think > 0 else 0.0), self._start_job, task)
 
     def _refused(self, arg: tuple[_Task, float | None]) -> None:
         task, retry_after = arg
