@@ -302,6 +302,11 @@ def _group_name(task: _Task) -> str | None:
     return None if task.group is None else task.group.name
 
 
+def _group_of(task: _Task) -> tuple[str | None, float]:
+    """The group and weight a task asks with."""
+    return (None, 1.0) if task.group is None else (task.group.name, task.group.weight)
+
+
 class FleetClient(Protocol):
     """How the simulated fleet's processes talk to Redis (``AgentClient``, ``TaskClient``)."""
 
@@ -373,9 +378,18 @@ class TaskClient(_Client):
 
     def acquire(self, task: _Task, tokens: int) -> None:
         """Ask for a slot; the simulation's ``granted`` is called once the task has one."""
-        lease_id = self.core.new_lease_id(task.process)
+        group, weight = _group_of(task)
+        lease_id = self.core.new_lease_id(task.process, group)
         task.call, task.ref = self.core.acquire_call(
-            PROVIDER, MODEL, DOMAIN, EPOCH + self.sim.now, lease_id, tokens=tokens, wait=True
+            PROVIDER,
+            MODEL,
+            DOMAIN,
+            EPOCH + self.sim.now,
+            lease_id,
+            tokens=tokens,
+            wait=True,
+            group=group,
+            weight=weight,
         )
         task.recheck = False
         self._by_id[lease_id] = task
@@ -428,6 +442,8 @@ class TaskClient(_Client):
                     tokens=task.ref.tokens,
                     wait=True,
                     recheck=True,
+                    group=task.ref.group,
+                    weight=task.ref.weight,
                 )
             poll = sim.config.wait_poll_seconds
             self._recheck_in(task, min(got.retry_in, poll) if got.retry_in > 0 else poll)
@@ -493,12 +509,15 @@ class AgentClient(_Client):
 
     def acquire(self, task: _Task, tokens: int) -> None:
         agent = self._process(task.process)
+        group, weight = _group_of(task)
         task.ref = LeaseRef(
             provider_name=PROVIDER,
             model_id=MODEL,
             domain=DOMAIN,
-            lease_id=self.core.new_lease_id(agent.client_id),
+            lease_id=self.core.new_lease_id(agent.client_id, group),
             tokens=tokens,
+            group=group,
+            weight=weight,
         )
         task.queued = True
         self.sim.waiting += 1
