@@ -9,12 +9,12 @@ runs them against their targets; ``tests/test_fair.py`` guards the 3:1 share.
 
 from __future__ import annotations
 
-import itertools
+import math
 from collections.abc import Sequence
 
 import msgspec
 
-from aimd_redis.demo.simulator import Group, Scenario, SimRun, quantile, steps, uniform
+from aimd_redis.demo.simulator import Granted, Group, Scenario, SimRun, quantile, steps, uniform
 
 LIMIT = 8
 SERVICE = 0.25
@@ -123,58 +123,76 @@ class FairFigures(msgspec.Struct, frozen=True):
         return next(g for g in self.groups if g.group == group)
 
 
+#: (group, start, end): a slot held, or a request in service.
+Interval = tuple[str, float, float]
+
+
 def _name(group: str | None) -> str:
     return "default" if group is None else group
 
 
 def fair_figures(run: SimRun, s: Scenario, start: float = WARMUP) -> FairFigures:
-    """Per-group figures over [start, end of the run)."""
-    a, b = start, run.end
+    """Per-group figures of a simulated run over [start, end of the run)."""
     names = sorted({_name(g.name) for g in s.groups} or {"default"})
-    grants = {n: [g for g in run.grants if a <= g.at < b and _name(g.group) == n] for n in names}
-    total = sum(len(v) for v in grants.values())
-    busy = {
-        n: sum(
-            max(0.0, min(r.finished, b) - max(r.started, a))
-            for r in run.requests
-            if r.status == 200 and _name(r.group) == n and r.finished > a and r.started < b
-        )
-        / (b - a)
-        for n in names
-    }
-    groups = []
-    for n in names:
-        waits = [g.waited for g in grants[n]]
-        groups.append(
-            GroupFigures(
-                group=n,
-                grants=len(waits),
-                share=len(waits) / total if total else 0.0,
-                busy=busy[n],
-                wait_p50=quantile(waits, 0.5),
-                wait_p99=quantile(waits, 0.99),
-                wait_max=max(waits, default=float("nan")),
-            )
-        )
-    return FairFigures(scenario=s.name, window=(a, b), busy_share=sum(busy.values()) / s.peak, groups=groups)
+    return group_figures(
+        s.name,
+        names,
+        [Granted(g.at, _name(g.group), g.waited) for g in run.grants],
+        served(run),
+        (start, run.end),
+        s.peak,
+    )
 
 
-def concurrency(run: SimRun, step: float = 0.5) -> dict[str, list[tuple[float, float]]]:
-    """Per group, (t, mean requests in service over [t, t + step)), for plots."""
-    out: dict[str, list[tuple[float, float]]] = {}
-    bins = int(run.end / step) + 1
-    for name, reqs in itertools.groupby(
-        sorted((r for r in run.requests if r.status == 200), key=lambda r: _name(r.group)), key=lambda r: _name(r.group)
-    ):
-        load = [0.0] * bins
-        for r in reqs:
-            t = r.started
-            while t < r.finished:
-                i = int(t / step)
-                if i >= bins:
-                    break
-                edge = min(r.finished, (i + 1) * step)
-                load[i] += edge - t
-                t = edge
-        out[name] = [(i * step, x / step) for i, x in enumerate(load)]
+def served(run: SimRun) -> list[Interval]:
+    """The requests served, as (group, start, end) at the server."""
+    return [(_name(r.group), r.started, r.finished) for r in run.requests if r.status == 200]
+
+
+def group_figures(
+    scenario: str,
+    names: Sequence[str],
+    grants: Sequence[Granted],
+    busy: Sequence[Interval],
+    window: tuple[float, float],
+    limit: int,
+) -> FairFigures:
+    """Per-group figures over ``window``: grants, the slots they kept busy
+    (of ``limit``), and waits (a grant counts in the window it came in)."""
+    a, b = window
+    mine = {n: [g.waited for g in grants if a <= g.at < b and g.group == n] for n in names}
+    total = sum(len(v) for v in mine.values())
+    held = dict.fromkeys(names, 0.0)
+    for group, t0, t1 in busy:
+        if group in held:
+            held[group] += max(0.0, min(t1, b) - max(t0, a))
+    groups = [
+        GroupFigures(
+            group=n,
+            grants=len(waits),
+            share=len(waits) / total if total else 0.0,
+            busy=held[n] / (b - a),
+            wait_p50=quantile(waits, 0.5),
+            wait_p99=quantile(waits, 0.99),
+            wait_max=max(waits, default=math.nan),
+        )
+        for n, waits in mine.items()
+    ]
+    return FairFigures(scenario=scenario, window=window, busy_share=sum(held.values()) / (b - a) / limit, groups=groups)
+
+
+def concurrency(busy: Sequence[Interval], end: float, step: float = 0.5) -> dict[str, list[float]]:
+    """Per group, the mean slots busy over [i x step, (i + 1) x step), for plots."""
+    bins = int(end / step) + 1
+    out: dict[str, list[float]] = {}
+    for group, t0, t1 in busy:
+        load = out.setdefault(group, [0.0] * bins)
+        t = max(0.0, t0)
+        while t < t1:
+            i = int(t / step)
+            if i >= bins:
+                break
+            edge = min(t1, (i + 1) * step)
+            load[i] += (edge - t) / step
+            t = edge
     return out
