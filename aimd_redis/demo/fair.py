@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import msgspec
 
@@ -76,9 +77,10 @@ BATCH = Group("batch", 1.0, processes=4, tasks=16, service=uniform(1.0))
 """A batch group flooding the queue with 1 s requests."""
 
 
-def interactive(weight: float, *, batch: bool = True, seconds: float = 300.0) -> Scenario:
+def interactive(weight: float, *, batch: bool = True, reserved: float = 0.0, seconds: float = 300.0) -> Scenario:
     """An interactive group (2 tasks, 0.2 s requests about 1 s apart, from
-    ``INTERACTIVE_START``) of ``weight``, with the batch group flooding or alone."""
+    ``INTERACTIVE_START``) of ``weight`` and a ``reserved`` share of the
+    limit, with the batch group flooding or alone."""
     group = Group(
         "interactive",
         weight,
@@ -90,12 +92,14 @@ def interactive(weight: float, *, batch: bool = True, seconds: float = 300.0) ->
         service=uniform(0.2),
     )
     load = "behind a batch group (4 x 16 tasks, 1 s requests)" if batch else "alone"
-    return scenario(
-        f"interactive-w{weight:g}" + ("" if batch else "-alone"),
-        f"interactive (weight {weight:g}, 2 tasks, 0.2 s requests 1 s apart) {load}; limit {LIMIT}",
+    held = f", {reserved:g} of the limit reserved" if reserved else ""
+    s = scenario(
+        f"interactive-w{weight:g}" + (f"-r{reserved:g}" if reserved else "") + ("" if batch else "-alone"),
+        f"interactive (weight {weight:g}{held}; 2 tasks, 0.2 s requests 1 s apart) {load}; limit {LIMIT}",
         [BATCH, group] if batch else [group],
         seconds,
     )
+    return replace(s, config={"reserved": {group.name: reserved}}) if reserved else s
 
 
 class GroupFigures(msgspec.Struct, frozen=True):
