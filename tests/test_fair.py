@@ -39,3 +39,16 @@ def test_a_group_alone_or_the_only_one_waiting_keeps_every_slot_busy(real_redis:
     # releases, not behind the flood (24 tasks for 8 slots of 0.25 s: 0.75 s).
     assert f.of("b").grants >= 10
     assert f.of("b").wait_max < 0.25
+
+
+def test_a_reserved_group_waits_behind_a_flood_of_long_requests_no_longer_than_alone(real_redis: redis.Redis) -> None:
+    """A quarter of the limit held for the interactive group: its callers
+    find their slots free while 64 batch tasks queue for 1 s requests."""
+    waits = {}
+    for batch in (False, True):
+        s = fair.interactive(1.0, batch=batch, reserved=0.25, seconds=60.0)
+        waits[batch] = fair.fair_figures(simulate(real_redis, s, "classic"), s, fair.INTERACTIVE_START)
+    interactive = waits[True].of("interactive")
+    assert interactive.grants >= 50
+    assert interactive.wait_p99 <= 1.2 * waits[False].of("interactive").wait_p99
+    assert waits[True].of("batch").busy >= 5.9  # the 6 slots not reserved stay busy

@@ -22,7 +22,10 @@ callers, the network and the server are modelled:
 - optionally, request and token budgets per minute on the server (token
   buckets, as hosted APIs keep them, charged at admission; a request that does
   not fit is refused with a Retry-After of when it would), which the fleet
-  registers, learns from the rate-limit headers of each answer, or ignores.
+  registers, learns from the rate-limit headers of each answer, or ignores;
+- optionally, tasks in groups with weights (``Scenario.groups``: which
+  processes run each group's tasks, from when, with what pause between
+  requests and what service time), for fair share (``fair.py``).
 
 The callers reach Redis through a client model (``CLIENTS``, the only
 places that speak the core's calls and replies): ``AgentClient``, the
