@@ -158,10 +158,9 @@ def real_figures(
 
 
 def _shares(f: FairFigures) -> str:
-    return f"busy {f.busy_share:.1%}; " + ", ".join(
-        f"{g.group} {g.share:.1%} of {sum(x.grants for x in f.groups):,} grants (p99 wait {g.wait_p99 * 1000:.1f} ms)"
-        for g in f.groups
-    )
+    grants = sum(g.grants for g in f.groups)
+    each = ", ".join(f"{g.group} {g.share:.1%} (p99 wait {g.wait_p99 * 1000:,.1f} ms)" for g in f.groups)
+    return f"busy {f.busy_share:.1%}; {grants:,} grants: {each}"
 
 
 def checks(panels: Sequence[Panel]) -> list[Check]:
