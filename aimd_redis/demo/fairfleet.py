@@ -3,9 +3,10 @@
 
 Each spawned process runs asyncio tasks of one or more groups; every task
 loops on ``AsyncThrottle.slot(..., group=, weight=)`` around a request that
-is a sleep of ``service`` seconds (no server: the limit alone decides who
-runs). The domain's limit is fixed: the fleet registers ``limit`` without a
-ramp and nothing is ever refused. Each task records when it asked, when it
+is a sleep of its part's ``service`` seconds (no server: the limit alone
+decides who runs), pausing ``think`` seconds on average between requests.
+The domain's limit is fixed: the fleet registers ``limit`` without a ramp
+and nothing is ever refused. Each task records when it asked, when it
 got its slot and when it gave it back; the parent prints the domain's
 in-flight count per group every second.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import random
 import sys
 import time
 import traceback
@@ -24,7 +26,7 @@ from typing import Any
 
 import redis
 
-from aimd_redis import AsyncThrottle
+from aimd_redis import AsyncThrottle, ThrottleConfig
 from aimd_redis.core import as_str
 from aimd_redis.keys import model_keys
 
@@ -40,6 +42,12 @@ class Part:
     group: str | None
     weight: float
     tasks: int
+    service: float = 0.25
+    """Seconds a request holds its slot."""
+    think: float = 0.0
+    """Mean pause (exponential) between a task's requests."""
+    start: float = 0.0
+    """Seconds after the fleet's start when the tasks begin."""
 
 
 #: (group, asked, granted, released): one request, in seconds of the wall clock.
@@ -54,9 +62,11 @@ class _Control:
         self.out = ctx.Queue()
 
 
-def _main(url: str, namespace: str, limit: int, parts: Sequence[Part], service: float, control: _Control) -> None:
+def _main(
+    url: str, namespace: str, config: ThrottleConfig, limit: int, parts: Sequence[Part], control: _Control
+) -> None:
     try:
-        control.out.put(asyncio.run(_work(url, namespace, limit, parts, service, control)))
+        control.out.put(asyncio.run(_work(url, namespace, config, limit, parts, control)))
     except BaseException:
         traceback.print_exc()
         control.out.put([])
@@ -64,22 +74,25 @@ def _main(url: str, namespace: str, limit: int, parts: Sequence[Part], service: 
 
 
 async def _work(
-    url: str, namespace: str, limit: int, parts: Sequence[Part], service: float, control: _Control
+    url: str, namespace: str, config: ThrottleConfig, limit: int, parts: Sequence[Part], control: _Control
 ) -> list[Record]:
     records: list[Record] = []
     stop = asyncio.Event()
-    async with AsyncThrottle(url, namespace=namespace) as throttle:
+    async with AsyncThrottle(url, namespace=namespace, config=config) as throttle:
         await throttle.register(provider_name=PROVIDER, model_id=MODEL, alias="fair", max_parallel_requests=limit)
 
         async def task(part: Part) -> None:
+            await asyncio.sleep(part.start)
             while not stop.is_set():
                 asked = time.time()
                 async with throttle.slot(
                     provider_name=PROVIDER, model_id=MODEL, domain=DOMAIN, group=part.group, weight=part.weight
                 ):
                     granted = time.time()
-                    await asyncio.sleep(service)
+                    await asyncio.sleep(part.service)
                 records.append((part.group, asked, granted, time.time()))
+                if part.think > 0:
+                    await asyncio.sleep(random.expovariate(1 / part.think))
 
         with control.ready.get_lock():
             control.ready.value += 1
@@ -112,8 +125,8 @@ def run_fleet(
     *,
     seconds: float,
     limit: int,
-    service: float,
     namespace: str,
+    config: ThrottleConfig | None = None,
     progress: Callable[[str], None] = print,
 ) -> tuple[float, list[Record]]:
     """Run one process per entry of ``processes`` for ``seconds``; returns
@@ -121,7 +134,9 @@ def run_fleet(
     ctx = multiprocessing.get_context("spawn")
     control = _Control(ctx)
     procs = [
-        ctx.Process(target=_main, args=(url, namespace, limit, parts, service, control), name=f"fair-{i}")
+        ctx.Process(
+            target=_main, args=(url, namespace, config or ThrottleConfig(), limit, parts, control), name=f"fair-{i}"
+        )
         for i, parts in enumerate(processes)
     ]
     for p in procs:
