@@ -10,15 +10,17 @@ import pytest
 import redis
 
 from aimd_redis.demo import fair
-from aimd_redis.demo.simulator import Scenario, simulate, with_
+from aimd_redis.demo.simulator import CLIENTS, Scenario, simulate, with_
 
 
 @pytest.mark.parametrize("shape", [fair.split, fair.mixed], ids=["own-processes", "shared-processes"])
+@pytest.mark.parametrize("fleet", list(CLIENTS))
 def test_weights_3_to_1_give_group_a_three_quarters_of_a_saturated_domain(
-    real_redis: redis.Redis, shape: Callable[..., Scenario]
+    real_redis: redis.Redis, shape: Callable[..., Scenario], fleet: str
 ) -> None:
+    """With the process agent, and with callers waiting one by one (acquire.lua's queue)."""
     s = shape((3.0, 1.0), seconds=20.0)
-    f = fair.fair_figures(simulate(real_redis, s, "classic"), s)
+    f = fair.fair_figures(simulate(real_redis, s, "classic", fleet=CLIENTS[fleet]), s)
     assert f.of("a").share == pytest.approx(0.75, abs=0.05)
     assert f.busy_share >= 0.95
 
