@@ -146,18 +146,32 @@ def _domain_row(r: DomainReport) -> list[str]:
     return [*cells, _latency_cell(r), last]
 
 
-def status_table(reports: list[DomainReport]) -> str:
-    """Each model's own lines, then a row per domain; the columns line up
-    across models (an unreadable domain's problem runs on from its name)."""
-    blocks = [
-        (_model_lines(group[0]), [DOMAIN_COLUMNS, *(_domain_row(r) for r in group)]) for group in _by_model(reports)
+def _group_lines(r: DomainReport) -> list[str]:
+    """A line per group under its domain: 'batch  in flight 6  waiting 24  weight 1  share 75%'."""
+    cells = [
+        [g.group, f"in flight {g.in_flight}", f"waiting {g.waiting}", f"weight {g.weight:g}", f"share {g.share:.0%}"]
+        for g in r.groups
     ]
-    rows = [row for _, block in blocks for row in block]
+    widths = [max((len(row[i]) for row in cells), default=0) for i in range(5)]
+    return ["    " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+
+
+def status_table(reports: list[DomainReport]) -> str:
+    """Each model's own lines, then a row per domain (with a line per group
+    under a domain whose callers come in groups); the columns line up across
+    models (an unreadable domain's problem runs on from its name)."""
+    blocks = [(_model_lines(run[0]), [(_domain_row(r), _group_lines(r)) for r in run]) for run in _by_model(reports)]
+    rows = [DOMAIN_COLUMNS, *(row for _, block in blocks for row, _ in block)]
     widths = [max((len(row[i]) for row in rows if len(row) > i + 1), default=0) for i in range(len(DOMAIN_COLUMNS))]
+
+    def line(row: list[str]) -> str:
+        return "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip()
+
     out: list[str] = []
     for head, block in blocks:
-        out += head
-        out += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in block]
+        out += [*head, line(DOMAIN_COLUMNS)]
+        for row, groups in block:
+            out += [line(row), *groups]
     return "\n".join(out)
 
 

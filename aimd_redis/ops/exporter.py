@@ -1,7 +1,8 @@
 """Prometheus metrics for every domain of a namespace (the ``metrics`` extra).
 
 Each scrape reads Redis afresh through :func:`aimd_redis.ops.inspect.report`, so
-the exporter holds no state and any number of them can run.
+the exporter holds no state and any number of them can run; a group or domain
+that has gone is simply not in the next scrape.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from aimd_redis.ops.inspect import SyncClient, report
 
 LABELS = ["provider", "model", "domain"]
+GROUP_LABELS = [*LABELS, "group"]
 
 
 class ThrottleCollector(Collector):
@@ -35,6 +37,13 @@ class ThrottleCollector(Collector):
             ),
             "recent": GaugeMetricFamily(
                 "aimd_latency_recent", "Recent median latency, seconds or per token (0: unmeasured)", labels=LABELS
+            ),
+        }
+        group_gauges = {
+            "in_flight": GaugeMetricFamily("aimd_group_in_flight", "Live leases of the group", labels=GROUP_LABELS),
+            "waiting": GaugeMetricFamily("aimd_group_waiting", "Queued callers of the group", labels=GROUP_LABELS),
+            "share": GaugeMetricFamily(
+                "aimd_group_share", "The group's part of the domain's slots in use (0 to 1)", labels=GROUP_LABELS
             ),
         }
         counters = {
@@ -70,7 +79,12 @@ class ThrottleCollector(Collector):
             gauges["recent"].add_metric(labels, r.latency_recent)
             counters["429s"].add_metric(labels, r.total_429s)
             counters["reclaimed"].add_metric(labels, r.total_reclaimed)
+            for g in r.groups:
+                group_gauges["in_flight"].add_metric([*labels, g.group], g.in_flight)
+                group_gauges["waiting"].add_metric([*labels, g.group], g.waiting)
+                group_gauges["share"].add_metric([*labels, g.group], g.share)
         yield from gauges.values()
+        yield from group_gauges.values()
         yield from counters.values()
         yield budget
         yield budget_left

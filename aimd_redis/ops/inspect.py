@@ -63,6 +63,26 @@ def read_budget(cap: dict[str, str], bucket: dict[Any, Any], now: float) -> Budg
     )
 
 
+#: How the group of requests without one is shown.
+DEFAULT_GROUP = "default"
+
+
+class GroupReport(msgspec.Struct, kw_only=True):
+    """One group of a domain's requests: its leases live now and its callers queued."""
+
+    group: str
+    """The group's name; ``default`` for requests without a group."""
+    in_flight: int
+    waiting: int
+    weight: float
+    """The weight its waiting processes declared (the largest, when they
+    differ); 1 when none did: Redis keeps no weight for leases or for single
+    waiting calls."""
+    share: float
+    """The group's part of the domain's slots in use at the time of reading:
+    its in-flight over the domain's, from 0 to 1 (0 when nothing is in flight)."""
+
+
 class DomainReport(msgspec.Struct, kw_only=True):
     """One domain as an operator wants to see it; times in seconds."""
 
@@ -96,6 +116,10 @@ class DomainReport(msgspec.Struct, kw_only=True):
     """The model's stored loop settings (the last register's), by name."""
     budget: Budget | None = None
     """The model's budget (the same for each of its domains)."""
+    groups: list[GroupReport] = []
+    """Each group with requests in flight or waiting, by name, while any of
+    them is a named group; empty while the domain serves requests without a
+    group only."""
     problem: str | None = None
     """Why the domain cannot be read (a field the scripts refuse, a key of the
     wrong type); the other numbers are then 0. A problem of the model as a
@@ -246,17 +270,106 @@ def _read_models(
             # Live leases only: one that expired counts in the hash until a script reaps it.
             pipe.zcount(m.keys.leases(name), f"({now}", "+inf")
     replies = iter(pipe.execute(raise_on_error=False))
+    grouped: list[tuple[int, ModelKeys]] = []
     for m in models:
         for name in m.domains:
-            out += _domain_report(m, name, next(replies), next(replies), now)
+            raw, live = next(replies), next(replies)
+            fields = raw if isinstance(raw, Exception) else texts(raw)
+            for r in _domain_report(m, name, fields, live, now):
+                if not isinstance(fields, Exception) and r.problem is None and _may_have_groups(r, fields):
+                    grouped.append((len(out), m.keys))
+                out.append(r)
+    _add_groups(client, out, grouped, now)
     return out
+
+
+def _may_have_groups(r: DomainReport, fields: dict[str, str]) -> bool:
+    """Whether a domain's groups are worth a read: callers wait, or leases
+    live while the hash counts a named group's (most domains: neither)."""
+    return r.waiters > 0 or (r.in_flight > 0 and any(f.startswith("in_flight:") for f in fields))
+
+
+def _group_of(member: str) -> str:
+    """The group in a lease id or queue member, ``<client>[~<group>][.<token>]``."""
+    return member.partition(".")[0].partition("~")[2] or DEFAULT_GROUP
+
+
+def _group_keys(mk: ModelKeys, domain: str) -> tuple[str, str, str]:
+    """The keys that tell a domain's groups: what each process wants, the
+    queue (for single waiting calls) and the leases."""
+    queue, _beats, _groups, want, _handed = mk.queue(domain)
+    return want, queue, mk.leases(domain)
+
+
+def _add_groups(client: SyncClient, out: list[DomainReport], grouped: list[tuple[int, ModelKeys]], now: float) -> None:
+    """Fill in the groups of the reports at these places in ``out``, in one
+    round trip (each lease id and queue member names its group)."""
+    if not grouped:
+        return
+    keys = [_group_keys(mk, out[i].domain) for i, mk in grouped]
+    pipe = client.pipeline(transaction=False)
+    for want, queue, leases in keys:
+        pipe.hgetall(want)
+        pipe.zrange(queue, 0, -1)
+        pipe.zrangebyscore(leases, f"({now}", "+inf")  # live leases only, as the domain's in-flight
+    replies = pipe.execute(raise_on_error=False)
+    for n, ((i, _mk), names) in enumerate(zip(grouped, keys, strict=True)):
+        r, read = out[i], replies[3 * n : 3 * n + 3]
+        why = next((w for got, key in zip(read, names, strict=True) if (w := _failed(got, key))), None)
+        try:
+            r.groups = [] if why else _groups_of(names[0], texts(read[0]), read[1], read[2])
+        except CorruptStateError as exc:
+            why = str(exc)
+        if why is not None:
+            out[i] = _unreadable(r.provider_name, r.model_id, r.domain, r.effective_max, r.aliases, why)
+
+
+def _groups_of(want_key: str, wants: dict[str, str], queued: list[Any], leases: list[Any]) -> list[GroupReport]:
+    in_flight: dict[str, int] = {}
+    waiting: dict[str, int] = {}
+    weights: dict[str, float] = {}
+    for lease_id in leases:
+        group = _group_of(as_str(lease_id))
+        in_flight[group] = in_flight.get(group, 0) + 1
+    for member, value in wants.items():  # a process's entry: '<total>[x<weight>]=<segments>'
+        if member == "*":  # the total wanted by every process
+            continue
+        head = value.partition("=")[0]
+        total, _, weight = head.partition("x")
+        try:
+            count, declared = int(total), float(weight or 1)
+        except ValueError:
+            raise CorruptStateError(
+                f"{want_key} field {member} holds {value!r}, which is no count of callers"
+            ) from None
+        group = _group_of(member)
+        waiting[group] = waiting.get(group, 0) + count
+        weights[group] = max(weights.get(group, 0.0), declared)
+    for member in map(as_str, queued):
+        if "." in member:  # a single waiting call (a process's entry has no token)
+            group = _group_of(member)
+            waiting[group] = waiting.get(group, 0) + 1
+    names = sorted(in_flight.keys() | waiting.keys())
+    if names in ([], [DEFAULT_GROUP]):
+        return []
+    busy = sum(in_flight.values())
+    return [
+        GroupReport(
+            group=g,
+            in_flight=in_flight.get(g, 0),
+            waiting=waiting.get(g, 0),
+            weight=weights.get(g, 1.0),
+            share=in_flight.get(g, 0) / busy if busy else 0.0,
+        )
+        for g in names
+    ]
 
 
 def _domain_report(m: _Model, name: str, raw: Any, live: Any, now: float) -> list[DomainReport]:
     key = m.keys.domain(name)
     why = _failed(raw, key) or _failed(live, m.keys.leases(name))
     try:
-        record = None if why else parse_domain(key, texts(raw))
+        record = None if why else parse_domain(key, raw)
     except CorruptStateError as exc:  # this domain on its own line; the others as usual
         why = str(exc)
     if why is not None:
