@@ -4,6 +4,7 @@ redis-server, with the queue and leases written as the scripts lay them out."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
@@ -13,6 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from aimd_redis import Lease, Throttle
 from aimd_redis.ops.cli import main
 from aimd_redis.ops.exporter import registry_for
+
+from .helpers import wait_until
 
 CHAT = "aimd:{openai/gpt-4o}:chat"
 
@@ -199,3 +202,38 @@ def test_the_exporter_shows_each_group_and_forgets_one_that_left(domain: str, re
         real_redis.delete(f"{CHAT}:{suffix}")
     real_redis.hset(CHAT, mapping={"waiters": 0, "in_flight": 0})
     assert _group_samples(real_redis) == {}
+
+
+def test_two_groups_waiting_on_a_full_domain_both_show_in_status(
+    real_redis: redis.Redis, real_redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    throttle = Throttle(real_redis)
+    where = {"provider_name": "openai", "model_id": "gpt-4o", "domain": "chat"}
+    throttle.register(provider_name="openai", model_id="gpt-4o", alias="gen", max_parallel_requests=2)
+
+    def served(group: str, weight: float) -> None:
+        assert throttle.acquire(**where, group=group, weight=weight, timeout=20).success().released
+
+    held = [throttle.try_acquire(**where, group="batch"), throttle.try_acquire(**where, group="interactive")]
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        try:
+            assert all(isinstance(lease, Lease) for lease in held)
+            waiting = [pool.submit(served, "batch", 1) for _ in range(3)]
+            waiting += [pool.submit(served, "interactive", 3) for _ in range(2)]
+            wait_until(lambda: (s := throttle.domain_state("openai", "gpt-4o", "chat")) and s.waiters == 5)
+            code, out = _status(capsys, real_redis_url, "openai/gpt-4o", "chat", "--json")
+            assert code == 0
+            (chat,) = json.loads(out)
+            assert chat["groups"] == [
+                {"group": "batch", "in_flight": 1, "waiting": 3, "weight": 1.0, "share": 0.5},
+                {"group": "interactive", "in_flight": 1, "waiting": 2, "weight": 3.0, "share": 0.5},
+            ]
+        finally:
+            for lease in held:
+                if isinstance(lease, Lease):
+                    lease.success()
+        for future in waiting:
+            future.result()
+    code, out = _status(capsys, real_redis_url, "openai/gpt-4o", "chat", "--json")
+    assert json.loads(out)[0]["groups"] == []  # both groups have gone
+    throttle.close()

@@ -13,7 +13,7 @@ import msgspec
 
 from aimd_redis.core import as_str, state_of
 from aimd_redis.errors import CorruptStateError
-from aimd_redis.keys import ModelKeys, check_namespace, model_keys
+from aimd_redis.keys import DEFAULT_GROUP, ModelKeys, check_namespace, model_keys
 from aimd_redis.schema import SETTINGS, parse_domain
 
 #: Events that change a domain's limit, for "last change".
@@ -61,10 +61,6 @@ def read_budget(cap: dict[str, str], bucket: dict[Any, Any], now: float) -> Budg
         requests_left=left["requests"],
         tokens_left=left["tokens"],
     )
-
-
-#: How the group of requests without one is shown.
-DEFAULT_GROUP = "default"
 
 
 class GroupReport(msgspec.Struct, kw_only=True):
