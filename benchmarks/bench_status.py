@@ -4,11 +4,15 @@ same for the report of a previous release (a file of aimd_redis/ops/inspect.py
 taken from git) measured in the same run against the same server.
 
     python benchmarks/bench_status.py [--models 1000] [--domains 10] [--rounds 3] [--baseline-ref main]
+                                      [--grouped 0]
 
 It starts a private redis-server on 127.0.0.1 and fills it through the
 library (register, then one acquire and success per domain, so each model
-has its events too). Rounds alternate between the two; the figures are the
-best of the rounds. Last, the whole command in a process of its own.
+has its events too). ``--grouped N`` then gives N of the domains callers in
+groups, as the scripts lay them out (four groups, each with processes
+waiting and leases in flight), so that status reads their queues too.
+Rounds alternate between the two; the figures are the best of the rounds.
+Last, the whole command in a process of its own.
 """
 
 from __future__ import annotations
@@ -29,14 +33,17 @@ import redis
 
 from aimd_redis import Lease, Throttle, ThrottleConfig
 from aimd_redis.demo.embedded import EmbeddedRedis
+from aimd_redis.keys import model_keys
 from aimd_redis.ops import inspect
 
 DOMAINS = ("chat", "embedding", "image", "healthcheck", "rerank", "audio", "vision", "tools", "batch", "moderation")
 
 
-def fill(client: redis.Redis, models: int, domains: int) -> None:
+def fill(client: redis.Redis, models: int, domains: int) -> list[str]:
+    """Fills the server; returns every domain's hash key."""
     throttle = Throttle(client, config=ThrottleConfig(rampup_seconds=60))
     names = [*DOMAINS, *(f"d{i}" for i in range(len(DOMAINS), domains))][:domains]
+    keys = []
     for m in range(models):
         provider, model = f"p{m % 7}", f"model-{m}"
         throttle.register(provider_name=provider, model_id=model, alias="gen", max_parallel_requests=64)
@@ -44,9 +51,26 @@ def fill(client: redis.Redis, models: int, domains: int) -> None:
             lease = throttle.try_acquire(provider_name=provider, model_id=model, domain=name)
             assert isinstance(lease, Lease)
             lease.success()
+            keys.append(model_keys("aimd", provider, model).domain(name))
         if (m + 1) % 100 == 0:
             print(f"  filled {m + 1}/{models} models", flush=True)
     throttle.close()
+    return keys
+
+
+def add_groups(client: redis.Redis, domains: list[str], groups: int = 4, processes: int = 8) -> None:
+    """Gives these domains (hash keys) callers in groups: ``processes``
+    entries waiting across ``groups`` groups, with two leases each."""
+    seconds, _micros = client.time()
+    pipe = client.pipeline(transaction=False)
+    for key in domains:
+        entries = {f"{p:012x}~g{p % groups}": p for p in range(processes)}
+        wants = {e: f"3x{1 + p % groups}=0:3" for e, p in entries.items()}
+        pipe.hset(f"{key}:want", mapping={**wants, "*": 3 * processes})
+        pipe.zadd(f"{key}:queue", dict.fromkeys(entries, 0))
+        pipe.zadd(f"{key}:leases", {f"{e}.{i}": seconds + 600 for e in entries for i in range(2)})
+        pipe.hset(key, mapping={"waiters": 3 * processes, "current_limit": 2 * processes, "in_flight": 2 * processes})
+    pipe.execute()
 
 
 def baseline_module(ref: str) -> ModuleType | None:
@@ -81,11 +105,13 @@ def main() -> int:
     parser.add_argument("--domains", type=int, default=10, help="domains per model")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline-ref", default="main", help="git ref of the report to compare with")
+    parser.add_argument("--grouped", type=int, default=0, help="domains given callers in groups")
     args = parser.parse_args()
     with EmbeddedRedis() as server:
         client = redis.Redis.from_url(server.url)
         print(f"filling {args.models} models x {args.domains} domains on {server.kind} at {server.url}", flush=True)
-        fill(client, args.models, args.domains)
+        domain_keys = fill(client, args.models, args.domains)
+        add_groups(client, domain_keys[: args.grouped])
         memory = int(client.info("memory")["used_memory"])
         old = baseline_module(args.baseline_ref)
         # Each with the client its command used: this tree's decodes replies.
@@ -110,7 +136,8 @@ def main() -> int:
         startup = time.perf_counter() - start
         domains = args.models * args.domains
         size = f"{memory / 1e6:.0f} MB in Redis"
-        print(f"\nSummary: status --json over {domains:,} domains ({size}), best of {args.rounds}")
+        grouped = f", {args.grouped:,} of them with groups" if args.grouped else ""
+        print(f"\nSummary: status --json over {domains:,} domains{grouped} ({size}), best of {args.rounds}")
         for name, seconds in best.items():
             print(f"  {name:<16} {seconds:6.3f} s  ({seconds / domains * 1e6:.0f} us a domain)")
         print(f"  the whole command, this tree: {min(whole):.3f} s ({startup:.3f} s of it starting Python and the CLI)")
