@@ -114,11 +114,13 @@ def main() -> int:
         add_groups(client, domain_keys[: args.grouped])
         memory = int(client.info("memory")["used_memory"])
         old = baseline_module(args.baseline_ref)
-        # Each with the client its command used: this tree's decodes replies.
+        # Each with the client its command used: this tree's decodes replies,
+        # as did every release whose report has texts() to read them.
         text_client = redis.Redis.from_url(server.url, decode_responses=True)
+        old_client = text_client if old is not None and hasattr(old, "texts") else client
         candidates: dict[str, Callable[[], Any]] = {"this tree": lambda: inspect.report(text_client)}
         if old is not None:
-            candidates[f"report at {args.baseline_ref}"] = lambda: old.report(client)
+            candidates[f"report at {args.baseline_ref}"] = lambda: old.report(old_client)
         best: dict[str, float] = {}
         for r in range(args.rounds):
             for name, run in candidates.items():
