@@ -10,11 +10,14 @@ import pytest
 import redis
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from redis.cluster import RedisCluster
 
 from aimd_redis import Lease, Throttle
+from aimd_redis.keys import model_keys
 from aimd_redis.ops.cli import main
 from aimd_redis.ops.exporter import registry_for
 
+from .cluster import LocalCluster
 from .helpers import wait_until
 
 CHAT = "aimd:{openai/gpt-4o}:chat"
@@ -236,4 +239,32 @@ def test_two_groups_waiting_on_a_full_domain_both_show_in_status(
             future.result()
     code, out = _status(capsys, real_redis_url, "openai/gpt-4o", "chat", "--json")
     assert json.loads(out)[0]["groups"] == []  # both groups have gone
+    throttle.close()
+
+
+def test_status_on_a_cluster_reads_the_groups_of_models_on_every_node(
+    cluster_client: RedisCluster, local_cluster: LocalCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    throttle = Throttle(cluster_client)
+    models = [f"model-{i}" for i in range(12)]  # spread over the three masters
+    for model in models:
+        throttle.register(provider_name="openai", model_id=model, alias="gen", max_parallel_requests=1)
+        lease = throttle.try_acquire(provider_name="openai", model_id=model, domain="chat", group="batch")
+        assert isinstance(lease, Lease)
+        key = model_keys("aimd", "openai", model).domain("chat")
+        cluster_client.hset(f"{key}:want", mapping={"c2~interactive": "2x3=0:2", "*": "2"})
+        cluster_client.zadd(f"{key}:queue", {"c2~interactive": 0})
+        cluster_client.hset(key, "waiters", 2)
+    assert len({cluster_client.get_node_from_key(model_keys("aimd", "openai", m).cap).name for m in models}) == 3
+    url = f"redis://127.0.0.1:{local_cluster.ports[0]}/0"
+    code, out = _status(capsys, url, "--cluster", "--json")
+    assert code == 0
+    shown = {r["model_id"]: r["groups"] for r in json.loads(out)}
+    assert shown == {
+        model: [
+            {"group": "batch", "in_flight": 1, "waiting": 0, "weight": 1.0, "share": 1.0},
+            {"group": "interactive", "in_flight": 0, "waiting": 2, "weight": 3.0, "share": 0.0},
+        ]
+        for model in models
+    }
     throttle.close()
