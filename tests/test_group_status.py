@@ -12,7 +12,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.cluster import RedisCluster
 
-from aimd_redis import Lease, Throttle
+from aimd_redis import Lease, Throttle, ThrottleConfig
 from aimd_redis.keys import model_keys
 from aimd_redis.ops.cli import main
 from aimd_redis.ops.exporter import registry_for
@@ -81,9 +81,9 @@ def test_status_json_shows_each_groups_in_flight_waiting_weight_and_share(
     chat = by_domain["chat"]
     assert (chat["in_flight"], chat["waiters"]) == (5, 10)
     assert chat["groups"] == [
-        {"group": "batch", "in_flight": 3, "waiting": 5, "weight": 0.5, "share": 0.6},
-        {"group": "default", "in_flight": 1, "waiting": 2, "weight": 1.0, "share": 0.2},
-        {"group": "interactive", "in_flight": 1, "waiting": 3, "weight": 3.0, "share": 0.2},
+        {"group": "batch", "in_flight": 3, "waiting": 5, "weight": 0.5, "share": 0.6, "reserved": 0},
+        {"group": "default", "in_flight": 1, "waiting": 2, "weight": 1.0, "share": 0.2, "reserved": 0},
+        {"group": "interactive", "in_flight": 1, "waiting": 3, "weight": 3.0, "share": 0.2, "reserved": 0},
     ]
     # what the groups count adds up to the domain's own numbers
     assert sum(g["in_flight"] for g in chat["groups"]) == chat["in_flight"]
@@ -228,8 +228,8 @@ def test_two_groups_waiting_on_a_full_domain_both_show_in_status(
             assert code == 0
             (chat,) = json.loads(out)
             assert chat["groups"] == [
-                {"group": "batch", "in_flight": 1, "waiting": 3, "weight": 1.0, "share": 0.5},
-                {"group": "interactive", "in_flight": 1, "waiting": 2, "weight": 3.0, "share": 0.5},
+                {"group": "batch", "in_flight": 1, "waiting": 3, "weight": 1.0, "share": 0.5, "reserved": 0},
+                {"group": "interactive", "in_flight": 1, "waiting": 2, "weight": 3.0, "share": 0.5, "reserved": 0},
             ]
         finally:
             for lease in held:
@@ -262,9 +262,35 @@ def test_status_on_a_cluster_reads_the_groups_of_models_on_every_node(
     shown = {r["model_id"]: r["groups"] for r in json.loads(out)}
     assert shown == {
         model: [
-            {"group": "batch", "in_flight": 1, "waiting": 0, "weight": 1.0, "share": 1.0},
-            {"group": "interactive", "in_flight": 0, "waiting": 2, "weight": 3.0, "share": 0.0},
+            {"group": "batch", "in_flight": 1, "waiting": 0, "weight": 1.0, "share": 1.0, "reserved": 0},
+            {"group": "interactive", "in_flight": 0, "waiting": 2, "weight": 3.0, "share": 0.0, "reserved": 0},
         ]
         for model in models
     }
+    throttle.close()
+
+
+def test_slots_reserved_for_an_idle_group_show_beside_the_busy_one(
+    real_redis: redis.Redis, real_redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    throttle = Throttle(real_redis, config=ThrottleConfig(reserved={"interactive": 0.25}))
+    throttle.register(provider_name="openai", model_id="gpt-4o", alias="gen", max_parallel_requests=8)
+    where = {"provider_name": "openai", "model_id": "gpt-4o", "domain": "chat"}
+    leases = [throttle.try_acquire(**where, group="batch") for _ in range(7)]
+    assert [isinstance(lease, Lease) for lease in leases] == [True] * 6 + [False]  # 2 of 8 held for interactive
+    code, out = _status(capsys, real_redis_url, "openai/gpt-4o", "chat", "--json")
+    assert code == 0
+    assert [(g["group"], g["in_flight"], g["share"], g["reserved"]) for g in json.loads(out)[0]["groups"]] == [
+        ("batch", 6, 1.0, 0),
+        ("interactive", 0, 0.0, 2),
+    ]
+    code, out = _status(capsys, real_redis_url, "openai/gpt-4o", "chat")
+    assert out.splitlines()[-1].split() == [
+        *("interactive", "in", "flight", "0", "waiting", "0", "weight", "1", "share", "0%", "reserved", "2")
+    ]
+    samples = _group_samples(real_redis)
+    assert (samples[("aimd_group_reserved", "interactive")], samples[("aimd_group_reserved", "batch")]) == (2, 0)
+    for lease in leases:
+        if isinstance(lease, Lease):
+            lease.success()
     throttle.close()

@@ -147,12 +147,20 @@ def _domain_row(r: DomainReport) -> list[str]:
 
 
 def _group_lines(r: DomainReport) -> list[str]:
-    """A line per group under its domain: 'batch  in flight 6  waiting 24  weight 1  share 75%'."""
+    """A line per group under its domain: 'batch  in flight 6  waiting 24  weight 1  share 75%',
+    then 'reserved 2' for a group with reserved slots."""
     cells = [
-        [g.group, f"in flight {g.in_flight}", f"waiting {g.waiting}", f"weight {g.weight:g}", f"share {g.share:.0%}"]
+        [
+            g.group,
+            f"in flight {g.in_flight}",
+            f"waiting {g.waiting}",
+            f"weight {g.weight:g}",
+            f"share {g.share:.0%}",
+            f"reserved {g.reserved}" if g.reserved else "",
+        ]
         for g in r.groups
     ]
-    widths = [max((len(row[i]) for row in cells), default=0) for i in range(5)]
+    widths = [max((len(row[i]) for row in cells), default=0) for i in range(6)]
     return ["    " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
 
 

@@ -45,6 +45,9 @@ class ThrottleCollector(Collector):
             "share": GaugeMetricFamily(
                 "aimd_group_share", "The group's part of the domain's slots in use (0 to 1)", labels=GROUP_LABELS
             ),
+            "reserved": GaugeMetricFamily(
+                "aimd_group_reserved", "Slots reserved for the group (0: none)", labels=GROUP_LABELS
+            ),
         }
         counters = {
             "429s": CounterMetricFamily("aimd_rate_limited", "429s reported", labels=LABELS),
@@ -83,6 +86,7 @@ class ThrottleCollector(Collector):
                 group_gauges["in_flight"].add_metric([*labels, g.group], g.in_flight)
                 group_gauges["waiting"].add_metric([*labels, g.group], g.waiting)
                 group_gauges["share"].add_metric([*labels, g.group], g.share)
+                group_gauges["reserved"].add_metric([*labels, g.group], g.reserved)
         yield from gauges.values()
         yield from group_gauges.values()
         yield from counters.values()

@@ -6,6 +6,8 @@ domains through each model's index set, and time comes from Redis TIME.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import re
 from typing import Any, Literal
 
@@ -77,6 +79,10 @@ class GroupReport(msgspec.Struct, kw_only=True):
     share: float
     """The group's part of the domain's slots in use at the time of reading:
     its in-flight over the domain's, from 0 to 1 (0 when nothing is in flight)."""
+    reserved: int = 0
+    """Slots the model's ``reserved`` setting holds for the group at the
+    domain's current limit, ``floor(share * current_limit)``, which no other
+    group may take (0: none)."""
 
 
 class DomainReport(msgspec.Struct, kw_only=True):
@@ -113,9 +119,9 @@ class DomainReport(msgspec.Struct, kw_only=True):
     budget: Budget | None = None
     """The model's budget (the same for each of its domains)."""
     groups: list[GroupReport] = []
-    """Each group with requests in flight or waiting, by name, while any of
-    them is a named group; empty while the domain serves requests without a
-    group only."""
+    """Each group with requests in flight or waiting or slots reserved, by
+    name, while any of them is a named group; empty while the domain serves
+    requests without a group only."""
     problem: str | None = None
     """Why the domain cannot be read (a field the scripts refuse, a key of the
     wrong type); the other numbers are then 0. A problem of the model as a
@@ -280,9 +286,27 @@ def _read_models(
 
 
 def _may_have_groups(r: DomainReport, fields: dict[str, str]) -> bool:
-    """Whether a domain's groups are worth a read: callers wait, or leases
-    live while the hash counts a named group's (most domains: neither)."""
-    return r.waiters > 0 or (r.in_flight > 0 and any(f.startswith("in_flight:") for f in fields))
+    """Whether a domain's groups are worth a read: callers wait, leases live
+    while the hash counts a named group's, or the model reserves slots for
+    groups (most domains: none of these)."""
+    return (
+        r.waiters > 0
+        or bool(r.settings.get("reserved"))
+        or (r.in_flight > 0 and any(f.startswith("in_flight:") for f in fields))
+    )
+
+
+def reserved_slots(reserved: str, current_limit: int) -> dict[str, int]:
+    """Group -> the slots a stored ``reserved`` setting (``"interactive=0.2,..."``)
+    holds for it at this limit, as the scripts count them, where that is at
+    least one; a part that is not ``group=share`` is left out."""
+    held: dict[str, int] = {}
+    for part in filter(None, reserved.split(",")):
+        group, _, share = part.partition("=")
+        with contextlib.suppress(ValueError, OverflowError):
+            if (slots := math.floor(float(share) * current_limit)) > 0:
+                held[group] = slots
+    return held
 
 
 def _group_of(member: str) -> str:
@@ -313,14 +337,17 @@ def _add_groups(client: SyncClient, out: list[DomainReport], grouped: list[tuple
         r, read = out[i], replies[3 * n : 3 * n + 3]
         why = next((w for got, key in zip(read, names, strict=True) if (w := _failed(got, key))), None)
         try:
-            r.groups = [] if why else _groups_of(names[0], texts(read[0]), read[1], read[2])
+            held = reserved_slots(r.settings.get("reserved", ""), r.current_limit)
+            r.groups = [] if why else _groups_of(names[0], texts(read[0]), read[1], read[2], held)
         except CorruptStateError as exc:
             why = str(exc)
         if why is not None:
             out[i] = _unreadable(r.provider_name, r.model_id, r.domain, r.effective_max, r.aliases, why)
 
 
-def _groups_of(want_key: str, wants: dict[str, str], queued: list[Any], leases: list[Any]) -> list[GroupReport]:
+def _groups_of(
+    want_key: str, wants: dict[str, str], queued: list[Any], leases: list[Any], held: dict[str, int]
+) -> list[GroupReport]:
     in_flight: dict[str, int] = {}
     waiting: dict[str, int] = {}
     weights: dict[str, float] = {}
@@ -345,7 +372,7 @@ def _groups_of(want_key: str, wants: dict[str, str], queued: list[Any], leases: 
         if "." in member:  # a single waiting call (a process's entry has no token)
             group = _group_of(member)
             waiting[group] = waiting.get(group, 0) + 1
-    names = sorted(in_flight.keys() | waiting.keys())
+    names = sorted(in_flight.keys() | waiting.keys() | held.keys())
     if names in ([], [DEFAULT_GROUP]):
         return []
     busy = sum(in_flight.values())
@@ -356,6 +383,7 @@ def _groups_of(want_key: str, wants: dict[str, str], queued: list[Any], leases: 
             waiting=waiting.get(g, 0),
             weight=weights.get(g, 1.0),
             share=in_flight.get(g, 0) / busy if busy else 0.0,
+            reserved=held.get(g, 0),
         )
         for g in names
     ]
