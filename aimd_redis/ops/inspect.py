@@ -333,12 +333,12 @@ def _add_groups(client: SyncClient, out: list[DomainReport], grouped: list[tuple
         pipe.zrange(queue, 0, -1)
         pipe.zrangebyscore(leases, f"({now}", "+inf")  # live leases only, as the domain's in-flight
     replies = pipe.execute(raise_on_error=False)
-    for n, ((i, _mk), names) in enumerate(zip(grouped, keys, strict=True)):
+    for n, (i, _mk) in enumerate(grouped):
         r, read = out[i], replies[3 * n : 3 * n + 3]
-        why = next((w for got, key in zip(read, names, strict=True) if (w := _failed(got, key))), None)
+        why = next((w for got, key in zip(read, keys[n], strict=True) if (w := _failed(got, key))), None)
+        held = reserved_slots(r.settings.get("reserved", ""), r.current_limit)
         try:
-            held = reserved_slots(r.settings.get("reserved", ""), r.current_limit)
-            r.groups = [] if why else _groups_of(names[0], texts(read[0]), read[1], read[2], held)
+            r.groups = [] if why else _groups_of(keys[n][0], texts(read[0]), read[1], read[2], held)
         except CorruptStateError as exc:
             why = str(exc)
         if why is not None:
@@ -348,6 +348,8 @@ def _add_groups(client: SyncClient, out: list[DomainReport], grouped: list[tuple
 def _groups_of(
     want_key: str, wants: dict[str, str], queued: list[Any], leases: list[Any], held: dict[str, int]
 ) -> list[GroupReport]:
+    """The groups of one domain, from its processes' wants, the members of its
+    queue, its live lease ids and the slots reserved for groups."""
     in_flight: dict[str, int] = {}
     waiting: dict[str, int] = {}
     weights: dict[str, float] = {}
