@@ -4,13 +4,14 @@ same for the report of a previous release (a file of aimd_redis/ops/inspect.py
 taken from git) measured in the same run against the same server.
 
     python benchmarks/bench_status.py [--models 1000] [--domains 10] [--rounds 3] [--baseline-ref main]
-                                      [--grouped 0]
+                                      [--grouped 0] [--waiting 0]
 
 It starts a private redis-server on 127.0.0.1 and fills it through the
 library (register, then one acquire and success per domain, so each model
-has its events too). ``--grouped N`` then gives N of the domains callers in
-groups, as the scripts lay them out (four groups, each with processes
-waiting and leases in flight), so that status reads their queues too.
+has its events too). ``--grouped N`` then fills N of the domains with
+callers waiting in four groups, as the scripts lay them out, so that status
+reads their queues too; ``--waiting N`` N others with callers waiting
+without groups.
 Rounds alternate between the two; the figures are the best of the rounds.
 Last, the whole command in a process of its own.
 """
@@ -58,18 +59,24 @@ def fill(client: redis.Redis, models: int, domains: int) -> list[str]:
     return keys
 
 
-def add_groups(client: redis.Redis, domains: list[str], groups: int = 4, processes: int = 8) -> None:
-    """Gives these domains (hash keys) callers in groups: ``processes``
-    entries waiting across ``groups`` groups, with two leases each."""
+def add_waiters(client: redis.Redis, domains: list[str], groups: int, processes: int = 8) -> None:
+    """Makes these domains (hash keys) full with callers waiting, as the
+    scripts lay them out: ``processes`` entries with two leases and three
+    waiting callers each, across ``groups`` named groups (0: no group)."""
     seconds, _micros = client.time()
+    names = [f"g{g}" for g in range(groups)] or [""]
     pipe = client.pipeline(transaction=False)
     for key in domains:
-        entries = {f"{p:012x}~g{p % groups}": p for p in range(processes)}
-        wants = {e: f"3x{1 + p % groups}=0:3" for e, p in entries.items()}
+        entries = {f"{p:012x}" + (f"~{names[p % len(names)]}" if groups else ""): p for p in range(processes)}
+        wants = {e: f"3x{1 + p % len(names)}=0:3" if groups else "3=0:3" for e, p in entries.items()}
         pipe.hset(f"{key}:want", mapping={**wants, "*": 3 * processes})
         pipe.zadd(f"{key}:queue", dict.fromkeys(entries, 0))
         pipe.zadd(f"{key}:leases", {f"{e}.{i}": seconds + 600 for e in entries for i in range(2)})
+        pipe.zadd(f"{key}:groups", {name or "default": 3 for name in names})
+        counts = {f"in_flight:{name}": 2 * processes // groups for name in names if name}
         pipe.hset(key, mapping={"waiters": 3 * processes, "current_limit": 2 * processes, "in_flight": 2 * processes})
+        if counts:
+            pipe.hset(key, mapping=counts)
     pipe.execute()
 
 
@@ -105,13 +112,15 @@ def main() -> int:
     parser.add_argument("--domains", type=int, default=10, help="domains per model")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline-ref", default="main", help="git ref of the report to compare with")
-    parser.add_argument("--grouped", type=int, default=0, help="domains given callers in groups")
+    parser.add_argument("--grouped", type=int, default=0, help="domains full with callers waiting in groups")
+    parser.add_argument("--waiting", type=int, default=0, help="domains full with callers waiting, no groups")
     args = parser.parse_args()
     with EmbeddedRedis() as server:
         client = redis.Redis.from_url(server.url)
         print(f"filling {args.models} models x {args.domains} domains on {server.kind} at {server.url}", flush=True)
         domain_keys = fill(client, args.models, args.domains)
-        add_groups(client, domain_keys[: args.grouped])
+        add_waiters(client, domain_keys[: args.grouped], groups=4)
+        add_waiters(client, domain_keys[args.grouped : args.grouped + args.waiting], groups=0)
         memory = int(client.info("memory")["used_memory"])
         old = baseline_module(args.baseline_ref)
         # Each with the client its command used: this tree's decodes replies,
@@ -138,7 +147,8 @@ def main() -> int:
         startup = time.perf_counter() - start
         domains = args.models * args.domains
         size = f"{memory / 1e6:.0f} MB in Redis"
-        grouped = f", {args.grouped:,} of them with groups" if args.grouped else ""
+        grouped = f", {args.grouped:,} of them full in groups" if args.grouped else ""
+        grouped += f", {args.waiting:,} full without groups" if args.waiting else ""
         print(f"\nSummary: status --json over {domains:,} domains{grouped} ({size}), best of {args.rounds}")
         for name, seconds in best.items():
             print(f"  {name:<16} {seconds:6.3f} s  ({seconds / domains * 1e6:.0f} us a domain)")

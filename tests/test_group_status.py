@@ -63,6 +63,7 @@ def _seed_groups(client: redis.Redis) -> None:
         f"{CHAT}:queue",
         {"c1~batch": 10, "c2~interactive": 11, "c3": 12, "c4~interactive.t1": 11.5, "c5.t2": 13},
     )
+    client.zadd(f"{CHAT}:groups", {"batch": 20, "interactive": 12, "default": 14})
     client.hset(CHAT, mapping={"waiters": 10, "in_flight": 6, "in_flight:batch": 4, "in_flight:interactive": 1})
 
 
@@ -141,9 +142,38 @@ def test_requests_without_a_group_alone_show_no_group_lines(
     assert out.splitlines()[-1].split()[:4] == ["chat", "8", "1", "4"]
 
 
+def test_a_group_that_only_waits_shows_beside_the_one_in_flight(
+    real_redis: redis.Redis, real_redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    throttle = Throttle(real_redis)
+    where = {"provider_name": "openai", "model_id": "gpt-4o", "domain": "chat"}
+    throttle.register(provider_name="openai", model_id="gpt-4o", alias="gen", max_parallel_requests=1)
+    held = throttle.try_acquire(**where)  # the default group's: the hash counts no named group
+    assert isinstance(held, Lease)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        try:
+            waiter = pool.submit(throttle.acquire, **where, group="interactive", weight=2, timeout=20)
+            wait_until(lambda: (s := throttle.domain_state("openai", "gpt-4o", "chat")) and s.waiters == 1)
+            code, out = _status(capsys, real_redis_url, "openai/gpt-4o", "chat", "--json")
+            assert code == 0
+            assert [(g["group"], g["in_flight"], g["waiting"], g["weight"]) for g in json.loads(out)[0]["groups"]] == [
+                ("default", 1, 0, 1.0),
+                ("interactive", 0, 1, 2.0),
+            ]
+        finally:
+            held.success()
+        waiter.result().success()
+    throttle.close()
+
+
 @pytest.mark.parametrize(
     ("key", "bad"),
-    [(f"{CHAT}:want", "many=1:1"), (f"{CHAT}:want", "3xheavy=1:3"), (f"{CHAT}:queue", None)],
+    [
+        (f"{CHAT}:want", "many=1:1"),
+        (f"{CHAT}:want", "3xheavy=1:3"),
+        (f"{CHAT}:queue", None),
+        (f"{CHAT}:groups", None),
+    ],
 )
 def test_an_unreadable_queue_is_reported_beside_the_other_domains(
     domain: str,
@@ -154,6 +184,8 @@ def test_an_unreadable_queue_is_reported_beside_the_other_domains(
     bad: str | None,
 ) -> None:
     _seed_groups(real_redis)
+    if key.endswith(":groups"):  # read when nothing in the hash says groups are there
+        real_redis.hdel(CHAT, "in_flight:batch", "in_flight:interactive")
     if bad is None:
         real_redis.delete(key)
         real_redis.set(key, "x")

@@ -273,27 +273,50 @@ def _read_models(
             pipe.zcount(m.keys.leases(name), f"({now}", "+inf")
     replies = iter(pipe.execute(raise_on_error=False))
     grouped: list[tuple[int, ModelKeys]] = []
+    waiting: list[tuple[int, ModelKeys]] = []
     for m in models:
         for name in m.domains:
             raw, live = next(replies), next(replies)
             fields = raw if isinstance(raw, Exception) else texts(raw)
             for r in _domain_report(m, name, fields, live, now):
-                if not isinstance(fields, Exception) and r.problem is None and _may_have_groups(r, fields):
-                    grouped.append((len(out), m.keys))
+                if not isinstance(fields, Exception) and r.problem is None:
+                    if _has_groups(r, fields):
+                        grouped.append((len(out), m.keys))
+                    elif r.waiters > 0:
+                        waiting.append((len(out), m.keys))
                 out.append(r)
-    _add_groups(client, out, grouped, now)
+    _add_groups(client, out, grouped + _waiting_in_groups(client, out, waiting), now)
     return out
 
 
-def _may_have_groups(r: DomainReport, fields: dict[str, str]) -> bool:
-    """Whether a domain's groups are worth a read: callers wait, leases live
-    while the hash counts a named group's, or the model reserves slots for
-    groups (most domains: none of these)."""
-    return (
-        r.waiters > 0
-        or bool(r.settings.get("reserved"))
-        or (r.in_flight > 0 and any(f.startswith("in_flight:") for f in fields))
-    )
+def _has_groups(r: DomainReport, fields: dict[str, str]) -> bool:
+    """Whether the domain hash says the domain's groups are worth a read:
+    leases live while it counts a named group's, or the model reserves
+    slots for groups (most domains: neither)."""
+    return bool(r.settings.get("reserved")) or (r.in_flight > 0 and any(f.startswith("in_flight:") for f in fields))
+
+
+def _waiting_in_groups(
+    client: SyncClient, out: list[DomainReport], waiting: list[tuple[int, ModelKeys]]
+) -> list[tuple[int, ModelKeys]]:
+    """Those of these domains with callers waiting where a named group is
+    among them, from their ``:groups`` (a member per waiting group), so that
+    a fleet that waits without groups costs a small read, not its queues and
+    leases. A ``:groups`` that cannot be read makes its domain unreadable."""
+    if not waiting:
+        return []
+    keys = [mk.queue(out[i].domain)[2] for i, mk in waiting]
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.zrange(key, 0, 1)  # of any two members one is named, if any but 'default' is there
+    found = []
+    for (i, mk), key, got in zip(waiting, keys, pipe.execute(raise_on_error=False), strict=True):
+        if (why := _failed(got, key)) is not None:
+            r = out[i]
+            out[i] = _unreadable(r.provider_name, r.model_id, r.domain, r.effective_max, r.aliases, why)
+        elif any(as_str(g) != DEFAULT_GROUP for g in got):
+            found.append((i, mk))
+    return found
 
 
 def reserved_slots(reserved: str, current_limit: int) -> dict[str, int]:
