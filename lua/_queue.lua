@@ -343,8 +343,10 @@ local function promote(q, d, now, lease_ttl, self_id, own)
       local start, step = tonumber(first_t), 1 / weight
       first_c = tonumber(first_c)
       local n = math.min(free, first_c, b and 1 or first_c)
-      -- As many as start no later than the next entry's next request.
-      if next_tag then n = math.min(n, math.floor((tonumber(next_tag) - start) / step + 1e-9) + 1) end
+      -- As many as start no later than the next entry's next request; at
+      -- least the one it is first in line for (its start as text may round
+      -- past its score, and past an entry tied with it).
+      if next_tag then n = math.min(n, math.max(1, math.floor((tonumber(next_tag) - start) / step + 1e-9) + 1)) end
       local mine = head == self_id
       if mine then n = math.min(n, #own.ids - own.used) end
       if n <= 0 then  -- its own caller is first, with no more lease ids in this call

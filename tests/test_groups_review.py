@@ -1,0 +1,47 @@
+"""Fair share across groups: edge cases of the virtual tags, the
+reservations and the hand-over of a group's slots."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aimd_redis import Denied
+
+from .conftest import MakeThrottle
+from .helpers import reg
+from .test_groups import DOMAIN_KEY, TARGET, Process
+
+
+def _handed(client: Any, entry: str) -> list[str]:
+    return client.hget(f"{DOMAIN_KEY}:handed", entry).decode().split(",")
+
+
+def test_a_head_whose_tag_text_rounds_up_still_takes_the_slot_it_is_owed(
+    make_throttle: MakeThrottle, client: Any
+) -> None:
+    """An entry's start tag is kept as text in :want and as its score in
+    :queue; when the text comes out later than the score and a group joins
+    at that score, the entry, first in line, must still get the freed slot
+    (not none, leaving it free while 50 wait)."""
+    t = make_throttle()
+    reg(t, 1)
+    holder = Process(t, "h")
+    holder.batch(1.0, want=1)
+    slow = Process(t, "s", "slow", 0.001)  # one request moves its tag by 1000
+    slow.batch(1.1, want=3, ids=0)
+    holder.batch(1.2, want=0)  # to slow: its next tag is 1000
+    fast = Process(t, "a", "fast", 600.0)  # joins at 1000, its steps 1/600
+    fast.batch(1.3, want=50, ids=0)
+    slow.held = _handed(client, "s~slow")
+    slow.batch(1.4, want=2, ids=0)  # to fast: its next tag is 1000 + 1/600
+    fast.held = _handed(client, "a~fast")
+    fast.batch(1.5, want=49, ids=0)  # to slow: fast is first now
+    late = Process(t, "d", "late")
+    late.batch(1.6, want=1, ids=0)  # joins at fast's tag
+    slow.held = _handed(client, "s~slow")
+    slow.batch(1.7, want=1, ids=0)  # the slot comes free: it goes to fast
+    assert int(client.hget(DOMAIN_KEY, "in_flight")) == 1
+    assert client.hget(f"{DOMAIN_KEY}:handed", "a~fast")
+    # A single call that serves the queue (acquire.lua, release.lua) was a Lua error.
+    assert isinstance(t.try_acquire(**TARGET, now=1.8), Denied)
+
