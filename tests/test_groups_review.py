@@ -45,3 +45,27 @@ def test_a_head_whose_tag_text_rounds_up_still_takes_the_slot_it_is_owed(
     # A single call that serves the queue (acquire.lua, release.lua) was a Lua error.
     assert isinstance(t.try_acquire(**TARGET, now=1.8), Denied)
 
+
+
+def _rounds_until_served(flood: Process, late: Process, start: float, rounds: int) -> int:
+    """Rounds of the flood giving back its slot and asking again until the
+    late process's one caller has a slot."""
+    for r in range(rounds):
+        flood.batch(start + r, want=100)
+        if late.batch(start + r + 0.5, want=1 - late.got, release=False, ids=0).handed or late.got:
+            return r + 1
+    return rounds
+
+
+def test_a_group_whose_callers_all_gave_up_is_not_served_behind_their_tags(make_throttle: MakeThrottle) -> None:
+    """Tags a group no longer needs are given back: 50 callers that gave up
+    must not push the group's next caller 50 tags back."""
+    t = make_throttle()
+    reg(t, 1)
+    flood = Process(t, "f")
+    flood.batch(1.0, want=100)
+    quitter = Process(t, "q", "b")
+    quitter.batch(1.1, want=50, ids=0)
+    quitter.batch(1.2, want=0, ids=0)  # every caller timed out
+    quitter.batch(1.3, want=1, ids=0)  # a new one: it joins next to the flood's next request
+    assert _rounds_until_served(flood, quitter, 2.0, 60) <= 2
