@@ -115,16 +115,18 @@ class ThrottleConfig(_Settings):
             value = dict(pairs)
         if not isinstance(value, Mapping):
             raise InvalidArgumentError("reserved must be a mapping of group to share, or 'group=share,...'")
-        total = 0.0
+        stored: dict[str, str] = {}
         for name, share in value.items():
             if check_group(name) is None or name == DEFAULT_GROUP:
                 raise InvalidArgumentError("reserved: the default group cannot hold a reservation")
             if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.001 <= share <= MAX_RESERVED:
                 raise InvalidArgumentError(f"reserved: the share of {name!r} must be 0.001 to {MAX_RESERVED}")
-            total += share
-        if total > MAX_RESERVED + 1e-9 or math.isnan(total):
+            stored[name] = f"{share:.6f}".rstrip("0")
+        # The shares as stored (to the millionth) are the ones the scripts add up.
+        total = math.fsum(float(share) for share in stored.values())
+        if total > MAX_RESERVED + 1e-9:
             raise InvalidArgumentError(f"reserved: the shares add up to {total:g}, more than {MAX_RESERVED}")
-        return ",".join(f"{name}={share:.6f}".rstrip("0") for name, share in sorted(value.items()))
+        return ",".join(f"{name}={share}" for name, share in sorted(stored.items()))
 
     @model_validator(mode="after")
     def _idle_outlasts_leases(self) -> ThrottleConfig:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from aimd_redis import Denied
+import pytest
+
+from aimd_redis import Denied, Lease, ThrottleConfig
+from aimd_redis.errors import ConfigError
 
 from .conftest import MakeThrottle
 from .helpers import reg
@@ -46,7 +49,6 @@ def test_a_head_whose_tag_text_rounds_up_still_takes_the_slot_it_is_owed(
     assert isinstance(t.try_acquire(**TARGET, now=1.8), Denied)
 
 
-
 def _rounds_until_served(flood: Process, late: Process, start: float, rounds: int) -> int:
     """Rounds of the flood giving back its slot and asking again until the
     late process's one caller has a slot."""
@@ -69,3 +71,14 @@ def test_a_group_whose_callers_all_gave_up_is_not_served_behind_their_tags(make_
     quitter.batch(1.2, want=0, ids=0)  # every caller timed out
     quitter.batch(1.3, want=1, ids=0)  # a new one: it joins next to the flood's next request
     assert _rounds_until_served(flood, quitter, 2.0, 60) <= 2
+
+
+def test_reservations_are_judged_as_stored(make_throttle: MakeThrottle) -> None:
+    """Shares are stored to the millionth: a set that adds up to 0.9 only
+    before rounding is refused at once, not by every register later (as a
+    corrupt cap hash); one at the bound as stored is taken."""
+    with pytest.raises(ConfigError, match="add up"):
+        ThrottleConfig(reserved={"a": 0.2999996, "b": 0.2999996, "c": 0.3000008})
+    t = make_throttle(reserved={"a": 0.4499996, "b": 0.45})
+    reg(t, 10)
+    assert isinstance(t.try_acquire(**TARGET, group="c", now=1.0), Lease)
