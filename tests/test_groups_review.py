@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 
 from aimd_redis import Denied, Lease, ThrottleConfig
+from aimd_redis.core import Core, DomainItems
 from aimd_redis.errors import ConfigError
+from aimd_redis.replies import DomainBatchReply
 
 from .conftest import MakeThrottle
-from .helpers import reg
+from .helpers import M, P, reg
 from .test_groups import DOMAIN_KEY, TARGET, Process
 
 
@@ -82,3 +84,48 @@ def test_reservations_are_judged_as_stored(make_throttle: MakeThrottle) -> None:
     t = make_throttle(reserved={"a": 0.4499996, "b": 0.45})
     reg(t, 10)
     assert isinstance(t.try_acquire(**TARGET, group="c", now=1.0), Lease)
+
+
+def _one_batch(procs: list[Process], now: float, wants: list[int]) -> list[DomainBatchReply]:
+    """One batch of one process carrying an item per group (the processes
+    share a client id): each gives back what it holds and waits for its want."""
+    items = []
+    for p, want in zip(procs, wants, strict=True):
+        back, p.held = p.held, []
+        items.append(
+            DomainItems(
+                name="chat",
+                outcomes=[Core.outcome_row(p.ref(i), "success") for i in back],
+                acks=[],
+                tries=[],
+                want=want,
+                ids=[p.ref(i) for i in p.new_ids(want)],
+                tokens=0,
+                group=p.group,
+                weight=p.weight,
+            )
+        )
+    t = procs[0].t
+    reply = t._run(t._core.batch_call(P, M, procs[0].client_id, items, now))
+    got = t._core.parse_batch(P, M, reply).domains
+    for p, d in zip(procs, got, strict=True):
+        taken = [i for i, _ in d.got] + [i for i, _ in d.handed]
+        p.held += taken
+        p.got += len(taken)
+    return got
+
+
+def test_a_slot_one_group_frees_for_another_in_the_same_batch_is_counted_once(
+    make_throttle: MakeThrottle, client: Any
+) -> None:
+    """A process gives back a slot of group a and waits for two of group b
+    in one batch: the slot goes to b's entry, which then waits for one more,
+    not two (it would be handed a slot nobody waits for)."""
+    t = make_throttle()
+    reg(t, 1)
+    a, b = Process(t, "p", "a"), Process(t, "p", "b")
+    a.batch(1.0, want=1)
+    b.batch(1.1, want=2, ids=0)
+    _one_batch([a, b], 1.2, [0, 2])
+    assert client.hget(f"{DOMAIN_KEY}:want", "p~b").decode().startswith("1=")
+    assert b.got == 1  # in the reply, as well as by its wake-up
