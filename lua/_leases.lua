@@ -93,6 +93,12 @@ local function grant(d, k, id, tokens, expiry_text, idle_ms, b)
     budget.take(b, id, tokens)
     return true
   end
+  -- A live lease of the same id (the same call run twice, its first reply
+  -- lost) goes as well: out of the counts too.
+  if tonumber(redis.call('ZSCORE', k.leases, id)) > 0 then
+    d.in_flight = d.in_flight - 1
+    count_in_group(d, k, id, -1)
+  end
   redis.call('ZREM', k.leases, id)
   return false
 end

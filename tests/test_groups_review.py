@@ -129,3 +129,17 @@ def test_a_slot_one_group_frees_for_another_in_the_same_batch_is_counted_once(
     _one_batch([a, b], 1.2, [0, 2])
     assert client.hget(f"{DOMAIN_KEY}:want", "p~b").decode().startswith("1=")
     assert b.got == 1  # in the reply, as well as by its wake-up
+
+
+def test_an_acquire_run_twice_leaves_its_group_s_count_right(make_throttle: MakeThrottle, client: Any) -> None:
+    """An acquire that runs again with the same lease id (a reply lost, the
+    command retried) ends the lease: the group counts one lease fewer too."""
+    t = make_throttle()
+    reg(t, 4)
+    held = t.try_acquire(**TARGET, group="g", now=1.0)
+    assert isinstance(held, Lease)
+    call, _ = t._core.acquire_call(P, M, "chat", 2.0, t._core.new_lease_id("x", "g"), group="g")
+    t._run(call)
+    t._run(call)
+    leases = [i for i in client.zrange(f"{DOMAIN_KEY}:leases", 0, -1) if b"~g." in i]
+    assert int(client.hget(DOMAIN_KEY, "in_flight:g")) == len(leases)
