@@ -39,9 +39,10 @@ local function queue_of(domain, k, publish, idle_ms, claim_ttl, b)
           idle_ms = idle_ms, claim_ttl = claim_ttl, budget = b, handed = {}, handed_to = {}, agents = {}}
 end
 
--- Tags are sums of 1/weight: equal within rounding.
+-- Tags are sums of 1/weight: equal within rounding, and never as far
+-- apart as a step (at least 1/1000) however large the tags grow.
 local function same_tag(a, b)
-  return math.abs(a - b) <= 1e-9 * math.max(1, math.abs(a))
+  return math.abs(a - b) <= math.min(1e-4, 1e-9 * math.max(1, math.abs(a)))
 end
 
 -- The finish tag of group g's last queued request (nil: none queued).

@@ -143,3 +143,28 @@ def test_an_acquire_run_twice_leaves_its_group_s_count_right(make_throttle: Make
     t._run(call)
     leases = [i for i in client.zrange(f"{DOMAIN_KEY}:leases", 0, -1) if b"~g." in i]
     assert int(client.hget(DOMAIN_KEY, "in_flight:g")) == len(leases)
+
+
+def test_arrival_order_within_a_group_holds_at_large_tags(make_throttle: MakeThrottle, client: Any) -> None:
+    """Tags grow for as long as the queue never empties (here to 10^7 in a
+    few batches, by a group of weight 0.001). A process's new callers join
+    the group behind another process's callers who came before them, even
+    when a step (1/1000) is smaller than a billionth of the tags."""
+    t = make_throttle()
+    reg(t, 1000)
+    slow = Process(t, "s", "slow", 0.001)
+    for r in range(11):  # each batch 1000 requests of 1000 each
+        slow.batch(1.0 + r / 100, want=100_000, ids=1000)
+    assert float(client.zscore(f"{DOMAIN_KEY}:queue", "s~slow")) >= 1e7
+    first, second, third = (Process(t, n, "fast", 1000.0) for n in ("a", "b", "c"))
+    first.batch(2.0, want=1, ids=0)
+    second.batch(2.1, want=5, ids=0)
+    first.batch(2.2, want=2, ids=0)  # its second caller comes after second's five
+    third.batch(2.3, want=1, ids=0)
+    want = {e: client.hget(f"{DOMAIN_KEY}:want", e).decode() for e in ("a~fast", "b~fast", "c~fast")}
+    second_start = float(want["b~fast"].split("=")[1].split(":")[0])
+    last_of_second = second_start + 4 / 1000
+    newer = [float(seg.split(":")[0]) for seg in want["a~fast"].split("=")[1].split(",")[1:]]
+    assert newer, want
+    assert newer[0] > last_of_second, want
+    assert float(client.zscore(f"{DOMAIN_KEY}:queue", "c~fast")) > last_of_second, want
