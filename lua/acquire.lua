@@ -116,6 +116,10 @@ if not status then
     handoff_expiry = claim
     if got_self then
       status, value = 'granted', expiry_text
+    elseif not waiting and d.reserved and d.reserved[group_of(id)] then
+      -- (The queue was served just now: a reserved group's slots still
+      -- free are nobody else's.)
+      status, value = try_take(d, k, b, id, tokens, now, lease_ttl, m.idle_ms)
     elseif waiting then
       status, value = 'queued', first_in_line_wait(q, d, id, tokens, now)
     elseif now < d.blocked_until then

@@ -168,3 +168,16 @@ def test_arrival_order_within_a_group_holds_at_large_tags(make_throttle: MakeThr
     assert newer, want
     assert newer[0] > last_of_second, want
     assert float(client.zscore(f"{DOMAIN_KEY}:queue", "c~fast")) > last_of_second, want
+
+
+def test_a_reserved_group_s_single_acquire_takes_its_slot_while_others_wait(make_throttle: MakeThrottle) -> None:
+    """A reservation's slots are its group's at once, also for an acquire
+    that runs on its own (try_acquire at a given time), not only for one
+    that rides in its process's batch."""
+    t = make_throttle(reserved={"interactive": 0.25})
+    reg(t, 4)  # one slot held for interactive
+    flood = Process(t, "b", "batch")
+    assert len(flood.batch(1.0, want=10, ids=10).got) == 3  # and 7 waiting
+    got = t.try_acquire(**TARGET, group="interactive", now=2.0)
+    assert isinstance(got, Lease), got
+    assert isinstance(t.try_acquire(**TARGET, group="batch", now=2.1), Denied)
