@@ -148,7 +148,8 @@ local function set_want(q, client, g, weight, n, beat_deadline, tokens)
   local text = redis.call('HGET', k.want, member)
   local total, old_weight = 0, weight
   if text then total, old_weight = parse_want(text) end
-  if n == total and weight == old_weight then  -- as before: a heartbeat (or nothing wanted, and no entry)
+  -- (A weight is compared as stored: to 14 digits.)
+  if n == total and fmt(weight) == fmt(old_weight) then  -- as before: a heartbeat (or nothing wanted, and no entry)
     if text and beat_deadline then redis.call('ZADD', k.beats, beat_deadline, member) end
     return member
   end

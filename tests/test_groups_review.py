@@ -181,3 +181,22 @@ def test_a_reserved_group_s_single_acquire_takes_its_slot_while_others_wait(make
     got = t.try_acquire(**TARGET, group="interactive", now=2.0)
     assert isinstance(got, Lease), got
     assert isinstance(t.try_acquire(**TARGET, group="batch", now=2.1), Denied)
+
+
+def test_a_heartbeat_at_a_weight_with_many_digits_changes_nothing(make_throttle: MakeThrottle, client: Any) -> None:
+    """The weight as stored in :want has 14 digits: the same weight sent
+    again is no new weight (which would rewrite the entry, segment by
+    segment, at every heartbeat)."""
+    t = make_throttle()
+    reg(t, 1)
+    holder = Process(t, "h")
+    holder.batch(1.0, want=1)
+    third = Process(t, "p", "g", 1 / 3)
+    third.batch(1.1, want=5, ids=0)
+    holder.batch(1.2, want=0)  # one to the group, not acked yet
+    score = client.zscore(f"{DOMAIN_KEY}:queue", "p~g")
+    before = client.hget(f"{DOMAIN_KEY}:want", "p~g")
+    client.hset(f"{DOMAIN_KEY}:want", "p~g", before + b",")  # a rewrite would show
+    third.batch(1.3, want=5, release=False, ids=0)  # the same five callers
+    assert client.hget(f"{DOMAIN_KEY}:want", "p~g") == before + b","
+    assert client.zscore(f"{DOMAIN_KEY}:queue", "p~g") == score
