@@ -160,7 +160,8 @@ local function set_want(q, client, g, weight, n, beat_deadline, tokens)
   end
   if n <= total then  -- fewer (or a new weight): the newest segments shrink
     local segs, drop = segments_of(q, member), total - n
-    local last, next_start = segs[#segs], segs[1][1]
+    local last = segs[#segs]
+    local last_start = last[1]
     local was_last = same_tag(last[1] + last[2] / old_weight, finish_of(q, g) or -1)
     while drop > 0 do
       last = segs[#segs]
@@ -169,9 +170,12 @@ local function set_want(q, client, g, weight, n, beat_deadline, tokens)
       if last[2] == 0 then segs[#segs] = nil end
     end
     -- Tags the group no longer needs are given back if nobody took later
-    -- ones (all of them when the entry goes: the group's next request
-    -- starts where this entry's next one would have).
-    if was_last then set_finish(q, g, #segs > 0 and segs[#segs][1] + segs[#segs][2] * step or next_start) end
+    -- ones: those of the last segment (the group's others may hold tags
+    -- between the earlier ones), also when the entry goes.
+    if was_last then
+      local kept = #segs > 0 and segs[#segs][1] + segs[#segs][2] * step or last_start
+      set_finish(q, g, math.max(kept, last_start))
+    end
     save_segments(q, member, segs, weight, n - total, beat_deadline)
     return member
   end

@@ -200,3 +200,22 @@ def test_a_heartbeat_at_a_weight_with_many_digits_changes_nothing(make_throttle:
     third.batch(1.3, want=5, release=False, ids=0)  # the same five callers
     assert client.hget(f"{DOMAIN_KEY}:want", "p~g") == before + b","
     assert client.zscore(f"{DOMAIN_KEY}:queue", "p~g") == score
+
+
+@pytest.mark.parametrize("keeps", [0, 1])
+def test_tags_given_back_never_put_a_newcomer_ahead_of_its_group(
+    make_throttle: MakeThrottle, client: Any, keeps: int
+) -> None:
+    """A process whose callers give up hands back only the tags after the
+    others of its group: a caller of the group that comes next is served
+    after every caller of the group that came before it."""
+    t = make_throttle()
+    reg(t, 1)
+    Process(t, "h").batch(1.0, want=1)
+    first, second, third = (Process(t, n, "g") for n in ("a", "b", "c"))
+    first.batch(1.1, want=2, ids=0)  # tags 0, 1
+    second.batch(1.2, want=3, ids=0)  # 2, 3, 4
+    first.batch(1.3, want=4, ids=0)  # and 5, 6
+    first.batch(1.4, want=keeps, ids=0)  # all but `keeps` give up
+    third.batch(1.5, want=1, ids=0)
+    assert client.zscore(f"{DOMAIN_KEY}:queue", "c~g") >= 5
