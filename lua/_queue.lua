@@ -54,6 +54,13 @@ local function set_finish(q, g, tag)
   if redis.call('ZADD', q.k.groups, tag, g or 'default') == 1 then expire_new(q.idle_ms, q.k.groups) end
 end
 
+-- Whether an entry's segment {start, count} at weight ends at group g's
+-- finish tag: nobody of the group took tags after it, which it may then
+-- give back.
+local function ends_group(q, g, seg, weight)
+  return same_tag(seg[1] + seg[2] / weight, finish_of(q, g) or -1)
+end
+
 -- The start tag of n requests of group g joining the queue at 1/weight each
 -- (the group's finish tag moves past them). Groups whose last request
 -- finished by V have nobody waiting (V is the least start tag queued): they
@@ -162,7 +169,7 @@ local function set_want(q, client, g, weight, n, beat_deadline, tokens)
     local segs, drop = segments_of(q, member), total - n
     local last = segs[#segs]
     local last_start = last[1]
-    local was_last = same_tag(last[1] + last[2] / old_weight, finish_of(q, g) or -1)
+    local was_last = ends_group(q, g, last, old_weight)
     while drop > 0 do
       last = segs[#segs]
       local cut = math.min(drop, last[2])
@@ -271,10 +278,13 @@ end
 
 -- Whether id was queued (an agent's entry goes whole, with what it wanted).
 local function leave(q, id)
-  local segs = segments_of(q, id)
+  local segs, weight = segments_of(q, id)
   if segs then
     local total = 0
     for _, seg in ipairs(segs) do total = total + seg[2] end
+    -- (A dead process's backlog does not push its group back.)
+    local g, last = group_of(id), segs[#segs]
+    if ends_group(q, g, last, weight) then set_finish(q, g, last[1]) end
     save_segments(q, id, {}, 1, -total)
     redis.call('HDEL', q.k.handed, id)
     return true

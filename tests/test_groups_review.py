@@ -219,3 +219,20 @@ def test_tags_given_back_never_put_a_newcomer_ahead_of_its_group(
     first.batch(1.4, want=keeps, ids=0)  # all but `keeps` give up
     third.batch(1.5, want=1, ids=0)
     assert client.zscore(f"{DOMAIN_KEY}:queue", "c~g") >= 5
+
+
+def test_a_dead_process_s_backlog_does_not_push_its_group_back(make_throttle: MakeThrottle, client: Any) -> None:
+    """A process that died with 100 callers of a group waiting leaves the
+    queue with its heartbeat; the group's next caller joins next to the
+    others, not behind the 100 tags the dead process no longer needs."""
+    t = make_throttle(wait_poll_seconds=1.0)
+    reg(t, 1)
+    Process(t, "h").batch(1.0, want=1)
+    others = Process(t, "o", "o")
+    others.batch(1.0, want=50, ids=0)
+    Process(t, "dead", "g").batch(1.1, want=100, ids=0)  # then it dies
+    others.batch(3.0, want=50, ids=0)
+    others.batch(5.0, want=50, ids=0)  # the dead one's heartbeat is late: its entry goes
+    assert client.hget(f"{DOMAIN_KEY}:want", "dead~g") is None
+    Process(t, "new", "g").batch(5.1, want=1, ids=0)
+    assert client.zscore(f"{DOMAIN_KEY}:queue", "new~g") <= 1
