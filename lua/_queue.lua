@@ -1,14 +1,14 @@
 -- The wait queue of a domain: the waiters of every process, in the order of
 -- start-time fair queuing across their groups. Every waiting request has a
 -- virtual start tag: a group's next request starts where its last one
--- finished, or at the virtual time V (the smallest tag still queued) if that
--- is later, and finishes 1/weight after its start; the queue is served in
--- tag order. Within a group that is arrival order; across groups, while all
--- wait, each gets slots in proportion to its weight; a group that starts
--- waiting joins at V, neither ahead of the others nor behind a backlog
--- queued before it came. The groups zset keeps each waiting group's finish
--- tag ('default' for callers without a group); it goes when the queue
--- empties, and the tags start again from 0.
+-- finished, or at the virtual time V (the start tag of the last request
+-- served) if that is later, and finishes 1/weight after its start; the
+-- queue is served in tag order. Within a group that is arrival order; across
+-- groups, while all wait, each gets slots in proportion to its weight; a
+-- group that starts waiting joins at V, next in line, but not ahead of a
+-- whole backlog either. The groups zset keeps each waiting group's finish
+-- tag ('default' for callers without a group) and V (member '~v'); it goes
+-- when the queue empties, and the tags start again from 0.
 --
 -- An entry of the queue zset, scored by the start tag of its next request,
 -- is either
@@ -61,16 +61,25 @@ local function ends_group(q, g, seg, weight)
   return same_tag(seg[1] + seg[2] / weight, finish_of(q, g) or -1)
 end
 
+-- Tags as text, to the last digit: a tag read back is the tag written.
+local function tag_text(tag)
+  return string.format('%.17g', tag)
+end
+
 -- The start tag of n requests of group g joining the queue at 1/weight each
--- (the group's finish tag moves past them). Groups whose last request
--- finished by V have nobody waiting (V is the least start tag queued): they
--- go, as if they had never waited.
+-- (the group's finish tag moves past them). V, the virtual time, is the
+-- start tag of the last request served in tag order (the member '~v' of the
+-- groups zset), or the least start tag queued if that is less: a group that
+-- starts waiting goes next, beside the request just served. Groups whose
+-- last request finished before V have nobody waiting: they go, as if they
+-- had never waited.
 local function take_tags(q, g, n, step)
   local head = redis.call('ZRANGE', q.k.queue, 0, 0, 'WITHSCORES')
   local start = 0
   if head[2] then
-    redis.call('ZREMRANGEBYSCORE', q.k.groups, '-inf', head[2])
-    start = math.max(tonumber(head[2]), finish_of(q, g) or 0)
+    local v = math.min(tonumber(head[2]), tonumber(redis.call('ZSCORE', q.k.groups, '~v')) or math.huge)
+    redis.call('ZREMRANGEBYSCORE', q.k.groups, '-inf', '(' .. tag_text(v))
+    start = math.max(v, finish_of(q, g) or 0)
   else  -- nobody waits: the tags start again
     redis.call('DEL', q.k.groups)
   end
@@ -135,7 +144,7 @@ local function save_segments(q, member, segs, weight, delta, beat_deadline)
   end
   local parts, total = {}, 0
   for i, seg in ipairs(segs) do
-    parts[i], total = fmt(seg[1]) .. ':' .. seg[2], total + seg[2]
+    parts[i], total = tag_text(seg[1]) .. ':' .. seg[2], total + seg[2]
   end
   write_want(q, member, total, weight, table.concat(parts, ','), 0)
   redis.call('ZADD', k.queue, segs[1][1], member)
@@ -197,7 +206,7 @@ local function set_want(q, client, g, weight, n, beat_deadline, tokens)
     segs_text = before .. last_t .. ':' .. (count + n - total)
     set_finish(q, g, start + (count + n - total) * step)
   else
-    segs_text = before .. last_t .. ':' .. last_c .. ',' .. fmt(take_tags(q, g, n - total, step)) .. ':' .. (n - total)
+    segs_text = before .. last_t .. ':' .. last_c .. ',' .. tag_text(take_tags(q, g, n - total, step)) .. ':' .. (n - total)
   end
   write_want(q, member, n, weight, segs_text, n - total)
   if beat_deadline then redis.call('ZADD', k.beats, beat_deadline, member) end
@@ -333,15 +342,17 @@ local function promote(q, d, now, lease_ttl, self_id, own)
   local k, b = q.k, q.budget
   local got_self = false
   local full, claim = fmt(now + lease_ttl), fmt(now + q.claim_ttl)
+  local served  -- the start tag of the last request served in tag order
   for _ = 1, 1000 do
     if d.in_flight >= d.current_limit or now < d.blocked_until then break end
     local first = redis.call('ZRANGE', k.queue, 0, 1, 'WITHSCORES')
     local head, next_tag = first[1], first[4]
     if not head then break end
+    local in_order = true
     local free = room(d, group_of(head))
     if free <= 0 then
       -- What is free is held for reserved groups: their waiters go ahead.
-      head, next_tag = d.reserved and reserved_waiter(q, d), nil
+      head, next_tag, in_order = d.reserved and reserved_waiter(q, d), nil, false
       if not head then break end
       free = room(d, group_of(head))
     end
@@ -397,12 +408,13 @@ local function promote(q, d, now, lease_ttl, self_id, own)
           end
         end
       end
+      if given > 0 and in_order then served = start + (given - 1) * step end
       first_c, total = first_c - given, total - given
       if total <= 0 then
         save_segments(q, head, {}, 1, -given)
       elseif first_c > 0 then
         start = start + given * step
-        write_want(q, head, total, weight, fmt(start) .. ':' .. first_c .. (rest ~= '' and ',' .. rest or ''), -given)
+        write_want(q, head, total, weight, tag_text(start) .. ':' .. first_c .. (rest ~= '' and ',' .. rest or ''), -given)
         redis.call('ZADD', k.queue, start, head)
       else  -- the next segment is the oldest now
         write_want(q, head, total, weight, rest, -given)
@@ -412,6 +424,7 @@ local function promote(q, d, now, lease_ttl, self_id, own)
       leave(q, head)
       if alive and fits and grant(d, k, head, tokens, head == self_id and full or claim, q.idle_ms, b) then
         if head == self_id then got_self = true else q.handed[#q.handed + 1] = head end
+        if in_order then served = tonumber(first[2]) end
         -- A lease granted without a token budget has nothing to settle.
         if not (b and b.tpm) and tokens > 0 then forget_waiters(q, {head}) end
       else
@@ -422,6 +435,7 @@ local function promote(q, d, now, lease_ttl, self_id, own)
       end
     end
   end
+  if served and redis.call('ZCARD', k.queue) > 0 then redis.call('ZADD', k.groups, served, '~v') end
   return got_self, claim
 end
 

@@ -308,15 +308,19 @@ def _waiting_in_groups(
     keys = [mk.queue(out[i].domain)[2] for i, mk in waiting]
     pipe = client.pipeline(transaction=False)
     for key in keys:
-        pipe.zrange(key, 0, 1)  # of any two members one is named, if any but 'default' is there
+        pipe.zrange(key, 0, 2)  # of any three one is named, if any but 'default' and '~v' (the virtual time) is there
     found = []
     for (i, mk), key, got in zip(waiting, keys, pipe.execute(raise_on_error=False), strict=True):
         if (why := _failed(got, key)) is not None:
             r = out[i]
             out[i] = _unreadable(r.provider_name, r.model_id, r.domain, r.effective_max, r.aliases, why)
-        elif any(as_str(g) != DEFAULT_GROUP for g in got):
+        elif any(as_str(g) not in (DEFAULT_GROUP, VIRTUAL_TIME) for g in got):
             found.append((i, mk))
     return found
+
+
+#: The member of a domain's ``:groups`` that holds the queue's virtual time, not a group.
+VIRTUAL_TIME = "~v"
 
 
 def reserved_slots(reserved: str, current_limit: int) -> dict[str, int]:
