@@ -15,6 +15,8 @@ from aimd_redis.schema import SETTINGS
 #: The most of a limit that reservations may hold together: the groups
 #: without one always keep a tenth.
 MAX_RESERVED = 0.9
+#: At most this many groups hold reservations: each costs every grant a look.
+MAX_RESERVED_GROUPS = 16
 #: The longest cooldown a single 429 can impose unless configured otherwise
 #: (``max_cooldown_seconds``). A Retry-After of a day is almost always a
 #: misparsed header; an hour still honours real quota resets while bounding
@@ -95,8 +97,10 @@ class ThrottleConfig(_Settings):
     while they are idle: ``{"interactive": 0.2}`` (or its stored form,
     ``"interactive=0.2"``) keeps ``floor(0.2 * current_limit)`` slots for
     the group ``interactive``; beyond them it competes for the rest by
-    weight. Together at most 0.9; the default group cannot hold one
-    (docs/fairness.md)."""
+    weight. Together at most 0.9, for at most 16 groups; the default group
+    cannot hold one. Unlike the other stored settings, a register with none
+    leaves the model's reservations as they are; ``configure(reserved="")``
+    clears them (docs/fairness.md)."""
 
     @field_validator("reserved", mode="before")
     @classmethod
@@ -124,6 +128,8 @@ class ThrottleConfig(_Settings):
             stored[name] = f"{share:.6f}".rstrip("0")
         # The shares as stored (to the millionth) are the ones the scripts add up.
         total = math.fsum(float(share) for share in stored.values())
+        if len(stored) > MAX_RESERVED_GROUPS:
+            raise InvalidArgumentError(f"reserved: at most {MAX_RESERVED_GROUPS} groups may hold a reservation")
         if total > MAX_RESERVED + 1e-9:
             raise InvalidArgumentError(f"reserved: the shares add up to {total:g}, more than {MAX_RESERVED}")
         return ",".join(f"{name}={share}" for name, share in sorted(stored.items()))

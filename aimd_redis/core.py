@@ -353,7 +353,11 @@ class Core:
     def __init__(self, config: ThrottleConfig, namespace: str, *, sharded_pubsub: bool = False) -> None:
         self.config = config
         self.namespace = check_namespace(namespace)
-        self._settings = msgspec.json.encode(config.settings()).decode()
+        # A register that reserves nothing leaves the model's reservations as
+        # they are: a batch job's pods need not repeat an interactive
+        # service's (configure clears them).
+        settings = {k: v for k, v in config.settings().items() if not (k == "reserved" and v == "")}
+        self._settings = msgspec.json.encode(settings).decode()
         self._lease_ttl_s = config.lease_ttl_seconds
         # A slot handed to a waiter is its own only once claimed: the waiter
         # claims it when woken (see background_claim), or at its next re-check

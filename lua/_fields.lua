@@ -232,15 +232,17 @@ local CONFIG_DEFAULTS = {
 -- above 0, all together at most MAX_RESERVED; 'default' cannot hold one:
 -- its in-flight count is not kept), as {group = share}; nil for none, false
 -- when the text is not that. Parsed once per text.
-local MAX_RESERVED = 0.9
+local MAX_RESERVED, MAX_RESERVED_GROUPS = 0.9, 16
 local reserved_parsed, reserved_count = {}, 0
 
 local function reserved_shares(text)
   if text == '' then return nil end
   local known = reserved_parsed[text]
   if known ~= nil then return known end
-  local shares, sum = {}, 0
+  local shares, sum, count = {}, 0, 0
   for part in string.gmatch(text, '[^,]+') do
+    count = count + 1
+    if count > MAX_RESERVED_GROUPS then return false end
     local g, v = string.match(part, '^([%w_-]+)=([%d.]+)$')
     v = tonumber(v)
     if not v or v <= 0 or #g > 64 or g == 'default' or shares[g] then return false end

@@ -310,3 +310,17 @@ def test_a_slot_is_handed_over_to_a_waiter_of_another_group(make_throttle: MakeT
     assert got
     assert got[0].ref.group == "chat"
     got[0].success()
+
+
+def test_a_register_without_reservations_keeps_the_stored_ones(make_throttle: MakeThrottle) -> None:
+    service = make_throttle(reserved={"interactive": 0.25})
+    reg(service, 8)
+    batch_job = make_throttle()  # its pods say nothing of reservations
+    reg(batch_job, 8)
+    assert batch_job.configure(P, M, {})["reserved"] == "interactive=0.25"
+    hog = Process(batch_job, "b", "batch")
+    assert len(hog.batch(1.0, want=100, ids=100).got) == 6
+    assert batch_job.configure(P, M, {"reserved": ""})["reserved"] == ""
+    assert len(hog.batch(2.0, want=94, release=False, ids=94).got) == 2
+    with pytest.raises(ConfigError, match="16"):
+        ThrottleConfig(reserved={f"g{i}": 0.01 for i in range(17)})
