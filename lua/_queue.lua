@@ -78,7 +78,8 @@ local function take_tags(q, g, n, step)
   local start = 0
   if head[2] then
     local v = math.min(tonumber(head[2]), tonumber(redis.call('ZSCORE', q.k.groups, '~v')) or math.huge)
-    redis.call('ZREMRANGEBYSCORE', q.k.groups, '-inf', '(' .. tag_text(v))
+    local before_v = '(' .. tag_text(v)
+    redis.call('ZREMRANGEBYSCORE', q.k.groups, '-inf', before_v)
     start = math.max(v, finish_of(q, g) or 0)
   else  -- nobody waits: the tags start again
     redis.call('DEL', q.k.groups)
