@@ -1,5 +1,5 @@
 """What the HTTP transports share, sync or asyncio, httpx or httpx2: routing
-a request to a (provider, model, domain), reading the server's Retry-After and
+a request to a (provider, model, domain) and a group, reading the server's Retry-After and
 the usage a response reports, and judging a response's outcome. Imports
 neither library: each public module (``aimd_redis.httpx``,
 ``aimd_redis.httpx2``) binds this to its own."""
@@ -19,14 +19,49 @@ from typing import NamedTuple, Protocol
 
 from aimd_redis._provider import StreamUsage, usage_tokens
 from aimd_redis.errors import ArgumentTypeError, InvalidArgumentError
+from aimd_redis.keys import check_group, check_weight
 
 logger = logging.getLogger("aimd_redis")
 
 
 class Target(NamedTuple):
+    """Where a request goes, and the group it waits in (``group`` and
+    ``weight`` both None: the transport's or integration's own)."""
+
     provider_name: str
     model_id: str
     domain: str
+    group: str | None = None
+    weight: float | None = None
+
+
+class Share(NamedTuple):
+    """A request's group (None: the default group) and its weight, checked."""
+
+    group: str | None = None
+    weight: float = 1.0
+
+
+def share_of(group: object, weight: object) -> Share:
+    """``group`` and ``weight`` checked (ArgumentTypeError, InvalidArgumentError)."""
+    return Share(check_group(group), check_weight(weight))
+
+
+#: Request extensions that put one request of a transport in a group of its
+#: own: ``client.post(..., extensions={"aimd_group": "interactive"})``.
+GROUP_EXTENSION = "aimd_group"
+WEIGHT_EXTENSION = "aimd_weight"
+
+
+def share_for(target: Target, fallback: Share, extensions: object = None) -> Share:
+    """The group and weight a routed request waits with: its request
+    extensions' if it has them, else its target's if the router set them,
+    else ``fallback``. A group set without a weight has weight 1."""
+    if isinstance(extensions, Mapping) and (GROUP_EXTENSION in extensions or WEIGHT_EXTENSION in extensions):
+        return share_of(extensions.get(GROUP_EXTENSION), extensions.get(WEIGHT_EXTENSION, 1.0))
+    if target.group is not None or target.weight is not None:
+        return share_of(target.group, 1.0 if target.weight is None else target.weight)
+    return fallback
 
 
 class URLLike(Protocol):
@@ -111,8 +146,17 @@ def _model(request: RequestLike) -> str | None:
     return model if isinstance(model, str) and model else None
 
 
-def _router(name: str, provider_name: str | None, domains: Mapping[str, str], unthrottled: tuple[str, ...]) -> Route:
+def _router(
+    name: str,
+    provider_name: str | None,
+    domains: Mapping[str, str],
+    unthrottled: tuple[str, ...],
+    group: str | None,
+    weight: float | None,
+) -> Route:
     log = _PassLog(name)
+    if group is not None or weight is not None:
+        group, weight = share_of(group, 1.0 if weight is None else weight)
 
     def route(request: RequestLike) -> Target | None:
         path = request.url.path
@@ -127,26 +171,30 @@ def _router(name: str, provider_name: str | None, domains: Mapping[str, str], un
         if model is None:
             log.passed(request, "its body names no model")
             return None
-        return Target(provider_name or request.url.host, model, domain)
+        return Target(provider_name or request.url.host, model, domain, group, weight)
 
     return route
 
 
-def openai_router(provider_name: str | None = None) -> Route:
+def openai_router(provider_name: str | None = None, *, group: str | None = None, weight: float | None = None) -> Route:
     """Route OpenAI-style requests: the model from the JSON body, the domain
     from the path (``OPENAI_DOMAINS``), the provider as given (default: the
     request's host). Other requests (listing models, health checks, files)
-    pass without a slot, and each route that does is logged once."""
-    return _router("openai_router", provider_name, OPENAI_DOMAINS, ())
+    pass without a slot, and each route that does is logged once.
+    ``group`` and ``weight``, when given, replace the transport's."""
+    return _router("openai_router", provider_name, OPENAI_DOMAINS, (), group, weight)
 
 
-def anthropic_router(provider_name: str | None = None) -> Route:
+def anthropic_router(
+    provider_name: str | None = None, *, group: str | None = None, weight: float | None = None
+) -> Route:
     """Route Anthropic requests: ``POST /v1/messages`` (and the legacy
     ``/v1/complete``) to ``chat`` with the model from the JSON body, the
     provider as given (default: the request's host). Token counting and
     message batches (``ANTHROPIC_UNTHROTTLED``) pass without a slot, as does
-    anything else; each route that does is logged once."""
-    return _router("anthropic_router", provider_name, ANTHROPIC_DOMAINS, ANTHROPIC_UNTHROTTLED)
+    anything else; each route that does is logged once. ``group`` and
+    ``weight``, when given, replace the transport's."""
+    return _router("anthropic_router", provider_name, ANTHROPIC_DOMAINS, ANTHROPIC_UNTHROTTLED, group, weight)
 
 
 def check_throttle(what: str, throttle: object, needed: type) -> None:

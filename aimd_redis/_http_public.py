@@ -4,8 +4,10 @@ besides their transports: what does not depend on the library."""
 from aimd_redis._http import (
     ANTHROPIC_DOMAINS,
     ANTHROPIC_UNTHROTTLED,
+    GROUP_EXTENSION,
     OPENAI_DOMAINS,
     RATE_LIMITED_STATUSES,
+    WEIGHT_EXTENSION,
     Target,
     anthropic_router,
     openai_router,
@@ -16,8 +18,10 @@ from aimd_redis._provider import estimate_tokens, tiktoken_counter
 __all__ = [
     "ANTHROPIC_DOMAINS",
     "ANTHROPIC_UNTHROTTLED",
+    "GROUP_EXTENSION",
     "OPENAI_DOMAINS",
     "RATE_LIMITED_STATUSES",
+    "WEIGHT_EXTENSION",
     "Target",
     "anthropic_router",
     "estimate_tokens",

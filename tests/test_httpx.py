@@ -13,11 +13,17 @@ import httpx
 import pytest
 import redis
 
-from aimd_redis import AsyncThrottle, DomainState, InvalidArgumentError, Throttle, ThrottleConfig
+from aimd_redis import ArgumentTypeError, AsyncThrottle, DomainState, InvalidArgumentError, Throttle, ThrottleConfig
 from aimd_redis._http import LibraryCodecs, UsageReader
 from aimd_redis.demo.coldserver import ColdServer, RetryAfterForm, ServerSettings
 from aimd_redis.demo.embedded import _free_port
-from aimd_redis.httpx import AimdTransport, AsyncAimdTransport, openai_router, retry_after_seconds
+from aimd_redis.httpx import (
+    AimdTransport,
+    AsyncAimdTransport,
+    anthropic_router,
+    openai_router,
+    retry_after_seconds,
+)
 
 from .helpers import settled_tokens
 
@@ -360,3 +366,78 @@ def test_a_streams_first_byte_is_reported_with_its_success(
         (ttfb,) = reported
         assert ttfb is not None
         assert 0 < ttfb < took / 2  # the first of the chunks spread over the answer
+
+
+def _groups_of_leases(r: redis.Redis) -> list[str]:
+    """The group named in each live lease id ('<client>~<group>.<token>';
+    'default' for an id without one)."""
+    ids = [m.decode() for m in r.zrange(f"aimd:{{local/{MODEL}}}:chat:leases", 0, -1)]
+    return sorted(i.partition(".")[0].partition("~")[2] or "default" for i in ids)
+
+
+@pytest.mark.parametrize(
+    ("transport", "router", "extensions", "group"),
+    [
+        ({}, {}, {}, "default"),
+        ({"group": "batch", "weight": 3}, {}, {}, "batch"),
+        ({"group": "batch"}, {"group": "evals", "weight": 0.5}, {}, "evals"),
+        ({"group": "batch"}, {"weight": 2}, {}, "default"),  # a router's weight alone: the default group's
+        ({"group": "batch"}, {"group": "evals"}, {"aimd_group": "interactive", "aimd_weight": 10}, "interactive"),
+    ],
+    ids=["none", "transport", "router", "router-weight", "request"],
+)
+def test_a_request_waits_in_the_group_its_request_router_or_transport_names(
+    throttle: Throttle,
+    real_redis: redis.Redis,
+    server: ColdServer,
+    transport: dict[str, object],
+    router: dict[str, object],
+    extensions: dict[str, object],
+    group: str,
+) -> None:
+    aimd = AimdTransport(throttle, router=openai_router("local", **router), **transport)  # type: ignore[arg-type]
+    with (
+        httpx.Client(transport=aimd, base_url=server.url) as client,
+        client.stream("POST", "/v1/chat/completions", json=BODY, extensions=extensions) as response,
+    ):
+        assert response.status_code == 200
+        assert _groups_of_leases(real_redis) == [group]  # held until the response is closed
+    assert _groups_of_leases(real_redis) == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "error"),
+    [
+        ({"group": "two words"}, InvalidArgumentError),
+        ({"group": "x" * 65}, InvalidArgumentError),
+        ({"group": "a.b"}, InvalidArgumentError),  # '.' and '~' would make lease ids ambiguous
+        ({"group": 7}, ArgumentTypeError),
+        ({"weight": 0}, InvalidArgumentError),
+        ({"weight": float("nan")}, InvalidArgumentError),
+        ({"weight": float("inf")}, InvalidArgumentError),
+        ({"weight": "2"}, ArgumentTypeError),
+        ({"weight": True}, ArgumentTypeError),
+    ],
+)
+def test_a_bad_group_or_weight_is_refused_when_the_transport_or_router_is_made(
+    throttle: Throttle, settings: dict[str, object], error: type[Exception]
+) -> None:
+    with pytest.raises(error, match="group|weight"):
+        AimdTransport(throttle, **settings)  # type: ignore[arg-type]
+    with pytest.raises(error, match="group|weight"):
+        AsyncAimdTransport(AsyncThrottle("redis://127.0.0.1:1"), **settings)  # type: ignore[arg-type]
+    for router in (openai_router, anthropic_router):
+        with pytest.raises(error, match="group|weight"):
+            router("local", **settings)  # type: ignore[arg-type]
+
+
+def test_a_bad_group_in_a_requests_extensions_is_refused_before_redis(
+    throttle: Throttle, server: ColdServer
+) -> None:
+    with _client(throttle, server.url) as client:
+        with pytest.raises(InvalidArgumentError, match="group"):
+            client.post("/v1/chat/completions", json=BODY, extensions={"aimd_group": "no/slash"})
+        with pytest.raises(ArgumentTypeError, match="weight"):
+            client.post("/v1/chat/completions", json=BODY, extensions={"aimd_weight": None})
+    assert throttle.domain_state("local", MODEL, "chat") is None  # nothing reached Redis
+    assert server.stats().requests == 0

@@ -23,6 +23,8 @@ from aimd_redis._http import (
     check_throttle,
     openai_router,
     outcome_of,
+    share_for,
+    share_of,
 )
 from aimd_redis._http import rate_limited_statuses as rate_limited_statuses_of
 from aimd_redis._provider import estimate_tokens
@@ -104,6 +106,11 @@ class AsyncAimdTransportBase(Generic[RequestT, ResponseT]):
     (default: ``openai_router()``); a request it does not route passes
     without a slot.
 
+    ``group`` and ``weight`` are the group its requests wait in while the
+    domain is full, and the group's weight (see ``AsyncThrottle.acquire``);
+    a router that sets a group or weight overrides them, and so does a
+    request's ``aimd_group`` / ``aimd_weight`` extension.
+
     ``rate_limited_statuses`` are the statuses reported as rate-limited
     (default 429 alone; add 503 or 529 for servers that answer those when
     overloaded); other 5xx are failures.
@@ -134,8 +141,11 @@ class AsyncAimdTransportBase(Generic[RequestT, ResponseT]):
         acquire_timeout: float | None = None,
         rate_limited_statuses: Collection[int] = RATE_LIMITED_STATUSES,
         estimate: Callable[[bytes], int] = estimate_tokens,
+        group: str | None = None,
+        weight: float = 1.0,
     ) -> None:
         check_throttle(type(self).__name__, throttle, AsyncThrottle)
+        self._share = share_of(group, weight)
         self._throttle = throttle
         self._rate_limited = rate_limited_statuses_of(rate_limited_statuses)
         self._inner: AsyncSender[RequestT, ResponseT] = (
@@ -149,8 +159,17 @@ class AsyncAimdTransportBase(Generic[RequestT, ResponseT]):
         target = self._route(request)
         if target is None:
             return await self._inner.handle_async_request(request)
+        group, weight = share_for(target, self._share, getattr(request, "extensions", None))
         tokens = self._estimate(request.content)
-        lease = await self._throttle.acquire(**target._asdict(), tokens=tokens, timeout=self._timeout)
+        lease = await self._throttle.acquire(
+            provider_name=target.provider_name,
+            model_id=target.model_id,
+            domain=target.domain,
+            tokens=tokens,
+            timeout=self._timeout,
+            group=group,
+            weight=weight,
+        )
         sent = time.monotonic()
         try:
             response = await self._inner.handle_async_request(request)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Protocol, TypeVar
 
 from aimd_redis._sync.throttle import Lease, Throttle
-from aimd_redis._http import RATE_LIMITED_STATUSES, check_throttle, outcome_of, retry_after_seconds
+from aimd_redis._http import RATE_LIMITED_STATUSES, check_throttle, outcome_of, retry_after_seconds, share_of
 from aimd_redis._http import rate_limited_statuses as rate_limited_statuses_of
 from aimd_redis.core import check_int
 
@@ -68,6 +68,8 @@ def with_retries(
     used: Callable[[AnswerT], int | None] | None = None,
     timeout: float | None = None,
     rate_limited_statuses: Collection[int] = RATE_LIMITED_STATUSES,
+    group: str | None = None,
+    weight: float = 1.0,
 ) -> AnswerT:
     """Send a request in a slot of ``throttle``, again while it is refused
     as rate-limited, at most ``attempts`` times in all; return the last
@@ -86,7 +88,8 @@ def with_retries(
     and raised. After the last attempt the rate-limited response itself
     comes back, for the caller to raise as it would any error status.
     ``timeout`` bounds the waiting for slots over all attempts
-    (``AcquireTimeout``), not the requests themselves.
+    (``AcquireTimeout``), not the requests themselves. Every attempt waits
+    in ``group`` with ``weight`` (see ``Throttle.acquire``).
 
     Not for a client that already goes through ``AimdTransport``: that takes
     a slot of its own for the request (a retry there is just a new call).
@@ -94,11 +97,18 @@ def with_retries(
     check_throttle("with_retries", throttle, Throttle)
     check_int("attempts", attempts, 1, MAX_ATTEMPTS)
     statuses = rate_limited_statuses_of(rate_limited_statuses)
+    group, weight = share_of(group, weight)
     deadline = None if timeout is None else time.monotonic() + timeout
     for attempt in range(1, attempts + 1):
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         lease = throttle.acquire(
-            provider_name=provider_name, model_id=model_id, domain=domain, tokens=tokens, timeout=left
+            provider_name=provider_name,
+            model_id=model_id,
+            domain=domain,
+            tokens=tokens,
+            timeout=left,
+            group=group,
+            weight=weight,
         )
         try:
             answer = send()
