@@ -422,18 +422,16 @@ def test_a_request_waits_in_the_group_its_request_router_or_transport_names(
 def test_a_bad_group_or_weight_is_refused_when_the_transport_or_router_is_made(
     throttle: Throttle, settings: dict[str, object], error: type[Exception]
 ) -> None:
-    with pytest.raises(error, match="group|weight"):
+    with pytest.raises(error, match=r"group|weight"):
         AimdTransport(throttle, **settings)  # type: ignore[arg-type]
-    with pytest.raises(error, match="group|weight"):
+    with pytest.raises(error, match=r"group|weight"):
         AsyncAimdTransport(AsyncThrottle("redis://127.0.0.1:1"), **settings)  # type: ignore[arg-type]
     for router in (openai_router, anthropic_router):
-        with pytest.raises(error, match="group|weight"):
+        with pytest.raises(error, match=r"group|weight"):
             router("local", **settings)  # type: ignore[arg-type]
 
 
-def test_a_bad_group_in_a_requests_extensions_is_refused_before_redis(
-    throttle: Throttle, server: ColdServer
-) -> None:
+def test_a_bad_group_in_a_requests_extensions_is_refused_before_redis(throttle: Throttle, server: ColdServer) -> None:
     with _client(throttle, server.url) as client:
         with pytest.raises(InvalidArgumentError, match="group"):
             client.post("/v1/chat/completions", json=BODY, extensions={"aimd_group": "no/slash"})

@@ -21,6 +21,7 @@ from aimd_redis import (
     ArgumentTypeError,
     AsyncThrottle,
     DomainState,
+    InvalidArgumentError,
     Throttle,
     ThrottleConfig,
     async_with_retries,
@@ -28,7 +29,7 @@ from aimd_redis import (
 )
 from aimd_redis import httpx as aimd_httpx
 from aimd_redis.demo.coldserver import ColdServer, ServerSettings
-from aimd_redis.httpx2 import AimdTransport, AsyncAimdTransport, anthropic_router, openai_router
+from aimd_redis.httpx2 import AimdTransport, AsyncAimdTransport, Target, anthropic_router, openai_router
 
 from .helpers import settled_tokens
 
@@ -97,15 +98,21 @@ def test_the_current_sdks_never_exceed_the_registered_limit(throttle: Throttle, 
     assert (s.in_flight, s.consecutive_429s) == (0, 0)
 
 
+def _lease_ids(r: redis.Redis) -> list[str]:
+    return [m.decode() for m in r.zrange(f"aimd:{{local/{MODEL}}}:chat:leases", 0, -1)]
+
+
 async def test_the_async_anthropic_sdk_streams_in_its_slot(
     real_redis: redis.Redis, real_redis_url: str, server: ColdServer
 ) -> None:
     async with AsyncThrottle(real_redis_url) as t:
         await t.register(provider_name="local", model_id=MODEL, alias="test", max_parallel_requests=4)
+        # The router's group replaces the transport's.
+        router = anthropic_router("local", group="chatbot", weight=4)
         client = anthropic.AsyncAnthropic(
             base_url=server.url,
             api_key="unused",
-            http_client=httpx2.AsyncClient(transport=AsyncAimdTransport(t, router=anthropic_router("local"))),
+            http_client=httpx2.AsyncClient(transport=AsyncAimdTransport(t, router=router, group="batch")),
             max_retries=0,
         )
         async with client.messages.stream(
@@ -114,6 +121,8 @@ async def test_the_async_anthropic_sdk_streams_in_its_slot(
             chunks = stream.text_stream
             text = [await anext(chunks)]
             assert (await t.domain_state("local", MODEL, "chat")).in_flight == 1  # type: ignore[union-attr]
+            (lease_id,) = _lease_ids(real_redis)
+            assert "~chatbot." in lease_id
             text += [chunk async for chunk in chunks]
             final = await stream.get_final_message()
         assert "".join(text) == "The server is warm now."
@@ -143,7 +152,7 @@ def test_the_anthropic_router(caplog: pytest.LogCaptureFixture) -> None:
     def request(method: str, path: str, content: bytes = body) -> httpx2.Request:
         return httpx2.Request(method, f"https://api.anthropic.com{path}", content=content)
 
-    assert route(request("POST", "/v1/messages")) == ("anthropic", "claude-x", "chat")
+    assert route(request("POST", "/v1/messages")) == Target("anthropic", "claude-x", "chat")
     with caplog.at_level(logging.INFO, logger="aimd_redis"):
         for _ in range(3):
             assert route(request("POST", "/v1/messages/count_tokens")) is None
@@ -239,6 +248,18 @@ def test_with_retries_retries_no_failure_and_reports_an_exception(throttle: Thro
     assert (s.in_flight, s.success_streak, s.consecutive_429s) == (0, 0, 0)
 
 
+def test_with_retries_waits_in_its_group(throttle: Throttle, real_redis: redis.Redis) -> None:
+    held: list[list[str]] = []
+
+    def send() -> httpx2.Response:
+        held.append(_lease_ids(real_redis))
+        return httpx2.Response(200)
+
+    with_retries(throttle, send, **TARGET, group="nightly", weight=0.5)
+    ((lease_id,),) = held
+    assert "~nightly." in lease_id
+
+
 def test_with_retries_settles_the_tokens_used(throttle: Throttle, real_redis: redis.Redis) -> None:
     throttle.register(
         provider_name="local", model_id=MODEL, alias="test", max_parallel_requests=4, tokens_per_minute=6000
@@ -253,6 +274,10 @@ def test_with_retries_checks_its_arguments(throttle: Throttle) -> None:
     for bad in (0, 101, True):
         with pytest.raises((ValueError, TypeError), match="attempts"):
             with_retries(throttle, lambda: httpx2.Response(200), **TARGET, attempts=bad)
+    with pytest.raises(InvalidArgumentError, match="group"):
+        with_retries(throttle, lambda: httpx2.Response(200), **TARGET, group="a~b")
+    with pytest.raises(InvalidArgumentError, match="weight"):
+        with_retries(throttle, lambda: httpx2.Response(200), **TARGET, weight=-1)
     assert throttle.domain_state("local", MODEL, "chat") is None  # refused before taking a slot
 
 
