@@ -5,13 +5,17 @@ protocol of data-designer-engine 0.9, with DataDesigner's own types, on top of
 an ``AsyncThrottle``: every process of a DataDesigner job that is given one
 (``create_model_registry(request_admission=...)`` or
 ``create_resource_provider(request_admission=...)``) shares one limit, one
-cooldown and one queue per (provider, model, domain). See docs/datadesigner.md.
+cooldown and one queue per (provider, model, domain), and the fair share of
+its request groups fleet-wide. See docs/datadesigner.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import math
+import re
 import threading
 import time
 import uuid
@@ -50,11 +54,12 @@ from aimd_redis import (
     ThrottleConfig,
 )
 from aimd_redis import ReleaseResult as AimdReleaseResult
+from aimd_redis._http import Share, share_of
 from aimd_redis.core import as_str
 from aimd_redis.errors import redis_boundary
-from aimd_redis.keys import model_keys
+from aimd_redis.keys import WEIGHT_RANGE, model_keys
 
-__all__ = ["RedisRequestAdmissionController"]
+__all__ = ["RedisRequestAdmissionController", "group_name"]
 
 T = TypeVar("T")
 
@@ -103,10 +108,16 @@ class RedisRequestAdmissionController:
     fields here). ``default_queue_wait_timeout_seconds`` bounds a blocking
     acquire whose item sets no timeout (None waits for ever).
 
+    While a domain is full, its free slots go to the waiting request groups
+    of the whole fleet in proportion to their weights. ``group`` puts every
+    request of this controller in one group (say, one per job: every process
+    of the job passes the same); without it, a request's DataDesigner group
+    decides (see ``share``). ``weight`` is that group's weight; without it,
+    the item's ``group.weight`` as DataDesigner counts it.
+
     The controller works from threads and from any event loop: its throttle
-    runs on an event loop of its own, in a daemon thread. Request groups and
-    weights are accepted and not used yet: waiters are served first come,
-    first served across the fleet. Call ``close()`` when done.
+    runs on an event loop of its own, in a daemon thread. Call ``close()``
+    when done.
     """
 
     def __init__(
@@ -116,7 +127,12 @@ class RedisRequestAdmissionController:
         namespace: str = "aimd",
         config: ThrottleConfig | None = None,
         default_queue_wait_timeout_seconds: float | None = None,
+        group: str | None = None,
+        weight: float | None = None,
     ) -> None:
+        # Checked first: a bad one starts nothing. "default" names the default group.
+        self._group = None if group is None else share_of(group, 1.0)
+        self._weight = None if weight is None else share_of(None, weight).weight
         self._throttle_config = config if config is not None else ThrottleConfig()
         self._config = RequestAdmissionConfig(
             cooldown_seconds=self._throttle_config.cooldown_seconds,
@@ -163,6 +179,20 @@ class RedisRequestAdmissionController:
 
     # -- the protocol -------------------------------------------------------
 
+    def share(self, item: RequestAdmissionItem) -> Share:
+        """The group and weight ``item`` waits with across the fleet.
+
+        The group: the controller's ``group`` if it has one; else the default
+        group for an item whose DataDesigner group is its own resource (as
+        DataDesigner 0.9 makes every item: each domain has a queue of its own
+        here already); else a group named after the group's resource (see
+        ``group_name``). The weight: the controller's ``weight`` if it has
+        one, else the item's, raised to 1 as DataDesigner's queue raises it
+        (and held to at most 1000)."""
+        group = self._group.group if self._group is not None else _group_of(item)
+        weight = self._weight if self._weight is not None else _weight_of(item.group.weight)
+        return Share(group, weight)
+
     @property
     def pressure(self) -> RedisRequestAdmissionController:
         return self
@@ -196,9 +226,10 @@ class RedisRequestAdmissionController:
 
     async def _try_acquire(self, item: RequestAdmissionItem) -> RequestAdmissionLease | RequestAdmissionDenied:
         r = item.resource
+        group, weight = self.share(item)
         try:
             got = await self._throttle.try_acquire(
-                provider_name=r.provider_name, model_id=r.model_id, domain=_domain(r)
+                provider_name=r.provider_name, model_id=r.model_id, domain=_domain(r), group=group, weight=weight
             )
         except NotRegisteredError:
             return _unregistered(item)
@@ -250,9 +281,15 @@ class RedisRequestAdmissionController:
         timeout = item.queue_wait_timeout_seconds
         if timeout is None:
             timeout = self._config.default_queue_wait_timeout_seconds
+        group, weight = self.share(item)
         try:
             got = await self._throttle.acquire(
-                provider_name=r.provider_name, model_id=r.model_id, domain=_domain(r), timeout=timeout
+                provider_name=r.provider_name,
+                model_id=r.model_id,
+                domain=_domain(r),
+                timeout=timeout,
+                group=group,
+                weight=weight,
             )
         except NotRegisteredError as exc:
             raise RequestAdmissionError(_unregistered(item)) from exc
@@ -521,6 +558,29 @@ class _ModelView(NamedTuple):
 
 def _domain(resource: RequestResourceKey) -> str:
     return str(RequestDomain(resource.domain).value)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def group_name(key: RequestResourceKey) -> str:
+    """The fleet's name for DataDesigner's request group ``key`` (a resource
+    key): its model and domain in the characters a group may hold, and a
+    hash of the whole key that tells apart keys those would confuse, e.g.
+    ``gpt-4o-mini-chat-1a2b3c4d``."""
+    whole = f"{key.provider_name}/{key.model_id}/{_domain(key)}"
+    readable = _UNSAFE.sub("-", f"{key.model_id}-{_domain(key)}").strip("-")[:55]
+    return f"{readable}-{hashlib.sha1(whole.encode()).hexdigest()[:8]}".lstrip("-")
+
+
+def _group_of(item: RequestAdmissionItem) -> str | None:
+    key = item.group.key
+    return None if key == item.resource else group_name(key)
+
+
+def _weight_of(weight: float) -> float:
+    # DataDesigner's queue counts max(weight, 1); NaN, which it cannot order, counts 1.
+    return 1.0 if math.isnan(weight) else min(max(weight, 1.0), WEIGHT_RANGE[1])
 
 
 def _unregistered(item: RequestAdmissionItem) -> RequestAdmissionDenied:

@@ -4,6 +4,7 @@ DataDesigner's own in-process controller run through the same steps."""
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from data_designer.engine.models.request_admission.controller import (
     AdaptiveRequestAdmissionController,
     RequestAdmissionDenied,
@@ -27,7 +29,8 @@ from data_designer.engine.models.request_admission.resources import (
     RequestResourceKey,
 )
 
-from aimd_redis.datadesigner import RedisRequestAdmissionController
+from aimd_redis import ArgumentTypeError, InvalidArgumentError
+from aimd_redis.datadesigner import RedisRequestAdmissionController, group_name
 
 CHAT = RequestResourceKey("local", "m", RequestDomain.CHAT)
 # What a snapshot says that does not depend on when it is taken (nor on
@@ -211,3 +214,77 @@ def test_a_datadesigner_job_in_two_processes_keeps_to_one_limit(real_redis_url: 
     summary = done.stdout.rsplit("server: ", 1)[1]
     at_most = int(summary.split("at most ")[1].split()[0])
     assert 1 <= at_most <= 4, summary  # two processes, each registering 4: still 4 at the server
+
+
+def _lease_groups(real_redis_url: str, namespace: str) -> list[str]:
+    """The group in each live lease id of the chat domain ('default' for none)."""
+    client = redis.Redis.from_url(real_redis_url, decode_responses=True)
+    try:
+        ids = client.zrange(f"{namespace}:{{local/m}}:chat:leases", 0, -1)
+    finally:
+        client.close()
+    return sorted(str(i).partition(".")[0].partition("~")[2] or "default" for i in ids)
+
+
+def grouped(key: RequestResourceKey, weight: float = 1.0) -> RequestAdmissionItem:
+    return RequestAdmissionItem(resource=CHAT, group=RequestGroupSpec(key=key, weight=weight))
+
+
+def test_request_groups_reach_the_fleets_queue(real_redis_url: str) -> None:
+    namespace = f"dd{uuid.uuid4().hex[:8]}"
+    other = RequestResourceKey("local", "m/v2", RequestDomain.EMBEDDING)
+    with (
+        RedisRequestAdmissionController(real_redis_url, namespace=namespace) as plain,
+        RedisRequestAdmissionController(real_redis_url, namespace=namespace, group="nightly", weight=3) as job,
+    ):
+        plain.register(provider_name="local", model_id="m", alias="gen", max_parallel_requests=8)
+        # DataDesigner's own items: the group is the item's resource, the default group here.
+        assert isinstance(plain.try_acquire(item()), RequestAdmissionLease)
+        # A group named after another resource.
+        assert isinstance(plain.acquire_sync(grouped(other)), RequestAdmissionLease)
+        # The controller's group, whatever the item's.
+        assert isinstance(job.try_acquire(grouped(other)), RequestAdmissionLease)
+        assert isinstance(job.acquire_sync(item()), RequestAdmissionLease)
+        assert _lease_groups(real_redis_url, namespace) == sorted(["default", group_name(other), "nightly", "nightly"])
+        assert re.fullmatch(r"m-v2-embedding-[0-9a-f]{8}", group_name(other))
+        assert group_name(other) != group_name(RequestResourceKey("local", "m-v2", RequestDomain.EMBEDDING))
+
+
+@pytest.mark.parametrize(
+    ("controller", "item_weight", "share"),
+    [
+        ({}, 1.0, (None, 1.0)),
+        ({}, 4.0, (None, 4.0)),
+        ({}, 0.25, (None, 1.0)),  # DataDesigner's queue counts a weight below 1 as 1
+        ({}, float("inf"), (None, 1000.0)),
+        ({}, float("nan"), (None, 1.0)),
+        ({"weight": 0.5}, 4.0, (None, 0.5)),
+        ({"group": "eval", "weight": 2}, 4.0, ("eval", 2.0)),
+        ({"group": "default"}, 4.0, (None, 4.0)),
+    ],
+)
+def test_the_share_of_an_item(
+    real_redis_url: str, controller: dict[str, Any], item_weight: float, share: tuple[str | None, float]
+) -> None:
+    with RedisRequestAdmissionController(real_redis_url, **controller) as c:
+        assert tuple(c.share(grouped(CHAT, item_weight))) == share
+
+
+@pytest.mark.parametrize(
+    ("settings", "error"),
+    [
+        ({"group": "job 1"}, InvalidArgumentError),
+        ({"group": "a~b"}, InvalidArgumentError),
+        ({"group": 1}, ArgumentTypeError),
+        ({"weight": 0}, InvalidArgumentError),
+        ({"weight": 1e6}, InvalidArgumentError),
+        ({"weight": "1"}, ArgumentTypeError),
+    ],
+)
+def test_a_bad_group_or_weight_is_refused_at_construction(
+    real_redis_url: str, settings: dict[str, Any], error: type[Exception]
+) -> None:
+    threads = threading.active_count()
+    with pytest.raises(error, match=r"group|weight"):
+        RedisRequestAdmissionController(real_redis_url, **settings)
+    assert threading.active_count() == threads  # nothing started
