@@ -4,7 +4,9 @@
 every attempt LiteLLM makes at a deployment (``litellm.acompletion``, each
 retry and fallback of a ``Router``, the proxy): before the call it waits for a
 slot of the fleet-wide limit; after, it reports the outcome, a 429 with its
-Retry-After included. See docs/litellm.md.
+Retry-After included. A call waits in a group of the fleet's fair share: the
+proxy's priority reservation for its key or team, or one the limiter is given.
+See docs/litellm.md.
 
     limiter = AimdLimiter(AsyncThrottle(REDIS_URL), max_parallel_requests=16)
     litellm.callbacks.append(limiter)
@@ -24,10 +26,12 @@ from litellm.integrations.custom_logger import CustomLogger
 from litellm.types.utils import CallTypes
 
 from aimd_redis import AimdRedisError, ArgumentTypeError, AsyncLease, AsyncThrottle
-from aimd_redis._http import Target, outcome_of, retry_after_seconds
+from aimd_redis._http import Share, Target, outcome_of, retry_after_seconds, share_for, share_of
 from aimd_redis._http import rate_limited_statuses as check_statuses
+from aimd_redis.errors import InvalidArgumentError
+from aimd_redis.keys import WEIGHT_RANGE
 
-__all__ = ["AimdLimiter", "Target", "deployment_target"]
+__all__ = ["AimdLimiter", "Target", "deployment_target", "priority_share"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +104,53 @@ def deployment_target(kwargs: Mapping[str, Any], domain: str, provider_name: str
     return Target(provider_name or litellm_provider, model_id, domain)
 
 
+#: Where the proxy puts what it knows of a call's key and team: ``metadata``,
+#: or ``litellm_metadata`` on the routes whose ``metadata`` is the provider's.
+_METADATA = ("litellm_metadata", "metadata")
+#: The key's and the team's metadata in it; the team's ``priority`` wins, as
+#: in LiteLLM's own priority reservation.
+_PRIORITY_SOURCES = ("user_api_key_team_metadata", "user_api_key_metadata")
+_warned: set[str] = set()
+
+
+def priority_share(kwargs: Mapping[str, Any]) -> Share | None:
+    """The group of a proxy call whose key or team has a ``priority`` that
+    ``litellm.priority_reservation`` lists: the priority's name, weighted by
+    its reserved fraction (``{"prod": 0.9, "dev": 0.1}`` shares slots 9:1).
+    None for any other call. A reservation in rpm or tpm weighs 1, and a
+    priority that cannot name a group counts as none; each is logged once."""
+    reservation = litellm.priority_reservation
+    if not reservation:
+        return None
+    priority = None
+    for name in _METADATA:
+        metadata = kwargs.get(name)
+        if isinstance(metadata, Mapping):
+            found = (metadata.get(source) for source in _PRIORITY_SOURCES)
+            priority = next((p.get("priority") for p in found if isinstance(p, Mapping) and p.get("priority")), None)
+            if priority is not None:
+                break
+    if not isinstance(priority, str) or priority not in reservation:
+        return None
+    reserved: object = reservation[priority]
+    if isinstance(reserved, Mapping):
+        reserved = reserved.get("value", 1.0) if reserved.get("type", "percent") == "percent" else None
+    if isinstance(reserved, bool) or not isinstance(reserved, (int, float)) or reserved != reserved:  # NaN
+        _warn_once(priority, "priority %r: only a reserved fraction becomes a weight; it weighs 1")
+        reserved = 1.0
+    try:
+        return share_of(priority, min(max(float(reserved), WEIGHT_RANGE[0]), WEIGHT_RANGE[1]))
+    except InvalidArgumentError:
+        _warn_once(priority, "priority %r cannot name a group (A-Z a-z 0-9 _ -, at most 64); its calls wait ungrouped")
+        return None
+
+
+def _warn_once(priority: str, message: str) -> None:
+    if priority not in _warned:
+        _warned.add(priority)
+        logger.warning(message, priority)
+
+
 class AimdLimiter(CustomLogger):
     """Takes a slot of ``throttle``'s fleet-wide limit before each call
     LiteLLM makes to a deployment, and reports how the call went.
@@ -111,7 +162,14 @@ class AimdLimiter(CustomLogger):
     bounds the wait for a slot (None waits for ever): LiteLLM then sees
     ``AcquireTimeout``. ``provider_name`` names the upstream for every
     deployment (default: the host of its ``api_base``); ``target`` replaces
-    the whole mapping of a call to (provider, model, domain).
+    the whole mapping of a call to (provider, model, domain), and may set its
+    group and weight too.
+
+    Groups: while a domain is full, its free slots go to the fleet's waiting
+    groups in proportion to their weights. A call waits in the group its
+    ``target`` sets; else, on the proxy, in its key's or team's priority
+    reservation (``priority_share``; ``by_priority=False`` turns that off);
+    else in ``group`` with ``weight`` (default: the default group).
 
     Outcomes: a 2xx or 4xx answer is a success (the server answered), a
     status in ``rate_limited_statuses`` a 429 with the server's Retry-After,
@@ -132,9 +190,14 @@ class AimdLimiter(CustomLogger):
         provider_name: str | None = None,
         target: TargetOf | None = None,
         rate_limited_statuses: Collection[int] = (429,),
+        group: str | None = None,
+        weight: float = 1.0,
+        by_priority: bool = True,
     ) -> None:
         if not isinstance(throttle, AsyncThrottle):
             raise ArgumentTypeError(f"AimdLimiter needs an AsyncThrottle, not {type(throttle).__name__}")
+        self._share = share_of(group, weight)
+        self._by_priority = by_priority
         super().__init__()
         self._throttle = throttle
         self._default_max = max_parallel_requests
@@ -161,7 +224,16 @@ class AimdLimiter(CustomLogger):
         if target is None:
             return None
         await self._register(target, kwargs)
-        lease = await self._throttle.acquire(**target._asdict(), timeout=self._timeout)
+        fallback = (priority_share(kwargs) if self._by_priority else None) or self._share
+        group, weight = share_for(target, fallback)
+        lease = await self._throttle.acquire(
+            provider_name=target.provider_name,
+            model_id=target.model_id,
+            domain=target.domain,
+            timeout=self._timeout,
+            group=group,
+            weight=weight,
+        )
         _LEASES.setdefault(call_id, []).append(_Held(call_id, lease))
         return None
 

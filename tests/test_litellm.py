@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,9 +20,9 @@ os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 
 import litellm
 
-from aimd_redis import ArgumentTypeError, AsyncThrottle, DomainState, Throttle, ThrottleConfig
+from aimd_redis import ArgumentTypeError, AsyncThrottle, DomainState, InvalidArgumentError, Throttle, ThrottleConfig
 from aimd_redis.demo.coldserver import ColdServer, ServerSettings
-from aimd_redis.litellm import AimdLimiter
+from aimd_redis.litellm import AimdLimiter, deployment_target, priority_share
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "litellm_fleet.py"
 
@@ -140,3 +141,116 @@ async def test_a_call_cancelled_mid_flight_gives_its_slot_back(real_redis_url: s
     assert during.in_flight == 1
     # Given back: free again, and nothing learned from a call with no answer.
     assert (after.in_flight, after.success_streak, after.consecutive_429s) == (0, 0, 0)
+
+
+def _proxy_call(priority: str | None = None, team: str | None = None, key: str = "metadata") -> dict[str, Any]:
+    """A call's kwargs as LiteLLM's proxy hands them to the deployment hooks."""
+    return {
+        key: {
+            "user_api_key_metadata": {} if priority is None else {"priority": priority},
+            "user_api_key_team_metadata": None if team is None else {"priority": team},
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "share"),
+    [
+        (_proxy_call("prod"), ("prod", 0.9)),
+        (_proxy_call("dev", key="litellm_metadata"), ("dev", 0.1)),
+        (_proxy_call("dev", team="prod"), ("prod", 0.9)),  # the team's priority wins, as in LiteLLM
+        (_proxy_call("batch"), ("batch", 1.0)),  # reserved in rpm: no fraction to weigh by
+        (_proxy_call("bad name"), None),  # cannot be a group
+        (_proxy_call("unlisted"), None),
+        (_proxy_call(), None),
+        ({}, None),
+    ],
+)
+def test_the_proxys_priority_reservation_is_a_weighted_group(
+    monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any], share: tuple[str, float] | None
+) -> None:
+    monkeypatch.setattr(
+        litellm,
+        "priority_reservation",
+        {
+            "prod": 0.9,
+            "dev": {"type": "percent", "value": 0.1},
+            "batch": {"type": "rpm", "value": 600},
+            "bad name": 0.5,
+        },
+    )
+    found = priority_share(kwargs)
+    assert (None if found is None else tuple(found)) == share
+
+
+def test_without_a_reservation_no_priority_makes_a_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(litellm, "priority_reservation", None)
+    assert priority_share(_proxy_call("prod")) is None
+
+
+@pytest.mark.parametrize(
+    ("limiter", "target", "groups"),
+    [
+        ({}, None, ["prod", "default"]),
+        ({"group": "batch", "weight": 0.5}, None, ["prod", "batch"]),
+        ({"group": "batch"}, "interactive", ["interactive", "interactive"]),  # the target's group wins
+        ({"group": "batch", "by_priority": False}, None, ["batch", "batch"]),
+    ],
+    ids=["none", "limiter", "target", "no-priority"],
+)
+async def test_a_call_waits_in_its_group(
+    real_redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    limiter: dict[str, Any],
+    target: str | None,
+    groups: list[str],
+) -> None:
+    """A call of a key with the proxy's priority 'prod', then one without."""
+    monkeypatch.setattr(litellm, "priority_reservation", {"prod": 0.9})
+    namespace = f"litellm{uuid.uuid4().hex[:8]}"
+
+    def grouped(kwargs: Any, domain: str) -> Any:
+        found = deployment_target(kwargs, domain, "cold")
+        return found if found is None or target is None else found._replace(group=target, weight=5)
+
+    seen = []
+    with ColdServer(ServerSettings(peak=2, warmup_seconds=0, service_seconds=0.5)) as server:
+        async with AsyncThrottle(real_redis_url, namespace=namespace) as throttle:
+            litellm.callbacks = [
+                AimdLimiter(throttle, max_parallel_requests=2, provider_name="cold", target=grouped, **limiter)
+            ]
+            try:
+                for metadata in (_proxy_call("prod")["metadata"], {}):
+                    call = asyncio.create_task(
+                        litellm.acompletion(
+                            model="openai/cold-model",
+                            api_base=f"{server.url}/v1",
+                            api_key="not-needed",
+                            messages=[{"role": "user", "content": "hello"}],
+                            metadata=metadata,
+                        )
+                    )
+                    await in_flight(throttle, 1)
+                    (lease_id,) = await throttle._redis.zrange(f"{namespace}:{{cold/cold-model}}:chat:leases", 0, -1)
+                    seen.append(lease_id.decode().partition(".")[0].partition("~")[2] or "default")
+                    await call
+                    await in_flight(throttle, 0)
+            finally:
+                litellm.callbacks = []
+    assert seen == groups
+
+
+@pytest.mark.parametrize(
+    ("settings", "error"),
+    [
+        ({"group": "a.b"}, InvalidArgumentError),
+        ({"group": b"x"}, ArgumentTypeError),
+        ({"weight": 0}, InvalidArgumentError),
+    ],
+)
+async def test_a_bad_group_or_weight_is_refused_when_the_limiter_is_made(
+    real_redis_url: str, settings: dict[str, Any], error: type[Exception]
+) -> None:
+    async with AsyncThrottle(real_redis_url) as throttle:
+        with pytest.raises(error, match=r"group|weight"):
+            AimdLimiter(throttle, **settings)
