@@ -38,6 +38,17 @@ async def in_flight(throttle: AsyncThrottle, count: int, within: float = 10.0) -
         await asyncio.sleep(0.02)
 
 
+def ask(server: ColdServer, **extra: Any) -> Any:
+    """LiteLLM's call of the cold model, with ``extra`` arguments (a coroutine)."""
+    return litellm.acompletion(
+        model="openai/cold-model",
+        api_base=f"{server.url}/v1",
+        api_key="not-needed",
+        messages=[{"role": "user", "content": "hello"}],
+        **extra,
+    )
+
+
 def test_two_litellm_processes_share_one_limit_and_every_call_is_answered(real_redis_url: str) -> None:
     command = [sys.executable, str(EXAMPLE), "--url", real_redis_url, "--requests", "12"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
@@ -57,21 +68,15 @@ async def test_a_429_sets_the_fleets_cooldown_from_its_retry_after(real_redis_ur
             litellm.callbacks = [limiter]
             try:
 
-                async def ask() -> str:
+                async def one() -> str:
                     try:
-                        await litellm.acompletion(
-                            model="openai/cold-model",
-                            api_base=f"{server.url}/v1",
-                            api_key="not-needed",
-                            messages=[{"role": "user", "content": "hello"}],
-                            max_retries=0,
-                        )
+                        await ask(server, max_retries=0)
                         return "answered"
                     except litellm.RateLimitError:
                         return "refused"
 
                 started = time.time()
-                results = await asyncio.gather(*(ask() for _ in range(3)))
+                results = await asyncio.gather(*(one() for _ in range(3)))
                 ended = time.time()
             finally:
                 litellm.callbacks = []
@@ -98,13 +103,7 @@ async def test_a_streamed_answer_holds_its_slot_until_it_ends(real_redis_url: st
         async with AsyncThrottle(real_redis_url, namespace=namespace) as throttle:
             litellm.callbacks = [AimdLimiter(throttle, max_parallel_requests=2, provider_name="cold")]
             try:
-                stream = await litellm.acompletion(
-                    model="openai/cold-model",
-                    api_base=f"{server.url}/v1",
-                    api_key="not-needed",
-                    messages=[{"role": "user", "content": "hello"}],
-                    stream=True,
-                )
+                stream = await ask(server, stream=True)
                 during = await throttle.domain_state("cold", "cold-model", "chat")
                 words = [chunk async for chunk in stream]
                 # LiteLLM logs a stream's end in a task of its own: the report follows it.
@@ -123,14 +122,7 @@ async def test_a_call_cancelled_mid_flight_gives_its_slot_back(real_redis_url: s
         async with AsyncThrottle(real_redis_url, namespace=namespace) as throttle:
             litellm.callbacks = [AimdLimiter(throttle, max_parallel_requests=2, provider_name="cold")]
             try:
-                call = asyncio.create_task(
-                    litellm.acompletion(
-                        model="openai/cold-model",
-                        api_base=f"{server.url}/v1",
-                        api_key="not-needed",
-                        messages=[{"role": "user", "content": "hello"}],
-                    )
-                )
+                call = asyncio.create_task(ask(server))
                 during = await in_flight(throttle, 1)
                 call.cancel()  # a client gone: LiteLLM runs no hook after the call
                 with pytest.raises(asyncio.CancelledError):
@@ -221,15 +213,7 @@ async def test_a_call_waits_in_its_group(
             ]
             try:
                 for metadata in (_proxy_call("prod")["metadata"], {}):
-                    call = asyncio.create_task(
-                        litellm.acompletion(
-                            model="openai/cold-model",
-                            api_base=f"{server.url}/v1",
-                            api_key="not-needed",
-                            messages=[{"role": "user", "content": "hello"}],
-                            metadata=metadata,
-                        )
-                    )
+                    call = asyncio.create_task(ask(server, metadata=metadata))
                     await in_flight(throttle, 1)
                     (lease_id,) = await throttle._redis.zrange(f"{namespace}:{{cold/cold-model}}:chat:leases", 0, -1)
                     seen.append(lease_id.decode().partition(".")[0].partition("~")[2] or "default")
