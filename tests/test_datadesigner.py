@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -288,3 +289,32 @@ def test_a_bad_group_or_weight_is_refused_at_construction(
     with pytest.raises(error, match=r"group|weight"):
         RedisRequestAdmissionController(real_redis_url, **settings)
     assert threading.active_count() == threads  # nothing started
+
+
+async def test_two_jobs_share_a_full_domain_by_their_weights(real_redis_url: str) -> None:
+    """Two jobs' controllers (as two processes would have) queue behind one
+    slot; as the slot comes back again and again, the job of weight 3 gets
+    three times as many turns as the job of weight 1."""
+    namespace = f"dd{uuid.uuid4().hex[:8]}"
+    with (
+        RedisRequestAdmissionController(real_redis_url, namespace=namespace) as holder,
+        RedisRequestAdmissionController(real_redis_url, namespace=namespace, group="big", weight=3) as big,
+        RedisRequestAdmissionController(real_redis_url, namespace=namespace, group="small") as small,
+    ):
+        holder.register(provider_name="local", model_id="m", alias="gen", max_parallel_requests=1)
+        held = holder.try_acquire(item())
+        assert isinstance(held, RequestAdmissionLease)
+        waiting = {asyncio.create_task(c.acquire_async(item(timeout=30))): c for c in (big, small) for _ in range(8)}
+        for _ in range(1000):  # until all of them wait (10 s at most)
+            if snap(holder).waiters == len(waiting):
+                break
+            await asyncio.sleep(0.01)
+        holder.release(held, RequestReleaseOutcome(kind="success"))
+        turns = []
+        while waiting:
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:  # one at a time: the domain's limit is 1
+                owner = waiting.pop(task)
+                turns.append("big" if owner is big else "small")
+                assert owner.release(task.result(), RequestReleaseOutcome(kind="success")).released
+    assert Counter(turns[:8]) == {"big": 6, "small": 2}, turns
