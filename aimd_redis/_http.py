@@ -1,7 +1,7 @@
 """What the HTTP transports share, sync or asyncio, httpx or httpx2: routing
-a request to a (provider, model, domain) and a group, reading the server's Retry-After and
-the usage a response reports, and judging a response's outcome. Imports
-neither library: each public module (``aimd_redis.httpx``,
+a request to a (provider, model, domain) and a group, reading the server's
+Retry-After and the usage a response reports, and judging a response's
+outcome. Imports neither library: each public module (``aimd_redis.httpx``,
 ``aimd_redis.httpx2``) binds this to its own."""
 
 from __future__ import annotations
