@@ -320,6 +320,17 @@ local function reap_waiters(q, now)
   end
 end
 
+-- Lists slots handed to agent entry `client` in the handed hash at once, so
+-- that its next batch finds them should the wake-up be lost (and a later
+-- item of the same batch, for another of its groups, counts them).
+local function list_handed(q, client, ids)
+  local before = redis.call('HGET', q.k.handed, client)
+  local list = table.concat(ids, ',')
+  if before then list = before .. ',' .. list end
+  redis.call('HSET', q.k.handed, client, list)
+  expire_new(q.idle_ms, q.k.handed)
+end
+
 -- The first of the first 100 queued whose group has a reservation with
 -- slots free (nil if none): the slots held for a group go to its waiters
 -- whatever their place in the queue.
@@ -383,7 +394,7 @@ local function promote(q, d, now, lease_ttl, self_id, own)
         own.starved = true
         break
       end
-      local given = 0
+      local given, handed_now = 0, {}
       -- Ids for the slots handed to another agent, numbered in one go.
       local numbered = mine and 0 or redis.call('HINCRBY', k.handed, '#', n) - n
       for i = 1, n do
@@ -400,6 +411,7 @@ local function promote(q, d, now, lease_ttl, self_id, own)
           if mine then
             own.got[#own.got + 1] = {id, now + lease_ttl}
           else
+            handed_now[#handed_now + 1] = id
             local list = q.handed_to[head]
             if not list then
               list = {}
@@ -409,6 +421,7 @@ local function promote(q, d, now, lease_ttl, self_id, own)
           end
         end
       end
+      if #handed_now > 0 then list_handed(q, head, handed_now) end
       if given > 0 and in_order then served = start + (given - 1) * step end
       first_c, total = first_c - given, total - given
       if total <= 0 then
@@ -475,18 +488,13 @@ local function notify_head_of_cooldown(q, d, now)
 end
 
 -- Wakes the waiters promote handed a slot to: one message per agent, listing
--- its slots (which are also recorded for its next batch to find).
+-- its slots (which promote listed in the handed hash too).
 local function publish_handoffs(q, d, expiry)
   if #q.handed == 0 and #q.agents == 0 then return end
   local head = '{"expires_at":' .. expiry .. ',"state":' .. state_json(d)
   for _, id in ipairs(q.handed) do wake(q, id, head .. '}') end
   for _, client in ipairs(q.agents) do
     local ids = q.handed_to[client]
-    local before = redis.call('HGET', q.k.handed, client)
-    local list = table.concat(ids, ',')
-    if before then list = before .. ',' .. list end
-    redis.call('HSET', q.k.handed, client, list)
-    expire_new(q.idle_ms, q.k.handed)
     wake(q, client, head .. ',"domain":"' .. q.domain .. '","handed":["' .. table.concat(ids, '","') .. '"]}')
   end
 end

@@ -98,7 +98,7 @@ for i, item in ipairs(items) do
     local d
     d, err = load_domain(k.domain)
     if err then return redis.error_reply(err) end
-    dom = {k = k, d = d, handed = {}}
+    dom = {k = k, d = d}
     by_name[item.name] = dom
   end
   doms[i] = dom
@@ -163,9 +163,6 @@ for i, item in ipairs(items) do
     local group = item.group ~= cjson.null and item.group or nil
     local entry = group and client .. '~' .. group or client
     res.handed = handed_to(q, entry, now)
-    -- Slots an earlier item (another group) handed this entry in this batch
-    -- are listed in the handed hash only when the batch ends: they are its too.
-    for _, id in ipairs(doms[i].handed[entry] or {}) do res.handed[#res.handed + 1] = {id, now + claim_ttl} end
     local want = math.max(0, item.want - #res.oversize - #res.handed)
     -- Nobody waits: the agent's oldest callers take what is free, as newcomers do.
     if redis.call('ZCARD', k.queue) == 0 then
@@ -184,11 +181,6 @@ for i, item in ipairs(items) do
     end
     set_want(q, client, group, tonumber(item.weight) or 1, want, beat_deadline, tonumber(item.tokens) or 0)
     local _, claim = promote(q, d, now, lease_ttl, entry, own)
-    for _, agent in ipairs(q.agents) do
-      local list = doms[i].handed[agent] or {}
-      for _, id in ipairs(q.handed_to[agent]) do list[#list + 1] = id end
-      doms[i].handed[agent] = list
-    end
     res.more = own.starved
     publishing[#publishing + 1] = {q, d, claim, #item.rel > 0}
 
