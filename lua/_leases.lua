@@ -22,11 +22,15 @@ end
 
 -- A named group's live leases are counted in the domain hash, field
 -- 'in_flight:<group>' (gone at 0): status shows them, and a reservation
--- (d.reserved, see rules.room) is judged by them (d.groups).
+-- (d.reserved, see room) is judged by them (d.groups).
+local function in_flight_field(g)
+  return 'in_flight:' .. g
+end
+
 local function count_in_group(d, k, id, delta)
   local g = group_of(id)
   if not g then return end
-  local field = 'in_flight:' .. g
+  local field = in_flight_field(g)
   local n = redis.call('HINCRBY', k.domain, field, delta)
   if n <= 0 then
     redis.call('HDEL', k.domain, field)
@@ -43,7 +47,7 @@ local function count_leases(domain, d, k, now, b, m)
   if reserved then
     d.reserved, d.groups = reserved, {}
     local names, fields = {}, {}
-    for g in pairs(reserved) do names[#names + 1], fields[#fields + 1] = g, 'in_flight:' .. g end
+    for g in pairs(reserved) do names[#names + 1], fields[#fields + 1] = g, in_flight_field(g) end
     for i, n in ipairs(redis.call('HMGET', k.domain, unpack(fields))) do d.groups[names[i]] = tonumber(n) or 0 end
   end
   local gone = redis.call('ZRANGEBYSCORE', k.leases, 0, now)
@@ -58,11 +62,11 @@ local function count_leases(domain, d, k, now, b, m)
   d.in_flight = live_leases(k.leases)
   -- A count can only be wrong by hand (leases deleted): never above all
   -- the leases, and none once none is left.
-  for g, count in pairs(d.groups or {}) do
+  if not d.groups then return end
+  for g, count in pairs(d.groups) do
     if count > d.in_flight then
       d.groups[g] = d.in_flight
-      local field = 'in_flight:' .. g
-      if d.in_flight == 0 then redis.call('HDEL', k.domain, field) end
+      if d.in_flight == 0 then redis.call('HDEL', k.domain, in_flight_field(g)) end
     end
   end
 end
