@@ -46,11 +46,11 @@ class Process:
         self._n += n
         return [f"{entry}.{i}" for i in range(self._n - n, self._n)]
 
-    def batch(self, now: float, *, want: int, release: bool = True, ids: int = 4) -> DomainBatchReply:
-        """Releases what it holds (when told to), waits for ``want`` slots
-        and takes what comes, given to it or handed over."""
+    def items(self, *, want: int, release: bool = True, ids: int = 4) -> DomainItems:
+        """Its item of a batch: gives back what it holds (when told to) and
+        waits for ``want`` slots, with ``ids`` lease ids."""
         back, self.held = (self.held, []) if release else ([], self.held)
-        items = DomainItems(
+        return DomainItems(
             name="chat",
             outcomes=[Core.outcome_row(self.ref(i), "success") for i in back],
             acks=[],
@@ -61,11 +61,19 @@ class Process:
             group=self.group,
             weight=self.weight,
         )
-        reply = self.t._run(self.t._core.batch_call(P, M, self.client_id, [items], now))
-        got = self.t._core.parse_batch(P, M, reply).domains[0]
+
+    def took(self, got: DomainBatchReply) -> None:
+        """Takes what the reply gives it, granted or handed over."""
         taken = [i for i, _ in got.got] + [i for i, _ in got.handed]
         self.held += taken
         self.got += len(taken)
+
+    def batch(self, now: float, *, want: int, release: bool = True, ids: int = 4) -> DomainBatchReply:
+        """A batch of its own (see ``items``); takes what comes."""
+        items = self.items(want=want, release=release, ids=ids)
+        reply = self.t._run(self.t._core.batch_call(P, M, self.client_id, [items], now))
+        got = self.t._core.parse_batch(P, M, reply).domains[0]
+        self.took(got)
         return got
 
 

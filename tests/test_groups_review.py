@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from aimd_redis import Denied, Lease, ThrottleConfig
-from aimd_redis.core import Core, DomainItems
 from aimd_redis.errors import ConfigError
 from aimd_redis.replies import DomainBatchReply
 
@@ -86,29 +85,12 @@ def test_reservations_are_judged_as_stored(make_throttle: MakeThrottle) -> None:
 def _one_batch(procs: list[Process], now: float, wants: list[int]) -> list[DomainBatchReply]:
     """One batch of one process carrying an item per group (the processes
     share a client id): each gives back what it holds and waits for its want."""
-    items = []
-    for p, want in zip(procs, wants, strict=True):
-        back, p.held = p.held, []
-        items.append(
-            DomainItems(
-                name="chat",
-                outcomes=[Core.outcome_row(p.ref(i), "success") for i in back],
-                acks=[],
-                tries=[],
-                want=want,
-                ids=[p.ref(i) for i in p.new_ids(want)],
-                tokens=0,
-                group=p.group,
-                weight=p.weight,
-            )
-        )
+    items = [p.items(want=want, ids=want) for p, want in zip(procs, wants, strict=True)]
     t = procs[0].t
     reply = t._run(t._core.batch_call(P, M, procs[0].client_id, items, now))
     got = t._core.parse_batch(P, M, reply).domains
     for p, d in zip(procs, got, strict=True):
-        taken = [i for i, _ in d.got] + [i for i, _ in d.handed]
-        p.held += taken
-        p.got += len(taken)
+        p.took(d)
     return got
 
 
