@@ -19,7 +19,16 @@ from aimd_redis import replies
 from aimd_redis._provider import Heard
 from aimd_redis.config import ThrottleConfig
 from aimd_redis.errors import ArgumentTypeError, CorruptStateError, InvalidArgumentError, RequestTooLargeError
-from aimd_redis.keys import ModelKeys, check_alias, check_domain, check_group, check_namespace, check_weight, model_keys
+from aimd_redis.keys import (
+    ModelKeys,
+    check_alias,
+    check_domain,
+    check_group,
+    check_namespace,
+    check_weight,
+    group_of,
+    model_keys,
+)
 from aimd_redis.replies import RawEvent
 from aimd_redis.schema import MAX_TIME, SETTINGS, DomainRecord, parse_domain
 from aimd_redis.structs import Denied, DomainState, Grant, LeaseRef, LimitEvent, Queued, ReleaseResult
@@ -661,7 +670,7 @@ class Core:
     def parse_agent_wake(message: str) -> replies.Wake:
         """'<entry> <JSON>', the entry '<client>' or '<client>~<group>'."""
         entry, _, body = message.partition(" ")
-        group = entry.partition(".")[0].partition("~")[2]
+        group = group_of(entry)
         woke = replies.WAKE.decode(body)
         return msgspec.structs.replace(woke, group=group) if group else woke
 

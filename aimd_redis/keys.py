@@ -77,6 +77,12 @@ def check_group(group: object) -> str | None:
     return None if group == DEFAULT_GROUP else group
 
 
+def group_of(member: str) -> str | None:
+    """The group a lease id, queue member or wake-up's entry names,
+    ``<client>[~<group>][.<token>]`` (None: the default group)."""
+    return member.partition(".")[0].partition("~")[2] or None
+
+
 def check_weight(weight: object) -> float:
     """A group's weight: a finite number in WEIGHT_RANGE."""
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):

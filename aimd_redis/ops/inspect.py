@@ -15,7 +15,7 @@ import msgspec
 
 from aimd_redis.core import as_str, state_of
 from aimd_redis.errors import CorruptStateError
-from aimd_redis.keys import DEFAULT_GROUP, ModelKeys, check_namespace, model_keys
+from aimd_redis.keys import DEFAULT_GROUP, ModelKeys, check_namespace, group_of, model_keys
 from aimd_redis.schema import SETTINGS, parse_domain
 
 #: Events that change a domain's limit, for "last change".
@@ -337,8 +337,7 @@ def reserved_slots(reserved: str, current_limit: int) -> dict[str, int]:
 
 
 def _group_of(member: str) -> str:
-    """The group in a lease id or queue member, ``<client>[~<group>][.<token>]``."""
-    return member.partition(".")[0].partition("~")[2] or DEFAULT_GROUP
+    return group_of(member) or DEFAULT_GROUP
 
 
 def _group_keys(mk: ModelKeys, domain: str) -> tuple[str, str, str]:
